@@ -1,0 +1,136 @@
+"""The ``glimpse-edge`` command: run | check-config | devserver | demo.
+
+Imports are deferred to the subcommand that needs them, so that ``run`` on a
+Pi does not pay for the dev server's web stack and ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+
+DEFAULT_CONFIG = "/etc/glimpse-edge/config.toml"
+
+# sysexits.h EX_CONFIG: systemd's unit does not restart on it in a loop, a
+# person has to fix the file first.
+EXIT_CONFIG = 78
+
+
+DEVSERVER_DESCRIPTION = (
+    "Glimpse-compatible development server (HTTP API + WebSocket on one port, state in "
+    "SQLite) for development, demos and tests. Binds loopback unless told otherwise."
+)
+
+
+def add_devserver_arguments(p: argparse.ArgumentParser) -> None:
+    """The dev server's options (also used by ``python -m glimpse_edge.devserver``)."""
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    p.add_argument("--port", type=int, default=8080, help="port; 0 picks a free one")
+    p.add_argument("--db", default=":memory:", help="SQLite file (default: in memory)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="auto", choices=["auto", "json", "console"])
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import trio
+
+    from .agent import run_agent
+    from .config import ConfigError
+
+    try:
+        trio.run(run_agent, Path(args.config))
+    except ConfigError as exc:
+        print(f"glimpse-edge: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return 0
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from .agent import load_checked
+    from .config import ConfigError
+
+    try:
+        config = load_checked(Path(args.path))
+    except ConfigError as exc:
+        print(f"{exc}", file=sys.stderr)
+        return 1
+    auth = (f"token file {config.auth.token_file}" if config.auth.token_file
+            else f"login as {config.auth.username!r}")
+    print(f"{args.path}: OK")
+    for source in config.sources:
+        print(f"  loaded   {source}")
+    print(f"  server   {config.server.ws_url}")
+    print(f"  auth     {auth}")
+    print(f"  room     {config.room.id}")
+    print(f"  video    {config.video.source} {config.video.width}x{config.video.height}"
+          f"@{config.video.framerate} {config.video.codec}")
+    print(f"  audio    {config.audio.source}")
+    return 0
+
+
+def _cmd_devserver(args: argparse.Namespace) -> int:
+    from .devserver.__main__ import run
+
+    return run(args)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import trio
+
+    from .demo import run_demo
+
+    with contextlib.suppress(KeyboardInterrupt):
+        trio.run(run_demo, args.host, args.port)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="glimpse-edge",
+        description="A device agent that joins a Glimpse video room and streams its camera "
+        "and microphone to every participant.",
+    )
+    parser.add_argument("--version", action="version", version=f"glimpse-edge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the agent (what the systemd service runs)",
+                       description="Join the configured room and stay joined until stopped. "
+                       "SIGHUP reloads the configuration; SIGTERM leaves the room and exits.")
+    p.add_argument("--config", "-c", default=DEFAULT_CONFIG,
+                   help=f"main configuration file; drop-ins in config.d/ beside it "
+                   f"(default {DEFAULT_CONFIG})")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("check-config", help="validate a configuration file and its drop-ins",
+                       description="Exit 0 and print a summary when the configuration is "
+                       "valid; exit 1 naming the file, the key and the reason when it is not.")
+    p.add_argument("path", nargs="?", default=DEFAULT_CONFIG, help="main configuration file")
+    p.set_defaults(func=_cmd_check_config)
+
+    p = sub.add_parser("devserver", help="run the Glimpse-compatible development server",
+                       description=DEVSERVER_DESCRIPTION)
+    add_devserver_arguments(p)
+    p.set_defaults(func=_cmd_devserver)
+
+    p = sub.add_parser("demo", help="dev server + agent joined to a demo room, in one command",
+                       description="Start the development server, create a demo room and "
+                       "users, run the agent in it, and print where to look.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

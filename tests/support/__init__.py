@@ -1,0 +1,1 @@
+"""Test support: a stand-in Glimpse browser client and dev server runners."""

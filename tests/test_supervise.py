@@ -1,0 +1,83 @@
+"""Back-off and restart policies."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import trio
+import trio.testing
+
+from glimpse_edge.config import ConfigError
+from glimpse_edge.supervise import (
+    TRANSIENT,
+    Backoff,
+    HealthRegistry,
+    RestartPolicy,
+    TaskGaveUp,
+    supervise,
+)
+
+
+def test_backoff_grows_caps_and_never_drops_below_floor() -> None:
+    b = Backoff(initial=0.5, maximum=8.0, floor=0.1)
+    rng = random.Random(1)
+    for attempt in range(40):
+        ceiling = min(8.0, 0.5 * 2**attempt)
+        draws = [b.delay(attempt, rng) for _ in range(200)]
+        assert all(0.1 <= d <= max(ceiling, 0.1) for d in draws), (attempt, min(draws), max(draws))
+    # full jitter: late attempts spread over the whole [floor, maximum] range
+    late = [b.delay(30, rng) for _ in range(2000)]
+    assert min(late) < 1.0 and max(late) > 7.0
+    assert 3.0 < sum(late) / len(late) < 5.0
+
+
+async def test_crashing_task_is_restarted_and_recorded(autojump_clock: trio.abc.Clock) -> None:
+    runs = 0
+    health = HealthRegistry()
+
+    async def flaky() -> None:
+        nonlocal runs
+        runs += 1
+        if runs < 4:
+            raise RuntimeError(f"boom {runs}")
+
+    await supervise("flaky", flaky, policy=TRANSIENT, health=health)
+    assert runs == 4
+    h = health.get("flaky")
+    assert h.restarts == 3 and h.state == "stopped" and h.last_error == "RuntimeError: boom 3"
+
+
+async def test_crash_loop_escalates(autojump_clock: trio.abc.Clock) -> None:
+    async def always() -> None:
+        raise ValueError("broken")
+
+    health = HealthRegistry()
+    policy = RestartPolicy(backoff=Backoff(initial=0.1, maximum=0.2), max_restarts=3, window=60)
+    with pytest.raises(TaskGaveUp) as info:
+        await supervise("loop", always, policy=policy, health=health)
+    assert isinstance(info.value.__cause__, ValueError)
+    assert health.failed() == ["loop"]
+
+
+async def test_config_errors_are_not_retried() -> None:
+    calls = 0
+
+    async def needs_config() -> None:
+        nonlocal calls
+        calls += 1
+        raise ConfigError(file=None, key="room.id", reason="missing")
+
+    with pytest.raises(ConfigError):
+        await supervise("cfg", needs_config)
+    assert calls == 1
+
+
+async def test_cancellation_stops_supervision(autojump_clock: trio.abc.Clock) -> None:
+    async def forever() -> None:
+        await trio.sleep_forever()
+
+    health = HealthRegistry()
+    with trio.move_on_after(5):
+        await supervise("forever", forever, health=health)
+    assert health.get("forever").restarts == 0
