@@ -7,7 +7,6 @@ Pi does not pay for the dev server's web stack and ``--help`` is instant.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -84,8 +83,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from .demo import run_demo
 
-    with contextlib.suppress(KeyboardInterrupt):
-        trio.run(run_demo, args.host, args.port)
+    trio.run(run_demo, args.host, args.port)
     return 0
 
 

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import tempfile
+from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 
@@ -68,6 +69,15 @@ def write_demo_config(directory: Path, base_url: str, ws_url: str, room_id: str)
     return config
 
 
+async def _cancel_on_signal(
+    signals: AsyncIterator[int], scope: trio.CancelScope
+) -> None:
+    async for signum in signals:
+        log.info("demo.stopping", signal=signal.Signals(signum).name)
+        scope.cancel()
+        return
+
+
 async def _stop_gently(process: trio.Process) -> None:
     """Cancellation of the agent subprocess: SIGTERM first, as systemd does."""
     process.send_signal(signal.SIGTERM)
@@ -78,8 +88,11 @@ async def _stop_gently(process: trio.Process) -> None:
 
 
 async def run_demo(host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Run until Ctrl-C."""
-    with tempfile.TemporaryDirectory(prefix="glimpse-demo-") as tmp:
+    """Run until Ctrl-C (SIGINT) or SIGTERM."""
+    with (
+        tempfile.TemporaryDirectory(prefix="glimpse-demo-") as tmp,
+        trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
+    ):
         directory = Path(tmp)
         async with trio.open_nursery() as nursery:
             actual_port = await nursery.start(serve, host, port, str(directory / "demo.db"))
@@ -105,8 +118,12 @@ async def run_demo(host: str = "127.0.0.1", port: int = 8080) -> None:
                 "  Ctrl-C stops everything.\n",
                 flush=True,
             )
-            await nursery.start(partial(
-                trio.run_process,
-                [sys.executable, "-m", "glimpse_edge", "run", "--config", str(config)],
-                check=False, deliver_cancel=_stop_gently,
-            ))
+            # The agent goes first on Ctrl-C, so it can leave the room politely.
+            async with trio.open_nursery() as agent_nursery:
+                agent_nursery.start_soon(_cancel_on_signal, signals, agent_nursery.cancel_scope)
+                await agent_nursery.start(partial(
+                    trio.run_process,
+                    [sys.executable, "-m", "glimpse_edge", "run", "--config", str(config)],
+                    check=False, deliver_cancel=_stop_gently,
+                ))
+            nursery.cancel_scope.cancel()

@@ -112,6 +112,9 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [_StdlibBridge()]
     root.setLevel(max(_current_level, logging.INFO))
+    # httpx logs every request at INFO: that is our events' job.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 class _StdlibBridge(logging.Handler):

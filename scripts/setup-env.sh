@@ -11,7 +11,10 @@ PYTHON="${PYTHON:-python3}"
 EXTRAS="${GLIMPSE_EXTRAS:-dev}"
 
 # OS packages the project needs on Debian 12 / Raspberry Pi OS.
-APT_PACKAGES=(python3 python3-venv python3-dev gcc)
+#   gcc, python3-dev, libasound2-dev: build pyalsaaudio (no wheels on PyPI)
+#   chromium: the browser tier of the tests (Playwright drives Debian's build)
+#   alsa-utils: aplay/arecord, for looking at devices by hand
+APT_PACKAGES=(python3 python3-venv python3-dev gcc libasound2-dev chromium alsa-utils)
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
