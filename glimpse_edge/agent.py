@@ -21,7 +21,11 @@ import trio
 from . import __version__
 from .config import Config, ConfigError, check_secrets, load_config
 from .logs import configure_logging
+from .media.hub import MediaHub
 from .room import Room
+from .rtc.aio import open_aio_loop
+from .rtc.manager import PeerManager
+from .signaling.messages import WebRTCSignal
 from .signaling.session import SignalingSession
 from .signaling.tokens import LoginTokenSource, token_source
 from .supervise import HealthRegistry, supervise
@@ -45,7 +49,19 @@ class _Signaling:
 
     room: Room
     session: SignalingSession
+    peers: PeerManager | None
     scope: trio.CancelScope
+
+
+def build_media_hub(config: Config, health: HealthRegistry) -> MediaHub | None:
+    """The media hub for the configured sources, or None when both are off."""
+    from .media.factory import make_audio_source, make_video_source
+
+    video, audio = config.video, config.audio
+    make_audio = None if audio.source == "none" else partial(make_audio_source, audio)
+    return MediaHub(video, audio, partial(make_video_source, video),
+                    make_audio,  # type: ignore[arg-type]
+                    health=health)
 
 
 class Agent:
@@ -60,6 +76,7 @@ class Agent:
         self.loaded_at = time.time()
         self._signaling: _Signaling | None = None
         self._config_problem: str | None = None
+        self.hub: MediaHub | None = None
 
     # -- status -------------------------------------------------------------
 
@@ -83,7 +100,10 @@ class Agent:
         """Run until SIGTERM/SIGINT; raises only for fatal errors."""
         t0 = time.monotonic()
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async with trio.open_nursery() as nursery:
+            async with open_aio_loop(), trio.open_nursery() as nursery:
+                self.hub = build_media_hub(self.config, self.health)
+                if self.hub is not None:
+                    await nursery.start(self.hub.run)
                 await nursery.start(self._run_signaling, self.config)
                 interval = watchdog_interval()
                 if interval is not None:
@@ -117,10 +137,18 @@ class Agent:
         with trio.CancelScope() as scope:
             room = Room(config.room.id)
             tokens = token_source(config.server, config.auth)
-            session = SignalingSession(config.server, room, tokens, on_status=self._publish_status)
-            self._signaling = _Signaling(room, session, scope)
+            signals_in, signals_out = trio.open_memory_channel[WebRTCSignal](256)
+            session = SignalingSession(config.server, room, tokens, on_status=self._publish_status,
+                                       signals=signals_in)
+            peers = None
+            if self.hub is not None:
+                peers = PeerManager(session, self.hub, config.peers, config.ice,
+                                    config.video.codec)
+            self._signaling = _Signaling(room, session, peers, scope)
             events = room.subscribe()
             async with trio.open_nursery() as nursery:
+                if peers is not None:
+                    nursery.start_soon(peers.run, room.subscribe(), signals_out)
                 nursery.start_soon(partial(supervise, "signaling", session.run,
                                            health=self.health))
                 if isinstance(tokens, LoginTokenSource):

@@ -113,7 +113,8 @@ def configure_logging(
     root.handlers[:] = [_StdlibBridge()]
     root.setLevel(max(_current_level, logging.INFO))
     # httpx logs every request at INFO: that is our events' job.
-    for noisy in ("httpx", "httpcore"):
+    # aioice narrates every candidate pair at INFO; peer.* events cover it.
+    for noisy in ("httpx", "httpcore", "aioice"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -4,7 +4,9 @@ Glimpse serves HTTP and the WebSocket on separate ports; the dev server
 serves both on one, with the WebSocket at ``/`` (where Glimpse has it) and at
 ``/ws`` (a path that a viewer page on ``/`` can use without ambiguity).
 Starlette routes ``/`` by scope type, so a plain HTTP GET of ``/`` and a
-WebSocket upgrade of ``/`` reach different handlers.
+WebSocket upgrade of ``/`` reach different handlers. ``GET /`` (and
+``/viewer``) serves the viewer page, a Glimpse browser client, with its
+assets under ``/static/``; ``GET /api/info`` says what this server is.
 
 Every error is a JSON body ``{"success": false, "message": ...}`` with a 4xx
 status; a malformed request is the client's problem, never a 500.
@@ -15,14 +17,16 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import structlog
 import trio
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route, WebSocketRoute
+from starlette.responses import FileResponse, JSONResponse
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from .auth import (
@@ -45,6 +49,7 @@ MAX_USERNAME_LENGTH = 64
 MAX_ROOM_NAME_LENGTH = 200
 MAX_DESCRIPTION_LENGTH = 2000
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
+STATIC_DIR = Path(__file__).with_name("static")
 
 
 class HTTPError(Exception):
@@ -128,9 +133,20 @@ class DevServerApp:
 
     # -- routes ---------------------------------------------------------------
 
-    async def index(self, request: Request) -> JSONResponse:
-        """What this server is (a viewer page may replace it)."""
-        return JSONResponse({"name": "glimpse-devserver", "websocket": ["/", "/ws"], "api": "/api"})
+    async def viewer(self, request: Request) -> FileResponse:
+        """The viewer page (a Glimpse browser client; see static/viewer.js)."""
+        return FileResponse(STATIC_DIR / "viewer.html", headers={"Cache-Control": "no-cache"})
+
+    async def info(self, request: Request) -> JSONResponse:
+        """What this server is."""
+        return JSONResponse(
+            {
+                "name": "glimpse-devserver",
+                "websocket": ["/", "/ws"],
+                "api": "/api",
+                "viewer": "/",
+            }
+        )
 
     async def health(self, request: Request) -> JSONResponse:
         """Liveness and a few counters, for tests and the demo."""
@@ -256,9 +272,12 @@ def create_app(store: Store, hub: Hub | None = None) -> Starlette:
     handlers = DevServerApp(store, hub if hub is not None else Hub())
     app = Starlette(
         routes=[
-            Route("/", handlers.index, methods=["GET"]),
+            Route("/", handlers.viewer, methods=["GET"]),
+            Route("/viewer", handlers.viewer, methods=["GET"]),
             WebSocketRoute("/", handlers.websocket),
             WebSocketRoute("/ws", handlers.websocket),
+            Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
+            Route("/api/info", handlers.info, methods=["GET"]),
             Route("/api/health", handlers.health, methods=["GET"]),
             Route("/api/auth/register", handlers.register, methods=["POST"]),
             Route("/api/auth/login", handlers.login, methods=["POST"]),

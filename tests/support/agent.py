@@ -82,6 +82,9 @@ class AgentProcess:
         self.process: trio.Process | None = None
         self._changed = trio.Condition()
         self.returncode: int | None = None
+        # Everything the agent printed, for a person reading a failed test.
+        self.log_path = config.parent / "agent.log"
+        self._log_file = self.log_path.open("a", buffering=1)  # line-buffered, tiny writes
 
     async def start(self, nursery: trio.Nursery) -> None:
         cmd = [sys.executable, "-m", "glimpse_edge", "run", "--config", str(self.config)]
@@ -105,6 +108,7 @@ class AgentProcess:
             for line in lines:
                 text = line.decode(errors="replace")
                 self.raw_lines.append(text)
+                self._log_file.write(text + "\n")
                 try:
                     event = json.loads(text)
                 except ValueError:

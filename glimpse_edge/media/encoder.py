@@ -1,0 +1,202 @@
+"""Shared encoders: frames in, ``Packet`` out, once for every peer.
+
+aiortc encodes separately for every sender; a Pi cannot afford that. These
+encoders run once per codec (and later per quality tier) and every peer's
+track sends the same packets, which aiortc then only packetizes.
+
+The encoders are synchronous and CPU-bound: callers run :meth:`encode` in a
+worker thread. Requests from other threads or tasks (a key frame, a new
+bitrate) are flags read at the next frame, so no lock is held while encoding.
+"""
+
+from __future__ import annotations
+
+import time
+from fractions import Fraction
+from typing import Any, Literal
+
+import av
+import structlog
+from av.packet import Packet
+from av.video.frame import PictureType
+
+log = structlog.get_logger(__name__)
+
+VideoCodec = Literal["h264", "vp8"]
+VIDEO_TIME_BASE = Fraction(1, 90000)
+
+# A key frame costs several normal frames of bandwidth; PLIs from many peers
+# (or one broken one) must not turn the stream into key frames only.
+KEYFRAME_MIN_INTERVAL = 0.5
+# Rebuilding an encoder for a new bitrate implies a key frame: not too often.
+BITRATE_MIN_INTERVAL = 1.0
+
+
+class VideoEncoder:
+    """One H.264 (libx264) or VP8 (libvpx) encoder producing Annex-B / VP8 packets."""
+
+    def __init__(
+        self,
+        codec: VideoCodec,
+        width: int,
+        height: int,
+        framerate: int,
+        bitrate: int,
+        keyframe_interval: float = 2.0,
+    ) -> None:
+        self.codec: VideoCodec = codec
+        self.width = width
+        self.height = height
+        self.framerate = framerate
+        self.bitrate = bitrate
+        self.gop = max(1, round(framerate * keyframe_interval))
+        self.frames_encoded = 0
+        self.keyframes_encoded = 0
+        self.bytes_encoded = 0
+        self._context: av.VideoCodecContext | None = None
+        self._want_keyframe = True
+        self._last_keyframe = 0.0
+        self._want_bitrate: int | None = None
+        self._last_bitrate_change = 0.0
+
+    # -- requests (any thread) ---------------------------------------------
+
+    def request_keyframe(self) -> bool:
+        """Ask for a key frame at the next frame; False if one was made < 0.5 s ago."""
+        if time.monotonic() - self._last_keyframe < KEYFRAME_MIN_INTERVAL:
+            return False
+        self._want_keyframe = True
+        return True
+
+    def set_bitrate(self, bitrate: int) -> None:
+        """Change the target bitrate (applied at the next frame, rate-limited)."""
+        if bitrate != self.bitrate:
+            self._want_bitrate = bitrate
+
+    # -- encoding (one worker thread at a time) -----------------------------
+
+    def _open(self) -> av.VideoCodecContext:
+        if self.codec == "h264":
+            ctx = av.CodecContext.create("libx264", "w")
+            # Constrained baseline, no B-frames, SPS/PPS with every IDR: what
+            # browsers decode and what a mid-stream joiner needs. VBV keeps a
+            # frame from bursting far above the target (no pacing in aiortc).
+            buf = max(self.bitrate // 2, 50_000)
+            ctx.options = {
+                "preset": "ultrafast" if self.width * self.height > 640 * 480 else "veryfast",
+                "tune": "zerolatency",
+                "profile": "baseline",
+                "x264-params": (
+                    f"keyint={self.gop}:min-keyint={self.gop}:scenecut=0:bframes=0:"
+                    f"repeat-headers=1:vbv-maxrate={self.bitrate // 1000}:"
+                    f"vbv-bufsize={buf // 1000}:nal-hrd=none"
+                ),
+            }
+        else:
+            ctx = av.CodecContext.create("libvpx", "w")
+            ctx.options = {
+                "deadline": "realtime",
+                "cpu-used": "8",
+                "lag-in-frames": "0",
+                "error-resilient": "1",
+                "auto-alt-ref": "0",
+                "static-thresh": "0",
+                "undershoot-pct": "95",
+                "buf-initial-sz": "500",
+                "buf-optimal-sz": "600",
+                "buf-sz": "1000",
+            }
+            ctx.gop_size = self.gop
+        ctx.width = self.width
+        ctx.height = self.height
+        ctx.pix_fmt = "yuv420p"
+        ctx.time_base = VIDEO_TIME_BASE
+        ctx.framerate = Fraction(self.framerate, 1)
+        ctx.bit_rate = self.bitrate
+        ctx.thread_count = 2 if self.width * self.height > 640 * 480 else 1
+        ctx.open()
+        log.info("media.encoder.opened", codec=self.codec, width=self.width, height=self.height,
+                 framerate=self.framerate, bitrate=self.bitrate, gop=self.gop)
+        return ctx
+
+    def _apply_bitrate(self) -> None:
+        want = self._want_bitrate
+        if want is None or time.monotonic() - self._last_bitrate_change < BITRATE_MIN_INTERVAL:
+            return
+        self._want_bitrate = None
+        self._last_bitrate_change = time.monotonic()
+        log.info("media.encoder.bitrate", codec=self.codec, old=self.bitrate, new=want)
+        self.bitrate = want
+        self.close()  # reopened below with the new rate; starts with a key frame
+
+    def encode(self, frame: av.VideoFrame) -> list[Packet[Any]]:
+        """Encode one frame; returns the packets (one access unit, usually one packet)."""
+        self._apply_bitrate()
+        if self._context is None:
+            self._context = self._open()
+            self._want_keyframe = True
+        if frame.width != self.width or frame.height != self.height or frame.format.name != (
+            "yuv420p"
+        ):
+            frame = frame.reformat(width=self.width, height=self.height, format="yuv420p")
+        if self._want_keyframe:
+            frame.pict_type = PictureType.I
+            self._want_keyframe = False
+        else:
+            frame.pict_type = PictureType.NONE
+        packets = list(self._context.encode(frame))
+        for packet in packets:
+            packet.time_base = VIDEO_TIME_BASE
+            self.frames_encoded += 1
+            self.bytes_encoded += packet.size
+            if packet.is_keyframe:
+                self.keyframes_encoded += 1
+                self._last_keyframe = time.monotonic()
+        return packets
+
+    def close(self) -> None:
+        self._context = None
+
+
+class OpusEncoder:
+    """Opus for every peer; packets re-stamped with contiguous sample counts.
+
+    libopus delays its output by a pre-skip; the RTP clock only needs
+    packets spaced by their duration, so pts is our own sample counter.
+    """
+
+    def __init__(self, rate: int, channels: int, bitrate: int = 48_000) -> None:
+        self.rate = rate
+        self.channels = channels
+        self.bitrate = bitrate
+        self._context: av.AudioCodecContext | None = None
+        self._pts = 0
+        self.packets_encoded = 0
+
+    def _open(self) -> av.AudioCodecContext:
+        ctx = av.CodecContext.create("libopus", "w")
+        ctx.sample_rate = self.rate
+        ctx.layout = "stereo" if self.channels == 2 else "mono"
+        ctx.format = "s16"
+        ctx.bit_rate = self.bitrate
+        ctx.time_base = Fraction(1, self.rate)
+        ctx.options = {"application": "voip", "frame_duration": "20"}
+        ctx.open()
+        log.info("media.encoder.opened", codec="opus", rate=self.rate, channels=self.channels,
+                 bitrate=self.bitrate)
+        return ctx
+
+    def encode(self, frame: av.AudioFrame) -> list[Packet[Any]]:
+        if self._context is None:
+            self._context = self._open()
+        frame.pts = None  # libopus buffers to 20 ms frames itself
+        out = []
+        for packet in self._context.encode(frame):
+            samples = packet.duration or self.rate // 50
+            packet.pts = self._pts
+            packet.dts = self._pts
+            packet.time_base = Fraction(1, self.rate)
+            self._pts += samples
+            self.packets_encoded += 1
+            out.append(packet)
+        return out

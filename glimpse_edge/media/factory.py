@@ -1,0 +1,55 @@
+"""Build the configured media sources.
+
+The agent calls these once at start-up; a source that cannot exist on this machine
+(an unknown kind, a missing optional dependency) fails here with a SourceError an
+operator can act on, before anything connects.  Device problems (no camera plugged
+in) are reported later by ``run()``, under supervision, because they can fix
+themselves.
+"""
+
+from __future__ import annotations
+
+from ..config import AudioConfig, VideoConfig
+from .source import AudioSource, SourceError, VideoSource
+
+__all__ = ["make_audio_source", "make_video_source"]
+
+
+def make_video_source(cfg: VideoConfig) -> VideoSource:
+    """The video source for ``video.source``: testpattern, v4l2 or file."""
+    if cfg.source == "testpattern":
+        from .testpattern import TestPatternSource
+
+        return TestPatternSource(cfg.width, cfg.height, cfg.framerate)
+    if cfg.source == "v4l2":
+        from .avinput import V4l2Source
+
+        return V4l2Source(cfg.device, cfg.width, cfg.height, cfg.framerate)
+    if cfg.source == "file":
+        from .avinput import FileSource
+
+        if cfg.path is None:  # the config validation already requires it
+            raise SourceError('video.source = "file" needs video.path')
+        return FileSource(cfg.path, cfg.width, cfg.height, cfg.framerate)
+    if cfg.source == "picamera2":
+        raise SourceError("picamera2 source not available yet")
+    raise SourceError(f"unknown video.source {cfg.source!r}")
+
+
+def make_audio_source(cfg: AudioConfig) -> AudioSource | None:
+    """The audio source for ``audio.source``: tone, alsa, or None for "none".
+
+    pyalsaaudio is only imported when an ALSA source runs, so a board without it
+    still runs the tone source.
+    """
+    if cfg.source == "none":
+        return None
+    if cfg.source == "tone":
+        from .tone import ToneSource
+
+        return ToneSource(cfg.rate, cfg.channels, cfg.tone_frequency, cfg.period_ms)
+    if cfg.source == "alsa":
+        from .alsa import AlsaSource
+
+        return AlsaSource(cfg.device, cfg.rate, cfg.channels, cfg.period_ms)
+    raise SourceError(f"unknown audio.source {cfg.source!r}")

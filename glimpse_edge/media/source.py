@@ -1,0 +1,265 @@
+"""The media source interface, and the plumbing every real source shares.
+
+A source produces raw frames in real time and hands each one to a *sink*: a plain,
+non-blocking callable run on the Trio thread (the caller's "latest frame wins"
+mailbox for video, a queue for audio).  Sources never await their sink, so a slow
+encoder can never stall a camera or a microphone.
+
+Sources are restartable: :meth:`VideoSource.run` / :meth:`AudioSource.run` may be
+called again after they raised, and the caller supervises them with back-off
+(:mod:`glimpse_edge.supervise`).  A device problem is raised as :class:`SourceError`
+whose message tells an operator reading the journal which device failed, what
+happened, and what to check.
+
+Time stamps:
+
+* video ``pts`` count 1/90000 s of :func:`time.monotonic_ns` at capture, so they are
+  strictly increasing across loops of a file and across restarts of a source, and
+  spaced in real time whatever the device's own clock does;
+* audio ``pts`` count samples (time base ``1/rate``) and are contiguous: each frame
+  starts where the previous one ended, also across restarts of the same source
+  object, because Opus/RTP time stamps are derived from them.
+
+Blocking devices (ALSA, v4l2, file decoding) run in a dedicated thread through
+:func:`pump_thread`, which gives the device lifetime to that thread (it opens *and*
+closes the device), hands items to Trio with back-pressure, detects a stalled device,
+and stops within a second of cancellation.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from fractions import Fraction
+from typing import Any, Final, Generic, TypeVar, cast
+
+import av
+import numpy as np
+import numpy.typing as npt
+import structlog
+import trio
+
+__all__ = [
+    "VIDEO_CLOCK_RATE",
+    "VIDEO_TIME_BASE",
+    "AudioSink",
+    "AudioSource",
+    "Emit",
+    "SourceError",
+    "StrictlyIncreasing",
+    "VideoSink",
+    "VideoSource",
+    "WorkerStopped",
+    "monotonic_pts",
+    "plane_view",
+    "pump_thread",
+]
+
+log = structlog.get_logger(__name__)
+
+VIDEO_CLOCK_RATE: Final = 90_000
+VIDEO_TIME_BASE: Final = Fraction(1, VIDEO_CLOCK_RATE)
+
+WORKER_STOP_TIMEOUT: Final = 1.0
+"""Seconds to wait for a worker thread after cancellation before abandoning it."""
+
+
+class SourceError(Exception):
+    """A hardware/input problem with a clear, user-facing message.
+
+    The message names the device, says what happened and what to check, e.g.
+    ``"audio device 'hw:1': no such device - is the USB microphone plugged in?"``.
+    """
+
+
+VideoSink = Callable[[av.VideoFrame], None]
+"""Receives every video frame; non-blocking; called from the Trio thread."""
+
+AudioSink = Callable[[av.AudioFrame], None]
+"""Receives every audio frame; non-blocking; called from the Trio thread."""
+
+
+class VideoSource(abc.ABC):
+    """Produces ``yuv420p`` frames of exactly ``width`` x ``height`` in real time."""
+
+    name: str  # "testpattern", "v4l2:/dev/video0", "file:/path"
+    width: int
+    height: int
+    framerate: int
+
+    @abc.abstractmethod
+    async def run(self, sink: VideoSink) -> None:
+        """Produce frames in real time until cancelled.
+
+        Raises :class:`SourceError` on device failure; the caller supervises and
+        restarts with back-off.
+        """
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {self.width}x{self.height}@{self.framerate}>"
+
+
+class AudioSource(abc.ABC):
+    """Produces packed ``s16`` frames of ``samples_per_frame`` samples in real time."""
+
+    name: str  # "tone", "alsa:default"
+    rate: int
+    channels: int
+    samples_per_frame: int
+
+    @abc.abstractmethod
+    async def run(self, sink: AudioSink) -> None:
+        """Produce frames in real time until cancelled.
+
+        Raises :class:`SourceError` on device failure; the caller supervises and
+        restarts with back-off.
+        """
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {self.name} {self.rate} Hz x{self.channels} "
+            f"{self.samples_per_frame} samples/frame>"
+        )
+
+
+def plane_view(frame: av.VideoFrame, index: int, width: int, height: int) -> npt.NDArray[np.uint8]:
+    """A (height, width) view of one 8-bit plane of ``frame``, honouring its stride.
+
+    Writable for frames we allocated: sources draw into frames in place instead of
+    building an array and copying it in with ``from_ndarray``.
+    """
+    plane = frame.planes[index]
+    rows = np.frombuffer(cast(Any, plane), dtype=np.uint8).reshape(-1, plane.line_size)
+    return rows[:height, :width]
+
+
+def monotonic_pts() -> int:
+    """Now on the monotonic clock, in 1/90000 s: the capture time stamp of a video frame."""
+    return time.monotonic_ns() * 9 // 100_000
+
+
+class StrictlyIncreasing:
+    """Makes capture stamps strictly increasing even when two frames share a tick."""
+
+    def __init__(self) -> None:
+        self._last: int | None = None
+
+    def __call__(self, pts: int) -> int:
+        if self._last is not None and pts <= self._last:
+            pts = self._last + 1
+        self._last = pts
+        return pts
+
+
+# --------------------------------------------------------------------- worker threads
+
+T = TypeVar("T")
+
+Emit = Callable[[T], None]
+"""Hands one item from a worker thread to Trio; blocks while Trio is behind.
+
+Raises :class:`WorkerStopped` once the source is being stopped: producers let it
+propagate (after closing their device in ``finally``)."""
+
+
+class WorkerStopped(Exception):
+    """Raised inside a worker thread to unwind it when its source is stopped."""
+
+
+class _Pump(Generic[T]):
+    """State shared between a worker thread and the Trio task that consumes it."""
+
+    def __init__(self, name: str, buffer: int) -> None:
+        self.name = name
+        self.send, self.recv = trio.open_memory_channel[T](buffer)
+        self.token = trio.lowlevel.current_trio_token()
+        self.stop = threading.Event()
+        self.exited = trio.Event()
+        self.error: BaseException | None = None
+
+    def emit(self, item: T) -> None:
+        if self.stop.is_set():
+            raise WorkerStopped
+        try:
+            trio.from_thread.run(self.send.send, item, trio_token=self.token)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.RunFinishedError):
+            raise WorkerStopped from None
+        except trio.Cancelled:  # the run is shutting down
+            raise WorkerStopped from None
+
+    def thread_main(self, produce: Callable[[Emit[T], threading.Event], None]) -> None:
+        try:
+            produce(self.emit, self.stop)
+        except WorkerStopped:
+            pass
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            with contextlib.suppress(trio.RunFinishedError):
+                self.token.run_sync_soon(self._finish)
+
+    def _finish(self) -> None:
+        self.send.close()
+        self.exited.set()
+
+
+async def pump_thread(
+    name: str,
+    produce: Callable[[Emit[T], threading.Event], None],
+    consume: Callable[[T], Awaitable[None]],
+    *,
+    stall_timeout: float | None,
+    stall_message: str = "",
+    buffer: int = 2,
+) -> None:
+    """Run ``produce(emit, stop)`` in its own thread and ``await consume(item)`` per item.
+
+    Why a dedicated thread rather than ``trio.to_thread.run_sync`` per read: the
+    device must be opened, read and closed by one thread, and a read wedged in a
+    driver must not keep the Trio task from stopping.  So on cancellation we set
+    ``stop`` (producers check it between reads), break the hand-off, wait at most
+    :data:`WORKER_STOP_TIMEOUT` for the thread, and otherwise abandon it (it is a
+    daemon thread and still closes its device when its read returns).
+
+    ``emit`` blocks while ``buffer`` items are waiting, which bounds memory and
+    keeps a file decoder from running ahead.  No item for ``stall_timeout`` seconds
+    raises ``SourceError(stall_message)``: a device that stops delivering must be
+    reopened.  An exception raised by ``produce`` is re-raised here; ``produce``
+    returning ends this function normally.
+    """
+    pump: _Pump[T] = _Pump(name, buffer)
+    thread = threading.Thread(
+        target=pump.thread_main, args=(produce,), name=f"glimpse-{name}", daemon=True
+    )
+    thread.start()
+    try:
+        while True:
+            with trio.move_on_after(
+                stall_timeout if stall_timeout is not None else float("inf")
+            ) as waiting:
+                try:
+                    item = await pump.recv.receive()
+                except trio.EndOfChannel:
+                    break
+            if waiting.cancelled_caught:
+                raise SourceError(stall_message or f"{name}: no data for {stall_timeout:g} s")
+            await consume(item)
+    finally:
+        pump.stop.set()
+        pump.recv.close()  # a blocked emit() now raises WorkerStopped
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + WORKER_STOP_TIMEOUT
+            await pump.exited.wait()
+        if pump.exited.is_set():
+            # It has only its return left to do: make "run() returned" mean "thread gone".
+            thread.join(0.1)
+        else:
+            log.warning(
+                "media.source.worker_abandoned", source=name, thread=thread.name,
+                waited=WORKER_STOP_TIMEOUT,
+            )
+    if pump.error is not None:
+        raise pump.error

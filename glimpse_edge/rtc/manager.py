@@ -1,0 +1,184 @@
+"""Peer sessions for everyone in the room: who gets one, and when.
+
+The manager turns room events and incoming signals into PeerSession tasks:
+
+- a participant announced by ``user_joined`` is offered to at once (existing
+  members call newcomers, as Glimpse browsers do);
+- a participant found by reconciliation after a (re-)join gets
+  ``offer_wait`` seconds to offer first, then we offer;
+- an offer from someone we have no session with starts one that answers;
+- ``user_left`` / ``user_offline`` end the session and free what it held.
+
+Each session runs in its own task under its own cancel scope; a session
+that crashes is logged with its traceback and started again with back-off,
+and nobody else notices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+
+import structlog
+import trio
+from aiortc import RTCIceServer
+
+from ..config import IceConfig, PeersConfig
+from ..media.encoder import VideoCodec
+from ..media.hub import MediaHub
+from ..room import Participant, ParticipantAdded, ParticipantRemoved, Reconciled, RoomEvent
+from ..secretfile import read_secret_file
+from ..signaling.messages import IceCandidate, SessionDescription, SignalType, WebRTCSignal
+from ..signaling.session import SignalingSession
+from ..supervise import Backoff
+from .peer import PeerSession, StartMode
+
+log = structlog.get_logger(__name__)
+
+SESSION_CRASH_BACKOFF = Backoff(initial=1.0, maximum=30.0)
+
+
+def ice_servers(config: IceConfig) -> list[RTCIceServer]:
+    """aiortc's ICE servers from the configuration (TURN credentials read from files)."""
+    servers = []
+    for server in config.servers:
+        credential = read_secret_file(server.credential_file) if server.credential_file else None
+        servers.append(RTCIceServer(urls=list(server.urls), username=server.username or None,
+                                    credential=credential))
+    return servers
+
+
+@dataclass
+class _Entry:
+    session: PeerSession
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+
+class PeerManager:
+    """Owns one PeerSession per remote participant."""
+
+    def __init__(
+        self,
+        signaling: SignalingSession,
+        hub: MediaHub,
+        settings: PeersConfig,
+        ice: IceConfig,
+        video_codec: VideoCodec,
+    ) -> None:
+        self.signaling = signaling
+        self.hub = hub
+        self.settings = settings
+        self.ice = ice
+        self.video_codec: VideoCodec = video_codec
+        self._ice_servers = ice_servers(ice)
+        self._entries: dict[str, _Entry] = {}
+        self._nursery: trio.Nursery | None = None
+        self.refused = 0
+
+    @property
+    def sessions(self) -> dict[str, PeerSession]:
+        return {peer_id: e.session for peer_id, e in self._entries.items()}
+
+    async def run(
+        self,
+        room_events: trio.MemoryReceiveChannel[RoomEvent],
+        signals: trio.MemoryReceiveChannel[WebRTCSignal],
+    ) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._route_signals, signals)
+                async for event in room_events:
+                    self._on_room_event(event)
+        finally:
+            self._nursery = None
+
+    def _on_room_event(self, event: RoomEvent) -> None:
+        if isinstance(event, ParticipantAdded):
+            mode: StartMode = "offer" if event.reason == "user_joined" else "wait"
+            self._start(event.participant, mode)
+        elif isinstance(event, ParticipantRemoved):
+            self._stop(event.participant.user_id, event.reason)
+        elif isinstance(event, Reconciled):
+            for participant in event.participants:
+                if participant.user_id not in self._entries:
+                    self._start(participant, "wait")
+
+    async def _route_signals(self, signals: trio.MemoryReceiveChannel[WebRTCSignal]) -> None:
+        async for signal in signals:
+            entry = self._entries.get(signal.peer_id)
+            if entry is None:
+                if signal.signal_type != "offer":
+                    log.debug("peer.signal_for_unknown_peer", peer=signal.peer_id,
+                              kind=signal.signal_type)
+                    continue
+                known = {p.user_id: p for p in self.signaling.room.participants}
+                participant = known.get(signal.peer_id, Participant(signal.peer_id, ""))
+                entry = self._start(participant, "answer")
+                if entry is None:
+                    continue
+            entry.session.deliver(signal)
+
+    def _start(self, participant: Participant, mode: StartMode) -> _Entry | None:
+        if participant.user_id in self._entries or self._nursery is None:
+            return self._entries.get(participant.user_id)
+        if self.signaling.user_id is None:
+            return None
+        if len(self._entries) >= self.settings.max_peers:
+            self.refused += 1
+            log.warning("peer.refused", peer=participant.user_id, username=participant.username,
+                        reason="max_peers reached", max_peers=self.settings.max_peers)
+            return None
+        session = PeerSession(
+            participant, self_id=self.signaling.user_id, hub=self.hub, settings=self.settings,
+            ice_servers=self._ice_servers, relay_only=self.ice.relay_only,
+            video_codec=self.video_codec, send=partial(self._send, participant.user_id),
+        )
+        entry = _Entry(session)
+        self._entries[participant.user_id] = entry
+        log.info("peer.added", peer=participant.user_id, username=participant.username,
+                 mode=mode, peers=len(self._entries))
+        self._nursery.start_soon(self._run_session, entry, mode)
+        return entry
+
+    def _stop(self, peer_id: str, reason: str) -> None:
+        entry = self._entries.get(peer_id)
+        if entry is not None:
+            log.info("peer.removing", peer=peer_id, reason=reason)
+            entry.scope.cancel()
+
+    async def _run_session(self, entry: _Entry, mode: StartMode) -> None:
+        session = entry.session
+        attempt = 0
+        try:
+            with entry.scope:
+                while True:
+                    try:
+                        await session.run(mode)
+                    except Exception as exc:
+                        delay = SESSION_CRASH_BACKOFF.delay(attempt)
+                        attempt += 1
+                        log.error("peer.crashed", peer=session.peer_id, restart_in=round(delay, 2),
+                                  exc_info=exc)
+                        with trio.CancelScope(shield=True):
+                            await session.close()
+                        await trio.sleep(delay)
+                        mode = "offer"
+        finally:
+            with trio.CancelScope(shield=True):
+                await session.close()
+            if self._entries.get(session.peer_id) is entry:
+                del self._entries[session.peer_id]
+            log.info("peer.removed", peer=session.peer_id, peers=len(self._entries))
+
+    async def _send(
+        self, peer_id: str, kind: SignalType, payload: SessionDescription | IceCandidate | None
+    ) -> bool:
+        return await self.signaling.send(WebRTCSignal(
+            signal_type=kind, peer_id=peer_id, room_id=self.signaling.room.room_id,
+            signal=payload))
+
+    async def close_all(self) -> None:
+        """Cancel every session (their finally blocks close the connections)."""
+        for entry in list(self._entries.values()):
+            entry.scope.cancel()

@@ -1,0 +1,536 @@
+"""One remote participant: negotiation, liveness and restarts of its connection.
+
+A PeerSession is a Trio task that owns every RTCPeerConnection it ever makes
+for one participant, one at a time. Everything that can happen to it arrives
+as a message on its own channel (signals routed by the PeerManager, aiortc's
+state changes and track endings), so its state is only ever touched by that
+task, and one peer's trouble never reaches another.
+
+What aiortc does not do, this does:
+
+- ICE restart: aiortc cannot restart ICE. A dead or stuck connection is
+  replaced by a fresh RTCPeerConnection and a new offer; a remote offer with
+  new ICE credentials likewise replaces ours.
+- Liveness: aiortc never reports "disconnected" and needs ~30 s to close a
+  dead path. A connection from which no RTCP arrived for ``dead_after``
+  seconds, or that is not up ``connect_timeout`` seconds after negotiation,
+  is declared dead here.
+- Glare: when both sides offer at once, the side with the greater user id
+  is polite and answers; the other ignores the incoming offer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import structlog
+import trio
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
+from trio_asyncio import aio_as_trio
+
+from ..config import PeersConfig
+from ..media.encoder import VideoCodec
+from ..media.fanout import PacketQueue, PacketStream
+from ..media.hub import MediaHub
+from ..room import Participant
+from ..signaling.messages import IceCandidate, SessionDescription, SignalType, WebRTCSignal
+from ..supervise import Backoff
+from .sdp import BadSignal, check_sdp, ice_credentials, negotiated_codecs, parse_candidate
+from .tracks import PacketTrack
+
+log = structlog.get_logger(__name__)
+
+SendSignal = Callable[[SignalType, SessionDescription | IceCandidate | None], Awaitable[bool]]
+StartMode = Literal["offer", "wait", "answer"]
+
+CLOSE_TIMEOUT = 2.0
+MAX_PENDING_CANDIDATES = 64
+# A connection that stayed up this long resets the restart back-off.
+STABLE_AFTER = 10.0
+
+
+@dataclass(frozen=True)
+class PcStateChanged:
+    generation: int
+    state: str
+
+
+@dataclass(frozen=True)
+class TrackEnded:
+    generation: int
+    kind: str
+
+
+PeerEvent = WebRTCSignal | PcStateChanged | TrackEnded
+
+ConnState = Literal["offering", "negotiated", "connected", "closed"]
+
+
+@dataclass
+class _Connection:
+    """One RTCPeerConnection and what hangs off it."""
+
+    generation: int
+    pc: RTCPeerConnection
+    role: Literal["offerer", "answerer"]
+    tracks: dict[str, PacketTrack]
+    transceivers: dict[str, RTCRtpTransceiver]
+    state: ConnState = "offering"
+    since: float = field(default_factory=time.monotonic)
+    remote_ufrag: str | None = None
+    has_remote: bool = False
+    pending: list[IceCandidate | None] = field(default_factory=list)
+    last_rtcp: float = 0.0
+    connected_at: float | None = None
+    codec: str | None = None
+    subscriptions: list[tuple[PacketStream, PacketQueue]] = field(default_factory=list)
+
+
+def codec_preferences(kind: str, preferred: VideoCodec) -> list[Any]:
+    """Codecs in the order we want them, for setCodecPreferences (RTX kept)."""
+    caps = RTCRtpSender.getCapabilities(kind).codecs
+    if kind == "audio":
+        return [c for c in caps if c.mimeType.lower() == "audio/opus"]
+
+    def of(name: str) -> list[Any]:
+        return [c for c in caps if c.mimeType.lower() == f"video/{name}"]
+
+    order = ["h264", "vp8"] if preferred == "h264" else ["vp8", "h264"]
+    return of(order[0]) + of(order[1]) + of("rtx")
+
+
+class PeerSession:
+    """The connection to one participant, across any number of rebuilds."""
+
+    def __init__(
+        self,
+        participant: Participant,
+        *,
+        self_id: str,
+        hub: MediaHub,
+        settings: PeersConfig,
+        ice_servers: list[RTCIceServer],
+        relay_only: bool,
+        video_codec: VideoCodec,
+        send: SendSignal,
+    ) -> None:
+        self.participant = participant
+        self.peer_id = participant.user_id
+        self.self_id = self_id
+        self.hub = hub
+        self.settings = settings
+        self.ice_servers = ice_servers
+        self.relay_only = relay_only
+        self.video_codec: VideoCodec = video_codec
+        self._send = send
+        self._events_in, self._events = trio.open_memory_channel[PeerEvent](256)
+        self._conn: _Connection | None = None
+        self._generation = 0
+        self._offer_due: float | None = None
+        self._restart_due: float | None = None
+        self._restart_attempt = 0
+        self._backoff = Backoff(initial=0.5, maximum=settings.restart_max)
+        self.restarts = 0
+        self.log = log.bind(peer=self.peer_id, username=participant.username)
+
+    # -- inputs (from the manager; never block) -----------------------------
+
+    @property
+    def polite(self) -> bool:
+        """The polite side of a glare gives up its own offer."""
+        return self.self_id > self.peer_id
+
+    def deliver(self, signal: WebRTCSignal) -> None:
+        self._post(signal)
+
+    def _post(self, event: PeerEvent) -> None:
+        try:
+            self._events_in.send_nowait(event)
+        except trio.WouldBlock:
+            self.log.warning("peer.event_dropped", event=type(event).__name__,
+                             reason="queue full")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    @property
+    def state(self) -> str:
+        return self._conn.state if self._conn else "idle"
+
+    @property
+    def connection(self) -> RTCPeerConnection | None:
+        return self._conn.pc if self._conn else None
+
+    # -- the task -----------------------------------------------------------
+
+    async def run(self, mode: StartMode) -> None:
+        """Negotiate and keep the connection alive until cancelled."""
+        if mode == "offer":
+            await self._offer("user_joined")
+        elif mode == "wait":
+            self._offer_due = trio.current_time() + self.settings.offer_wait
+        while True:
+            deadline = self._next_deadline()
+            event: PeerEvent | None = None
+            with trio.move_on_at(deadline):
+                event = await self._events.receive()
+            if event is None:
+                await self._on_timer()
+                continue
+            try:
+                await self._handle(event)
+            except BadSignal as exc:
+                self.log.warning("peer.bad_signal", reason=str(exc),
+                                 kind=getattr(event, "signal_type", None))
+                if isinstance(event, WebRTCSignal) and event.signal_type == "offer":
+                    # Their negotiation is broken: start over from our side.
+                    await self._restart(f"bad offer: {exc}")
+
+    async def close(self) -> None:
+        """Close whatever connection is open (safe to call from a shielded finally)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._close_connection(conn, "session closed")
+
+    # -- timers -------------------------------------------------------------
+
+    def _next_deadline(self) -> float:
+        now_t, now_m = trio.current_time(), time.monotonic()
+        candidates = [now_t + 3600.0]
+        if self._offer_due is not None:
+            candidates.append(self._offer_due)
+        if self._restart_due is not None:
+            candidates.append(self._restart_due)
+        conn = self._conn
+        if conn is not None:
+            if conn.state in ("offering", "negotiated"):
+                candidates.append(now_t + conn.since + self.settings.connect_timeout - now_m)
+            elif conn.state == "connected":
+                candidates.append(now_t + conn.last_rtcp + self.settings.dead_after - now_m)
+        return min(candidates)
+
+    async def _on_timer(self) -> None:
+        now_t, now_m = trio.current_time(), time.monotonic()
+        if self._offer_due is not None and now_t >= self._offer_due:
+            self._offer_due = None
+            if self._conn is None:
+                self.log.info("peer.offer_wait_over", waited=self.settings.offer_wait)
+                await self._offer("no offer arrived")
+            return
+        if self._restart_due is not None and now_t >= self._restart_due:
+            self._restart_due = None
+            await self._offer("restart")
+            return
+        conn = self._conn
+        if conn is None:
+            return
+        if conn.state in ("offering", "negotiated"):
+            if now_m - conn.since >= self.settings.connect_timeout:
+                what = "no answer" if conn.state == "offering" else "not connected"
+                await self._restart(f"{what} after {self.settings.connect_timeout:g} s")
+        elif conn.state == "connected" and now_m - conn.last_rtcp >= self.settings.dead_after:
+            await self._restart(f"no RTCP for {now_m - conn.last_rtcp:.1f} s")
+
+    async def _restart(self, reason: str) -> None:
+        """Drop the current connection; offer a fresh one after a back-off."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            up = conn.connected_at
+            if up is not None and time.monotonic() - up > STABLE_AFTER:
+                self._restart_attempt = 0
+            await self._close_connection(conn, reason)
+        delay = 0.0 if self._restart_attempt == 0 else self._backoff.delay(self._restart_attempt)
+        self._restart_attempt += 1
+        self.restarts += 1
+        self.log.warning("peer.restarting", reason=reason, delay=round(delay, 2),
+                         attempt=self._restart_attempt)
+        self._offer_due = None
+        self._restart_due = trio.current_time() + delay
+
+    # -- events -------------------------------------------------------------
+
+    async def _handle(self, event: PeerEvent) -> None:
+        conn = self._conn
+        if isinstance(event, PcStateChanged):
+            if conn is None or event.generation != conn.generation:
+                return
+            self.log.info("peer.state", state=event.state, generation=event.generation)
+            if event.state == "connected" and conn.state != "connected":
+                conn.state = "connected"
+                conn.connected_at = conn.last_rtcp = time.monotonic()
+                self._restart_due = None
+                self.log.info("peer.connected", codec=conn.codec, role=conn.role,
+                              ms=round((conn.connected_at - conn.since) * 1000))
+                self._request_keyframe()
+            elif event.state in ("failed", "closed"):
+                await self._restart(f"connection {event.state}")
+        elif isinstance(event, TrackEnded):
+            if conn is not None and event.generation == conn.generation:
+                sender = conn.transceivers[event.kind].sender
+                if sender.transport.state in ("closed", "failed"):
+                    # the connection is going away; aiortc stops the tracks
+                    # before it reports "closed"
+                    await self._restart(f"connection {sender.transport.state}")
+                    return
+                # aiortc's RTP task died (its traceback went to the log as a
+                # warning); the pc would stay "connected" without media.
+                self.log.error("peer.track_ended", kind=event.kind)
+                await self._restart(f"{event.kind} track ended")
+        elif event.signal_type == "offer":
+            assert isinstance(event.signal, SessionDescription)
+            await self._on_offer(event.signal.sdp)
+        elif event.signal_type == "answer":
+            assert isinstance(event.signal, SessionDescription)
+            await self._on_answer(event.signal.sdp)
+        else:
+            assert event.signal is None or isinstance(event.signal, IceCandidate)
+            await self._on_candidate(event.signal)
+
+    async def _on_offer(self, sdp: str) -> None:
+        check_sdp(sdp)
+        creds = ice_credentials(sdp)
+        ufrag = creds[0] if creds else None
+        conn = self._conn
+        self._offer_due = None
+        self._restart_due = None
+        if conn is not None and conn.state == "offering":
+            if not self.polite:
+                self.log.info("peer.glare", action="ignoring their offer")
+                return
+            self.log.info("peer.glare", action="dropping our offer")
+        elif (conn is not None and conn.has_remote and conn.remote_ufrag == ufrag
+              and conn.pc.signalingState == "stable"):
+            await self._renegotiate(conn, sdp)
+            return
+        elif conn is not None:
+            self.log.info("peer.remote_restart", reason="new ICE credentials"
+                          if conn.remote_ufrag != ufrag else "offer in unexpected state")
+        if conn is not None:
+            self._conn = None
+            await self._close_connection(conn, "replaced by their offer")
+        await self._answer(sdp, ufrag)
+
+    async def _renegotiate(self, conn: _Connection, sdp: str) -> None:
+        self.log.info("peer.renegotiating")
+        try:
+            await aio_as_trio(conn.pc.setRemoteDescription)(RTCSessionDescription(sdp, "offer"))
+            self._refuse_foreign_media(conn)
+            answer = await aio_as_trio(conn.pc.createAnswer)()
+            await aio_as_trio(conn.pc.setLocalDescription)(answer)
+        except Exception as exc:  # aiortc raises many types for SDP it dislikes
+            self.log.warning("peer.renegotiation_failed", error=f"{type(exc).__name__}: {exc}")
+            self._conn = None
+            await self._close_connection(conn, "renegotiation failed")
+            await self._answer(sdp, (ice_credentials(sdp) or (None,))[0])
+            return
+        await self._send_signal("answer", SessionDescription(type="answer",
+                                                      sdp=conn.pc.localDescription.sdp))
+
+    async def _on_answer(self, sdp: str) -> None:
+        conn = self._conn
+        if conn is None or conn.state != "offering":
+            self.log.warning("peer.unexpected_answer", state=self.state)
+            return
+        check_sdp(sdp)
+        try:
+            await aio_as_trio(conn.pc.setRemoteDescription)(RTCSessionDescription(sdp, "answer"))
+        except Exception as exc:
+            raise BadSignal(f"answer rejected: {type(exc).__name__}: {exc}") from None
+        creds = ice_credentials(sdp)
+        conn.remote_ufrag = creds[0] if creds else None
+        conn.has_remote = True
+        await self._negotiated(conn, sdp)
+
+    async def _on_candidate(self, candidate: IceCandidate | None) -> None:
+        conn = self._conn
+        if conn is None:
+            self.log.debug("peer.candidate_dropped", reason="no connection")
+            return
+        if (candidate is not None and candidate.username_fragment and conn.remote_ufrag
+                and candidate.username_fragment != conn.remote_ufrag):
+            self.log.debug("peer.candidate_dropped", reason="stale ufrag")
+            return
+        if not conn.has_remote:
+            if len(conn.pending) < MAX_PENDING_CANDIDATES:
+                conn.pending.append(candidate)
+            return
+        await self._add_candidate(conn, candidate)
+
+    async def _add_candidate(self, conn: _Connection, candidate: IceCandidate | None) -> None:
+        parsed = parse_candidate(candidate) if candidate is not None else None
+        try:
+            await aio_as_trio(conn.pc.addIceCandidate)(parsed)
+        except Exception as exc:
+            raise BadSignal(f"candidate rejected: {type(exc).__name__}: {exc}") from None
+
+    # -- building connections ----------------------------------------------
+
+    def _new_connection(self, role: Literal["offerer", "answerer"]) -> _Connection:
+        self._generation += 1
+        gen = self._generation
+        config = RTCConfiguration(iceServers=list(self.ice_servers))
+        if self.relay_only:
+            from aiortc.rtcconfiguration import RTCIceTransportPolicy
+
+            config.iceTransportPolicy = RTCIceTransportPolicy.RELAY
+        pc = RTCPeerConnection(configuration=config)
+        conn = _Connection(gen, pc, role, tracks={}, transceivers={})
+
+        def on_state() -> None:  # runs in the loop's task: must never raise
+            self._post(PcStateChanged(gen, pc.connectionState))
+
+        pc.on("connectionstatechange", on_state)
+
+        def on_track(track: Any) -> None:
+            # We asked for sendonly; a peer that sends anyway must not grow
+            # aiortc's unbounded receive queue: stop its track at once.
+            self.log.warning("peer.unwanted_track", kind=getattr(track, "kind", "?"))
+            with contextlib.suppress(Exception):
+                track.stop()
+
+        pc.on("track", on_track)
+
+        kinds = []
+        if self.hub.has_video:
+            kinds.append("video")
+        if self.hub.audio_stream() is not None:
+            kinds.append("audio")
+        for kind in kinds:
+            track = PacketTrack("video" if kind == "video" else "audio")
+            transceiver = pc.addTransceiver(track, direction="sendonly")
+            transceiver.setCodecPreferences(codec_preferences(kind, self.video_codec))
+            self._hook_sender(conn, transceiver.sender)
+            conn.tracks[kind] = track
+            conn.transceivers[kind] = transceiver
+
+            def on_ended(kind: str = kind) -> None:
+                self._post(TrackEnded(gen, kind))
+
+            track.on("ended", on_ended)
+        return conn
+
+    def _hook_sender(self, conn: _Connection, sender: RTCRtpSender) -> None:
+        """Observe RTCP (liveness) and PLI/FIR (key frames) on a sender.
+
+        aiortc has no public hook and in passthrough mode its own key-frame
+        flag is never read. Both run in aiortc's DTLS receive loop: they must
+        never raise or block.
+        """
+        original_rtcp = sender._handle_rtcp_packet
+
+        async def handle_rtcp(packet: Any) -> None:
+            conn.last_rtcp = time.monotonic()
+            try:
+                await original_rtcp(packet)
+            except Exception as exc:
+                self.log.warning("peer.rtcp_error", error=str(exc))
+
+        def on_keyframe_request() -> None:
+            try:
+                self._request_keyframe(reason="pli")
+            except Exception as exc:
+                self.log.warning("peer.keyframe_hook_error", error=str(exc))
+
+        sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
+        sender._send_keyframe = on_keyframe_request  # type: ignore[method-assign]
+
+    def _request_keyframe(self, reason: str = "connected") -> None:
+        conn = self._conn
+        if conn is None or conn.codec not in ("h264", "vp8"):
+            return
+        stream = self.hub.video_stream(conn.codec)  # type: ignore[arg-type]
+        if stream is not None:
+            stream.on_need_keyframe()
+            self.log.debug("peer.keyframe_requested", reason=reason)
+
+    def _refuse_foreign_media(self, conn: _Connection) -> None:
+        """Transceivers the remote added (a screen share...) are made inactive."""
+        ours = {id(t) for t in conn.transceivers.values()}
+        for t in conn.pc.getTransceivers():
+            if id(t) not in ours and t.direction != "inactive":
+                t.direction = "inactive"
+
+    async def _offer(self, reason: str) -> None:
+        conn = self._new_connection("offerer")
+        self._conn = conn
+        self.log.info("peer.offering", reason=reason, generation=conn.generation)
+        offer = await aio_as_trio(conn.pc.createOffer)()
+        await aio_as_trio(conn.pc.setLocalDescription)(offer)
+        conn.since = time.monotonic()
+        await self._send_signal("offer", SessionDescription(type="offer",
+                                                     sdp=conn.pc.localDescription.sdp))
+
+    async def _answer(self, sdp: str, ufrag: str | None) -> None:
+        conn = self._new_connection("answerer")
+        self._conn = conn
+        self.log.info("peer.answering", generation=conn.generation)
+        try:
+            await aio_as_trio(conn.pc.setRemoteDescription)(RTCSessionDescription(sdp, "offer"))
+        except Exception as exc:
+            self._conn = None
+            await self._close_connection(conn, "bad offer")
+            raise BadSignal(f"offer rejected: {type(exc).__name__}: {exc}") from None
+        conn.remote_ufrag = ufrag
+        conn.has_remote = True
+        self._refuse_foreign_media(conn)
+        answer = await aio_as_trio(conn.pc.createAnswer)()
+        await aio_as_trio(conn.pc.setLocalDescription)(answer)
+        local_sdp = conn.pc.localDescription.sdp
+        await self._send_signal("answer", SessionDescription(type="answer", sdp=local_sdp))
+        await self._negotiated(conn, local_sdp)
+
+    async def _negotiated(self, conn: _Connection, answer_sdp: str) -> None:
+        """Both descriptions are set: bind tracks to streams, apply queued candidates."""
+        conn.state = "negotiated"
+        conn.since = time.monotonic()
+        codecs = negotiated_codecs(answer_sdp)
+        video_codec = codecs.get("video")
+        if "video" in conn.tracks and video_codec in ("h264", "vp8"):
+            stream = self.hub.video_stream(video_codec)  # type: ignore[arg-type]
+            if stream is not None:
+                queue = stream.subscribe(f"{self.participant.username}/{video_codec}")
+                conn.subscriptions.append((stream, queue))
+                conn.tracks["video"].bind(queue)
+                conn.codec = video_codec
+        elif "video" in conn.tracks:
+            self.log.warning("peer.no_video_codec", negotiated=video_codec)
+        audio = self.hub.audio_stream()
+        if "audio" in conn.tracks and audio is not None and codecs.get("audio") == "opus":
+            queue = audio.subscribe(f"{self.participant.username}/opus")
+            conn.subscriptions.append((audio, queue))
+            conn.tracks["audio"].bind(queue)
+        self.log.info("peer.negotiated", role=conn.role, video=conn.codec,
+                      audio=codecs.get("audio"))
+        pending, conn.pending = conn.pending, []
+        for candidate in pending:
+            try:
+                await self._add_candidate(conn, candidate)
+            except BadSignal as exc:
+                self.log.warning("peer.bad_signal", reason=str(exc), kind="ice-candidate")
+
+    async def _close_connection(self, conn: _Connection, reason: str) -> None:
+        conn.state = "closed"
+        for stream, queue in conn.subscriptions:
+            stream.unsubscribe(queue)
+        conn.subscriptions.clear()
+        self.log.info("peer.connection_closed", reason=reason, generation=conn.generation)
+        with trio.move_on_after(CLOSE_TIMEOUT) as timer:
+            timer.shield = True
+            await aio_as_trio(conn.pc.close)()
+        if timer.cancelled_caught:
+            self.log.error("peer.close_timeout", generation=conn.generation)
+
+    async def _send_signal(self, kind: SignalType,
+                           payload: SessionDescription | IceCandidate | None) -> None:
+        if not await self._send(kind, payload):
+            self.log.warning("peer.signal_not_sent", kind=kind, reason="signaling down")

@@ -1,0 +1,214 @@
+"""An aiortc peer that behaves like Glimpse's browser client, for integration tests.
+
+It joins the room over the real dev server and, like the browser client:
+offers to newcomers on ``user_joined``, answers any offer (on its existing
+connection when it has one), and on ``failed``/``closed`` builds a new
+connection and offers again. It receives and decodes the agent's video and
+audio and records what arrived, so tests can wait on frame counts.
+
+aiortc runs inside the test's trio-asyncio loop (the test opens it with
+``trio_asyncio.open_loop()``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import av
+import trio
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from trio_asyncio import aio_as_trio, trio_as_aio
+
+from glimpse_edge.media.framecode import read_code
+
+from .glimpse_client import GlimpseClient
+
+
+@dataclass
+class Received:
+    """What one peer received from one remote participant."""
+
+    video_frames: int = 0
+    audio_frames: int = 0
+    sizes: set[tuple[int, int]] = field(default_factory=set)
+    codes: list[tuple[int, int, float]] = field(default_factory=list)  # counter, sent ms, recv ms
+    first_frame_at: float | None = None
+    last_frame_at: float | None = None
+    audio_samples: list[Any] = field(default_factory=list)
+    codec: str | None = None
+
+
+class BrowserPeer:
+    """A Glimpse participant made of aiortc."""
+
+    def __init__(self, name: str, *, read_codes: bool = False, keep_audio: int = 0) -> None:
+        self.name = name
+        self.client = GlimpseClient(name)
+        self.read_codes = read_codes
+        self.keep_audio = keep_audio
+        self.pcs: dict[str, RTCPeerConnection] = {}
+        self.received: dict[str, Received] = {}
+        self.room_id = ""
+        self._changed = trio.Condition()
+        self._nursery: trio.Nursery | None = None
+        self.offers_received = 0
+        self._consumers: set[asyncio.Future[None]] = set()
+        self.log: list[str] = []
+
+    @property
+    def user_id(self) -> str:
+        assert self.client.user_id is not None
+        return self.client.user_id
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_until(self, predicate: Any, what: str, timeout: float = 30.0) -> None:
+        with trio.move_on_after(timeout):
+            while not predicate():
+                async with self._changed:
+                    with trio.move_on_after(0.5):
+                        await self._changed.wait()
+            return
+        raise AssertionError(f"{self.name}: expected {what} within {timeout} s; received: "
+                             f"{ {k: (v.video_frames, v.audio_frames, v.sizes) for k, v in self.received.items()} }; "  # noqa: E501
+                             f"log: {self.log[-15:]}")
+
+    async def wait_frames(self, peer_id: str, video: int, audio: int = 0,
+                          timeout: float = 30.0) -> Received:
+        def ok() -> bool:
+            r = self.received.get(peer_id)
+            return r is not None and r.video_frames >= video and r.audio_frames >= audio
+
+        await self.wait_until(ok, f">= {video} video and >= {audio} audio frames from {peer_id}",
+                              timeout)
+        return self.received[peer_id]
+
+    # -- connection handling ---------------------------------------------
+
+    def _new_pc(self, peer_id: str) -> RTCPeerConnection:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # no STUN: no network here
+        self.pcs[peer_id] = pc
+        rec = self.received.setdefault(peer_id, Received())
+
+        @pc.on("track")  # type: ignore[misc]
+        def on_track(track: Any) -> None:
+            task = asyncio.ensure_future(self._consume(peer_id, track, rec))
+            self._consumers.add(task)
+            task.add_done_callback(self._consumers.discard)
+
+        @pc.on("connectionstatechange")  # type: ignore[misc]
+        def on_state() -> None:
+            self.log.append(f"{peer_id[:6]} {pc.connectionState}")
+            if pc.connectionState in ("failed", "closed") and self.pcs.get(peer_id) is pc:
+                assert self._nursery is not None
+                self._nursery.start_soon(self._reoffer, peer_id, pc)
+
+        return pc
+
+    async def _consume(self, peer_id: str, track: Any, rec: Received) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            now = time.time() * 1000
+            if isinstance(frame, av.VideoFrame):
+                rec.video_frames += 1
+                rec.sizes.add((frame.width, frame.height))
+                rec.first_frame_at = rec.first_frame_at or now
+                rec.last_frame_at = now
+                if self.read_codes:
+                    code = read_code(frame)
+                    if code is not None:
+                        rec.codes.append((code.counter, code.wall_ms, now))
+            else:
+                rec.audio_frames += 1
+                if len(rec.audio_samples) < self.keep_audio:
+                    rec.audio_samples.append(frame.to_ndarray().copy())
+            if (rec.video_frames + rec.audio_frames) % 10 == 0:
+                await trio_as_aio(self._notify)()
+
+    async def _reoffer(self, peer_id: str, old: RTCPeerConnection) -> None:
+        await trio.sleep(0.2)  # Glimpse waits 2 s; tests do not need to
+        if self.pcs.get(peer_id) is old:
+            await self.offer(peer_id)
+
+    async def offer(self, peer_id: str) -> None:
+        old = self.pcs.pop(peer_id, None)
+        if old is not None:
+            await aio_as_trio(old.close)()
+        pc = self._new_pc(peer_id)
+        pc.addTransceiver("video", direction="recvonly")
+        pc.addTransceiver("audio", direction="recvonly")
+        offer = await aio_as_trio(pc.createOffer)()
+        await aio_as_trio(pc.setLocalDescription)(offer)
+        await self.signal(peer_id, "offer", {"type": "offer", "sdp": pc.localDescription.sdp})
+
+    async def signal(self, peer_id: str, kind: str, payload: Any) -> None:
+        await self.client.signal(self.room_id, peer_id, kind, payload)
+
+    async def _on_message(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        if kind == "user_joined":
+            await self.offer(msg["userId"])
+        elif kind in ("user_left", "user_offline"):
+            pc = self.pcs.pop(msg["userId"], None)
+            if pc is not None:
+                await aio_as_trio(pc.close)()
+        elif kind == "webrtc_signal":
+            peer_id, signal_type, signal = msg["peerId"], msg["signalType"], msg["signal"]
+            if signal_type == "offer":
+                self.offers_received += 1
+                pc = self.pcs.get(peer_id) or self._new_pc(peer_id)
+                await aio_as_trio(pc.setRemoteDescription)(
+                    RTCSessionDescription(signal["sdp"], "offer"))
+                answer = await aio_as_trio(pc.createAnswer)()
+                await aio_as_trio(pc.setLocalDescription)(answer)
+                await self.signal(peer_id, "answer",
+                                  {"type": "answer", "sdp": pc.localDescription.sdp})
+            elif signal_type == "answer":
+                pc = self.pcs.get(peer_id)
+                if pc is not None and pc.signalingState == "have-local-offer":
+                    await aio_as_trio(pc.setRemoteDescription)(
+                        RTCSessionDescription(signal["sdp"], "answer"))
+        await self._notify()
+
+    async def _receive_loop(self) -> None:
+        while True:
+            msg = await self.client.recv(timeout=3600)
+            self.log.append(str(msg.get("type")))
+            await self._on_message(msg)
+
+    @asynccontextmanager
+    async def joined(
+        self, ws_url: str, token: str, room_id: str, *, leave: bool = False
+    ) -> AsyncIterator[BrowserPeer]:
+        """In the room for the block; ``leave`` ends membership (else: just goes offline)."""
+        self.room_id = room_id
+        async with self.client, trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self.client.connect(ws_url)
+            await self.client.authenticate(token)
+            await self.client.join(room_id)
+            nursery.start_soon(self._receive_loop)
+            try:
+                yield self
+            finally:
+                with trio.CancelScope(shield=True):
+                    if leave:
+                        await self.client.send({"type": "leave_room", "roomId": room_id})
+                    for pc in list(self.pcs.values()):
+                        with trio.move_on_after(3):
+                            await aio_as_trio(pc.close)()
+                nursery.cancel_scope.cancel()
+
+    def pc_for(self, peer_id: str) -> RTCPeerConnection:
+        return self.pcs[peer_id]
