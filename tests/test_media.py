@@ -12,7 +12,7 @@ import pytest
 import trio
 from support.agent import AgentProcess, write_config
 from support.devserver import DevServer
-from support.glimpse_client import create_room, register
+from support.glimpse_client import GlimpseClient, create_room, register
 from support.rtcpeer import BrowserPeer
 
 from glimpse_edge.rtc.aio import open_aio_loop
@@ -103,3 +103,119 @@ async def test_two_peers_decode_video_and_audio_then_churn(
         await agent.stop()
     errors = [e for e in agent.events if e.get("level") == "error"]
     assert not errors, json.dumps(errors[:5], indent=1)
+
+
+async def _room_with_agent(
+    devserver: DevServer, tmp_path: Path, nursery: trio.Nursery, *names: str
+) -> tuple[str, str, str, dict[str, str], AgentProcess]:
+    """A room (its owner never joins), the agent in it, and tokens for ``names``.
+
+    The participants are new members when they join, so everyone hears of
+    them (a returning member is announced to nobody, as in Glimpse).
+    """
+    tokens = {name: (await _account(devserver, name))[1] for name in names}
+    device_id, device_token = await _account(devserver, "device")
+    _owner_id, owner_token = await _account(devserver, "owner")
+    room_id = await create_room(devserver.api_url, owner_token, "Room")
+    agent = AgentProcess(write_config(tmp_path, ws_url=devserver.ws_url, room_id=room_id,
+                                      token=device_token, log_level="info", extra=MEDIA))
+    await agent.start(nursery)
+    await agent.wait_for("room.joined", timeout=JOIN_TIMEOUT)
+    return room_id, device_id, device_token, tokens, agent
+
+
+async def test_renegotiation_and_remote_restart_keep_media_flowing(
+    devserver: DevServer, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    room_id, device_id, _t, tokens, agent = await _room_with_agent(
+        devserver, tmp_path, nursery, "alice", "bob")
+    alice, bob = BrowserPeer("alice"), BrowserPeer("bob")
+    async with alice.joined(devserver.ws_url, tokens["alice"], room_id), \
+            bob.joined(devserver.ws_url, tokens["bob"], room_id):
+        await alice.wait_frames(device_id, video=30)
+        await bob.wait_frames(device_id, video=30)
+        alice_id = alice.user_id
+        # 1. renegotiation on the live connection: answered on that connection
+        mark = len(agent.events)
+        pc_before = alice.pc_for(device_id)
+        await alice.renegotiate(device_id)
+        await agent.wait_for("peer.renegotiating", since=mark, peer=alice_id)
+        n = alice.received[device_id].video_frames
+        await alice.wait_frames(device_id, video=n + 30)
+        assert alice.pc_for(device_id) is pc_before
+        assert not agent.find("peer.connection_closed", since=mark, peer=alice_id)
+        # 2. a fresh offer (new connection, new ICE credentials) replaces ours
+        mark = len(agent.events)
+        await alice.offer(device_id, close_old_first=False)
+        await agent.wait_for("peer.remote_restart", since=mark, peer=alice_id)
+        await agent.wait_for("peer.connected", since=mark, peer=alice_id)
+        n = alice.received[device_id].video_frames
+        await alice.wait_frames(device_id, video=n + 30)
+        # bob never noticed
+        assert not agent.find("peer.connection_closed", since=mark, peer=bob.user_id)
+        n = bob.received[device_id].video_frames
+        await bob.wait_frames(device_id, video=n + 30)
+
+
+async def test_dead_path_is_detected_and_replaced(
+    devserver: DevServer, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    room_id, device_id, _t, tokens, agent = await _room_with_agent(
+        devserver, tmp_path, nursery, "alice", "bob")
+    alice, bob = BrowserPeer("alice"), BrowserPeer("bob")
+    async with alice.joined(devserver.ws_url, tokens["alice"], room_id), \
+            bob.joined(devserver.ws_url, tokens["bob"], room_id):
+        await alice.wait_frames(device_id, video=30)
+        await bob.wait_frames(device_id, video=30)
+        mark = len(agent.events)
+        t0 = trio.current_time()
+        alice.blackhole(device_id)
+        restart = await agent.wait_for("peer.restarting", since=mark, peer=alice.user_id)
+        detected = restart["_t"] - t0
+        assert "no RTCP" in restart["reason"], restart
+        await agent.wait_for("peer.connected", since=mark, peer=alice.user_id)
+        n = alice.received[device_id].video_frames
+        await alice.wait_frames(device_id, video=n + 30)
+        recovered = trio.current_time() - t0
+        print(f"dead path noticed after {detected:.2f} s (dead_after 3 s), "
+              f"media back after {recovered:.2f} s")
+        assert not agent.find("peer.restarting", since=mark, peer=bob.user_id)
+
+
+async def test_bad_input_from_one_peer_does_not_touch_the_others(
+    devserver: DevServer, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    room_id, device_id, _t, tokens, agent = await _room_with_agent(
+        devserver, tmp_path, nursery, "alice", "mallory")
+    alice = BrowserPeer("alice")
+    async with alice.joined(devserver.ws_url, tokens["alice"], room_id), \
+            GlimpseClient("mallory") as mallory:
+        await alice.wait_frames(device_id, video=30)
+        await mallory.connect(devserver.ws_url)
+        await mallory.authenticate(tokens["mallory"])
+        await mallory.join(room_id)
+        mallory_id = mallory.user_id
+        # the agent offers to the newcomer; mallory answers with garbage
+        offer = await mallory.expect("webrtc_signal", lambda m: m["signalType"] == "offer")
+        assert "m=video" in offer["signal"]["sdp"]
+        mark = len(agent.events)
+        bad: list[tuple[str, object]] = [
+            ("answer", {"type": "answer", "sdp": "v=0\r\nthis is not sdp\r\n"}),
+            ("ice-candidate", {"candidate": "candidate:1 1 udp 1 192.0.2.9 9 typ host",
+                               "sdpMid": "7", "sdpMLineIndex": 7}),
+            ("ice-candidate", {"candidate": "candidate:garbage", "sdpMid": "0"}),
+            ("answer", {"type": "answer", "sdp": "v=0\r\n"}),  # answer without an offer now
+            ("offer", {"type": "offer", "sdp": "v=0\r\n" + "a=x\r\n" * 100_000}),  # ~700 kB
+            ("offer", {"type": "offer", "sdp": "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\nm=video 9 "
+                       "UDP/TLS/RTP/SAVPF 96\r\na=ice-ufrag:x\r\na=ice-pwd:y\r\n"}),
+            ("offer", {"type": "answer", "sdp": "v=0"}),
+        ]
+        for kind, payload in bad:
+            await mallory.signal(room_id, device_id, kind, payload)
+        await agent.wait_for("peer.bad_signal", since=mark, count=3, peer=mallory_id)
+        # alice kept receiving all along, and still does
+        n = alice.received[device_id].video_frames
+        await alice.wait_frames(device_id, video=n + 60)
+        assert not agent.find("peer.connection_closed", since=mark, peer=alice.user_id)
+        assert agent.process is not None and agent.process.returncode is None
+        assert not agent.find("supervise.task_crashed", since=mark)

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import struct
-import time
 from pathlib import Path
 
 import httpx
+import pytest
 from support.browser import Browser, ViewerPage, open_browser, viewer_url
 from support.devserver import DevServer, devserver_process
-from support.glimpse_client import create_room, register
+from support.glimpse_client import create_room, login, register
 
 PASSWORD = "viewer test password"
 MEDIA_TIMEOUT = 25.0
@@ -49,12 +49,6 @@ async def join(
     )
     await page.wait_for("s => s.status === 'joined'", 10, what=f"{user} to join the room")
     return page
-
-
-async def token_for(server: DevServer, username: str) -> str:
-    async with http(server) as h:
-        r = await h.post("/api/auth/login", json={"username": username, "password": PASSWORD})
-    return str(r.json()["data"]["token"])
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -177,7 +171,7 @@ async def test_tile_removed_when_participant_leaves_or_goes_offline(devserver: D
         # Glimpse's signal dialect, a token instead of a password.
         stays = await join(browser, devserver, "stays", room_id, eoc=True)
         closes = await join(browser, devserver, "closes", room_id, dialect=True)
-        leaves_token = await token_for(devserver, "leaves")
+        _, leaves_token = await login(devserver.api_url, "leaves", PASSWORD)
         leaves = await browser.open_viewer(
             viewer_url(devserver, token=leaves_token, room=room_id), name="leaves"
         )
@@ -188,7 +182,6 @@ async def test_tile_removed_when_participant_leaves_or_goes_offline(devserver: D
             what="connections to both other pages",
         )
 
-        started = time.monotonic()
         await closes.close()  # the socket closes: user_offline
         state = await stays.wait_for(
             f"s => !({ids['closes']!r} in s.peers)", 10, what="the closed page's tile to go"
@@ -205,7 +198,6 @@ async def test_tile_removed_when_participant_leaves_or_goes_offline(devserver: D
         assert any(e["event"] == "user_left" for e in state["log"])
         tiles = await stays.evaluate("document.querySelectorAll('.tile').length")
         assert tiles == 0 and await stays.evaluate("!document.getElementById('empty').hidden")
-        assert time.monotonic() - started < 10
         left = await leaves.state()
         assert left["status"] == "left" and left["peers"] == {}
         assert left["me"] == {"id": ids["leaves"], "username": "leaves"}  # from the token
@@ -216,6 +208,7 @@ async def test_tile_removed_when_participant_leaves_or_goes_offline(devserver: D
             assert await page.console_errors() == [], page.name
 
 
+@pytest.mark.slow
 async def test_reoffer_ice_restart_and_rebuild_keep_media_flowing(devserver: DevServer) -> None:
     room_id, ids = await room_with(devserver, "receiver", "sender")
     sender_id = ids["sender"]
@@ -257,6 +250,7 @@ async def test_reoffer_ice_restart_and_rebuild_keep_media_flowing(devserver: Dev
             assert await page.console_errors() == [], page.name
 
 
+@pytest.mark.slow
 async def test_pages_rejoin_after_server_restart_while_media_keeps_flowing(tmp_path: Path) -> None:
     async with devserver_process(tmp_path / "glimpse.db") as proc:
         server = proc.server

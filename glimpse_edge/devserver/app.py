@@ -15,6 +15,7 @@ status; a malformed request is the client's problem, never a 500.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -24,9 +25,10 @@ import structlog
 import trio
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 from starlette.websockets import WebSocket
 
 from .auth import (
@@ -100,6 +102,21 @@ def _text_field(
     if len(value) > max_length:
         raise HTTPError(400, f"Field '{name}' is too long (max {max_length})")
     return value
+
+
+class _StaticFiles(StaticFiles):
+    """The viewer's assets, revalidated on every load: an edited viewer.js is never stale."""
+
+    def file_response(
+        self,
+        full_path: os.PathLike[str] | str,
+        stat_result: os.stat_result,
+        scope: Scope,
+        status_code: int = 200,
+    ) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
 
 
 class DevServerApp:
@@ -276,7 +293,7 @@ def create_app(store: Store, hub: Hub | None = None) -> Starlette:
             Route("/viewer", handlers.viewer, methods=["GET"]),
             WebSocketRoute("/", handlers.websocket),
             WebSocketRoute("/ws", handlers.websocket),
-            Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
+            Mount("/static", app=_StaticFiles(directory=STATIC_DIR), name="static"),
             Route("/api/info", handlers.info, methods=["GET"]),
             Route("/api/health", handlers.health, methods=["GET"]),
             Route("/api/auth/register", handlers.register, methods=["POST"]),

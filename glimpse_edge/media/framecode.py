@@ -37,10 +37,12 @@ __all__ = [
     "CODE_BITS",
     "CODE_COLUMNS",
     "CODE_ROWS",
+    "CodeGeometry",
     "FrameCode",
     "code_geometry",
     "draw_code",
     "read_code",
+    "read_luma_code",
 ]
 
 CODE_ROWS: Final = 3

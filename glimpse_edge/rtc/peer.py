@@ -241,7 +241,7 @@ class PeerSession:
         elif conn.state == "connected" and now_m - conn.last_rtcp >= self.settings.dead_after:
             await self._restart(f"no RTCP for {now_m - conn.last_rtcp:.1f} s")
 
-    async def _restart(self, reason: str) -> None:
+    async def _restart(self, reason: str, first_delay: float = 0.0) -> None:
         """Drop the current connection; offer a fresh one after a back-off."""
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -249,7 +249,8 @@ class PeerSession:
             if up is not None and time.monotonic() - up > STABLE_AFTER:
                 self._restart_attempt = 0
             await self._close_connection(conn, reason)
-        delay = 0.0 if self._restart_attempt == 0 else self._backoff.delay(self._restart_attempt)
+        delay = (first_delay if self._restart_attempt == 0
+                 else max(first_delay, self._backoff.delay(self._restart_attempt)))
         self._restart_attempt += 1
         self.restarts += 1
         self.log.warning("peer.restarting", reason=reason, delay=round(delay, 2),
@@ -273,14 +274,17 @@ class PeerSession:
                               ms=round((conn.connected_at - conn.since) * 1000))
                 self._request_keyframe()
             elif event.state in ("failed", "closed"):
-                await self._restart(f"connection {event.state}")
+                # The remote may be rebuilding its side (Glimpse browsers do):
+                # give its offer a head start before we offer ourselves.
+                await self._restart(f"connection {event.state}", first_delay=self.settings.offer_wait)
         elif isinstance(event, TrackEnded):
             if conn is not None and event.generation == conn.generation:
                 sender = conn.transceivers[event.kind].sender
                 if sender.transport.state in ("closed", "failed"):
                     # the connection is going away; aiortc stops the tracks
                     # before it reports "closed"
-                    await self._restart(f"connection {sender.transport.state}")
+                    await self._restart(f"connection {sender.transport.state}",
+                                        first_delay=self.settings.offer_wait)
                     return
                 # aiortc's RTP task died (its traceback went to the log as a
                 # warning); the pc would stay "connected" without media.

@@ -26,6 +26,7 @@ from aiortc.mediastreams import MediaStreamError
 from trio_asyncio import aio_as_trio, trio_as_aio
 
 from glimpse_edge.media.framecode import read_code
+from glimpse_edge.rtc.sdp import ice_credentials
 
 from .glimpse_client import GlimpseClient
 
@@ -141,9 +142,10 @@ class BrowserPeer:
         if self.pcs.get(peer_id) is old:
             await self.offer(peer_id)
 
-    async def offer(self, peer_id: str) -> None:
+    async def offer(self, peer_id: str, close_old_first: bool = True) -> None:
+        """Offer on a new connection; the old one is closed before, or after the offer."""
         old = self.pcs.pop(peer_id, None)
-        if old is not None:
+        if old is not None and close_old_first:
             await aio_as_trio(old.close)()
         pc = self._new_pc(peer_id)
         pc.addTransceiver("video", direction="recvonly")
@@ -151,13 +153,17 @@ class BrowserPeer:
         offer = await aio_as_trio(pc.createOffer)()
         await aio_as_trio(pc.setLocalDescription)(offer)
         await self.signal(peer_id, "offer", {"type": "offer", "sdp": pc.localDescription.sdp})
+        if old is not None and not close_old_first:
+            await aio_as_trio(old.close)()
 
     async def signal(self, peer_id: str, kind: str, payload: Any) -> None:
         await self.client.signal(self.room_id, peer_id, kind, payload)
 
     async def _on_message(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
-        if kind == "user_joined":
+        if msg.get("userId") == self.client.user_id:
+            pass
+        elif kind == "user_joined":
             await self.offer(msg["userId"])
         elif kind in ("user_left", "user_offline"):
             pc = self.pcs.pop(msg["userId"], None)
@@ -167,7 +173,17 @@ class BrowserPeer:
             peer_id, signal_type, signal = msg["peerId"], msg["signalType"], msg["signal"]
             if signal_type == "offer":
                 self.offers_received += 1
-                pc = self.pcs.get(peer_id) or self._new_pc(peer_id)
+                pc = self.pcs.get(peer_id)
+                if pc is not None and (pc.signalingState == "have-local-offer" or (
+                    pc.remoteDescription is not None
+                    and ice_credentials(pc.remoteDescription.sdp)
+                    != ice_credentials(signal["sdp"]))):
+                    # Glare or an ICE restart: a browser rolls back / restarts
+                    # ICE on the same connection; aiortc cannot, so a new one.
+                    self.pcs.pop(peer_id, None)
+                    await aio_as_trio(pc.close)()
+                    pc = None
+                pc = pc or self._new_pc(peer_id)
                 await aio_as_trio(pc.setRemoteDescription)(
                     RTCSessionDescription(signal["sdp"], "offer"))
                 answer = await aio_as_trio(pc.createAnswer)()
@@ -212,3 +228,18 @@ class BrowserPeer:
 
     def pc_for(self, peer_id: str) -> RTCPeerConnection:
         return self.pcs[peer_id]
+
+    async def renegotiate(self, peer_id: str) -> None:
+        """A new offer on the live connection (same ICE credentials), as on camera on/off."""
+        pc = self.pcs[peer_id]
+        offer = await aio_as_trio(pc.createOffer)()
+        await aio_as_trio(pc.setLocalDescription)(offer)
+        await self.signal(peer_id, "offer", {"type": "offer", "sdp": pc.localDescription.sdp})
+
+    def blackhole(self, peer_id: str) -> None:
+        """Silently drop everything this peer's connection sends (a dead path)."""
+        pc = self.pcs[peer_id]
+        for transceiver in pc.getTransceivers():
+            connection = transceiver.receiver.transport.transport._connection
+            for protocol in connection._protocols:
+                protocol.transport.sendto = lambda *_a, **_k: None
