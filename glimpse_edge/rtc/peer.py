@@ -276,7 +276,8 @@ class PeerSession:
             elif event.state in ("failed", "closed"):
                 # The remote may be rebuilding its side (Glimpse browsers do):
                 # give its offer a head start before we offer ourselves.
-                await self._restart(f"connection {event.state}", first_delay=self.settings.offer_wait)
+                await self._restart(f"connection {event.state}",
+                                    first_delay=self.settings.offer_wait)
         elif isinstance(event, TrackEnded):
             if conn is not None and event.generation == conn.generation:
                 sender = conn.transceivers[event.kind].sender
