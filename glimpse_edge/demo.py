@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 import structlog
@@ -59,7 +60,14 @@ def write_demo_config(directory: Path, base_url: str, ws_url: str, room_id: str)
         f'password_file = "{password_file}"\n\n'
         "[room]\n"
         f'id = "{room_id}"\n\n'
+        "[video]\n"
+        'source = "testpattern"\n'
+        "width = 1280\nheight = 720\nframerate = 30\n"
+        'codec = "h264"\n\n'
+        "[audio]\n"
+        'source = "tone"\n\n'
         "[ice]\n"
+        "# Host candidates only: the demo runs on one machine or one LAN.\n"
         "servers = []\n\n"
         "[observe]\n"
         'listen = ""\n\n'
@@ -108,13 +116,19 @@ async def run_demo(host: str = "127.0.0.1", port: int = 8080) -> None:
                 resp.raise_for_status()
                 room_id: str = resp.json()["data"]["_id"]
             config = write_demo_config(directory, base_url, ws_url, room_id)
+            # call=1: the viewer is a returning member of its room after the
+            # first visit, and Glimpse announces returning members to nobody;
+            # with call=1 the page calls everyone already in the room.
+            viewer = (f"{base_url}/?" + urlencode({
+                "user": DEMO_VIEWER[0], "password": DEMO_VIEWER[1], "room": room_id,
+                "call": 1}))
             print(
                 "\n"
-                "  glimpse-edge demo\n"
-                f"  dev server:  {base_url}\n"
-                f"  room:        {DEMO_ROOM} ({room_id})\n"
-                f"  viewer login: {DEMO_VIEWER[0]} / {DEMO_VIEWER[1]}\n"
-                f"  agent config: {config}\n"
+                "  glimpse-edge demo: the agent streams a test pattern and a 440 Hz tone.\n"
+                f"  Open the viewer:  {viewer}\n"
+                f"  (or {base_url}/ and log in as {DEMO_VIEWER[0]} / {DEMO_VIEWER[1]},"
+                f" room {room_id})\n"
+                f"  agent config:     {config}\n"
                 "  Ctrl-C stops everything.\n",
                 flush=True,
             )

@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 from support.alsa import (
     AlsaTestDevices,
-    alsa_devices,
     dominant_frequency,
     level_dbfs,
     sine,
@@ -30,7 +29,6 @@ from glimpse_edge.media.alsa import FrameAssembler, PcmConverter, _RateLimitedLo
 
 pytest.importorskip("alsaaudio")
 
-__all__ = ["alsa_devices"]  # the fixture, imported for pytest
 
 TIMEOUT = 5.0
 

@@ -7,10 +7,12 @@ import statistics
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 import trio
 from support.agent import AgentProcess, write_config
+from support.alsa import AlsaTestDevices, dominant_frequency
 from support.devserver import DevServer
 from support.glimpse_client import GlimpseClient, create_room, register
 from support.rtcpeer import BrowserPeer
@@ -219,3 +221,28 @@ async def test_bad_input_from_one_peer_does_not_touch_the_others(
         assert not agent.find("peer.connection_closed", since=mark, peer=alice.user_id)
         assert agent.process is not None and agent.process.returncode is None
         assert not agent.find("supervise.task_crashed", since=mark)
+
+
+async def test_alsa_microphone_reaches_a_peer(
+    devserver: DevServer, tmp_path: Path, nursery: trio.Nursery, alsa_devices: AlsaTestDevices
+) -> None:
+    """Real alsa-lib (the file plugin playing a 1 kHz sine) → agent → Opus → a peer."""
+    tokens = {"alice": (await _account(devserver, "alice"))[1]}
+    device_id, device_token = await _account(devserver, "device")
+    _owner_id, owner_token = await _account(devserver, "owner")
+    room_id = await create_room(devserver.api_url, owner_token, "Room")
+    extra = MEDIA.replace('source = "tone"',
+                          f'source = "alsa"\ndevice = "{alsa_devices.mono}"')
+    agent = AgentProcess(write_config(tmp_path, ws_url=devserver.ws_url, room_id=room_id,
+                                      token=device_token, log_level="info", extra=extra))
+    await agent.start(nursery)
+    opened = await agent.wait_for("media.alsa.opened", timeout=JOIN_TIMEOUT)
+    assert opened["rate"] == 48000 and opened["channels"] == 1, opened
+    alice = BrowserPeer("alice", keep_audio=100)
+    async with alice.joined(devserver.ws_url, tokens["alice"], room_id):
+        got = await alice.wait_frames(device_id, video=1, audio=100)
+    samples = np.concatenate([frame.reshape(-1) for frame in got.audio_samples[25:]])
+    # aiortc decodes Opus to interleaved stereo: take the left channel
+    left = samples[::2]
+    freq = dominant_frequency(left, 48000)
+    assert abs(freq - alsa_devices.frequency) < 5, f"expected ~1000 Hz, got {freq:.1f} Hz"

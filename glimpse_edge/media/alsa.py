@@ -240,6 +240,10 @@ class _RateLimitedLog:
             self._last = now
 
 
+# Seconds of audio ahead of real time after which a device is taken as unpaced.
+UNPACED_AHEAD = 0.5
+
+
 class AlsaSource(AudioSource):
     """Captures from an ALSA PCM (``"default"``, ``"plughw:CARD=Device"``, ...).
 
@@ -325,8 +329,16 @@ class AlsaSource(AudioSource):
                                       device=self.device)
             start = time.monotonic()
             captured = 0  # device frames read since `start`, for pacing
+            paced = self.paced
             while not stop.is_set():
-                if self.paced:
+                if not paced and captured / converter.in_rate - (time.monotonic() - start) > (
+                    UNPACED_AHEAD
+                ):
+                    # A live device cannot deliver more than its buffer ahead of
+                    # real time; this one does (a file plugin, a loopback): pace it.
+                    paced = True
+                    log.warning("media.alsa.unpaced_device", device=self.device)
+                if paced:
                     wait = start + (captured + period) / converter.in_rate - time.monotonic()
                     if wait > 0 and stop.wait(wait):
                         break
