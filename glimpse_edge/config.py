@@ -288,6 +288,10 @@ class VideoConfig(_Section, frozen=True, kw_only=True):
     max_bitrate: Annotated[int, msgspec.Meta(gt=0, le=100_000_000)] = 2_500_000
     min_bitrate: Annotated[int, msgspec.Meta(gt=0, le=100_000_000)] = 150_000
     keyframe_interval: Annotated[float, msgspec.Meta(gt=0, le=60)] = 2.0
+    # "shared": one encoder per codec, its packets sent to every peer (what a Pi can
+    # afford). "per-peer": aiortc's own encoder in every sender, N encoders for N
+    # peers; kept to measure the difference and for receivers that need their own.
+    encode: Literal["shared", "per-peer"] = "shared"
 
     def __post_init__(self) -> None:
         if self.source == "file" and self.path is None:

@@ -98,6 +98,11 @@ async def test_two_peers_decode_video_and_audio_then_churn(
                                      where=lambda e: e.get("peers") == baseline_peers)
             fds_after = agent_fds(agent)
             assert fds_after <= fds_before + 2, (fds_before, fds_after)
+            removals = agent.find("peer.removed", peer=carol_id)
+            first, last = removals[0], removals[-1]
+            for key in ("trio_tasks", "asyncio_tasks", "fds"):
+                # after the first cycle everything is warm: nothing may grow
+                assert last[key] <= first[key], (key, first[key], last[key])
             # the others never stopped receiving
             a0, b0 = alice.received[device_id].video_frames, bob.received[device_id].video_frames
             await alice.wait_frames(device_id, video=a0 + 30)
@@ -108,7 +113,7 @@ async def test_two_peers_decode_video_and_audio_then_churn(
 
 
 async def _room_with_agent(
-    devserver: DevServer, tmp_path: Path, nursery: trio.Nursery, *names: str
+    devserver: DevServer, tmp_path: Path, nursery: trio.Nursery, *names: str, media: str = MEDIA
 ) -> tuple[str, str, str, dict[str, str], AgentProcess]:
     """A room (its owner never joins), the agent in it, and tokens for ``names``.
 
@@ -120,7 +125,7 @@ async def _room_with_agent(
     _owner_id, owner_token = await _account(devserver, "owner")
     room_id = await create_room(devserver.api_url, owner_token, "Room")
     agent = AgentProcess(write_config(tmp_path, ws_url=devserver.ws_url, room_id=room_id,
-                                      token=device_token, log_level="info", extra=MEDIA))
+                                      token=device_token, log_level="info", extra=media))
     await agent.start(nursery)
     await agent.wait_for("room.joined", timeout=JOIN_TIMEOUT)
     return room_id, device_id, device_token, tokens, agent
@@ -246,3 +251,59 @@ async def test_alsa_microphone_reaches_a_peer(
     left = samples[::2]
     freq = dominant_frequency(left, 48000)
     assert abs(freq - alsa_devices.frequency) < 5, f"expected ~1000 Hz, got {freq:.1f} Hz"
+
+
+async def test_vp8_only_peer_gets_vp8_and_max_peers_refuses_extra_peers(
+    devserver: DevServer, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    tokens = {name: (await _account(devserver, name))[1] for name in ("alice", "bob")}
+    device_id, device_token = await _account(devserver, "device")
+    _owner_id, owner_token = await _account(devserver, "owner")
+    room_id = await create_room(devserver.api_url, owner_token, "Room")
+    alice = BrowserPeer("alice", video_codecs=["VP8"])
+    bob = BrowserPeer("bob")
+    async with alice.joined(devserver.ws_url, tokens["alice"], room_id):
+        # alice is there first: she offers VP8 only when the agent arrives
+        agent = AgentProcess(write_config(
+            tmp_path, ws_url=devserver.ws_url, room_id=room_id, token=device_token,
+            log_level="info", extra=MEDIA.replace("[peers]", "[peers]\nmax_peers = 1")))
+        await agent.start(nursery)
+        negotiated = await agent.wait_for("peer.negotiated", timeout=JOIN_TIMEOUT)
+        assert negotiated["video"] == "vp8", negotiated
+        await alice.wait_frames(device_id, video=30)
+        await agent.wait_for("media.encoder.opened", codec="vp8")
+        async with bob.joined(devserver.ws_url, tokens["bob"], room_id):
+            refused = await agent.wait_for("peer.refused", timeout=JOIN_TIMEOUT)
+            assert refused["username"] == "bob" and refused["max_peers"] == 1
+            n = alice.received[device_id].video_frames
+            await alice.wait_frames(device_id, video=n + 30)
+        assert not agent.find("media.encoder.opened", codec="h264")
+
+
+async def test_per_peer_encoding_streams_decodable_video(
+    devserver: DevServer, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """video.encode = "per-peer": aiortc's own encoder in the sender, fed raw frames.
+
+    The frames must reach aiortc with the hub's 90 kHz time stamps (else no
+    RTP timestamps, or none the jitter buffer can split frames on), and no
+    shared video encoder may start; audio stays the shared Opus stream.
+    """
+    per_peer = MEDIA.replace("[video]\n", '[video]\nencode = "per-peer"\n')
+    room_id, device_id, _t, tokens, agent = await _room_with_agent(
+        devserver, tmp_path, nursery, "alice", media=per_peer)
+    alice = BrowserPeer("alice", read_codes=True)
+    async with alice.joined(devserver.ws_url, tokens["alice"], room_id):
+        got = await alice.wait_frames(device_id, video=60, audio=20)
+        assert got.sizes == {(WIDTH, HEIGHT)}, got.sizes
+        negotiated = await agent.wait_for("peer.negotiated", peer=alice.user_id)
+        assert negotiated["video"] == "h264", negotiated
+        # the pictures are the source's, in capture order, each one whole
+        counters = [counter for counter, _sent, _recv in got.codes]
+        assert len(counters) > 30, len(counters)
+        assert counters == sorted(counters) and len(set(counters)) == len(counters)
+    await agent.stop()
+    opened = {e.get("codec") for e in agent.find("media.encoder.opened")}
+    assert opened == {"opus"}, opened
+    errors = [e for e in agent.events if e.get("level") == "error"]
+    assert not errors, json.dumps(errors[:5], indent=1)

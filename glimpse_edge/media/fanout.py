@@ -13,6 +13,11 @@ A new subscriber also starts at a key frame. The queue is filled from Trio
 and read by aiortc's sender from asyncio (trio-asyncio runs both on one
 thread): the reader parks on an asyncio future that the writer resolves, which
 costs far less per packet than crossing the boundary with ``trio_as_aio``.
+
+Raw frames (``video.encode = "per-peer"``, where aiortc encodes for every
+sender itself) go through a :class:`FrameSlot` instead: one frame deep,
+because an encoder that falls behind must skip to the newest picture, not
+work through a backlog.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
+import av
+import numpy as np
 import structlog
 from av.packet import Packet
 
@@ -149,3 +156,78 @@ class PacketStream:
         for queue in self._queues:
             queue.close()
         self._queues.clear()
+
+
+def _private_copy(frame: av.VideoFrame) -> av.VideoFrame:
+    """A copy of ``frame`` that one encoder may mutate.
+
+    aiortc's encoders write ``pict_type`` into the frame they are given, and
+    PyAV rebases its pts/time_base to the encoder's time base (1/30 s for
+    aiortc's H.264). Several senders encode the same picture at once in
+    worker threads, so each gets its own frame, with the 90 kHz pts the hub
+    received. Plane by plane, row by row (strides may differ): ~0.05 ms at
+    1280x720.
+    """
+    out = av.VideoFrame(frame.width, frame.height, frame.format.name)
+    for src, dst in zip(frame.planes, out.planes, strict=True):
+        width = min(src.line_size, dst.line_size)
+        rows_in = np.frombuffer(cast(Any, src), dtype=np.uint8).reshape(-1, src.line_size)
+        rows_out = np.frombuffer(cast(Any, dst), dtype=np.uint8).reshape(-1, dst.line_size)
+        rows_out[: src.height, :width] = rows_in[: src.height, :width]
+    out.pts = frame.pts
+    if frame.time_base is not None:
+        out.time_base = frame.time_base
+    return out
+
+
+class FrameSlot:
+    """One subscriber's view of the raw video: only the newest frame, never a backlog.
+
+    Filled from Trio by the hub (:meth:`put` never blocks), read from asyncio
+    by aiortc's sender, like :class:`PacketQueue`. Each frame is handed out
+    once, so pts stay strictly increasing for the reader.
+    """
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name
+        self._frame: av.VideoFrame | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        self.delivered = 0
+        self.skipped = 0  # replaced by a newer frame before the reader took them
+
+    def put(self, frame: av.VideoFrame) -> None:
+        if self._closed:
+            return
+        if self._frame is not None:
+            self.skipped += 1
+        self._frame = frame
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def close(self) -> None:
+        self._closed = True
+        self._frame = None
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def get_aio(self) -> av.VideoFrame:
+        """The newest frame not yet taken (a private copy), from asyncio."""
+        while True:
+            if self._closed:
+                raise QueueClosed(self.name)
+            frame, self._frame = self._frame, None
+            if frame is not None:
+                self.delivered += 1
+                return _private_copy(frame)
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None

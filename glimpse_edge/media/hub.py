@@ -6,6 +6,10 @@ loop per negotiated codec takes the newest frame, encodes it in a worker
 thread and publishes the packets to its :class:`PacketStream`. Encoders start
 when the first peer needs that codec and stop when the last one leaves.
 
+With ``video.encode = "per-peer"`` there is no shared video encoder: each
+peer subscribes to the raw frames (:meth:`MediaHub.subscribe_frames`, the
+same latest-frame-wins rule) and aiortc encodes for every sender itself.
+
 A source that fails (SourceError) or stalls (no frame for ``stall_timeout``)
 is restarted with back-off while the rest keeps running: the room session
 stays up audio-only or video-only meanwhile.
@@ -25,7 +29,7 @@ import trio
 from ..config import AudioConfig, VideoConfig
 from ..supervise import Backoff, HealthRegistry, RestartPolicy, sole_exception, supervise
 from .encoder import OpusEncoder, VideoCodec, VideoEncoder
-from .fanout import PacketStream
+from .fanout import FrameSlot, PacketStream
 from .source import AudioSource, SourceError, VideoSource
 
 log = structlog.get_logger(__name__)
@@ -75,6 +79,7 @@ class MediaHub:
         self._frame: av.VideoFrame | None = None
         self._frame_seq = 0
         self._frame_event = trio.Event()
+        self._frame_slots: list[FrameSlot] = []
         self._last_frame_at = 0.0
         self._audio_stream: PacketStream | None = None
         self._opus: OpusEncoder | None = None
@@ -91,9 +96,17 @@ class MediaHub:
     def has_video(self) -> bool:
         return self._make_video is not None
 
+    @property
+    def video_per_peer(self) -> bool:
+        """Video is encoded by every peer's sender (aiortc), not shared."""
+        return self.video_config.encode == "per-peer"
+
     def video_stream(self, codec: VideoCodec) -> PacketStream | None:
-        """The shared stream for ``codec``, starting its encoder if needed."""
-        if self._make_video is None or self._nursery is None:
+        """The shared stream for ``codec``, starting its encoder if needed.
+
+        None without video, and in per-peer mode, where nothing is shared.
+        """
+        if self._make_video is None or self._nursery is None or self.video_per_peer:
             return None
         enc = self._encodings.get(codec)
         if enc is None:
@@ -106,6 +119,18 @@ class MediaHub:
             self._encodings[codec] = enc
             self._nursery.start_soon(self._encode_loop, codec, enc)
         return enc.stream
+
+    def subscribe_frames(self, name: str = "") -> FrameSlot:
+        """Raw frames for one reader, newest only; close the slot to unsubscribe.
+
+        The slot starts with the current frame, if any, so a new sender need
+        not wait a frame interval for its first picture.
+        """
+        slot = FrameSlot(name)
+        self._frame_slots.append(slot)
+        if self._frame is not None:
+            slot.put(self._frame)
+        return slot
 
     def audio_stream(self) -> PacketStream | None:
         return self._audio_stream
@@ -138,6 +163,11 @@ class MediaHub:
         self._last_frame_at = time.monotonic()
         event, self._frame_event = self._frame_event, trio.Event()
         event.set()
+        if self._frame_slots:
+            if any(slot.closed for slot in self._frame_slots):
+                self._frame_slots = [slot for slot in self._frame_slots if not slot.closed]
+            for slot in self._frame_slots:
+                slot.put(frame)
 
     async def _run_video_source(self) -> None:
         assert self._make_video is not None

@@ -24,6 +24,7 @@ import trio
 from aiortc import RTCIceServer
 
 from ..config import IceConfig, PeersConfig
+from ..introspect import resource_counts
 from ..media.encoder import VideoCodec
 from ..media.hub import MediaHub
 from ..room import Participant, ParticipantAdded, ParticipantRemoved, Reconciled, RoomEvent
@@ -169,7 +170,9 @@ class PeerManager:
                 await session.close()
             if self._entries.get(session.peer_id) is entry:
                 del self._entries[session.peer_id]
-            log.info("peer.removed", peer=session.peer_id, peers=len(self._entries))
+            # resource counts: a leak shows as a number that only grows
+            log.info("peer.removed", peer=session.peer_id, peers=len(self._entries),
+                     **resource_counts())
 
     async def _send(
         self, peer_id: str, kind: SignalType, payload: SessionDescription | IceCandidate | None

@@ -25,6 +25,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import structlog
@@ -47,7 +48,7 @@ from ..room import Participant
 from ..signaling.messages import IceCandidate, SessionDescription, SignalType, WebRTCSignal
 from ..supervise import Backoff
 from .sdp import BadSignal, check_sdp, ice_credentials, negotiated_codecs, parse_candidate
-from .tracks import PacketTrack
+from .tracks import FrameTrack, PacketTrack
 
 log = structlog.get_logger(__name__)
 
@@ -84,7 +85,7 @@ class _Connection:
     generation: int
     pc: RTCPeerConnection
     role: Literal["offerer", "answerer"]
-    tracks: dict[str, PacketTrack]
+    tracks: dict[str, PacketTrack | FrameTrack]
     transceivers: dict[str, RTCRtpTransceiver]
     state: ConnState = "offering"
     since: float = field(default_factory=time.monotonic)
@@ -411,7 +412,13 @@ class PeerSession:
         if self.hub.audio_stream() is not None:
             kinds.append("audio")
         for kind in kinds:
-            track = PacketTrack("video" if kind == "video" else "audio")
+            track: PacketTrack | FrameTrack
+            if kind == "video" and self.hub.video_per_peer:
+                # aiortc encodes for this sender itself (comparison mode)
+                track = FrameTrack(partial(self.hub.subscribe_frames,
+                                           f"{self.participant.username}/frames"))
+            else:
+                track = PacketTrack("video" if kind == "video" else "audio")
             transceiver = pc.addTransceiver(track, direction="sendonly")
             transceiver.setCodecPreferences(codec_preferences(kind, self.video_codec))
             self._hook_sender(conn, transceiver.sender)
@@ -432,6 +439,7 @@ class PeerSession:
         never raise or block.
         """
         original_rtcp = sender._handle_rtcp_packet
+        original_keyframe = sender._send_keyframe  # read only by aiortc's own encoder
 
         async def handle_rtcp(packet: Any) -> None:
             conn.last_rtcp = time.monotonic()
@@ -442,6 +450,7 @@ class PeerSession:
 
         def on_keyframe_request() -> None:
             try:
+                original_keyframe()
                 self._request_keyframe(reason="pli")
             except Exception as exc:
                 self.log.warning("peer.keyframe_hook_error", error=str(exc))
@@ -500,20 +509,24 @@ class PeerSession:
         conn.since = time.monotonic()
         codecs = negotiated_codecs(answer_sdp)
         video_codec = codecs.get("video")
-        if "video" in conn.tracks and video_codec in ("h264", "vp8"):
+        video_track, audio_track = conn.tracks.get("video"), conn.tracks.get("audio")
+        if isinstance(video_track, FrameTrack) and video_codec in ("h264", "vp8"):
+            conn.codec = video_codec  # aiortc's encoder; the track subscribes itself
+        elif isinstance(video_track, PacketTrack) and video_codec in ("h264", "vp8"):
             stream = self.hub.video_stream(video_codec)  # type: ignore[arg-type]
             if stream is not None:
                 queue = stream.subscribe(f"{self.participant.username}/{video_codec}")
                 conn.subscriptions.append((stream, queue))
-                conn.tracks["video"].bind(queue)
+                video_track.bind(queue)
                 conn.codec = video_codec
-        elif "video" in conn.tracks:
+        elif video_track is not None:
             self.log.warning("peer.no_video_codec", negotiated=video_codec)
         audio = self.hub.audio_stream()
-        if "audio" in conn.tracks and audio is not None and codecs.get("audio") == "opus":
+        if (isinstance(audio_track, PacketTrack) and audio is not None
+                and codecs.get("audio") == "opus"):
             queue = audio.subscribe(f"{self.participant.username}/opus")
             conn.subscriptions.append((audio, queue))
-            conn.tracks["audio"].bind(queue)
+            audio_track.bind(queue)
         self.log.info("peer.negotiated", role=conn.role, video=conn.codec,
                       audio=codecs.get("audio"))
         pending, conn.pending = conn.pending, []

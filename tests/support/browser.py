@@ -35,6 +35,7 @@ Consequences worth knowing:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -132,6 +133,12 @@ class _Worker:
     def _main(self) -> None:
         # Imported here: only browser tests need Playwright installed.
         from playwright.sync_api import sync_playwright
+
+        # Once trio-asyncio is imported anywhere in the process (the agent's
+        # rtc tests import it), new asyncio loops are Trio-backed in every
+        # thread; Playwright needs a plain one. trio-asyncio keeps a policy set
+        # this way per thread, so the Trio side is untouched.
+        asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
 
         error: BaseException | None = None
         try:

@@ -21,7 +21,12 @@ from typing import Any
 
 import av
 import trio
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import MediaStreamError
 from trio_asyncio import aio_as_trio, trio_as_aio
 
@@ -48,8 +53,13 @@ class Received:
 class BrowserPeer:
     """A Glimpse participant made of aiortc."""
 
-    def __init__(self, name: str, *, read_codes: bool = False, keep_audio: int = 0) -> None:
+    def __init__(
+        self, name: str, *, read_codes: bool = False, keep_audio: int = 0,
+        video_codecs: list[str] | None = None,
+    ) -> None:
+        """``video_codecs`` (e.g. ["VP8"]) limits what this peer offers, like an old browser."""
         self.name = name
+        self.video_codecs = video_codecs
         self.client = GlimpseClient(name)
         self.read_codes = read_codes
         self.keep_audio = keep_audio
@@ -148,7 +158,12 @@ class BrowserPeer:
         if old is not None and close_old_first:
             await aio_as_trio(old.close)()
         pc = self._new_pc(peer_id)
-        pc.addTransceiver("video", direction="recvonly")
+        video = pc.addTransceiver("video", direction="recvonly")
+        if self.video_codecs is not None:
+            wanted = {f"video/{c}".lower() for c in [*self.video_codecs, "rtx"]}
+            video.setCodecPreferences([
+                c for c in RTCRtpReceiver.getCapabilities("video").codecs
+                if c.mimeType.lower() in wanted])
         pc.addTransceiver("audio", direction="recvonly")
         offer = await aio_as_trio(pc.createOffer)()
         await aio_as_trio(pc.setLocalDescription)(offer)

@@ -1,0 +1,161 @@
+"""Shared encoders, fan-out and the media hub, in process with real codecs."""
+
+from __future__ import annotations
+
+import time
+from fractions import Fraction
+
+import av
+import pytest
+import trio
+from av.packet import Packet
+
+from glimpse_edge.config import AudioConfig, VideoConfig
+from glimpse_edge.media.encoder import KEYFRAME_MIN_INTERVAL, OpusEncoder, VideoEncoder
+from glimpse_edge.media.fanout import PacketStream
+from glimpse_edge.media.hub import MediaHub
+from glimpse_edge.media.source import VideoSink, VideoSource
+from glimpse_edge.media.testpattern import TestPatternSource
+from glimpse_edge.rtc.aio import open_aio_loop
+
+
+def frames(n: int, width: int = 320, height: int = 180) -> list[av.VideoFrame]:
+    source = TestPatternSource(width, height, 30)
+    return [source.render(i, 0, i * 3000) for i in range(n)]
+
+
+def nal_types(packet: Packet) -> list[int]:
+    data = bytes(packet)
+    return [data[i + 3] & 0x1F for i in range(len(data) - 3) if data[i:i + 3] == b"\0\0\1"]
+
+
+def test_h264_starts_with_idr_and_headers_and_honours_keyframe_requests() -> None:
+    enc = VideoEncoder("h264", 320, 180, 30, 300_000, keyframe_interval=10.0)
+    packets = [p for f in frames(20) for p in enc.encode(f)]
+    assert packets[0].is_keyframe and {7, 8, 5} <= set(nal_types(packets[0]))
+    assert not any(p.is_keyframe for p in packets[1:]), "no key frame without a request"
+    enc._last_keyframe -= KEYFRAME_MIN_INTERVAL  # the first one is long past
+    assert enc.request_keyframe()
+    (p,) = enc.encode(frames(1)[0])
+    assert p.is_keyframe and {7, 8, 5} <= set(nal_types(p)), "SPS/PPS with every IDR"
+    assert not enc.request_keyframe(), "rate-limited right after a key frame"
+    assert p.time_base == Fraction(1, 90000)
+
+
+def test_bitrate_change_rebuilds_with_a_keyframe() -> None:
+    enc = VideoEncoder("vp8", 320, 180, 30, 300_000)
+    for f in frames(5):
+        enc.encode(f)
+    enc._last_bitrate_change = 0.0
+    enc.set_bitrate(150_000)
+    (p,) = enc.encode(frames(1)[0])
+    assert enc.bitrate == 150_000 and p.is_keyframe
+
+
+def test_opus_packets_have_contiguous_pts() -> None:
+    enc = OpusEncoder(48000, 1)
+    pts = []
+    for i in range(10):
+        frame = av.AudioFrame(format="s16", layout="mono", samples=960)
+        frame.sample_rate = 48000
+        frame.pts = i * 960
+        for plane in frame.planes:
+            plane.update(bytes(plane.buffer_size))
+        pts += [p.pts for p in enc.encode(frame)]
+    assert pts == [i * 960 for i in range(len(pts))] and len(pts) >= 8
+
+
+async def test_slow_video_subscriber_skips_to_next_keyframe_others_unaffected() -> None:
+    enc = VideoEncoder("h264", 320, 180, 30, 300_000, keyframe_interval=0.5)
+    stream = PacketStream("video", "h264", queue_len=5)
+    requests = []
+    stream.on_need_keyframe = lambda: requests.append(time.monotonic())
+    fast, slow = stream.subscribe("fast"), stream.subscribe("slow")
+    async with open_aio_loop():
+        got_fast = 0
+        for f in frames(40):
+            for p in enc.encode(f):
+                stream.publish(p)
+            while len(fast):  # the fast peer keeps up
+                await trio_asyncio_get(fast)
+                got_fast += 1
+    assert got_fast == 40 and fast.dropped == 0
+    assert slow.dropped > 0 and len(slow) <= 5
+    assert len(requests) >= 3  # two subscriptions + the overflow asked for key frames
+    # whatever the slow peer still holds starts at a key frame
+    first = await_first(slow)
+    assert first is None or first.is_keyframe
+
+
+def await_first(queue):  # type: ignore[no-untyped-def]
+    return queue._packets[0] if len(queue) else None
+
+
+async def trio_asyncio_get(queue):  # type: ignore[no-untyped-def]
+    from trio_asyncio import aio_as_trio
+
+    return await aio_as_trio(queue.get_aio)()
+
+
+class StallingSource(VideoSource):
+    """Produces a few frames, then hangs without failing (as cameras do after hours)."""
+
+    instances = 0
+    third = trio.Event()
+
+    def __init__(self) -> None:
+        StallingSource.instances += 1
+        if StallingSource.instances == 3:
+            StallingSource.third.set()
+        self.name, self.width, self.height, self.framerate = "stalling", 320, 180, 30
+
+    async def run(self, sink: VideoSink) -> None:
+        for f in frames(3):
+            sink(f)
+            await trio.sleep(0.01)
+        await trio.sleep_forever()
+
+
+async def test_stalled_source_is_restarted() -> None:
+    StallingSource.instances = 0
+    StallingSource.third = trio.Event()
+    hub = MediaHub(VideoConfig(width=320, height=180), AudioConfig(source="none"),
+                   StallingSource, None, stall_timeout=0.3)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.run)
+        with trio.fail_after(10):
+            await StallingSource.third.wait()
+        nursery.cancel_scope.cancel()
+    health = hub.health.get("media.video")
+    assert health.restarts >= 2 and "produced nothing" in (health.last_error or "")
+
+
+async def test_unretrieved_asyncio_task_error_is_logged_not_fatal() -> None:
+    seen = []
+    handled = trio.Event()
+
+    def on_error(context: dict[str, object]) -> None:
+        seen.append(context)
+        handled.set()
+
+    async with open_aio_loop(on_error=on_error) as loop:
+        def callback_that_fails() -> None:  # as aiortc's datagram callbacks can
+            raise RuntimeError("aiortc callback died")
+
+        loop.call_soon(callback_that_fails)
+        with trio.fail_after(5):
+            await handled.wait()
+        # the loop is still alive and usable
+        fut = loop.create_future()
+        loop.call_soon(fut.set_result, 42)
+        from trio_asyncio import aio_as_trio
+
+        assert await aio_as_trio(lambda: fut)() == 42
+    assert "aiortc callback died" in str(seen[0]["exception"])
+
+
+@pytest.mark.parametrize("codec", ["h264", "vp8"])
+def test_encoder_survives_frames_of_other_sizes(codec: str) -> None:
+    enc = VideoEncoder(codec, 320, 180, 30, 300_000)  # type: ignore[arg-type]
+    (p,) = enc.encode(frames(1, 640, 360)[0])
+    assert p.size > 0
