@@ -82,7 +82,7 @@ class Plan:
 
 
 FULL = Plan(peers=(1, 2, 4, 8), window=10.0, first_frame_runs=10, g2g_window=10.0)
-QUICK = Plan(peers=(1, 8), window=3.0, first_frame_runs=3, g2g_window=3.0)
+QUICK = Plan(peers=tuple(int(x) for x in os.environ.get("BENCH_PEERS", "1,8").split(",")), window=3.0, first_frame_runs=3, g2g_window=3.0)
 
 
 def media_config(mode: str, width: int, height: int) -> str:
@@ -397,69 +397,80 @@ def percentile(values: list[float], p: float) -> float:
 # --------------------------------------------------------------------------- main
 
 
-async def bench(plan: Plan) -> None:
+async def bench(plan: Plan, parts: str) -> None:
     print(f"glimpse-edge media bench: {psutil.cpu_count()} CPUs, "
           f"{psutil.virtual_memory().total / 2**30:.0f} GB, loopback, 1280x720 @ 30 fps H.264, "
           f"test pattern source, Opus tone")
     async with run_devserver() as server:
-        # (a)
-        print("\n(a) agent CPU and memory by number of receiving peers "
-              f"(window {plan.window:g} s after all decode)", flush=True)
-        rows: list[CpuRow] = []
-        for i, n in enumerate(plan.peers):
-            modes = ("shared", "per-peer") if i % 2 == 0 else ("per-peer", "shared")
-            for mode in modes:
-                row = await cpu_run(server, mode, n, plan)
-                print(f"  {mode:<9} N={n}: {row.cpu:.3f} CPU s/s", flush=True)
-                rows.append(row)
-        rows.sort(key=lambda r: (r.mode != "shared", r.peers))
-        print(cpu_table(rows))
-        by = {(r.mode, r.peers): r for r in rows}
-        top, bottom = max(plan.peers), min(plan.peers)
-        ratio_scale = by["shared", top].cpu / by["shared", bottom].cpu
-        ratio_mode = by["shared", top].cpu / by["per-peer", top].cpu
-        print(f"shared(N={top}) / shared(N={bottom})   = {ratio_scale:.2f}   (target <= 1.5)")
-        print(f"shared(N={top}) / per-peer(N={top}) = {ratio_mode:.2f}   (target <= 0.3)")
-        starved = [r for r in rows if r.fps and min(r.fps) < 25]
-        if starved:
-            print("note: receivers got < 25 fps in: "
-                  + ", ".join(f"{r.mode} N={r.peers}" for r in starved)
-                  + " (the agent or the receivers could not keep up; see idle %)")
-        print(f"note: the receivers decode in a child process of this bench, on the same "
-              f"{psutil.cpu_count()} cores, at nice {RECEIVER_NICE}, so that the agent "
-              "(nice 0) gets the CPU it asks for; 'rx CPU' is what they used.")
+        if "a" in parts:
+            await bench_cpu(server, plan)
+        if "b" in parts:
+            await bench_first_frame(server, plan)
+        if "c" in parts:
+            await bench_glass_to_glass(server, plan)
 
-        # (b)
-        print(f"\n(b) headless Chromium: joinedAt -> first decoded frame of the agent's video "
-              f"({plan.first_frame_runs} runs, fresh page and new user each)", flush=True)
-        firsts = await first_frame_runs(server, plan.first_frame_runs)
-        values = [ms for ms, _src in firsts]
-        print("runs (ms): " + ", ".join(f"{v:.0f}" for v in values))
-        print(f"median {statistics.median(values):.0f} ms, min {min(values):.0f}, "
-              f"max {max(values):.0f}, stdev "
-              f"{statistics.stdev(values) if len(values) > 1 else 0:.0f}   (target <= 300 ms)")
-        print("first frame noticed by: " + ", ".join(sorted({src for _ms, src in firsts})))
 
-        # (c)
-        print(f"\n(c) glass-to-glass, capture timestamp -> frame decoded by an aiortc receiver "
-              f"(window {plan.g2g_window:g} s)", flush=True)
-        head = f"{'size':<9} {'frames':>6} {'fps':>5} {'median ms':>9} {'p95 ms':>7} {'max ms':>7}"
-        lines = [head, "-" * len(head)]
-        for width, height in ((1280, 720), (640, 360)):
-            row = await glass_to_glass(server, width, height, plan.g2g_window)
-            lat = row.latencies
-            lines.append(f"{row.size:<9} {len(lat):>6} {row.fps:>5.1f} "
-                         f"{statistics.median(lat):>9.0f} {percentile(lat, 95):>7.0f} "
-                         f"{max(lat):>7.0f}")
-        print("\n".join(lines))
-        print("note: aiortc's jitter buffer hands a frame to the decoder only when the first "
-              "packet of the next frame arrives, so this includes one frame interval (33 ms) "
-              "that a browser would not add.")
+async def bench_cpu(server: DevServer, plan: Plan) -> None:
+    print("\n(a) agent CPU and memory by number of receiving peers "
+          f"(window {plan.window:g} s after all decode)", flush=True)
+    rows: list[CpuRow] = []
+    for i, n in enumerate(plan.peers):
+        modes = ("shared", "per-peer") if i % 2 == 0 else ("per-peer", "shared")
+        for mode in modes:
+            row = await cpu_run(server, mode, n, plan)
+            print(f"  {mode:<9} N={n}: {row.cpu:.3f} CPU s/s", flush=True)
+            rows.append(row)
+    rows.sort(key=lambda r: (r.mode != "shared", r.peers))
+    print(cpu_table(rows))
+    by = {(r.mode, r.peers): r for r in rows}
+    top, bottom = max(plan.peers), min(plan.peers)
+    ratio_scale = by["shared", top].cpu / by["shared", bottom].cpu
+    ratio_mode = by["shared", top].cpu / by["per-peer", top].cpu
+    print(f"shared(N={top}) / shared(N={bottom})   = {ratio_scale:.2f}   (target <= 1.5)")
+    print(f"shared(N={top}) / per-peer(N={top}) = {ratio_mode:.2f}   (target <= 0.3)")
+    starved = [r for r in rows if r.fps and min(r.fps) < 25]
+    if starved:
+        print("note: receivers got < 25 fps in: "
+              + ", ".join(f"{r.mode} N={r.peers}" for r in starved)
+              + " (the agent or the receivers could not keep up; see idle %)")
+    print(f"note: the receivers decode in a child process of this bench, on the same "
+          f"{psutil.cpu_count()} cores, at nice {RECEIVER_NICE}, so that the agent "
+          "(nice 0) gets the CPU it asks for; 'rx CPU' is what they used.")
+
+
+async def bench_first_frame(server: DevServer, plan: Plan) -> None:
+    print(f"\n(b) headless Chromium: joinedAt -> first decoded frame of the agent's video "
+          f"({plan.first_frame_runs} runs, fresh page and new user each)", flush=True)
+    firsts = await first_frame_runs(server, plan.first_frame_runs)
+    values = [ms for ms, _src in firsts]
+    print("runs (ms): " + ", ".join(f"{v:.0f}" for v in values))
+    print(f"median {statistics.median(values):.0f} ms, min {min(values):.0f}, "
+          f"max {max(values):.0f}, stdev "
+          f"{statistics.stdev(values) if len(values) > 1 else 0:.0f}   (target <= 300 ms)")
+    print("first frame noticed by: " + ", ".join(sorted({src for _ms, src in firsts})))
+
+
+async def bench_glass_to_glass(server: DevServer, plan: Plan) -> None:
+    print(f"\n(c) glass-to-glass, capture timestamp -> frame decoded by an aiortc receiver "
+          f"(window {plan.g2g_window:g} s)", flush=True)
+    head = f"{'size':<9} {'frames':>6} {'fps':>5} {'median ms':>9} {'p95 ms':>7} {'max ms':>7}"
+    lines = [head, "-" * len(head)]
+    for width, height in ((1280, 720), (640, 360)):
+        row = await glass_to_glass(server, width, height, plan.g2g_window)
+        lat = row.latencies
+        lines.append(f"{row.size:<9} {len(lat):>6} {row.fps:>5.1f} "
+                     f"{statistics.median(lat):>9.0f} {percentile(lat, 95):>7.0f} "
+                     f"{max(lat):>7.0f}")
+    print("\n".join(lines))
+    print("note: aiortc's jitter buffer hands a frame to the decoder only when the first "
+          "packet of the next frame arrives, so this includes one frame interval (33 ms) "
+          "that a browser would not add.")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short windows, N = 1 and 8")
+    parser.add_argument("--parts", default="abc", help="which of (a), (b), (c) to run")
     parser.add_argument("command", nargs="?", help=argparse.SUPPRESS)
     parser.add_argument("spec", nargs="?", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -472,7 +483,7 @@ def main() -> None:
 
     async def bounded() -> None:
         with trio.fail_after(budget):
-            await bench(plan)
+            await bench(plan, args.parts)
 
     trio.run(bounded)
 
