@@ -1,4 +1,4 @@
-"""The ``glimpse-edge`` command: run | check-config | devserver | demo.
+"""The ``glimpse-edge`` command: run | check-config | status | devserver | demo.
 
 Imports are deferred to the subcommand that needs them, so that ``run`` on a
 Pi does not pay for the dev server's web stack and ``--help`` is instant.
@@ -72,6 +72,39 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+    from .observe.statusview import (
+        DEFAULT_URL,
+        StatusError,
+        dumps,
+        fetch_status,
+        render,
+        url_from_config,
+    )
+
+    try:
+        if args.url:
+            url = args.url
+        elif args.config:
+            url = url_from_config(Path(args.config))
+        else:
+            # The standard install's file; without it (or unreadable), the default address.
+            try:
+                url = url_from_config(Path(DEFAULT_CONFIG))
+            except ConfigError:
+                url = DEFAULT_URL
+        status = fetch_status(url)
+    except ConfigError as exc:
+        print(f"glimpse-edge status: configuration error: {exc}", file=sys.stderr)
+        return 1
+    except StatusError as exc:
+        print(f"glimpse-edge status: {exc}", file=sys.stderr)
+        return exc.code
+    print(dumps(status) if args.json else render(status))
+    return 0
+
+
 def _cmd_devserver(args: argparse.Namespace) -> int:
     from .devserver.__main__ import run
 
@@ -109,6 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
                        "valid; exit 1 naming the file, the key and the reason when it is not.")
     p.add_argument("path", nargs="?", default=DEFAULT_CONFIG, help="main configuration file")
     p.set_defaults(func=_cmd_check_config)
+
+    p = sub.add_parser("status", help="show what the running agent is doing",
+                       description="Read the running agent's /status (the [observe] endpoint) "
+                       "and print it as a table. Exit 0 when it answered, 3 when nothing is "
+                       "listening (the agent is not running), 1 for other problems.")
+    p.add_argument("--json", action="store_true", help="print the raw JSON, for scripts")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--config", "-c", default=None,
+                       help=f"find the endpoint in this configuration's [observe] listen "
+                       f"(default {DEFAULT_CONFIG}, else 127.0.0.1:9750)")
+    where.add_argument("--url", default=None, help="the endpoint, e.g. http://127.0.0.1:9750")
+    p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("devserver", help="run the Glimpse-compatible development server",
                        description=DEVSERVER_DESCRIPTION)

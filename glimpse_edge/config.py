@@ -40,6 +40,7 @@ __all__ = [
     "DROPIN_DIR_NAME",
     "AudioConfig",
     "AuthConfig",
+    "CameraConfig",
     "Config",
     "ConfigError",
     "IceConfig",
@@ -304,6 +305,49 @@ class VideoConfig(_Section, frozen=True, kw_only=True):
                 f"({self.min_bitrate}) must not exceed video.max_bitrate ({self.max_bitrate})",
                 related=("max_bitrate",),
             )
+        if self.source == "picamera2" and self.codec != "h264":
+            raise _InvalidKey(
+                "codec",
+                'must be "h264" with video.source = "picamera2": the camera\'s encoder '
+                "makes H.264, and its packets go to every peer untouched",
+                related=("source",),
+            )
+        if self.source == "picamera2" and self.encode != "shared":
+            raise _InvalidKey(
+                "encode",
+                'must be "shared" with video.source = "picamera2": the camera delivers '
+                "encoded packets, not pictures for a per-peer encoder",
+                related=("source",),
+            )
+
+
+class CameraConfig(_Section, frozen=True, kw_only=True):
+    """Raspberry Pi camera (``video.source = "picamera2"``): which camera, picture controls.
+
+    Every control is only sent to the camera when it differs from its default, so
+    the defaults work on any camera; a setting the camera does not have (autofocus
+    on a Camera Module 2) is refused at start with a message naming the key.
+    """
+
+    index: Annotated[int, msgspec.Meta(ge=0, le=7)] = 0
+    af_mode: Literal["default", "continuous", "auto", "manual"] = "default"
+    af_range: Literal["normal", "macro", "full"] = "normal"
+    lens_position: Annotated[float, msgspec.Meta(ge=0, le=32)] = 1.0
+    exposure_value: Annotated[float, msgspec.Meta(ge=-8, le=8)] = 0.0
+    exposure_mode: Literal["normal", "short", "long"] = "normal"
+    flicker: Literal["off", "50hz", "60hz"] = "off"
+    awb_mode: Literal[
+        "auto", "incandescent", "tungsten", "fluorescent", "indoor", "daylight", "cloudy"
+    ] = "auto"
+    brightness: Annotated[float, msgspec.Meta(ge=-1, le=1)] = 0.0
+    contrast: Annotated[float, msgspec.Meta(ge=0, le=32)] = 1.0
+    saturation: Annotated[float, msgspec.Meta(ge=0, le=32)] = 1.0
+    sharpness: Annotated[float, msgspec.Meta(ge=0, le=16)] = 1.0
+    hflip: bool = False
+    vflip: bool = False
+    rotation: Literal[0, 180] = 0
+    hdr: bool = False
+    buffer_count: Annotated[int, msgspec.Meta(ge=2, le=16)] = 6
 
 
 class AudioConfig(_Section, frozen=True, kw_only=True):
@@ -430,6 +474,7 @@ class Config(_Section, frozen=True, kw_only=True):
     auth: AuthConfig
     room: RoomConfig
     video: VideoConfig = msgspec.field(default_factory=VideoConfig)
+    camera: CameraConfig = msgspec.field(default_factory=CameraConfig)
     audio: AudioConfig = msgspec.field(default_factory=AudioConfig)
     ice: IceConfig = msgspec.field(default_factory=IceConfig)
     peers: PeersConfig = msgspec.field(default_factory=PeersConfig)
@@ -453,6 +498,7 @@ _SECTIONS: Final[dict[str, type[_Section]]] = {
     "auth": AuthConfig,
     "room": RoomConfig,
     "video": VideoConfig,
+    "camera": CameraConfig,
     "audio": AudioConfig,
     "ice": IceConfig,
     "peers": PeersConfig,

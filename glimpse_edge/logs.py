@@ -73,6 +73,15 @@ def _exception_redactor(
 
 
 _current_level = logging.INFO
+_METHOD_LEVELS = {name.lower(): level for name, level in logging.getLevelNamesMapping().items()}
+
+
+def _level_filter(
+    _logger: Any, name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    if _METHOD_LEVELS.get(name, logging.INFO) < _current_level:
+        raise structlog.DropEvent
+    return event_dict
 
 
 def configure_logging(
@@ -85,6 +94,7 @@ def configure_logging(
         fmt = "console" if out.isatty() else "json"
     _current_level = _LEVELS.get(level, logging.INFO)
     processors: list[Any] = [
+        _level_filter,
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -103,7 +113,10 @@ def configure_logging(
         ]
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(_current_level),
+        # Loggers bound earlier (a peer session's) keep the wrapper class of
+        # their time, so the level is enforced by _level_filter, which reads
+        # the current one: a reload's new level applies to them at once.
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )

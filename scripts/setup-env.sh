@@ -14,7 +14,10 @@ EXTRAS="${GLIMPSE_EXTRAS:-dev}"
 #   gcc, python3-dev, libasound2-dev: build pyalsaaudio (no wheels on PyPI)
 #   chromium: the browser tier of the tests (Playwright drives Debian's build)
 #   alsa-utils: aplay/arecord, for looking at devices by hand
-APT_PACKAGES=(python3 python3-venv python3-dev gcc libasound2-dev chromium alsa-utils)
+#   systemd, shellcheck: systemd-analyze verify/security on the units, shellcheck
+#     on scripts/provision.sh (tests/test_provision.py)
+APT_PACKAGES=(python3 python3-venv python3-dev gcc libasound2-dev chromium alsa-utils
+              systemd shellcheck)
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then

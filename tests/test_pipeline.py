@@ -42,6 +42,39 @@ def test_h264_starts_with_idr_and_headers_and_honours_keyframe_requests() -> Non
     assert p.time_base == Fraction(1, 90000)
 
 
+def test_keyframe_request_too_soon_is_deferred_not_dropped() -> None:
+    """A second peer joining just after a first one must not wait a whole GOP."""
+    enc = VideoEncoder("h264", 320, 180, 30, 300_000, keyframe_interval=10.0)
+    f = frames(5)
+    assert enc.encode(f[0])[0].is_keyframe  # a key frame was just made
+    assert not enc.request_keyframe(), "too soon: deferred"
+    assert not enc.encode(f[1])[0].is_keyframe
+    enc._last_keyframe -= KEYFRAME_MIN_INTERVAL  # the interval is over
+    assert enc.encode(f[2])[0].is_keyframe, "the deferred request was kept"
+    assert not enc.encode(f[3])[0].is_keyframe, "and answered once"
+    # a new viewer's request is not held back by the interval
+    assert enc.request_keyframe(urgent=True)
+    assert enc.encode(f[4])[0].is_keyframe
+
+
+def test_new_video_subscriber_is_new_until_its_first_keyframe() -> None:
+    """The hub asks for an urgent key frame while a subscriber waits for its first."""
+    enc = VideoEncoder("h264", 320, 180, 30, 300_000, keyframe_interval=10.0)
+    stream = PacketStream("video", "h264", queue_len=30)
+    f = frames(3)
+    for p in enc.encode(f[0]):
+        stream.publish(p)
+    queue = stream.subscribe("late")
+    assert stream.has_new_subscribers
+    for p in enc.encode(f[1]):  # not a key frame: still waiting
+        stream.publish(p)
+    assert stream.has_new_subscribers and len(queue) == 0
+    enc.request_keyframe(urgent=True)
+    for p in enc.encode(f[2]):
+        stream.publish(p)
+    assert not stream.has_new_subscribers and len(queue) == 1
+
+
 def test_bitrate_change_rebuilds_with_a_keyframe() -> None:
     enc = VideoEncoder("vp8", 320, 180, 30, 300_000)
     for f in frames(5):

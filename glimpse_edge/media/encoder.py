@@ -19,6 +19,7 @@ import av
 import structlog
 from av.packet import Packet
 from av.video.frame import PictureType
+from av.video.reformatter import VideoReformatter
 
 log = structlog.get_logger(__name__)
 
@@ -26,7 +27,9 @@ VideoCodec = Literal["h264", "vp8"]
 VIDEO_TIME_BASE = Fraction(1, 90000)
 
 # A key frame costs several normal frames of bandwidth; PLIs from many peers
-# (or one broken one) must not turn the stream into key frames only.
+# (or one broken one) must not turn the stream into key frames only. A request
+# within this interval is deferred to its end, not dropped: the peer that
+# asked has nothing to decode until a key frame comes.
 KEYFRAME_MIN_INTERVAL = 0.5
 # Rebuilding an encoder for a new bitrate implies a key frame: not too often.
 BITRATE_MIN_INTERVAL = 1.0
@@ -55,18 +58,26 @@ class VideoEncoder:
         self.bytes_encoded = 0
         self._context: av.VideoCodecContext | None = None
         self._want_keyframe = True
+        self._urgent_keyframe = False
         self._last_keyframe = 0.0
         self._want_bitrate: int | None = None
         self._last_bitrate_change = 0.0
+        self._reformatter = VideoReformatter()
 
     # -- requests (any thread) ---------------------------------------------
 
-    def request_keyframe(self) -> bool:
-        """Ask for a key frame at the next frame; False if one was made < 0.5 s ago."""
-        if time.monotonic() - self._last_keyframe < KEYFRAME_MIN_INTERVAL:
-            return False
+    def request_keyframe(self, urgent: bool = False) -> bool:
+        """Ask for a key frame: at the next frame, or (False) once 0.5 s have passed
+        since the last one; any key frame made before then answers it too.
+
+        Deferred rather than dropped: the peer that asked has no picture until
+        it comes. ``urgent`` (a new viewer) skips the interval: joins are few,
+        PLIs can come in storms, and a viewer joining 0.1 s after a key frame
+        would otherwise stare at nothing for the rest of the 0.5 s.
+        """
         self._want_keyframe = True
-        return True
+        self._urgent_keyframe = self._urgent_keyframe or urgent
+        return urgent or time.monotonic() - self._last_keyframe >= KEYFRAME_MIN_INTERVAL
 
     def set_bitrate(self, bitrate: int) -> None:
         """Change the target bitrate (applied at the next frame, rate-limited)."""
@@ -138,10 +149,15 @@ class VideoEncoder:
         if frame.width != self.width or frame.height != self.height or frame.format.name != (
             "yuv420p"
         ):
-            frame = frame.reformat(width=self.width, height=self.height, format="yuv420p")
-        if self._want_keyframe:
+            # our own reformatter: PyAV keeps a scaler on the frame object,
+            # which encoders in other threads share
+            frame = self._reformatter.reformat(frame, width=self.width, height=self.height,
+                                               format="yuv420p")
+        if self._want_keyframe and (
+            self._urgent_keyframe or time.monotonic() - self._last_keyframe >= KEYFRAME_MIN_INTERVAL
+        ):
             frame.pict_type = PictureType.I
-            self._want_keyframe = False
+            self._want_keyframe = self._urgent_keyframe = False
         else:
             frame.pict_type = PictureType.NONE
         packets = list(self._context.encode(frame))
@@ -152,6 +168,8 @@ class VideoEncoder:
             if packet.is_keyframe:
                 self.keyframes_encoded += 1
                 self._last_keyframe = time.monotonic()
+                # a GOP key frame serves a pending request too
+                self._want_keyframe = self._urgent_keyframe = False
         return packets
 
     def close(self) -> None:

@@ -57,6 +57,7 @@ class PacketQueue:
         self._packets: deque[Packet[Any]] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._need_keyframe = kind == "video"
+        self.started = not self._need_keyframe  # has had its first key frame
         self._on_need_keyframe = on_need_keyframe
         self._closed = False
         self.delivered = 0
@@ -71,6 +72,7 @@ class PacketQueue:
                 self.dropped += 1
                 return
             self._need_keyframe = False
+            self.started = True
         if len(self._packets) >= self.maxlen:
             if self.kind == "video":
                 self.dropped += len(self._packets) + 1
@@ -130,6 +132,11 @@ class PacketStream:
     @property
     def subscribers(self) -> int:
         return len(self._queues)
+
+    @property
+    def has_new_subscribers(self) -> bool:
+        """Someone subscribed and is still waiting for a first key frame."""
+        return any(not queue.started for queue in self._queues)
 
     def subscribe(self, name: str = "") -> PacketQueue:
         queue = PacketQueue(self.kind, self.queue_len, self._need_keyframe, name or self.name)

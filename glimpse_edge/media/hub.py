@@ -13,6 +13,10 @@ same latest-frame-wins rule) and aiortc encodes for every sender itself.
 A source that fails (SourceError) or stalls (no frame for ``stall_timeout``)
 is restarted with back-off while the rest keeps running: the room session
 stays up audio-only or video-only meanwhile.
+
+:meth:`MediaHub.reconfigure` applies new video/audio settings in place (a
+configuration reload): sources and encoders are rebuilt behind the same
+streams, so peers stay subscribed and switch over at the next key frame.
 """
 
 from __future__ import annotations
@@ -84,6 +88,10 @@ class MediaHub:
         self._audio_stream: PacketStream | None = None
         self._opus: OpusEncoder | None = None
         self.frames_in = 0
+        # reconfigure() cancels these to restart a source with new settings
+        self._video_restart: trio.CancelScope | None = None
+        self._audio_restart: trio.CancelScope | None = None
+        self._audio_task: trio.CancelScope | None = None
         self.video_source_name: str | None = None
         self.audio_source_name: str | None = None
         if make_audio is not None:
@@ -95,6 +103,16 @@ class MediaHub:
     @property
     def has_video(self) -> bool:
         return self._make_video is not None
+
+    @property
+    def latest_frame(self) -> av.VideoFrame | None:
+        """The newest raw video frame (None before the first), for snapshots.
+
+        Shared with the encoders, which may be reading it in a worker thread:
+        only copy from it, with a ``VideoReformatter`` of your own
+        (``frame.reformat`` keeps its scaler on the shared frame).
+        """
+        return self._frame
 
     @property
     def video_per_peer(self) -> bool:
@@ -151,10 +169,105 @@ class MediaHub:
                 nursery.start_soon(partial(supervise, "media.video", self._run_video_source,
                                            policy=SOURCE_POLICY, health=self.health))
             if self._make_audio is not None:
-                nursery.start_soon(partial(supervise, "media.audio", self._run_audio_source,
-                                           policy=SOURCE_POLICY, health=self.health))
+                self._start_audio_task()
             task_status.started()
             await trio.sleep_forever()
+
+    def _start_audio_task(self) -> None:
+        assert self._nursery is not None
+        scope = self._audio_task = trio.CancelScope()
+
+        async def audio() -> None:
+            with scope:
+                await supervise("media.audio", self._run_audio_source, policy=SOURCE_POLICY,
+                                health=self.health)
+
+        self._nursery.start_soon(audio)
+
+    # -- reconfiguration ----------------------------------------------------
+
+    def reconfigure(
+        self,
+        video: VideoConfig,
+        audio: AudioConfig,
+        make_video: Callable[[], VideoSource] | None,
+        make_audio: Callable[[], AudioSource] | None,
+    ) -> None:
+        """Apply new media settings in place, without dropping any peer.
+
+        ``make_video``/``make_audio`` build the sources for the new settings
+        (None: no audio). What changed decides what is rebuilt, nothing more:
+
+        - a video source setting (kind, device, path, size, frame rate): the
+          source is restarted with the new factory;
+        - an encoder setting (size, frame rate, bitrate, key frame interval):
+          every running shared encoder is replaced by a new one publishing into
+          the *same* stream, starting with a key frame, so each peer's decoder
+          switches to the new picture at that key frame (per-peer encoders in
+          aiortc reopen themselves when the frame size changes);
+        - audio settings: the audio source is restarted; a new Opus encoder
+          only when rate or channels changed, continuing the time stamps so
+          the receivers' jitter buffers see no jump;
+        - audio on/off: its stream is created or closed. That, and a change
+          of ``video.encode``, changes what a peer connection carries: the
+          caller must renegotiate the peers (the hub cannot).
+        """
+        old_video, old_audio = self.video_config, self.audio_config
+        self.video_config, self.audio_config = video, audio
+        changed: list[str] = []
+        if make_video is not None:
+            self._make_video = make_video
+        source_keys = ("source", "device", "path", "width", "height", "framerate")
+        if any(getattr(old_video, k) != getattr(video, k) for k in source_keys):
+            changed.append("video.source")
+            if self._video_restart is not None:
+                self._video_restart.cancel()
+        encoder_keys = ("width", "height", "framerate", "max_bitrate", "keyframe_interval")
+        if any(getattr(old_video, k) != getattr(video, k) for k in encoder_keys):
+            changed.append("video.encoders")
+            for codec, enc in self._encodings.items():
+                encoder = VideoEncoder(codec, video.width, video.height, video.framerate,
+                                       video.max_bitrate, video.keyframe_interval)
+                # The encode loop picks it up at its next frame; the old one
+                # may be encoding in a worker thread right now, so it is left
+                # to finish and be collected rather than closed under it.
+                enc.encoder = encoder
+                enc.stream.on_need_keyframe = encoder.request_keyframe
+        self._reconfigure_audio(old_audio, audio, make_audio, changed)
+        log.info("media.reconfigured", changed=changed)
+
+    def _reconfigure_audio(
+        self,
+        old: AudioConfig,
+        new: AudioConfig,
+        make_audio: Callable[[], AudioSource] | None,
+        changed: list[str],
+    ) -> None:
+        was_on = self._make_audio is not None
+        self._make_audio = make_audio
+        if make_audio is None:
+            if was_on:
+                changed.append("audio.off")
+                if self._audio_task is not None:
+                    self._audio_task.cancel()
+                if self._audio_stream is not None:
+                    self._audio_stream.close()
+                self._audio_stream = self._opus = None
+            return
+        if self._opus is None or (old.rate, old.channels) != (new.rate, new.channels):
+            opus = OpusEncoder(new.rate, new.channels)
+            if self._opus is not None:  # continue the RTP clock where the old one was
+                opus._pts = round(self._opus._pts * new.rate / self._opus.rate)
+            self._opus = opus
+        if not was_on:
+            changed.append("audio.on")
+            self._audio_stream = PacketStream("audio", "opus", AUDIO_QUEUE_PACKETS)
+            if self._nursery is not None:
+                self._start_audio_task()
+        elif old != new:
+            changed.append("audio.source")
+            if self._audio_restart is not None:
+                self._audio_restart.cancel()
 
     def _on_video_frame(self, frame: av.VideoFrame) -> None:
         self._frame = frame
@@ -170,6 +283,14 @@ class MediaHub:
                 slot.put(frame)
 
     async def _run_video_source(self) -> None:
+        while True:
+            with trio.CancelScope() as scope:
+                self._video_restart = scope
+                await self._run_video_source_once()
+            # only reconfigure() cancels this scope: go again with the new factory
+            log.info("media.source.restarting", kind="video", reason="reconfigured")
+
+    async def _run_video_source_once(self) -> None:
         assert self._make_video is not None
         source = self._make_video()
         self.video_source_name = source.name
@@ -211,6 +332,9 @@ class MediaHub:
                         continue
                     frame, seen = self._frame, self._frame_seq
                     assert frame is not None
+                    if enc.stream.has_new_subscribers:
+                        # a new viewer has no picture until a key frame: not rate-limited
+                        enc.encoder.request_keyframe(urgent=True)
                     try:
                         packets = await trio.to_thread.run_sync(enc.encoder.encode, frame)
                     except (av.FFmpegError, ValueError) as exc:
@@ -227,6 +351,13 @@ class MediaHub:
                     del self._encodings[codec]
 
     async def _run_audio_source(self) -> None:
+        while True:
+            with trio.CancelScope() as scope:
+                self._audio_restart = scope
+                await self._run_audio_source_once()
+            log.info("media.source.restarting", kind="audio", reason="reconfigured")
+
+    async def _run_audio_source_once(self) -> None:
         assert self._make_audio is not None and self._opus is not None
         source = self._make_audio()
         self.audio_source_name = source.name

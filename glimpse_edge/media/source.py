@@ -37,6 +37,7 @@ from fractions import Fraction
 from typing import Any, Final, Generic, TypeVar, cast
 
 import av
+from av.packet import Packet
 import numpy as np
 import numpy.typing as npt
 import structlog
@@ -48,6 +49,8 @@ __all__ = [
     "AudioSink",
     "AudioSource",
     "Emit",
+    "EncodedVideoSource",
+    "PacketSink",
     "SourceError",
     "StrictlyIncreasing",
     "VideoSink",
@@ -81,6 +84,9 @@ VideoSink = Callable[[av.VideoFrame], None]
 AudioSink = Callable[[av.AudioFrame], None]
 """Receives every audio frame; non-blocking; called from the Trio thread."""
 
+PacketSink = Callable[[Packet[Any]], None]
+"""Receives every encoded video packet; non-blocking; called from the Trio thread."""
+
 
 class VideoSource(abc.ABC):
     """Produces ``yuv420p`` frames of exactly ``width`` x ``height`` in real time."""
@@ -100,6 +106,64 @@ class VideoSource(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.width}x{self.height}@{self.framerate}>"
+
+
+class EncodedVideoSource(abc.ABC):
+    """Produces video already encoded for one codec: a camera with its own encoder.
+
+    On a Raspberry Pi the camera stack feeds the hardware H.264 encoder directly,
+    and decoding its output only to encode it again would cost the CPU the
+    hardware saved. So such a source hands over packets, which the hub
+    publishes to the shared stream of that codec untouched (no decode, no
+    re-encode), instead of raw frames.
+
+    Each packet is one access unit (Annex-B for H.264) with ``pts`` in
+    1/90000 s, strictly increasing across restarts of the source's encoder,
+    ``time_base`` set and ``is_keyframe`` true for IDR frames, which carry
+    SPS/PPS so that a peer can start decoding at any of them.
+
+    The counters and settings below mirror the shared software encoder's
+    (:class:`~glimpse_edge.media.encoder.VideoEncoder`), so status and metrics
+    show either the same way.
+    """
+
+    name: str
+    codec: str  # "h264"
+    width: int
+    height: int
+    framerate: int
+    bitrate: int
+    frames_encoded: int = 0
+    keyframes_encoded: int = 0
+    bytes_encoded: int = 0
+    stall_timeout: float | None = None
+    """Seconds without a packet before the hub restarts the whole source (None: the
+    hub's default). A source that watches itself (restarting its own encoder,
+    then its camera, first) sets it above its own escalation."""
+
+    @abc.abstractmethod
+    async def run(self, sink: PacketSink) -> None:
+        """Produce packets in real time until cancelled.
+
+        Raises :class:`SourceError` on device failure; the caller supervises and
+        restarts with back-off.
+        """
+
+    @abc.abstractmethod
+    def request_keyframe(self, urgent: bool = False) -> bool:
+        """Ask for an IDR frame soon (a peer joined or lost packets: PLI/FIR).
+
+        Rate-limited like the shared encoders: True if one is on its way now,
+        False if it was deferred (not dropped). ``urgent`` skips the interval.
+        """
+
+    @abc.abstractmethod
+    def set_bitrate(self, bitrate: int) -> None:
+        """Change the target bitrate (rate-limited; may restart the encoder)."""
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} {self.name} {self.codec} "
+                f"{self.width}x{self.height}@{self.framerate}>")
 
 
 class AudioSource(abc.ABC):

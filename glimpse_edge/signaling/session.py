@@ -101,6 +101,7 @@ class SignalingSession:
         self.user_id: str | None = None
         self.username: str = ""
         self.connects = 0
+        self.auth_failures = 0
         self.state = "starting"
         self.state_detail = ""
         self.backoff = Backoff(initial=server.reconnect_min, maximum=server.reconnect_max)
@@ -179,6 +180,7 @@ class SignalingSession:
         self._on_status(detail)
 
     async def _wait_after_rejection(self, reason: str) -> None:
+        self.auth_failures += 1
         self.tokens.rejected()
         wait = self.server.auth_retry
         log.error("signaling.auth_rejected", reason=reason, retry_in=wait)

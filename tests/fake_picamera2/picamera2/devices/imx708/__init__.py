@@ -1,0 +1,3 @@
+from .imx708 import IMX708
+
+__all__ = ["IMX708"]
