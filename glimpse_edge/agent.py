@@ -19,11 +19,11 @@ from pathlib import Path
 import structlog
 import trio
 
-from . import __version__
+from . import __version__, testhooks
 from .config import Config, ConfigError, check_secrets, load_config
 from .logs import configure_logging
 from .media.hub import MediaHub
-from .media.source import AudioSource, VideoSource
+from .media.source import AnyVideoSource, AudioSource
 from .room import Reconciled, Room, RoomEvent
 from .rtc.aio import open_aio_loop
 from .rtc.manager import PeerManager
@@ -40,7 +40,7 @@ STOP_TIMEOUT = 4.0
 # before the old one is dropped anyway (at least twice its connect_timeout).
 HANDOVER_TIMEOUT = 15.0
 # What reload() can apply by itself; anything else needs a restart (logged).
-_APPLIED = ("server", "auth", "room", "video", "audio", "ice", "peers", "log")
+_APPLIED = ("server", "auth", "room", "video", "camera", "audio", "ice", "peers", "log")
 
 
 def load_checked(path: Path) -> Config:
@@ -90,12 +90,13 @@ class _Signaling:
 
 def _source_factories(
     config: Config,
-) -> tuple[Callable[[], VideoSource], Callable[[], AudioSource] | None]:
+) -> tuple[Callable[[], AnyVideoSource], Callable[[], AudioSource] | None]:
     from .media.factory import make_audio_source, make_video_source
 
     video, audio = config.video, config.audio
     make_audio = None if audio.source == "none" else partial(make_audio_source, audio)
-    return partial(make_video_source, video), make_audio  # type: ignore[return-value]
+    return (partial(make_video_source, video, config.camera),
+            make_audio)  # type: ignore[return-value]
 
 
 def build_media_hub(config: Config, health: HealthRegistry) -> MediaHub | None:
@@ -164,6 +165,9 @@ class Agent:
                     nursery.start_soon(
                         feed_watchdog, self.notifier, interval, lambda: not self.health.failed()
                     )
+                hang_file = testhooks.block_loop_file()  # test-only; None unless set
+                if hang_file is not None:
+                    nursery.start_soon(testhooks.block_loop_when_file_appears, hang_file)
                 log.info("agent.ready", version=__version__, config=str(self.config_path),
                          room=self.config.room.id,
                          startup_ms=round((time.monotonic() - t0) * 1000))
@@ -324,10 +328,14 @@ class Agent:
 
     def _apply_media(self, old: Config, new: Config) -> bool:
         """New video/audio settings into the running hub; True if peers must renegotiate."""
-        if self.hub is None or (old.video == new.video and old.audio == new.audio):
+        if self.hub is None or (old.video == new.video and old.audio == new.audio
+                                and old.camera == new.camera):
             return False
         make_video, make_audio = _source_factories(new)
         self.hub.reconfigure(new.video, new.audio, make_video, make_audio)
+        if old.camera != new.camera and new.video.source == "picamera2" and (
+                old.video.source == "picamera2"):
+            self.hub.restart_video("camera settings changed")
         # The tracks a connection carries: per-peer raw frames or shared
         # packets, audio or none. Only a new negotiation can change those.
         return (old.video.encode != new.video.encode

@@ -1,4 +1,4 @@
-"""The ``glimpse-edge`` command: run | check-config | status | devserver | demo.
+"""The ``glimpse-edge`` command: run | check-config | status | devices | doctor | devserver | demo.
 
 Imports are deferred to the subcommand that needs them, so that ``run`` on a
 Pi does not pay for the dev server's web stack and ``--help`` is instant.
@@ -36,11 +36,17 @@ def add_devserver_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import faulthandler
+
     import trio
 
     from .agent import run_agent
     from .config import ConfigError
 
+    # A hung agent is killed by systemd's watchdog with SIGABRT (WatchdogSignal=):
+    # faulthandler's C-level handler prints every thread's stack to stderr (the
+    # journal) first, even while the event loop is blocked. Same for a crash in C.
+    faulthandler.enable()
     try:
         trio.run(run_agent, Path(args.config))
     except ConfigError as exc:
@@ -105,6 +111,34 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_devices(args: argparse.Namespace) -> int:
+    import json
+
+    from .devices import inventory, render
+
+    found = inventory()
+    print(json.dumps(found.as_dict(), indent=2) if args.json else render(found))
+    return 0
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    import os
+
+    import trio
+
+    from .doctor import dumps, render, run_doctor
+    from .logs import configure_logging
+
+    # The checklist is the output; the agent's own log lines only with --verbose.
+    quiet = None if args.verbose else open(os.devnull, "w")  # noqa: SIM115 - for the run
+    configure_logging("debug" if args.verbose else "error", "console",
+                      stream=sys.stderr if quiet is None else quiet)
+    code, text = trio.run(run_doctor, Path(args.config), args.timeout,
+                          dumps if args.json else render)
+    print(text)
+    return code
+
+
 def _cmd_devserver(args: argparse.Namespace) -> int:
     from .devserver.__main__ import run
 
@@ -154,6 +188,28 @@ def build_parser() -> argparse.ArgumentParser:
                        f"(default {DEFAULT_CONFIG}, else 127.0.0.1:9750)")
     where.add_argument("--url", default=None, help="the endpoint, e.g. http://127.0.0.1:9750")
     p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("devices", help="list cameras, video devices and microphones",
+                       description="List the cameras libcamera sees (through picamera2), the "
+                       "V4L2 video devices and the ALSA sound cards and capture devices, with "
+                       "the configuration values that select them. Opens nothing, so it also "
+                       "works while the agent runs. Exit 0.")
+    p.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    p.set_defaults(func=_cmd_devices)
+
+    p = sub.add_parser("doctor", help="check everything this device needs, and say what to fix",
+                       description="Check the configuration, secret files, clock, server "
+                       "(HTTP, TLS, WebSocket, token), camera, microphone, STUN/TURN servers "
+                       "and the systemd service, and print a checklist with a fix for each "
+                       "problem. Exit 0 when all passed, 1 with warnings, 2 with failures.")
+    p.add_argument("--config", "-c", default=DEFAULT_CONFIG,
+                   help=f"main configuration file (default {DEFAULT_CONFIG})")
+    p.add_argument("--timeout", type=float, default=5.0,
+                   help="seconds to wait for each network answer (default 5)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="also show the agent's log lines (on stderr)")
+    p.set_defaults(func=_cmd_doctor)
 
     p = sub.add_parser("devserver", help="run the Glimpse-compatible development server",
                        description=DEVSERVER_DESCRIPTION)

@@ -433,7 +433,7 @@ class PeersConfig(_Section, frozen=True, kw_only=True):
     max_peers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 8
     offer_wait: Annotated[float, msgspec.Meta(ge=0.0, le=60.0)] = 1.5
     connect_timeout: Annotated[float, msgspec.Meta(gt=0.0, le=120.0)] = 10.0
-    dead_after: Annotated[float, msgspec.Meta(gt=0.0, le=120.0)] = 4.0
+    dead_after: Annotated[float, msgspec.Meta(gt=0.0, le=120.0)] = 3.0
     restart_max: Annotated[float, msgspec.Meta(gt=0.0, le=3600.0)] = 30.0
 
 

@@ -16,8 +16,10 @@ EXTRAS="${GLIMPSE_EXTRAS:-dev}"
 #   alsa-utils: aplay/arecord, for looking at devices by hand
 #   systemd, shellcheck: systemd-analyze verify/security on the units, shellcheck
 #     on scripts/provision.sh (tests/test_provision.py)
+#   debootstrap, systemd-container: a Debian root booted with systemd-nspawn, the
+#     service provisioned and supervised for real inside it (tests/test_systemd_boot.py)
 APT_PACKAGES=(python3 python3-venv python3-dev gcc libasound2-dev chromium alsa-utils
-              systemd shellcheck)
+              systemd shellcheck debootstrap systemd-container)
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then

@@ -5,4 +5,4 @@ test modules import helpers as ``support.glimpse_client`` and
 ``support.devserver``. The dev server fixtures are registered here for all tests.
 """
 
-pytest_plugins = ["support.devserver", "support.alsa"]
+pytest_plugins = ["support.devserver", "support.alsa", "support.picam"]

@@ -241,6 +241,10 @@ async def test_metrics_status_and_snapshot_agree_with_two_streaming_peers(
                 assert value(second, "glimpse_edge_peer_tier", peer=pid, tier="main",
                              codec="h264") == 1
                 assert value(second, "glimpse_edge_peer_restarts_total", peer=pid) == 0
+                # receiver reports arrived: the per-peer estimate is there, within bounds
+                # (the default video.min_bitrate .. the configured max)
+                estimate = value(second, "glimpse_edge_peer_estimate_bps", peer=pid)
+                assert 150_000 <= estimate <= MAX_BITRATE, estimate
                 assert value(second, "glimpse_edge_peer_stats_up", peer=pid) == 1
                 # frames: what the agent handed to this peer's sender vs what it decoded
                 sent = value(second, "glimpse_edge_peer_frames_sent_total", peer=pid,
@@ -284,6 +288,7 @@ async def test_metrics_status_and_snapshot_agree_with_two_streaming_peers(
                 assert entry["stats"]["video"]["frames_sent"] > 0
                 assert entry["stats"]["video"]["bitrate_bps"] > 0
                 assert entry["stats_error"] is None
+                assert 150_000 <= entry["estimate_bps"] <= MAX_BITRATE, entry
             video = next(s for s in status["sources"] if s["kind"] == "video")
             assert video["state"] == "running" and (video["width"], video["height"]) == (
                 WIDTH, HEIGHT)

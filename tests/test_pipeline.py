@@ -9,10 +9,12 @@ import av
 import pytest
 import trio
 from av.packet import Packet
+from trio_asyncio import aio_as_trio
 
 from glimpse_edge.config import AudioConfig, VideoConfig
 from glimpse_edge.media.encoder import KEYFRAME_MIN_INTERVAL, OpusEncoder, VideoEncoder
-from glimpse_edge.media.fanout import PacketStream
+from glimpse_edge.media.fanout import FrameSlot, PacketStream, QueueClosed
+from glimpse_edge.media.framecode import read_code
 from glimpse_edge.media.hub import MediaHub
 from glimpse_edge.media.source import VideoSink, VideoSource
 from glimpse_edge.media.testpattern import TestPatternSource
@@ -192,3 +194,28 @@ def test_encoder_survives_frames_of_other_sizes(codec: str) -> None:
     enc = VideoEncoder(codec, 320, 180, 30, 300_000)  # type: ignore[arg-type]
     (p,) = enc.encode(frames(1, 640, 360)[0])
     assert p.size > 0
+
+
+async def test_frame_slot_hands_out_the_newest_frame_once_as_a_private_copy() -> None:
+    """Per-peer mode: aiortc's encoder mutates what it gets (pict_type, pts rebased
+    to its own time base), so every reader gets its own copy, stamped as captured."""
+    source = TestPatternSource(320, 180, 30)
+    originals = [source.render(i, 1000 + i, 9000 + i * 3000) for i in range(4)]
+    slot = FrameSlot("peer")
+    async with open_aio_loop():
+        for frame in originals[:3]:  # the reader was slow: only the newest counts
+            slot.put(frame)
+        got = await aio_as_trio(slot.get_aio)()
+        assert got is not originals[2] and got.pts == 15000
+        assert got.time_base == Fraction(1, 90000)
+        code = read_code(got)
+        assert code is not None and code.counter == 2
+        assert slot.skipped == 2 and slot.delivered == 1
+        got.pts, got.time_base = 1, Fraction(1, 30)  # as aiortc's H.264 encoder does
+        assert originals[2].pts == 15000 and originals[2].time_base == Fraction(1, 90000)
+        slot.put(originals[3])  # the next read is the next frame, never a repeat
+        code = read_code(await aio_as_trio(slot.get_aio)())
+        assert code is not None and code.counter == 3
+        slot.close()
+        with pytest.raises(QueueClosed):
+            await aio_as_trio(slot.get_aio)()

@@ -372,9 +372,13 @@ def audio_factory(cfg: AudioConfig) -> Callable[[], AudioSource]:
 
 
 class Recorder:
-    """Wraps a stream's publish: the time stamps in seconds, and an event per packet."""
+    """Wraps a stream's publish: the time stamps in seconds, and an event per packet.
+
+    It subscribes too: the hub encodes audio only while somebody listens.
+    """
 
     def __init__(self, stream: PacketStream) -> None:
+        self.queue = stream.subscribe("recorder")
         self.seconds: list[float] = []
         self._packet = trio.Event()
         publish = stream.publish

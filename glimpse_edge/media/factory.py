@@ -9,14 +9,19 @@ themselves.
 
 from __future__ import annotations
 
-from ..config import AudioConfig, VideoConfig
-from .source import AudioSource, SourceError, VideoSource
+from ..config import AudioConfig, CameraConfig, VideoConfig
+from .source import AnyVideoSource, AudioSource, SourceError
 
 __all__ = ["make_audio_source", "make_video_source"]
 
 
-def make_video_source(cfg: VideoConfig) -> VideoSource:
-    """The video source for ``video.source``: testpattern, v4l2 or file."""
+def make_video_source(cfg: VideoConfig, camera: CameraConfig | None = None) -> AnyVideoSource:
+    """The video source for ``video.source``: testpattern, v4l2, file or picamera2.
+
+    ``camera`` (the ``[camera]`` table) is used by picamera2 only. A picamera2
+    source imports picamera2 here, so a machine without it gets a SourceError
+    saying what to install.
+    """
     if cfg.source == "testpattern":
         from .testpattern import TestPatternSource
 
@@ -32,7 +37,9 @@ def make_video_source(cfg: VideoConfig) -> VideoSource:
             raise SourceError('video.source = "file" needs video.path')
         return FileSource(cfg.path, cfg.width, cfg.height, cfg.framerate)
     if cfg.source == "picamera2":
-        raise SourceError("picamera2 source not available yet")
+        from .picamera import PiCamera2Source
+
+        return PiCamera2Source(cfg, camera or CameraConfig())
     raise SourceError(f"unknown video.source {cfg.source!r}")
 
 

@@ -14,6 +14,12 @@ A source that fails (SourceError) or stalls (no frame for ``stall_timeout``)
 is restarted with back-off while the rest keeps running: the room session
 stays up audio-only or video-only meanwhile.
 
+An :class:`~glimpse_edge.media.source.EncodedVideoSource` (the Raspberry Pi
+camera's hardware H.264) delivers packets instead of frames: they go straight
+to the shared stream of its codec, with no decode and no re-encode, and key
+frame and bitrate requests go to the source. Peers that negotiated another
+codec get no video from it (see docs/decisions.md, "Raspberry Pi camera").
+
 :meth:`MediaHub.reconfigure` applies new video/audio settings in place (a
 configuration reload): sources and encoders are rebuilt behind the same
 streams, so peers stay subscribed and switch over at the next key frame.
@@ -25,16 +31,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any, cast
 
 import av
 import structlog
 import trio
+from av.packet import Packet
 
 from ..config import AudioConfig, VideoConfig
 from ..supervise import Backoff, HealthRegistry, RestartPolicy, sole_exception, supervise
 from .encoder import OpusEncoder, VideoCodec, VideoEncoder
 from .fanout import FrameSlot, PacketStream
-from .source import AudioSource, SourceError, VideoSource
+from .source import AnyVideoSource, AudioSource, EncodedVideoSource, SourceError
 
 log = structlog.get_logger(__name__)
 
@@ -66,7 +74,7 @@ class MediaHub:
         self,
         video: VideoConfig,
         audio: AudioConfig,
-        make_video: Callable[[], VideoSource] | None,
+        make_video: Callable[[], AnyVideoSource] | None,
         make_audio: Callable[[], AudioSource] | None,
         *,
         health: HealthRegistry | None = None,
@@ -126,6 +134,8 @@ class MediaHub:
         """
         if self._make_video is None or self._nursery is None or self.video_per_peer:
             return None
+        if self._encoded_source is not None:
+            return self._encoded_video_stream(codec)
         enc = self._encodings.get(codec)
         if enc is None:
             cfg = self.video_config
@@ -153,12 +163,19 @@ class MediaHub:
     def audio_stream(self) -> PacketStream | None:
         return self._audio_stream
 
-    def encoders(self) -> dict[VideoCodec, VideoEncoder]:
-        return {codec: enc.encoder for codec, enc in self._encodings.items()}
+    def encoders(self) -> dict[VideoCodec, VideoEncoder | EncodedVideoSource]:
+        """The running video encoders by codec (an encoded source counts as one)."""
+        out: dict[VideoCodec, VideoEncoder | EncodedVideoSource] = {
+            codec: enc.encoder for codec, enc in self._encodings.items()}
+        if self._encoded_source is not None:
+            out[cast(VideoCodec, self._encoded_source.codec)] = self._encoded_source
+        return out
 
     def set_bitrate(self, bitrate: int) -> None:
         for enc in self._encodings.values():
             enc.encoder.set_bitrate(bitrate)
+        if self._encoded_source is not None:
+            self._encoded_source.set_bitrate(bitrate)
 
     # -- tasks --------------------------------------------------------------
 
@@ -190,7 +207,7 @@ class MediaHub:
         self,
         video: VideoConfig,
         audio: AudioConfig,
-        make_video: Callable[[], VideoSource] | None,
+        make_video: Callable[[], AnyVideoSource] | None,
         make_audio: Callable[[], AudioSource] | None,
     ) -> None:
         """Apply new media settings in place, without dropping any peer.
@@ -233,6 +250,9 @@ class MediaHub:
                 # to finish and be collected rather than closed under it.
                 enc.encoder = encoder
                 enc.stream.on_need_keyframe = encoder.request_keyframe
+            if self._encoded_source is not None and "video.source" not in changed:
+                # a camera's encoder takes its settings when it starts
+                self.restart_video("encoder settings changed")
         self._reconfigure_audio(old_audio, audio, make_audio, changed)
         log.info("media.reconfigured", changed=changed)
 
@@ -296,6 +316,11 @@ class MediaHub:
         self.video_source_name = source.name
         log.info("media.source.started", kind="video", source=source.name,
                  width=source.width, height=source.height, framerate=source.framerate)
+        if isinstance(source, EncodedVideoSource):
+            await self._run_encoded_source(source)
+            return
+        if self._encoded_source is not None:
+            self._end_encoded_mode()
         self._last_frame_at = time.monotonic()
         try:
             async with trio.open_nursery() as nursery:
@@ -369,6 +394,8 @@ class MediaHub:
         def on_audio(frame: av.AudioFrame) -> None:
             # Opus at 20 ms costs ~0.1 ms: cheaper inline than a thread hop.
             self._last_frame_at_audio = time.monotonic()
+            if stream.subscribers == 0:
+                return  # nobody listens: an idle device should stay idle
             try:
                 for packet in opus.encode(frame):
                     stream.publish(packet)
@@ -379,3 +406,74 @@ class MediaHub:
         raise SourceError(f"audio source {source.name} ended")
 
     _last_frame_at_audio = 0.0
+
+    # -- encoded video (a camera with its own H.264 encoder) ------------------
+
+    _encoded_source: EncodedVideoSource | None = None
+    _encoded_stream: PacketStream | None = None
+
+    def restart_video(self, reason: str) -> None:
+        """Restart the video source with the current factory (e.g. new camera settings)."""
+        if self._video_restart is not None:
+            log.info("media.source.restart_requested", kind="video", reason=reason)
+            self._video_restart.cancel()
+
+    def _encoded_video_stream(self, codec: VideoCodec) -> PacketStream | None:
+        """The stream an encoded source feeds, if it is of ``codec``; else no video.
+
+        Decoding the camera's H.264 to encode VP8 would spend the CPU that the
+        hardware encoder saves, so a peer that negotiated VP8 gets no video.
+        """
+        source = self._encoded_source
+        assert source is not None
+        if codec != source.codec:
+            log.warning("media.video.codec_refused", codec=codec, source=source.name,
+                        available=source.codec, detail=f"this camera sends {source.codec} "
+                        f"only; a peer that cannot decode it gets no video")
+            return None
+        return self._encoded_stream
+
+    def _end_encoded_mode(self) -> None:
+        """Back to raw frames: peers on the encoded stream must subscribe again."""
+        if self._encoded_stream is not None:
+            self._encoded_stream.close()
+        self._encoded_source = self._encoded_stream = None
+
+    async def _run_encoded_source(self, source: EncodedVideoSource) -> None:
+        """Publish an encoded source's packets to its codec's stream, untouched.
+
+        The stream outlives restarts of the source, so peers stay subscribed
+        across them; the source begins every encoder start with SPS/PPS and an
+        IDR, where their decoders pick up again.
+        """
+        self._encoded_source = source
+        stream = self._encoded_stream
+        if stream is None or stream.name != source.codec:
+            if stream is not None:
+                stream.close()
+            stream = self._encoded_stream = PacketStream("video", source.codec,
+                                                         VIDEO_QUEUE_PACKETS)
+        stream.on_need_keyframe = source.request_keyframe
+        # Software encoders started before (a reconfiguration) get no frames
+        # any more: ending their streams makes their peers subscribe again.
+        for enc in list(self._encodings.values()):
+            enc.scope.cancel()
+        self._last_frame_at = time.monotonic()
+
+        def on_packet(packet: Packet[Any]) -> None:
+            self.frames_in += 1
+            self._last_frame_at = time.monotonic()
+            stream.publish(packet)
+
+        timeout = source.stall_timeout or self.stall_timeout
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(source.run, on_packet)
+                while True:  # the last resort: the source watches itself first
+                    await trio.sleep(timeout / 3)
+                    silent = time.monotonic() - self._last_frame_at
+                    if silent > timeout:
+                        log.error("media.source.stalled", kind="video", silent_s=round(silent, 1))
+                        raise SourceStalled(f"video source produced nothing for {silent:.1f} s")
+        except BaseExceptionGroup as group:
+            raise sole_exception(group) from None

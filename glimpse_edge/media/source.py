@@ -37,15 +37,16 @@ from fractions import Fraction
 from typing import Any, Final, Generic, TypeVar, cast
 
 import av
-from av.packet import Packet
 import numpy as np
 import numpy.typing as npt
 import structlog
 import trio
+from av.packet import Packet
 
 __all__ = [
     "VIDEO_CLOCK_RATE",
     "VIDEO_TIME_BASE",
+    "AnyVideoSource",
     "AudioSink",
     "AudioSource",
     "Emit",
@@ -84,7 +85,7 @@ VideoSink = Callable[[av.VideoFrame], None]
 AudioSink = Callable[[av.AudioFrame], None]
 """Receives every audio frame; non-blocking; called from the Trio thread."""
 
-PacketSink = Callable[[Packet[Any]], None]
+PacketSink = Callable[["Packet[Any]"], None]
 """Receives every encoded video packet; non-blocking; called from the Trio thread."""
 
 
@@ -164,6 +165,10 @@ class EncodedVideoSource(abc.ABC):
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} {self.name} {self.codec} "
                 f"{self.width}x{self.height}@{self.framerate}>")
+
+
+AnyVideoSource = VideoSource | EncodedVideoSource
+"""What a video source factory returns: raw frames, or packets of one codec."""
 
 
 class AudioSource(abc.ABC):

@@ -169,11 +169,17 @@ class AgentCollector:
                                  labels=_STREAM)
         jitter = GaugeMetricFamily("glimpse_edge_peer_jitter_seconds",
                                    "Interarrival jitter reported by the peer.", labels=_STREAM)
+        estimate = GaugeMetricFamily("glimpse_edge_peer_estimate_bps",
+                                     "Estimated bandwidth of the peer's link (receiver reports "
+                                     "and REMB), bounded by video.min/max_bitrate; absent "
+                                     "before the first report.", labels=_PEER)
         latest = self.sampler.latest
         for peer_id, session in sessions.items():
             who = (peer_id, session.participant.username)
             state.add_metric((*who, session.state), 1.0)
             restarts.add_metric(who, session.restarts)
+            if (estimate_bps := session.estimate_bps) is not None:
+                estimate.add_metric(who, estimate_bps)
             codec = sending_codecs(session).get("video")
             if codec:
                 tier.add_metric((*who, MAIN_TIER, codec), 1.0)
@@ -198,8 +204,8 @@ class AgentCollector:
                     lost.add_metric(labels, s.packets_lost)
                 if s.jitter_s is not None:
                     jitter.add_metric(labels, s.jitter_s)
-        yield from (state, tier, restarts, stats_up, bitrate, sent_bytes, sent_packets, frames,
-                    dropped, rtt, loss, lost, jitter)
+        yield from (state, tier, restarts, estimate, stats_up, bitrate, sent_bytes, sent_packets,
+                    frames, dropped, rtt, loss, lost, jitter)
 
     def _media(self) -> Iterator[Metric]:
         hub = self.agent.hub

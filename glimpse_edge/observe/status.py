@@ -114,7 +114,7 @@ def _participants(agent: Agent, sessions: Mapping[str, PeerSession],
         session = sessions.get(peer_id)
         if session is None:
             entry.update(state="no session", tier=None, codecs={}, restarts=0, stats={},
-                         stats_error=None)
+                         stats_error=None, estimate_bps=None)
         else:
             codecs = sending_codecs(session)
             reading = peer_stats.get(peer_id)
@@ -128,6 +128,7 @@ def _participants(agent: Agent, sessions: Mapping[str, PeerSession],
                 tier=MAIN_TIER if codecs.get("video") else None,
                 codecs=codecs,
                 restarts=session.restarts,
+                estimate_bps=session.estimate_bps,
                 stats=stats,
                 stats_error=reading.error if reading else None,
             )

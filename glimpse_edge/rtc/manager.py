@@ -32,7 +32,7 @@ from ..secretfile import read_secret_file
 from ..signaling.messages import IceCandidate, SessionDescription, SignalType, WebRTCSignal
 from ..signaling.session import SignalingSession
 from ..supervise import Backoff
-from .peer import PeerSession, StartMode
+from .peer import PeerGone, PeerSession, StartMode
 
 log = structlog.get_logger(__name__)
 
@@ -99,11 +99,23 @@ class PeerManager:
             mode: StartMode = "offer" if event.reason == "user_joined" else "wait"
             self._start(event.participant, mode)
         elif isinstance(event, ParticipantRemoved):
+            entry = self._entries.get(event.participant.user_id)
+            if (event.reason == "reconciled" and entry is not None
+                    and entry.session.state == "connected"):
+                # Not listed after our re-join, but media still flows: after a
+                # server restart everyone reconnects in their own time, and
+                # tearing down a working connection because we were back first
+                # would cut the picture the outage had spared. Kept until it
+                # ends by itself (dead path, closed) or the room lists them again.
+                entry.session.in_room = False
+                log.info("peer.kept", peer=event.participant.user_id,
+                         username=event.participant.username,
+                         reason="connected, though not listed after re-join")
+                return
             self._stop(event.participant.user_id, event.reason)
         elif isinstance(event, Reconciled):
             for participant in event.participants:
-                if participant.user_id not in self._entries:
-                    self._start(participant, "wait")
+                self._start(participant, "wait")  # an existing session: marked in the room
 
     async def _route_signals(self, signals: trio.MemoryReceiveChannel[WebRTCSignal]) -> None:
         async for signal in signals:
@@ -118,11 +130,15 @@ class PeerManager:
                 entry = self._start(participant, "answer")
                 if entry is None:
                     continue
+            entry.session.in_room = True  # whoever signals us is around
             entry.session.deliver(signal)
 
     def _start(self, participant: Participant, mode: StartMode) -> _Entry | None:
         if participant.user_id in self._entries or self._nursery is None:
-            return self._entries.get(participant.user_id)
+            existing = self._entries.get(participant.user_id)
+            if existing is not None:
+                existing.session.in_room = True
+            return existing
         if self.signaling.user_id is None:
             return None
         if len(self._entries) >= self.settings.max_peers:
@@ -156,6 +172,9 @@ class PeerManager:
                 while True:
                     try:
                         await session.run(mode)
+                    except PeerGone as gone:
+                        log.info("peer.gone", peer=session.peer_id, reason=str(gone))
+                        return
                     except Exception as exc:
                         delay = SESSION_CRASH_BACKOFF.delay(attempt)
                         attempt += 1

@@ -47,6 +47,14 @@ from ..media.hub import MediaHub
 from ..room import Participant
 from ..signaling.messages import IceCandidate, SessionDescription, SignalType, WebRTCSignal
 from ..supervise import Backoff
+from .bandwidth import (
+    BandwidthEstimator,
+    ChangeGate,
+    Update,
+    remb_bitrate,
+    report_blocks,
+    report_rtt,
+)
 from .sdp import BadSignal, check_sdp, ice_credentials, negotiated_codecs, parse_candidate
 from .tracks import FrameTrack, PacketTrack
 
@@ -73,7 +81,16 @@ class TrackEnded:
     kind: str
 
 
-PeerEvent = WebRTCSignal | PcStateChanged | TrackEnded
+@dataclass(frozen=True)
+class PathRevived:
+    generation: int
+
+
+PeerEvent = WebRTCSignal | PcStateChanged | TrackEnded | PathRevived
+
+
+class PeerGone(Exception):
+    """The session's connection ended while its participant is not in the room: stop it."""
 
 ConnState = Literal["offering", "negotiated", "connected", "closed"]
 
@@ -94,6 +111,9 @@ class _Connection:
     pending: list[IceCandidate | None] = field(default_factory=list)
     last_rtcp: float = 0.0
     connected_at: float | None = None
+    lingering: bool = False  # declared dead, kept open in case the path comes back
+    dead_at: float | None = None
+    revived: bool = False
     codec: str | None = None
     subscriptions: list[tuple[PacketStream, PacketQueue]] = field(default_factory=list)
 
@@ -137,13 +157,26 @@ class PeerSession:
         self._send = send
         self._events_in, self._events = trio.open_memory_channel[PeerEvent](256)
         self._conn: _Connection | None = None
+        # The connection whose path was declared dead, kept open beside its
+        # replacement until that one is up (see _restart).
+        self._lingering: _Connection | None = None
         self._generation = 0
         self._offer_due: float | None = None
         self._restart_due: float | None = None
         self._restart_attempt = 0
         self._backoff = Backoff(initial=0.5, maximum=settings.restart_max)
         self.restarts = 0
+        # False while the room does not list the participant but its media
+        # still flows (we re-joined after a signaling outage before they
+        # did): the connection is kept, but not rebuilt once it ends.
+        self.in_room = True
         self.log = log.bind(peer=self.peer_id, username=participant.username)
+        video = hub.video_config
+        # One estimate per participant, kept across its connections (a rebuilt
+        # connection to the same person usually crosses the same links).
+        self.bandwidth = BandwidthEstimator(video.min_bitrate, video.max_bitrate)
+        self._bandwidth_gate = ChangeGate()
+        self._bandwidth_failed = False
 
     # -- inputs (from the manager; never block) -----------------------------
 
@@ -171,6 +204,17 @@ class PeerSession:
     @property
     def connection(self) -> RTCPeerConnection | None:
         return self._conn.pc if self._conn else None
+
+    @property
+    def estimate_bps(self) -> int | None:
+        """What this peer's link is estimated to carry; None before any receiver report.
+
+        Not applied to anything yet: the shared encoder must not follow the
+        worst peer. Quality tiers will assign each peer a tier from it.
+        """
+        if self.bandwidth.reports == 0:
+            return None
+        return self.bandwidth.estimate_at(time.monotonic())
 
     # -- the task -----------------------------------------------------------
 
@@ -202,6 +246,7 @@ class PeerSession:
         conn, self._conn = self._conn, None
         if conn is not None:
             await self._close_connection(conn, "session closed")
+        await self._drop_lingering("session closed")
 
     # -- timers -------------------------------------------------------------
 
@@ -240,16 +285,33 @@ class PeerSession:
                 what = "no answer" if conn.state == "offering" else "not connected"
                 await self._restart(f"{what} after {self.settings.connect_timeout:g} s")
         elif conn.state == "connected" and now_m - conn.last_rtcp >= self.settings.dead_after:
-            await self._restart(f"no RTCP for {now_m - conn.last_rtcp:.1f} s")
+            await self._restart(f"no RTCP for {now_m - conn.last_rtcp:.1f} s", linger=True)
 
-    async def _restart(self, reason: str, first_delay: float = 0.0) -> None:
-        """Drop the current connection; offer a fresh one after a back-off."""
+    async def _restart(self, reason: str, first_delay: float = 0.0,
+                       linger: bool = False) -> None:
+        """Drop the current connection; offer a fresh one after a back-off.
+
+        ``linger`` (a dead path): the old connection is not closed but kept
+        beside the new one until that one is up. A link that was only cut
+        for a while then carries media again the moment it returns (aiortc
+        keeps a silent connection for ~30 s), whereas the new offer may sit
+        in the signaling server's TCP retransmission queue to the same
+        unreachable peer for seconds after the link is back.
+        """
+        if not self.in_room:
+            raise PeerGone(reason)
         conn, self._conn = self._conn, None
         if conn is not None:
             up = conn.connected_at
             if up is not None and time.monotonic() - up > STABLE_AFTER:
                 self._restart_attempt = 0
-            await self._close_connection(conn, reason)
+            if linger and up is not None:
+                await self._drop_lingering("a newer connection died too")
+                conn.lingering, conn.revived, conn.dead_at = True, False, time.monotonic()
+                self._lingering = conn
+                self.log.info("peer.lingering", generation=conn.generation, reason=reason)
+            else:
+                await self._close_connection(conn, reason)
         delay = (first_delay if self._restart_attempt == 0
                  else max(first_delay, self._backoff.delay(self._restart_attempt)))
         self._restart_attempt += 1
@@ -263,6 +325,12 @@ class PeerSession:
 
     async def _handle(self, event: PeerEvent) -> None:
         conn = self._conn
+        lingering = self._lingering
+        if lingering is not None and getattr(event, "generation", None) == lingering.generation:
+            await self._on_lingering_event(lingering, event)
+            return
+        if isinstance(event, PathRevived):
+            return
         if isinstance(event, PcStateChanged):
             if conn is None or event.generation != conn.generation:
                 return
@@ -272,8 +340,10 @@ class PeerSession:
                 conn.connected_at = conn.last_rtcp = time.monotonic()
                 self._restart_due = None
                 self.log.info("peer.connected", codec=conn.codec, role=conn.role,
-                              ms=round((conn.connected_at - conn.since) * 1000))
+                              ms=round((conn.connected_at - conn.since) * 1000),
+                              **selected_candidates(conn.pc))
                 self._request_keyframe()
+                await self._drop_lingering("replaced")
             elif event.state in ("failed", "closed"):
                 # The remote may be rebuilding its side (Glimpse browsers do):
                 # give its offer a head start before we offer ourselves.
@@ -302,6 +372,25 @@ class PeerSession:
             assert event.signal is None or isinstance(event.signal, IceCandidate)
             await self._on_candidate(event.signal)
 
+    async def _on_lingering_event(self, conn: _Connection, event: PeerEvent) -> None:
+        """Events of the connection kept after its path was declared dead."""
+        if isinstance(event, PathRevived):
+            # The link came back before the new connection was up: media
+            # flows on the old one again, from the next key frame. The new
+            # offer stands (it is on its way and the peer will act on it).
+            self.log.info("peer.path_revived", generation=conn.generation,
+                          after_s=None if conn.dead_at is None else round(
+                              time.monotonic() - conn.dead_at, 2))
+            self._request_keyframe(reason="path revived", conn=conn)
+        elif isinstance(event, PcStateChanged) and event.state in ("failed", "closed"):
+            await self._drop_lingering(f"connection {event.state}")
+        # TrackEnded: the connection is going away; its "closed" follows
+
+    async def _drop_lingering(self, reason: str) -> None:
+        conn, self._lingering = self._lingering, None
+        if conn is not None:
+            await self._close_connection(conn, f"lingering: {reason}")
+
     async def _on_offer(self, sdp: str) -> None:
         check_sdp(sdp)
         creds = ice_credentials(sdp)
@@ -324,6 +413,8 @@ class PeerSession:
         if conn is not None:
             self._conn = None
             await self._close_connection(conn, "replaced by their offer")
+        # the remote rebuilt its side: whatever lingered is gone there too
+        await self._drop_lingering("replaced by their offer")
         await self._answer(sdp, ufrag)
 
     async def _renegotiate(self, conn: _Connection, sdp: str) -> None:
@@ -344,6 +435,16 @@ class PeerSession:
 
     async def _on_answer(self, sdp: str) -> None:
         conn = self._conn
+        if conn is not None and conn.state == "negotiated" and conn.role == "offerer":
+            # A second answer to one offer: the first one answered an earlier
+            # offer of ours that the signaling path delivered late (after a
+            # long cut, TCP hands the peer all our queued offers at once, and
+            # it answers each). This connection holds the stale one and can
+            # never come up: offer again at once instead of waiting
+            # connect_timeout for it.
+            self.log.warning("peer.stale_answer", generation=conn.generation)
+            await self._restart("answered with an earlier offer's answer")
+            return
         if conn is None or conn.state != "offering":
             self.log.warning("peer.unexpected_answer", state=self.state)
             return
@@ -391,6 +492,9 @@ class PeerSession:
             config.iceTransportPolicy = RTCIceTransportPolicy.RELAY
         pc = RTCPeerConnection(configuration=config)
         conn = _Connection(gen, pc, role, tracks={}, transceivers={})
+        video = self.hub.video_config
+        self.bandwidth.set_bounds(video.min_bitrate, video.max_bitrate)
+        self.bandwidth.new_path()
 
         def on_state() -> None:  # runs in the loop's task: must never raise
             self._post(PcStateChanged(gen, pc.connectionState))
@@ -421,7 +525,7 @@ class PeerSession:
                 track = PacketTrack("video" if kind == "video" else "audio")
             transceiver = pc.addTransceiver(track, direction="sendonly")
             transceiver.setCodecPreferences(codec_preferences(kind, self.video_codec))
-            self._hook_sender(conn, transceiver.sender)
+            self._hook_sender(conn, transceiver.sender, kind)
             conn.tracks[kind] = track
             conn.transceivers[kind] = transceiver
 
@@ -431,8 +535,8 @@ class PeerSession:
             track.on("ended", on_ended)
         return conn
 
-    def _hook_sender(self, conn: _Connection, sender: RTCRtpSender) -> None:
-        """Observe RTCP (liveness) and PLI/FIR (key frames) on a sender.
+    def _hook_sender(self, conn: _Connection, sender: RTCRtpSender, kind: str) -> None:
+        """Observe RTCP (liveness, bandwidth) and PLI/FIR (key frames) on a sender.
 
         aiortc has no public hook and in passthrough mode its own key-frame
         flag is never read. Both run in aiortc's DTLS receive loop: they must
@@ -443,6 +547,10 @@ class PeerSession:
 
         async def handle_rtcp(packet: Any) -> None:
             conn.last_rtcp = time.monotonic()
+            if conn.lingering and not conn.revived:
+                conn.revived = True
+                self._post(PathRevived(conn.generation))
+            self._observe_rtcp(conn, sender, kind, packet)
             try:
                 await original_rtcp(packet)
             except Exception as exc:
@@ -451,15 +559,55 @@ class PeerSession:
         def on_keyframe_request() -> None:
             try:
                 original_keyframe()
-                self._request_keyframe(reason="pli")
+                self._request_keyframe(reason="pli", conn=conn)
             except Exception as exc:
                 self.log.warning("peer.keyframe_hook_error", error=str(exc))
 
         sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
         sender._send_keyframe = on_keyframe_request  # type: ignore[method-assign]
 
-    def _request_keyframe(self, reason: str = "connected") -> None:
-        conn = self._conn
+    def _observe_rtcp(self, conn: _Connection, sender: RTCRtpSender, kind: str,
+                      packet: Any) -> None:
+        """Feed the bandwidth estimate from one RTCP packet; never raises.
+
+        Only the stream the estimate is for counts (video; audio when there is
+        no video): the two streams' reports describe the same path, and
+        counting both would double every decrease. The round trip needs the
+        NTP time of our last sender report, which aiortc keeps privately;
+        without it (another aiortc version) the estimate works from loss alone.
+        """
+        if conn is not self._conn or kind != ("video" if "video" in conn.transceivers
+                                               else "audio"):
+            return
+        try:
+            ssrc = sender._ssrc
+            now = time.monotonic()
+            for block in report_blocks(packet, ssrc):
+                rtt = report_rtt(block, getattr(sender, "_RTCRtpSender__lsr", None),
+                                 getattr(sender, "_RTCRtpSender__lsr_time", None), time.time())
+                self._estimate_changed(now, self.bandwidth.on_report(now, block.loss, rtt))
+            remb = remb_bitrate(packet, ssrc)
+            if remb is not None:
+                self._estimate_changed(now, self.bandwidth.on_remb(now, remb))
+        except Exception as exc:
+            if not self._bandwidth_failed:  # once per session: this runs per packet
+                self._bandwidth_failed = True
+                self.log.warning("peer.bandwidth_error", error=f"{type(exc).__name__}: {exc}")
+
+    def _estimate_changed(self, now: float, update: Update) -> None:
+        previous = self._bandwidth_gate.logged
+        if self._bandwidth_gate.check(now, update.estimate_bps):
+            bw = self.bandwidth
+            rtt = bw.rtt_s
+            self.log.info("peer.bandwidth", estimate_bps=update.estimate_bps,
+                          previous_bps=previous, reason=update.reason,
+                          loss=None if bw.last_loss is None else round(bw.last_loss, 3),
+                          rtt_ms=None if rtt is None else round(rtt * 1000, 1),
+                          remb_bps=bw.remb_bps)
+
+    def _request_keyframe(self, reason: str = "connected",
+                          conn: _Connection | None = None) -> None:
+        conn = conn or self._conn
         if conn is None or conn.codec not in ("h264", "vp8"):
             return
         stream = self.hub.video_stream(conn.codec)  # type: ignore[arg-type]
@@ -552,3 +700,22 @@ class PeerSession:
                            payload: SessionDescription | IceCandidate | None) -> None:
         if not await self._send(kind, payload):
             self.log.warning("peer.signal_not_sent", kind=kind, reason="signaling down")
+
+
+def selected_candidates(pc: RTCPeerConnection) -> dict[str, str | None]:
+    """Types of the ICE candidate pair in use ("host", "srflx", "prflx", "relay").
+
+    aiortc does not expose the selected pair: this reads aioice's nominated
+    pair of the first transport (everything is bundled on it). Logged when a
+    connection comes up, so a relay-only deployment can be checked from the
+    journal; empty values if aiortc's internals differ.
+    """
+    try:
+        transceiver = pc.getTransceivers()[0]
+        connection = transceiver.sender.transport.transport._connection
+        pair = connection._nominated[1]
+        local, remote = pair.local_candidate, pair.remote_candidate
+        return {"ice_local": local.type, "ice_remote": remote.type,
+                "ice_protocol": local.transport.lower()}
+    except Exception:
+        return {"ice_local": None, "ice_remote": None, "ice_protocol": None}

@@ -101,6 +101,8 @@ class SignalingSession:
         self.user_id: str | None = None
         self.username: str = ""
         self.connects = 0
+        self._closed = trio.Event()  # replaced by leave(); set once the socket is closed
+        self._receiving = trio.CancelScope()  # the joined phase; leave() cancels it
         self.auth_failures = 0
         self.state = "starting"
         self.state_detail = ""
@@ -135,7 +137,12 @@ class SignalingSession:
                 await ws.send_message(encode(LeaveRoom(room_id=self.room.room_id)))
                 await self._left.wait()
                 log.info("room.left", room=self.room.room_id)
-            await ws.aclose()
+            # The connection's own task closes it: it owns the reader task that
+            # must see the server's close frame (closing from here while that
+            # task tears the connection down would wait for nothing).
+            closed = self._closed = trio.Event()
+            self._receiving.cancel()
+            await closed.wait()
         self._ws = None
 
     async def run(self) -> None:
@@ -218,6 +225,7 @@ class SignalingSession:
                     self._ws = None
                     with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
                         await ws.aclose()
+                    self._closed.set()
                     ws_nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             raise sole_exception(group) from None
@@ -242,10 +250,11 @@ class SignalingSession:
             + ("" if n == 1 else "s"),
         )
         dead: list[str] = []
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._keepalive, ws, dead, nursery.cancel_scope)
-            await self._receive_until(ws, lambda _m: False)
-            nursery.cancel_scope.cancel()
+        with trio.CancelScope() as self._receiving:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._keepalive, ws, dead, nursery.cancel_scope)
+                await self._receive_until(ws, lambda _m: False)
+                nursery.cancel_scope.cancel()
         if dead:
             raise ConnectionDead(dead[0])
 

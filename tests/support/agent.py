@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ def write_config(
     server: Mapping[str, Any] | None = None,
     log_level: str = "debug",
     extra: str = "",
+    ice: str = "[ice]\nservers = []\n",
 ) -> Path:
     """A complete agent configuration in ``directory`` (secrets 0600 beside it)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -63,7 +64,7 @@ def write_config(
         "[server]\n" + "\n".join(server_lines) + "\n\n"
         f"[auth]\n{auth}\n\n"
         f'[room]\nid = "{room_id}"\n\n'
-        "[ice]\nservers = []\n\n"
+        f"{ice}\n"
         '[observe]\nlisten = ""\n\n'
         f'[log]\nlevel = "{log_level}"\nformat = "json"\n\n' + extra
     )
@@ -73,8 +74,13 @@ def write_config(
 class AgentProcess:
     """One agent subprocess; ``events`` grows as it logs."""
 
-    def __init__(self, config: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, config: Path, env: Mapping[str, str] | None = None,
+                 command_prefix: Sequence[str] = ()) -> None:
+        """``command_prefix`` runs the agent under another command, e.g.
+        ``["ip", "netns", "exec", "ns1"]`` (which execs, so ``pid`` stays the agent's).
+        """
         self.config = config
+        self.command_prefix = list(command_prefix)
         self.env = {**os.environ, **(env or {})}
         self.events: list[Event] = []
         self.raw_lines: list[str] = []
@@ -87,7 +93,8 @@ class AgentProcess:
         self._log_file = self.log_path.open("a", buffering=1)  # line-buffered, tiny writes
 
     async def start(self, nursery: trio.Nursery) -> None:
-        cmd = [sys.executable, "-m", "glimpse_edge", "run", "--config", str(self.config)]
+        cmd = [*self.command_prefix,
+               sys.executable, "-m", "glimpse_edge", "run", "--config", str(self.config)]
         self.process = await trio.lowlevel.open_process(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env
         )

@@ -29,11 +29,14 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 from trio_asyncio import aio_as_trio, trio_as_aio
+from trio_websocket import ConnectionClosed, HandshakeError
 
 from glimpse_edge.media.framecode import read_code
 from glimpse_edge.rtc.sdp import ice_credentials
 
 from .glimpse_client import GlimpseClient
+
+RECONNECT_DELAY = 0.3
 
 
 @dataclass
@@ -71,6 +74,9 @@ class BrowserPeer:
         self.offers_received = 0
         self._consumers: set[asyncio.Future[None]] = set()
         self.log: list[str] = []
+        self.signaling_connects = 0  # times joined over a (new) WebSocket
+        self._reconnecting = False
+        self.reconnect_delay = RECONNECT_DELAY
 
     @property
     def user_id(self) -> str:
@@ -172,7 +178,14 @@ class BrowserPeer:
             await aio_as_trio(old.close)()
 
     async def signal(self, peer_id: str, kind: str, payload: Any) -> None:
-        await self.client.signal(self.room_id, peer_id, kind, payload)
+        try:
+            await self.client.signal(self.room_id, peer_id, kind, payload)
+        except (ConnectionClosed, RuntimeError, trio.BrokenResourceError,
+                trio.ClosedResourceError) as exc:
+            if not self._reconnecting:
+                raise
+            # like a browser whose socket is down: the signal is lost
+            self.log.append(f"signal lost ({kind}): {type(exc).__name__}")
 
     async def _on_message(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
@@ -220,29 +233,86 @@ class BrowserPeer:
 
     @asynccontextmanager
     async def joined(
-        self, ws_url: str, token: str, room_id: str, *, leave: bool = False
+        self, ws_url: str, token: str, room_id: str, *, leave: bool = False,
+        reconnect: bool = False,
     ) -> AsyncIterator[BrowserPeer]:
-        """In the room for the block; ``leave`` ends membership (else: just goes offline)."""
+        """In the room for the block; ``leave`` ends membership (else: just goes offline).
+
+        ``reconnect``: when the signaling socket is lost (the server went
+        away), connect, authenticate and join again every ``reconnect_delay``
+        seconds, as a browser does, while the peer connections carry on.
+        """
         self.room_id = room_id
+        if reconnect:
+            self._reconnecting = True
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(self._stay_connected, ws_url, token, room_id)
+                try:
+                    yield self
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await self._close_all(leave)
+                    nursery.cancel_scope.cancel()
+            return
         async with self.client, trio.open_nursery() as nursery:
             self._nursery = nursery
             await self.client.connect(ws_url)
             await self.client.authenticate(token)
             await self.client.join(room_id)
+            self.signaling_connects += 1
             nursery.start_soon(self._receive_loop)
             try:
                 yield self
             finally:
                 with trio.CancelScope(shield=True):
-                    if leave:
-                        await self.client.send({"type": "leave_room", "roomId": room_id})
-                    for pc in list(self.pcs.values()):
-                        with trio.move_on_after(3):
-                            await aio_as_trio(pc.close)()
+                    await self._close_all(leave)
                 nursery.cancel_scope.cancel()
+
+    async def _close_all(self, leave: bool) -> None:
+        if leave:
+            with trio.move_on_after(3):
+                await self.client.send({"type": "leave_room", "roomId": self.room_id})
+        for pc in list(self.pcs.values()):
+            with trio.move_on_after(3):
+                await aio_as_trio(pc.close)()
+
+    async def _stay_connected(
+        self, ws_url: str, token: str, room_id: str,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        started = False
+        while True:
+            try:
+                async with GlimpseClient(self.name) as client:
+                    await client.connect(ws_url, timeout=3.0)
+                    await client.authenticate(token, timeout=3.0)
+                    await client.join(room_id, timeout=3.0)
+                    self.client = client
+                    self.signaling_connects += 1
+                    self.log.append("signaling joined")
+                    await self._notify()
+                    if not started:
+                        started = True
+                        task_status.started()
+                    await self._receive_loop()
+            except (ConnectionClosed, HandshakeError, OSError, trio.TooSlowError,
+                    trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self.log.append(f"signaling lost: {type(exc).__name__}")
+            except AssertionError as exc:  # an expected reply did not come (server died)
+                self.log.append(f"signaling lost: {exc}")
+            await trio.sleep(self.reconnect_delay)  # a retry pause, as a browser's
 
     def pc_for(self, peer_id: str) -> RTCPeerConnection:
         return self.pcs[peer_id]
+
+    async def received_bytes(self, peer_id: str) -> int:
+        """Bytes that reached the connection to ``peer_id`` (SRTP, RTP and RTCP), 0 if none."""
+        pc = self.pcs.get(peer_id)
+        if pc is None:
+            return 0
+        report = await aio_as_trio(pc.getStats)()
+        return int(sum(s.bytesReceived for s in report.values() if s.type == "transport"))
 
     async def renegotiate(self, peer_id: str) -> None:
         """A new offer on the live connection (same ICE credentials), as on camera on/off."""

@@ -42,11 +42,11 @@ class ColorSpace:
         self.name = name
 
     @staticmethod
-    def Smpte170m() -> ColorSpace:  # noqa: N802 - the real name
+    def Smpte170m() -> ColorSpace:  # the real (non-PEP 8) name
         return ColorSpace("SMPTE170M")
 
     @staticmethod
-    def Rec709() -> ColorSpace:  # noqa: N802
+    def Rec709() -> ColorSpace:
         return ColorSpace("Rec709")
 
     def __repr__(self) -> str:

@@ -54,7 +54,7 @@ class HdrModeEnum(IntEnum):
     Night = 4
 
 
-class draft:  # noqa: N801 - a submodule in the real bindings
+class draft:  # a submodule in the real bindings
     class NoiseReductionModeEnum(IntEnum):
         Off = 0
         Fast = 1

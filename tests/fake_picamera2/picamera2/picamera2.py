@@ -9,6 +9,7 @@ of its stream.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import threading
 import time
@@ -275,10 +276,8 @@ class Picamera2:
         self.close()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
 
     def _event_loop(self) -> None:
         """libcamera's event loop: a frame every FrameDurationLimits, to every encoder."""

@@ -133,12 +133,12 @@ class H264Encoder(V4L2Encoder):
         if self.vd is None:
             return
         force = False
+        timestamp_us = self._timestamp(request)
         if self._key_frames_requested > self._key_frames_generated:
             self._key_frames_generated += 1
             force = True
-            _hardware.record("encoder.force_key_frame")
+            _hardware.record(f"encoder.force_key_frame ts={timestamp_us}")
         request.acquire()
-        timestamp_us = self._timestamp(request)
         self.buf_frame.put((request, timestamp_us, force))  # blocks when all 16 are queued
 
     def force_key_frame(self) -> None:

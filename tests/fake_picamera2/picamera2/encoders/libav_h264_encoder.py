@@ -69,7 +69,7 @@ class LibavH264Encoder(Encoder):
         if self._key_frames_requested > self._key_frames_generated:
             self._key_frames_generated += 1
             force = True
-            _hardware.record("encoder.force_key_frame")
+            _hardware.record(f"encoder.force_key_frame ts={timestamp_us}")
         for packet in _x264.encode(self._ctx, request.array, timestamp_us, force):
             self.outputframe(bytes(packet), packet.is_keyframe, timestamp=packet.pts,
                              packet=packet)

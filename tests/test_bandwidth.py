@@ -1,0 +1,301 @@
+"""The per-peer bandwidth controller, on synthetic and recorded-looking RTCP sequences.
+
+Time is an argument everywhere, so every sequence replays exactly; the
+"recorded-looking" ones are built from real aiortc RTCP packets (serialised
+and parsed again, as they would arrive) rather than from loose numbers.
+"""
+
+from __future__ import annotations
+
+import random
+
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_PLI,
+    RtcpPacket,
+    RtcpPsfbPacket,
+    RtcpReceiverInfo,
+    RtcpRrPacket,
+    RtcpSenderInfo,
+    RtcpSrPacket,
+    pack_remb_fci,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from glimpse_edge.rtc.bandwidth import (
+    BandwidthEstimator,
+    ChangeGate,
+    ReportBlock,
+    remb_bitrate,
+    replay,
+    report_blocks,
+    report_rtt,
+)
+
+MIN, MAX = 150_000, 2_500_000
+OURS, OTHER = 0x1234, 0x9999
+
+
+def estimator() -> BandwidthEstimator:
+    return BandwidthEstimator(MIN, MAX)
+
+
+def reports(start: float, seconds: float, loss: float, rtt: float | None = 0.02,
+            every: float = 1.0) -> list[tuple[float, str, float, float | None]]:
+    n = round(seconds / every)
+    return [(start + i * every, "report", loss, rtt) for i in range(n)]
+
+
+def test_starts_at_the_maximum_and_stays_there_on_a_clean_link() -> None:
+    est = estimator()
+    assert est.estimate_bps == MAX and est.reports == 0
+    replay(est, reports(0.0, 30, loss=0.0))
+    assert est.estimate_bps == MAX
+
+
+def test_heavy_loss_decreases_geometrically_down_to_the_floor() -> None:
+    est = estimator()
+    updates = replay(est, reports(0.0, 3, loss=0.20))
+    # 1 - 0.2/2 = 0.9 per report
+    assert [u.estimate_bps for u in updates] == [int(MAX * 0.9 ** k) for k in (1, 2, 3)]
+    assert all(u.reason == "loss" for u in updates)
+    replay(est, reports(3.0, 120, loss=0.5))
+    assert est.estimate_bps == MIN
+
+
+def test_moderate_loss_holds_and_low_loss_climbs_back_at_8_percent_a_second() -> None:
+    est = estimator()
+    replay(est, reports(0.0, 10, loss=0.3))
+    low = est.estimate_bps
+    updates = replay(est, reports(10.0, 10, loss=0.05))
+    assert {u.reason for u in updates} == {"hold"} and est.estimate_bps == low
+    replay(est, reports(20.0, 6, loss=0.01))
+    # the first good report after the hold counts one second
+    assert abs(est.estimate_bps - low * 1.08 ** 6) <= 2, (est.estimate_bps, low)
+    replay(est, reports(26.0, 120, loss=0.0))
+    assert est.estimate_bps == MAX
+
+
+def test_exactly_at_the_thresholds() -> None:
+    est = estimator()
+    assert est.on_report(0.0, 0.10).reason == "hold"  # "decrease on > 10 %"
+    assert est.on_report(1.0, 0.02).reason == "hold"  # "hold between 2 and 10 %"
+    assert est.on_report(2.0, 0.0199).reason == "increase"
+    assert est.on_report(3.0, 0.1001).reason == "loss"
+
+
+def test_one_loss_episode_in_several_report_blocks_is_punished_once() -> None:
+    est = estimator()
+    first = est.on_report(0.0, 0.5)
+    again = est.on_report(0.01, 0.5)  # a second block of the same compound packet
+    assert first.estimate_bps == int(MAX * 0.75)
+    assert again.estimate_bps == first.estimate_bps
+    assert est.on_report(1.0, 0.5).estimate_bps < first.estimate_bps
+
+
+def test_a_long_gap_between_reports_is_not_evidence_of_capacity() -> None:
+    est = estimator()
+    replay(est, reports(0.0, 10, loss=0.4))
+    low = est.estimate_bps
+    est.on_report(100.0, 0.0)  # first report after 90 s of silence
+    est.on_report(101.0, 0.0)
+    assert est.estimate_bps <= int(low * 1.08 ** 3) + 1
+
+
+def test_remb_caps_while_fresh_and_the_estimate_climbs_back_after() -> None:
+    est = estimator()
+    est.on_report(0.0, 0.0)
+    assert est.on_remb(0.5, 400_000).estimate_bps == 400_000
+    replay(est, reports(1.0, 4, loss=0.0))
+    assert est.estimate_bps == 400_000  # capped by the REMB, however good the reports
+    # no REMB for longer than the timeout: it no longer caps, and we climb from it
+    assert est.estimate_at(20.0) > 400_000
+    replay(est, reports(20.0, 3, loss=0.0))
+    assert 400_000 < est.estimate_at(23.0) < 400_000 * 1.08 ** 20
+    # a REMB below the floor cannot push the estimate below it
+    assert est.on_remb(30.0, 10_000).estimate_bps == MIN
+
+
+def test_rising_rtt_holds_then_backs_off_before_any_loss() -> None:
+    """A bottleneck queue fills: RTT climbs for seconds before packets drop."""
+    est = estimator()
+    replay(est, reports(0.0, 10, loss=0.3, rtt=0.01))  # somewhere below the top
+    start = est.estimate_bps
+    replay(est, reports(10.0, 5, loss=0.0, rtt=0.01))  # clean, flat RTT: climbs
+    climbed = est.estimate_bps
+    assert climbed > start
+    # the smoothed RTT (40 % weight per sample) passes the hold threshold
+    # (30 ms + 1/4 of the 10 ms base): no more increases
+    held = est.on_report(15.0, 0.0, 0.1)
+    assert held.reason == "rtt_hold" and held.estimate_bps == climbed
+    # it keeps rising, far above: back off by 15 % per report, without a single loss
+    out = [est.on_report(16.0 + i, 0.0, rtt) for i, rtt in enumerate((0.2, 0.3, 0.4, 0.5))]
+    assert [u.reason for u in out] == ["rtt_hold", "rtt", "rtt", "rtt"]
+    assert out[-1].estimate_bps == int(climbed * 0.85 ** 3)
+    # high but no longer rising: hold (the queue drains at the lower rate)
+    assert est.on_report(20.0, 0.0, 0.3).reason == "rtt_hold"
+    # back to the base: increase again
+    replay(est, reports(21.0, 10, loss=0.0, rtt=0.01))
+    assert est.last_reason == "increase"
+
+
+def test_base_rtt_follows_a_new_path() -> None:
+    est = estimator()
+    replay(est, reports(0.0, 5, loss=0.0, rtt=0.005))
+    assert est.base_rtt_s == 0.005
+    est.new_path()  # a fresh connection, perhaps via TURN on another continent
+    assert est.base_rtt_s is None and est.rtt_s is None
+    replay(est, reports(10.0, 5, loss=0.0, rtt=0.150))
+    assert est.last_reason == "increase"  # 150 ms is the new base, not a queue
+    # and an old base expires after the window
+    est2 = estimator()
+    replay(est2, reports(0.0, 3, loss=0.0, rtt=0.005))
+    replay(est2, reports(3.0, 60, loss=0.0, rtt=0.080))
+    assert est2.base_rtt_s == 0.080 and est2.last_reason == "increase"
+
+
+def test_bounds_change_on_reload_clamps_the_estimate() -> None:
+    est = estimator()
+    est.set_bounds(100_000, 800_000)
+    assert est.estimate_bps == 800_000
+    est.set_bounds(900_000, 500_000)  # nonsense in: still a usable range
+    assert est.min_bps == 900_000 and est.estimate_bps == 900_000
+
+
+def test_garbage_input_never_raises_and_never_leaves_the_bounds() -> None:
+    est = estimator()
+    for loss, rtt in ((float("nan"), None), (-3.0, -1.0), (7.0, float("inf")),
+                      (0.0, float("nan")), (0.5, 1e9)):
+        u = est.on_report(1.0, loss, rtt)
+        assert MIN <= u.estimate_bps <= MAX
+    for bps in (float("nan"), -5.0, float("inf"), 0.0):
+        assert MIN <= est.on_remb(2.0, bps).estimate_bps <= MAX
+    est.on_report(-50.0, 0.0)  # time going backwards: no increase from a negative span
+    assert MIN <= est.estimate_bps <= MAX
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(
+    st.floats(0, 5), st.sampled_from(["report", "remb"]),
+    st.floats(0, 1), st.one_of(st.none(), st.floats(0, 2)), st.floats(0, 5e6)), max_size=60))
+def test_any_sequence_stays_within_bounds(
+    steps: list[tuple[float, str, float, float | None, float]],
+) -> None:
+    est = estimator()
+    now = 0.0
+    for dt, kind, loss, rtt, remb in steps:
+        now += dt
+        u = est.on_report(now, loss, rtt) if kind == "report" else est.on_remb(now, remb)
+        assert MIN <= u.estimate_bps <= MAX
+        assert MIN <= est.estimate_at(now + 10) <= MAX
+
+
+def test_same_sequence_same_estimates() -> None:
+    rng = random.Random(7)
+    seq = [(i * 0.7, "report", rng.choice([0.0, 0.01, 0.05, 0.12, 0.3]), rng.uniform(0.01, 0.2))
+           for i in range(200)]
+    a = [u.estimate_bps for u in replay(estimator(), seq)]
+    b = [u.estimate_bps for u in replay(estimator(), seq)]
+    assert a == b
+
+
+def test_random_ten_percent_loss_pulls_the_estimate_down_but_not_to_zero() -> None:
+    """Scenario (c) as the receiver reports it: ~30 packets per report, 10 % dropped."""
+    rng = random.Random(1)
+    est = estimator()
+    for i in range(60):
+        lost = sum(rng.random() < 0.10 for _ in range(30))
+        est.on_report(float(i), int(256 * lost / 30) / 256, 0.002)
+    assert MIN <= est.estimate_bps < MAX * 0.5
+
+
+# -- recorded-looking: real aiortc packets, serialised and parsed back ---------
+
+
+def _rr(fraction_lost: int, lost: int, lsr: int, dlsr: int, ssrc: int = OURS) -> RtcpRrPacket:
+    blocks = [RtcpReceiverInfo(ssrc=ssrc, fraction_lost=fraction_lost, packets_lost=lost,
+                               highest_sequence=1000 + lost, jitter=80, lsr=lsr, dlsr=dlsr),
+              RtcpReceiverInfo(ssrc=OTHER, fraction_lost=255, packets_lost=9, highest_sequence=1,
+                               jitter=0, lsr=0, dlsr=0)]
+    return RtcpRrPacket(ssrc=1, reports=blocks)
+
+
+def _wire(*packets: object) -> list[object]:
+    """Serialise as a compound packet and parse it again, as aiortc receives it."""
+    data = b"".join(bytes(p) for p in packets)  # type: ignore[call-overload]
+    return list(RtcpPacket.parse(data))
+
+
+def test_report_blocks_and_remb_are_read_from_real_packets() -> None:
+    sr = RtcpSrPacket(ssrc=1, sender_info=RtcpSenderInfo(
+        ntp_timestamp=1, rtp_timestamp=2, packet_count=3, octet_count=4),
+        reports=[RtcpReceiverInfo(ssrc=OURS, fraction_lost=64, packets_lost=5,
+                                  highest_sequence=9, jitter=1, lsr=7, dlsr=8)])
+    remb = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0,
+                          fci=pack_remb_fci(612_000, [OTHER, OURS]))
+    pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=OURS)
+    junk_app = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=b"GOOGxxxx")
+    rr, sr2, remb2, pli2, junk2 = _wire(_rr(26, 3, 0, 0), sr, remb, pli, junk_app)
+    assert report_blocks(rr, OURS) == [ReportBlock(26 / 256, 3, 80, 0, 0)]
+    assert report_blocks(sr2, OURS)[0].loss == 0.25
+    assert report_blocks(rr, 0xDEAD) == [] and report_blocks(pli2, OURS) == []
+    assert remb_bitrate(remb2, OURS) == 612_000 - 612_000 % 4  # 18-bit mantissa, exponent
+    assert remb_bitrate(remb2, 0xDEAD) is None
+    assert remb_bitrate(pli2, OURS) is None and remb_bitrate(junk2, OURS) is None
+
+
+def test_rtt_only_from_a_report_that_echoes_our_latest_sender_report() -> None:
+    block = ReportBlock(0.0, 0, 0, lsr=0xABCD0000, dlsr=65536 // 10)  # held 100 ms
+    rtt = report_rtt(block, 0xABCD0000, 1000.0, 1000.125)
+    assert rtt is not None and abs(rtt - 0.025) < 1e-4
+    assert report_rtt(block, 0x11110000, 1000.0, 1000.125) is None  # an older SR
+    assert report_rtt(ReportBlock(0.0, 0, 0, lsr=5, dlsr=0), 5, 1.0, 2.0) is None
+    assert report_rtt(block, None, None, 5.0) is None
+    assert report_rtt(block, 0xABCD0000, 1000.0, 999.0) is None  # clock stepped back
+
+
+def test_recorded_tbf_like_session() -> None:
+    """A peer whose link gets capped well below what we send, then uncapped.
+
+    What a receiver behind a 500 kbit/s token bucket reports about a 1.2 Mbit/s
+    stream: first the queue grows (RTT 4 -> 300 ms), then the bucket's queue
+    limit overflows (loss 15-40 %), then the cap is lifted.
+    """
+    est = BandwidthEstimator(150_000, 1_200_000)
+    lsr_wall: dict[int, float] = {}
+    estimates: list[tuple[float, int, str]] = []
+    timeline = (
+        [(0.0 + i, 0, 0.004) for i in range(10)]                        # clean
+        + [(10.0 + i, 0, 0.004 + 0.06 * i) for i in range(5)]           # queue building
+        + [(15.0 + i, 60 + 10 * (i % 3), 0.30) for i in range(10)]      # overflow
+        + [(25.0 + i, 0, 0.004) for i in range(25)]                     # cap lifted
+    )
+    for now, fraction, rtt in timeline:
+        lsr = (int(now * 1000) & 0xFFFF) << 16
+        lsr_wall[lsr] = 5000.0 + now - rtt - 0.05  # our SR went out rtt+50 ms before
+        for packet in _wire(_rr(fraction, 0, lsr, int(0.05 * 65536))):
+            for block in report_blocks(packet, OURS):
+                rtt_s = report_rtt(block, lsr, lsr_wall[lsr], 5000.0 + now)
+                u = est.on_report(now, block.loss, rtt_s)
+                estimates.append((now, u.estimate_bps, u.reason))
+    by_time = {t: (e, r) for t, e, r in estimates}
+    assert by_time[9.0] == (1_200_000, "increase")
+    # the early signal: the estimate falls while the queue builds, before any loss
+    first_cut = min(t for t, e, _r in estimates if e < 1_200_000)
+    assert 10.0 < first_cut < 15.0, estimates
+    assert by_time[14.0][0] < 1_200_000 * 0.9
+    # under overflow loss it keeps falling, never below the floor
+    assert by_time[24.0][0] < 500_000 and by_time[24.0][0] >= 150_000
+    # once uncapped it climbs back all the way
+    assert by_time[49.0] == (1_200_000, "increase")
+
+
+def test_change_gate_logs_big_moves_rate_limited() -> None:
+    gate = ChangeGate(min_ratio=0.15, min_interval=2.0)
+    assert gate.check(0.0, 1_000_000)  # the first value is always worth a line
+    assert not gate.check(0.5, 500_000)  # big, but too soon
+    assert gate.check(2.5, 500_000)
+    assert not gate.check(10.0, 540_000)  # 8 %: not significant
+    assert gate.check(11.0, 600_000)
+    assert gate.logged == 600_000
