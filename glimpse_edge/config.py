@@ -359,8 +359,20 @@ class AudioConfig(_Section, frozen=True, kw_only=True):
     channels: Annotated[int, msgspec.Meta(ge=1, le=2)] = 1
     tone_frequency: Annotated[float, msgspec.Meta(ge=20, le=20000)] = 440.0
     period_ms: int = 20
+    mixer_control: str = ""
+    capture_gain: Annotated[int, msgspec.Meta(ge=-1, le=100)] = -1
+    capture_switch: Literal["unchanged", "on", "off"] = "unchanged"
 
     def __post_init__(self) -> None:
+        if (self.capture_gain >= 0 or self.capture_switch != "unchanged") and (
+            not self.mixer_control
+        ):
+            raise _InvalidKey(
+                "mixer_control",
+                "must name the ALSA mixer control (see: amixer scontrols) to set "
+                "capture_gain or capture_switch",
+                related=("capture_gain", "capture_switch"),
+            )
         if self.period_ms not in _OPUS_FRAME_MS:
             choices = ", ".join(map(str, _OPUS_FRAME_MS))
             raise _InvalidKey(

@@ -5,6 +5,7 @@ See tests/support/alsa.py for how the test devices are defined without a sound c
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from fractions import Fraction
@@ -24,8 +25,9 @@ from support.alsa import (
     sine,
 )
 
+from glimpse_edge.logs import configure_logging
 from glimpse_edge.media import AlsaSource, SourceError, list_capture_devices
-from glimpse_edge.media.alsa import FrameAssembler, PcmConverter, _RateLimitedLog
+from glimpse_edge.media.alsa import FrameAssembler, MixerSettings, PcmConverter, _RateLimitedLog
 
 pytest.importorskip("alsaaudio")
 
@@ -222,3 +224,19 @@ def test_overrun_log_is_rate_limited() -> None:
     lines = [e for e in logs if e["event"] == "media.alsa.overrun"]
     assert len(lines) == 1, f"expected 1 log line for a burst of 50 overruns, saw {len(lines)}"
     assert (lines[0]["device"], lines[0]["count"], overrun.total) == ("hw:1", 1, 50)
+
+
+async def test_missing_mixer_control_is_reported_and_capture_goes_on(
+    alsa_devices: AlsaTestDevices, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The file-plugin device has no card, so no mixer: a clear warning, audio still flows."""
+    configure_logging("info", "json")
+    settings = MixerSettings(control="Capture", gain=80, switch="on")
+    source = AlsaSource(alsa_devices.mono, 48000, 1, 20, paced=True, mixer=settings)
+    frames = await capture(source, 10)
+    check_frames(frames, 48000, 1, 960)
+    assert source.mixer_applied is False
+    out = capsys.readouterr().out
+    warning = next(json.loads(line) for line in out.splitlines()
+                   if "media.alsa.mixer_failed" in line)
+    assert warning["control"] == "Capture" and "amixer" in warning["hint"], warning

@@ -31,6 +31,7 @@ import errno
 import os
 import threading
 import time
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Final, NamedTuple
 
@@ -240,6 +241,50 @@ class _RateLimitedLog:
             self._last = now
 
 
+@dataclass(frozen=True)
+class MixerSettings:
+    """Capture gain / mute to set on the device's card each time it is opened."""
+
+    control: str = ""
+    gain: int = -1  # percent; -1 leaves it
+    switch: str = "unchanged"  # "on" | "off" | "unchanged"
+
+    @property
+    def active(self) -> bool:
+        return bool(self.control) and (self.gain >= 0 or self.switch != "unchanged")
+
+
+def apply_mixer(alsa: Any, settings: MixerSettings, info: dict[str, Any], device: str) -> bool:
+    """Set capture gain / switch; a failure is logged with the controls that exist.
+
+    A missing or differently named control must not cost the room its
+    microphone: capture goes on at the card's current gain.
+    """
+    card = info.get("card_no")
+    kwargs: dict[str, Any] = {"control": settings.control}
+    if isinstance(card, int) and card >= 0:
+        kwargs["cardindex"] = card
+    try:
+        mixer = alsa.Mixer(**kwargs)
+        if settings.gain >= 0:
+            mixer.setvolume(settings.gain, pcmtype=alsa.PCM_CAPTURE)
+        if settings.switch != "unchanged":
+            mixer.setrec(1 if settings.switch == "on" else 0)
+    except alsa.ALSAAudioError as exc:
+        try:
+            available = alsa.mixers(**({"cardindex": card} if "cardindex" in kwargs else {}))
+        except alsa.ALSAAudioError:
+            available = []
+        log.warning("media.alsa.mixer_failed", device=device, control=settings.control,
+                    error=str(exc), available=available or "none (no mixer on this device)",
+                    hint="set audio.mixer_control to one of the available controls "
+                         "(amixer -c CARD scontrols)")
+        return False
+    log.info("media.alsa.mixer_applied", device=device, control=settings.control,
+             gain=settings.gain, switch=settings.switch)
+    return True
+
+
 # Seconds of audio ahead of real time after which a device is taken as unpaced.
 UNPACED_AHEAD = 0.5
 
@@ -253,7 +298,8 @@ class AlsaSource(AudioSource):
     """
 
     def __init__(self, device: str, rate: int, channels: int, period_ms: int, *,
-                 paced: bool = False, stall_timeout: float = 2.0) -> None:
+                 paced: bool = False, stall_timeout: float = 2.0,
+                 mixer: MixerSettings | None = None) -> None:
         samples = rate * period_ms // 1000
         if samples < 1:
             raise ValueError(f"a {period_ms} ms period at {rate} Hz has no samples")
@@ -269,6 +315,8 @@ class AlsaSource(AudioSource):
         self._next_pts = 0  # contiguous across restarts, like the tone source
         self.overruns = 0
         self.granted: Granted | None = None  # set once the device is open
+        self.mixer = mixer or MixerSettings()
+        self.mixer_applied = False
 
     def _open(self) -> Any:
         alsa = _alsaaudio()
@@ -311,6 +359,8 @@ class AlsaSource(AudioSource):
             if stop.is_set():
                 return
             info = pcm.info()
+            if self.mixer.active:
+                self.mixer_applied = apply_mixer(alsa, self.mixer, info, self.device)
             converter = self._converter(info)
             period = int(info.get("period_size") or self.samples_per_frame)
             self.granted = Granted(converter.in_rate, converter.in_channels,

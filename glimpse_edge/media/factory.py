@@ -56,7 +56,9 @@ def make_audio_source(cfg: AudioConfig) -> AudioSource | None:
 
         return ToneSource(cfg.rate, cfg.channels, cfg.tone_frequency, cfg.period_ms)
     if cfg.source == "alsa":
-        from .alsa import AlsaSource
+        from .alsa import AlsaSource, MixerSettings
 
-        return AlsaSource(cfg.device, cfg.rate, cfg.channels, cfg.period_ms)
+        return AlsaSource(cfg.device, cfg.rate, cfg.channels, cfg.period_ms,
+                          mixer=MixerSettings(cfg.mixer_control, cfg.capture_gain,
+                                              cfg.capture_switch))
     raise SourceError(f"unknown audio.source {cfg.source!r}")
