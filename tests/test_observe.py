@@ -523,6 +523,7 @@ class _Hub:
     """What the snapshotter reads from a MediaHub."""
 
     latest_frame: av.VideoFrame | None = None
+    latest_keyframe: Any = None
     frames_in: int = 0
     has_video: bool = True
     video_config: Any = None
@@ -548,3 +549,19 @@ async def test_snapshots_are_encoded_at_most_once_a_second() -> None:
     hub.has_video = False
     with pytest.raises(NoPicture, match="video is off"):
         await snapshots.take()
+
+
+async def test_snapshot_from_a_keyframe_when_there_are_no_raw_frames() -> None:
+    """A hardware encoder (picamera2) hands us packets only: decode the newest IDR."""
+    from glimpse_edge.media.encoder import VideoEncoder
+
+    hub = _Hub(video_config=type("Video", (), {"width": 320, "height": 180})())
+    encoder = VideoEncoder("h264", 640, 360, 30, 500_000)
+    (idr,) = encoder.encode(TestPatternSource(640, 360, 30).render(7, 0, 0))
+    assert idr.is_keyframe
+    hub.latest_keyframe = ("h264", idr)
+    shot = await Snapshotter(lambda: hub).take()
+    assert shot.jpeg[:2] == b"\xff\xd8" and (shot.width, shot.height) == (320, 180)
+    with av.open(io.BytesIO(shot.jpeg)) as container:
+        picture = next(container.decode(video=0))
+    assert (picture.width, picture.height) == (320, 180)

@@ -128,6 +128,7 @@ class PacketStream:
         self._queues: list[PacketQueue] = []
         self.on_need_keyframe: Callable[[], object] = lambda: None
         self.published = 0
+        self.last_keyframe: Packet[Any] | None = None
 
     @property
     def subscribers(self) -> int:
@@ -156,6 +157,8 @@ class PacketStream:
     def publish(self, packet: Packet[Any]) -> None:
         self.published += 1
         keyframe = bool(packet.is_keyframe)
+        if keyframe:
+            self.last_keyframe = packet  # for snapshots where there is no raw frame
         for queue in self._queues:
             queue.put(packet, keyframe)
 

@@ -113,6 +113,22 @@ class MediaHub:
         return self._make_video is not None
 
     @property
+    def latest_keyframe(self) -> tuple[str, Packet[Any]] | None:
+        """The newest key frame of any running video stream, as (codec, packet).
+
+        For snapshots when the source has no raw frames (a hardware encoder):
+        decoding one key frame a second is cheap, decoding the stream is not.
+        """
+        streams: list[tuple[str, PacketStream]] = [
+            (codec, enc.stream) for codec, enc in self._encodings.items()]
+        if self._encoded_stream is not None and self._encoded_source is not None:
+            streams.insert(0, (self._encoded_source.codec, self._encoded_stream))
+        for codec, stream in streams:
+            if stream.last_keyframe is not None:
+                return codec, stream.last_keyframe
+        return None
+
+    @property
     def latest_frame(self) -> av.VideoFrame | None:
         """The newest raw video frame (None before the first), for snapshots.
 

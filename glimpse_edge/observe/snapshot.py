@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from fractions import Fraction
 
 import av
@@ -65,6 +66,21 @@ def encode_jpeg(frame: av.VideoFrame, width: int, height: int,
     return b"".join(bytes(p) for p in packets)
 
 
+def decode_keyframe(codec: str, packet: Any) -> av.VideoFrame:
+    """Decode one key frame on its own (SPS/PPS travel with every IDR)."""
+    ctx = av.CodecContext.create("h264" if codec == "h264" else "vp8", "r")
+    frames = [*ctx.decode(packet), *ctx.decode(None)]
+    if not frames:
+        raise NoPicture(f"the latest {codec} key frame did not decode")
+    frame: av.VideoFrame = frames[-1]
+    return frame
+
+
+def keyframe_jpeg(codec: str, packet: Any, width: int, height: int,
+                  reformatter: VideoReformatter) -> bytes:
+    return encode_jpeg(decode_keyframe(codec, packet), width, height, reformatter)
+
+
 class Snapshotter:
     """The latest JPEG, re-encoded at most once per ``min_interval``."""
 
@@ -85,18 +101,26 @@ class Snapshotter:
             if hub is None or not hub.has_video:
                 raise NoPicture("video is off in this agent's configuration ([video])")
             frame = hub.latest_frame
-            if frame is None:
+            keyframe = hub.latest_keyframe if frame is None else None
+            if frame is None and keyframe is None:
                 raise NoPicture("no camera picture yet: the video source has not delivered a "
                                 "frame (it may be starting, or failing: see /status)")
-            width, height, number = hub.video_config.width, hub.video_config.height, hub.frames_in
+            width, height = hub.video_config.width, hub.video_config.height
+            # a hardware encoder has no raw frames: the newest key frame stands in
+            number = hub.frames_in if keyframe is None else id(keyframe[1])
             cached = self._cached
             if (cached is not None and (cached.width, cached.height) == (width, height)
                     and (time.monotonic() - self._cached_at < self.min_interval
                          or cached.frame_number == number)):
                 return cached
             t0 = time.perf_counter()
-            jpeg = await trio.to_thread.run_sync(encode_jpeg, frame, width, height,
-                                                 self._reformatter)
+            if keyframe is not None:
+                jpeg = await trio.to_thread.run_sync(keyframe_jpeg, *keyframe, width, height,
+                                                     self._reformatter)
+            else:
+                assert frame is not None
+                jpeg = await trio.to_thread.run_sync(encode_jpeg, frame, width, height,
+                                                     self._reformatter)
             self.encodes += 1
             log.debug("observe.snapshot", width=width, height=height, bytes=len(jpeg),
                       ms=round((time.perf_counter() - t0) * 1000, 1))
