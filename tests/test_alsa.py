@@ -5,6 +5,7 @@ See tests/support/alsa.py for how the test devices are defined without a sound c
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -227,16 +228,17 @@ def test_overrun_log_is_rate_limited() -> None:
 
 
 async def test_missing_mixer_control_is_reported_and_capture_goes_on(
-    alsa_devices: AlsaTestDevices, capsys: pytest.CaptureFixture[str]
+    alsa_devices: AlsaTestDevices
 ) -> None:
     """The file-plugin device has no card, so no mixer: a clear warning, audio still flows."""
-    configure_logging("info", "json")
+    stream = io.StringIO()
+    configure_logging("info", "json", stream=stream)
     settings = MixerSettings(control="Capture", gain=80, switch="on")
     source = AlsaSource(alsa_devices.mono, 48000, 1, 20, paced=True, mixer=settings)
     frames = await capture(source, 10)
     check_frames(frames, 48000, 1, 960)
     assert source.mixer_applied is False
-    out = capsys.readouterr().out
+    out = stream.getvalue()
     warning = next(json.loads(line) for line in out.splitlines()
                    if "media.alsa.mixer_failed" in line)
     assert warning["control"] == "Capture" and "amixer" in warning["hint"], warning

@@ -24,6 +24,7 @@ host systemd could create.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -58,6 +59,19 @@ MACHINE_ENV = {
     "TERM": "dumb",
     "SYSTEMD_PAGER": "",
 }
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test process dies, however it dies.
+
+    For systemd-nspawn SIGTERM means a clean poweroff of the machine, so a test
+    run that is killed outright (no teardown) does not leave a machine running.
+    """
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class CannotBoot(Exception):
@@ -245,7 +259,8 @@ class Container:
             argv.append("--keep-unit")
         with self.log_path.open("wb") as log:
             self._nspawn = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+                                            stdin=subprocess.DEVNULL, start_new_session=True,
+                                            preexec_fn=_die_with_parent)
         deadline = t0 + timeout
         state = ""
         while time.monotonic() < deadline:
@@ -358,7 +373,10 @@ class Container:
 
     def remove(self) -> None:
         """Delete the copy (the logs beside it stay in the test's tmp directory)."""
-        shutil.rmtree(self.root, ignore_errors=True)
+        # rm(1): several times faster than shutil.rmtree on a root of this size, and
+        # --one-file-system never follows a mount that should not be there anyway
+        subprocess.run(["rm", "-rf", "--one-file-system", str(self.root)], check=False,
+                       timeout=600)
 
     def __enter__(self) -> Container:
         return self
