@@ -48,6 +48,7 @@ __all__ = [
     "LogConfig",
     "ObserveConfig",
     "PeersConfig",
+    "PlaybackConfig",
     "RoomConfig",
     "SecretFileError",
     "ServerConfig",
@@ -386,6 +387,21 @@ class AudioConfig(_Section, frozen=True, kw_only=True):
             )
 
 
+class PlaybackConfig(_Section, frozen=True, kw_only=True):
+    """Speakerphone: the remote participants' audio, mixed and played through ALSA.
+
+    Off by default: a camera in a corridor has no speaker, and receiving audio
+    costs a decoder per peer. When on, the microphone audio is echo-cancelled
+    against what is played (``echo_cancellation``), because the remote
+    participants would otherwise hear themselves back.
+    """
+
+    enabled: bool = False
+    device: str = "default"
+    volume: Annotated[int, msgspec.Meta(ge=0, le=100)] = 100
+    echo_cancellation: bool = True
+
+
 class IceServer(_Section, frozen=True, kw_only=True):
     """One STUN or TURN server, as in WebRTC's RTCIceServer."""
 
@@ -488,6 +504,7 @@ class Config(_Section, frozen=True, kw_only=True):
     video: VideoConfig = msgspec.field(default_factory=VideoConfig)
     camera: CameraConfig = msgspec.field(default_factory=CameraConfig)
     audio: AudioConfig = msgspec.field(default_factory=AudioConfig)
+    playback: PlaybackConfig = msgspec.field(default_factory=PlaybackConfig)
     ice: IceConfig = msgspec.field(default_factory=IceConfig)
     peers: PeersConfig = msgspec.field(default_factory=PeersConfig)
     observe: ObserveConfig = msgspec.field(default_factory=ObserveConfig)
@@ -502,6 +519,13 @@ class Config(_Section, frozen=True, kw_only=True):
                 '(it is where the agent logs in), e.g. "https://glimpse.example.com"',
                 related=("auth.username", "auth.password_file"),
             )
+        if self.playback.enabled and self.audio.source == "none":
+            raise _InvalidKey(
+                "playback.enabled",
+                'needs audio: the remote participants\' audio arrives on the audio '
+                'connection, which audio.source = "none" leaves out (set audio.source)',
+                related=("audio.source",),
+            )
 
 
 # The top-level tables a TOML file may contain, in the order they are validated.
@@ -512,6 +536,7 @@ _SECTIONS: Final[dict[str, type[_Section]]] = {
     "video": VideoConfig,
     "camera": CameraConfig,
     "audio": AudioConfig,
+    "playback": PlaybackConfig,
     "ice": IceConfig,
     "peers": PeersConfig,
     "observe": ObserveConfig,

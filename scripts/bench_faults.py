@@ -123,11 +123,12 @@ async def main(args: argparse.Namespace) -> int:
         print(f"bench_faults: cannot run: {reason}", file=sys.stderr)
         return 2
     outcomes: list[Outcome] = []
-    with tempfile.TemporaryDirectory(prefix="bench-faults-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-faults-") as scratch:
+        tmp = args.keep or scratch
         for letter in args.scenarios.split(","):
             for run in range(args.runs):
                 directory = Path(tmp) / f"{letter}{run}"
-                directory.mkdir()
+                directory.mkdir(parents=True)
                 outcome = await run_one(letter.strip(), args, directory)
                 outcomes.append(outcome)
                 print(f"{outcome.scenario} run {run + 1}: {json.dumps(outcome.extra)}",
@@ -156,6 +157,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--offer-wait", type=float, help="peers.offer_wait")
     p.add_argument("--restart-max", type=float, help="peers.restart_max")
     p.add_argument("--json", help="also write every outcome to this file")
+    p.add_argument("--keep", help="keep the agent's, peers' and coturn's logs in this directory")
     return p.parse_args()
 
 

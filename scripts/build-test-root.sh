@@ -40,7 +40,7 @@ if [ -f "$DIR/.glimpse-edge-test-root" ] && [ "$(cat "$DIR/.glimpse-edge-test-ro
 fi
 
 tmp="$DIR.building"
-rm -rf "$tmp"
+rm -rf --one-file-system "$tmp"   # a killed build may have left /proc mounted in it
 start=$(date +%s)
 echo "build-test-root: debootstrap $SUITE into $tmp" >&2
 debootstrap --variant=minbase --include="$(IFS=,; echo "${PACKAGES[*]}")" \
@@ -54,7 +54,7 @@ echo "glimpse-edge-test" > "$tmp/etc/hostname"
 # systemd-nspawn sets up machine-id for an empty file; none at all would be "first boot".
 : > "$tmp/etc/machine-id"
 echo "$STAMP" > "$tmp/.glimpse-edge-test-root"
-rm -rf "$DIR"
+rm -rf --one-file-system "$DIR"
 mv "$tmp" "$DIR"
 echo "build-test-root: built in $(( $(date +%s) - start )) s" >&2
 echo "$DIR"

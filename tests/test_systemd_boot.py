@@ -173,9 +173,12 @@ class Device:
         return int(self.show("MainPID")["MainPID"])
 
     def write_conf(self, name: str, text: str) -> None:
-        """A configuration file in place at once (renamed in), root:glimpse-edge 0640."""
+        """A configuration file in place at once (renamed in), root:glimpse-edge 0640.
+
+        Written beside, not in, the watched directories: only the rename is an event.
+        """
         path = self.machine.path(f"{CONF}/{name}")
-        tmp = path.with_name(f".{path.name}.tmp")  # hidden: the agent ignores it
+        tmp = self.machine.path("/root/.glimpse-edge-conf.tmp")  # same file system
         tmp.write_text(text)
         os.chown(tmp, 0, group_id(self.machine, "glimpse-edge"))
         tmp.chmod(0o640)

@@ -38,6 +38,7 @@ from aiortc import (
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
+from aiortc.rtp import RTCP_RTPFB_NACK, RtcpRtpfbPacket
 from trio_asyncio import aio_as_trio
 
 from ..config import PeersConfig
@@ -547,9 +548,17 @@ class PeerSession:
 
         async def handle_rtcp(packet: Any) -> None:
             conn.last_rtcp = time.monotonic()
-            if conn.lingering and not conn.revived:
-                conn.revived = True
-                self._post(PathRevived(conn.generation))
+            if conn.lingering:
+                if not conn.revived:
+                    conn.revived = True
+                    self._post(PathRevived(conn.generation))
+                if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+                    # After seconds of silence the receiver asks for everything
+                    # it missed; resending aiortc's 128-packet history then only
+                    # floods it with stale video (an aiortc receiver's jitter
+                    # buffer resets on every one). It needs a key frame, which
+                    # the revival asks for.
+                    return
             self._observe_rtcp(conn, sender, kind, packet)
             try:
                 await original_rtcp(packet)
