@@ -6,10 +6,13 @@ test modules import helpers as ``support.glimpse_client`` and
 """
 
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import structlog
+import trio
+
+from glimpse_edge.rtc.aio import open_aio_loop
 
 pytest_plugins = ["support.devserver", "support.alsa", "support.picam"]
 
@@ -21,3 +24,11 @@ def _restore_logging() -> Iterator[None]:
     yield
     structlog.reset_defaults()
     logging.getLogger().handlers.clear()
+
+
+@pytest.fixture
+async def nursery() -> AsyncIterator[trio.Nursery]:
+    """A nursery on a trio-asyncio loop (aiortc peers need it), cancelled at the end."""
+    async with open_aio_loop(), trio.open_nursery() as n:
+        yield n
+        n.cancel_scope.cancel()

@@ -5,12 +5,10 @@ from __future__ import annotations
 import re
 import signal
 import statistics
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import jwt
-import pytest
 import trio
 from support.agent import AgentProcess, write_config, write_secret
 from support.devserver import DevServer, devserver_process
@@ -37,13 +35,6 @@ async def make_scene(server: DevServer) -> Scene:
     device_id, device_token = await register(server.api_url, "device", "device-password")
     room_id = await create_room(server.api_url, alice_token, "Meeting room 1")
     return Scene(server, room_id, alice_token, device_id, device_token)
-
-
-@pytest.fixture
-async def nursery() -> AsyncIterator[trio.Nursery]:
-    async with trio.open_nursery() as n:
-        yield n
-        n.cancel_scope.cancel()
 
 
 async def test_agent_joins_and_others_see_it(

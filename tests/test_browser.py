@@ -39,13 +39,6 @@ async def browser() -> AsyncIterator[Browser]:
         yield b
 
 
-@pytest.fixture
-async def nursery() -> AsyncIterator[trio.Nursery]:
-    async with trio.open_nursery() as n:
-        yield n
-        n.cancel_scope.cancel()
-
-
 async def decodes_agent_video(page: ViewerPage, device_id: str, frames: int = 60) -> dict:
     video = f"s.peers['{device_id}'] && s.peers['{device_id}'].video"
     state = await page.wait_for(

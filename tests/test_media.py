@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
 import psutil
-import pytest
 import trio
 from support.agent import AgentProcess, write_config
 from support.alsa import AlsaTestDevices, dominant_frequency
 from support.devserver import DevServer
 from support.glimpse_client import GlimpseClient, create_room, register
 from support.rtcpeer import BrowserPeer
-
-from glimpse_edge.rtc.aio import open_aio_loop
 
 JOIN_TIMEOUT = 20.0
 WIDTH, HEIGHT = 640, 360
@@ -39,13 +35,6 @@ offer_wait = 0.5
 connect_timeout = 6.0
 dead_after = 3.0
 """
-
-
-@pytest.fixture
-async def nursery() -> AsyncIterator[trio.Nursery]:
-    async with open_aio_loop(), trio.open_nursery() as n:
-        yield n
-        n.cancel_scope.cancel()
 
 
 async def _account(server: DevServer, name: str) -> tuple[str, str]:

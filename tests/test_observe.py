@@ -14,7 +14,6 @@ import json
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,13 +75,6 @@ min_bitrate = 100000
 [audio]
 source = "none"
 """
-
-
-@pytest.fixture
-async def nursery() -> AsyncIterator[trio.Nursery]:
-    async with open_aio_loop(), trio.open_nursery() as n:
-        yield n
-        n.cancel_scope.cancel()
 
 
 @dataclass

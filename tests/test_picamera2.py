@@ -441,13 +441,6 @@ dead_after = 3.0
 """
 
 
-@pytest.fixture
-async def nursery() -> AsyncIterator[trio.Nursery]:
-    async with open_aio_loop(), trio.open_nursery() as n:
-        yield n
-        n.cancel_scope.cancel()
-
-
 async def test_agent_streams_the_camera_and_waits_out_a_busy_camera(
     devserver: DevServer, tmp_path: Path, nursery: trio.Nursery, fake_camera: FakeCamera
 ) -> None:

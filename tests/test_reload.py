@@ -14,13 +14,12 @@ from __future__ import annotations
 import itertools
 import re
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
 from support.agent import AgentProcess, write_config, write_secret
 from support.devserver import DevServer
@@ -33,7 +32,6 @@ from glimpse_edge.media.factory import make_audio_source, make_video_source
 from glimpse_edge.media.fanout import PacketStream
 from glimpse_edge.media.hub import MediaHub
 from glimpse_edge.media.source import AudioSource
-from glimpse_edge.rtc.aio import open_aio_loop
 
 JOIN_TIMEOUT = 20.0
 
@@ -54,13 +52,6 @@ offer_wait = 0.5
 connect_timeout = 6.0
 dead_after = 3.0
 """
-
-
-@pytest.fixture
-async def nursery() -> AsyncIterator[trio.Nursery]:
-    async with open_aio_loop(), trio.open_nursery() as n:
-        yield n
-        n.cancel_scope.cancel()
 
 
 class NotifySocket:

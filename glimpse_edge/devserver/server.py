@@ -21,6 +21,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.typing import ASGIFramework
 
+from ..supervise import sole_exception
 from .app import create_app
 from .hub import Hub
 from .store import Store
@@ -93,19 +94,8 @@ async def serve(
 
 def _sole_oserror(group: BaseExceptionGroup[BaseException]) -> OSError | None:
     """The group's only real error if it is an OSError (Cancelled does not count)."""
-    leaves: list[BaseException] = []
-
-    def collect(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                collect(inner)
-        elif not isinstance(exc, trio.Cancelled):
-            leaves.append(exc)
-
-    collect(group)
-    if len(leaves) == 1 and isinstance(leaves[0], OSError):
-        return leaves[0]
-    return None
+    exc = sole_exception(group)
+    return exc if isinstance(exc, OSError) else None
 
 
 async def serve_until_signal(

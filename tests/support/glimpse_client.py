@@ -29,6 +29,8 @@ import httpx
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket_url
 
+from glimpse_edge.supervise import sole_exception
+
 DEFAULT_TIMEOUT = 10.0
 Message = dict[str, Any]
 
@@ -81,25 +83,6 @@ async def create_room(api_url: str, token: str, name: str, description: str = ""
             headers={"Authorization": f"Bearer {token}"},
         )
     return str(_check(resp, 201, f"create room {name!r}")["data"]["_id"])
-
-
-def sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one real error inside a Trio nursery's exception group, else the group.
-
-    Trio wraps even a plain failed assert in the body of ``async with`` an
-    ExceptionGroup; unwrapping it keeps test failures readable.
-    """
-    leaves: list[BaseException] = []
-
-    def collect(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                collect(inner)
-        elif not isinstance(exc, trio.Cancelled):
-            leaves.append(exc)
-
-    collect(group)
-    return leaves[0] if len(leaves) == 1 else group
 
 
 def _brief(msg: object, limit: int = 240) -> str:
