@@ -244,7 +244,8 @@ async def link_cut(lab: Lab, peer: str = "p1", other: str = "p2",
     view, other_view = lab.view(peer), lab.view(other)
     connected = lab.agent.find("peer.connected", since=mark, peer=lab.peer_ids[peer])
     return Outcome(
-        f"a: link cut {seconds:g} s", detect_s=noticed["_t"] - trio_cut, recover_s=first - t_restore,
+        f"a: link cut {seconds:g} s", detect_s=noticed["_t"] - trio_cut,
+        recover_s=first - t_restore,
         frames=view.frames_between(t_cut, a1), longest_freeze_s=view.longest_gap(t_cut, a1),
         other_freeze_s=other_view.longest_gap(t_cut, a1),
         bitrate_before=view.bitrate(b0, b1), bitrate_during=view.bitrate(t_cut, t_restore),
