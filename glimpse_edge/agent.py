@@ -102,7 +102,8 @@ def _source_factories(
 def build_media_hub(config: Config, health: HealthRegistry) -> MediaHub | None:
     """The media hub for the configured sources, or None when both are off."""
     make_video, make_audio = _source_factories(config)
-    return MediaHub(config.video, config.audio, make_video, make_audio, health=health)
+    return MediaHub(config.video, config.audio, make_video, make_audio, health=health,
+                    playback=config.playback)
 
 
 class Agent:
@@ -324,6 +325,10 @@ class Agent:
         if "observe" in changed:
             log.warning("config.restart_required", keys=["observe"],
                         reason="the observe endpoint is set up at start")
+        if old.playback != new.playback:
+            log.warning("config.restart_required", keys=["playback"],
+                        reason="the speaker and the connections' audio direction are set up "
+                               "at start")
         self.notifier.ready(self.status_line())
 
     def _apply_media(self, old: Config, new: Config) -> bool:

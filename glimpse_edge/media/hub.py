@@ -31,18 +31,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import av
 import structlog
 import trio
 from av.packet import Packet
 
-from ..config import AudioConfig, VideoConfig
+from ..config import AudioConfig, PlaybackConfig, VideoConfig
 from ..supervise import Backoff, HealthRegistry, RestartPolicy, sole_exception, supervise
 from .encoder import OpusEncoder, VideoCodec, VideoEncoder
 from .fanout import FrameSlot, PacketStream
 from .source import AnyVideoSource, AudioSource, EncodedVideoSource, SourceError
+
+if TYPE_CHECKING:
+    from .playback import Speaker
 
 log = structlog.get_logger(__name__)
 
@@ -79,6 +82,7 @@ class MediaHub:
         *,
         health: HealthRegistry | None = None,
         stall_timeout: float = 3.0,
+        playback: PlaybackConfig | None = None,
     ) -> None:
         self.video_config = video
         self.audio_config = audio
@@ -105,6 +109,18 @@ class MediaHub:
         if make_audio is not None:
             self._audio_stream = PacketStream("audio", "opus", AUDIO_QUEUE_PACKETS)
             self._opus = OpusEncoder(audio.rate, audio.channels)
+        # The speakerphone (None unless [playback] is enabled): peers hand it
+        # their remote audio tracks; its echo canceller runs on every captured
+        # frame before encoding (capture_processor), with what it plays as the
+        # far-end reference.
+        self.speaker: Speaker | None = None
+        self.capture_processor: Callable[[av.AudioFrame], av.AudioFrame] | None = None
+        if playback is not None and playback.enabled:
+            from .playback import Speaker
+
+            self.speaker = Speaker(playback, health=self.health)
+            if self.speaker.canceller is not None:
+                self.capture_processor = self.speaker.process_capture
 
     # -- for peers ----------------------------------------------------------
 
@@ -203,6 +219,8 @@ class MediaHub:
                                            policy=SOURCE_POLICY, health=self.health))
             if self._make_audio is not None:
                 self._start_audio_task()
+            if self.speaker is not None:
+                nursery.start_soon(self.speaker.run)
             task_status.started()
             await trio.sleep_forever()
 
@@ -413,6 +431,8 @@ class MediaHub:
             if stream.subscribers == 0:
                 return  # nobody listens: an idle device should stay idle
             try:
+                if self.capture_processor is not None:
+                    frame = self.capture_processor(frame)
                 for packet in opus.encode(frame):
                     stream.publish(packet)
             except (av.FFmpegError, ValueError) as exc:

@@ -307,7 +307,7 @@ class PeerSession:
             if up is not None and time.monotonic() - up > STABLE_AFTER:
                 self._restart_attempt = 0
             if linger and up is not None:
-                await self._drop_lingering("a newer connection died too")
+                await self._drop_lingering("superseded")
                 conn.lingering, conn.revived, conn.dead_at = True, False, time.monotonic()
                 self._lingering = conn
                 self.log.info("peer.lingering", generation=conn.generation, reason=reason)
@@ -502,7 +502,17 @@ class PeerSession:
 
         pc.on("connectionstatechange", on_state)
 
+        speaker = self.hub.speaker
+
         def on_track(track: Any) -> None:
+            # With the speakerphone on, the remote audio on *our* audio
+            # transceiver is played: aiortc's receive queue is unbounded, so
+            # the speaker drains it from now until the track ends.
+            ours = conn.transceivers.get("audio")
+            if (speaker is not None and ours is not None
+                    and getattr(track, "kind", None) == "audio" and ours.receiver.track is track):
+                speaker.attach(f"{self.participant.username or self.peer_id}#{gen}", track)
+                return
             # We asked for sendonly; a peer that sends anyway must not grow
             # aiortc's unbounded receive queue: stop its track at once.
             self.log.warning("peer.unwanted_track", kind=getattr(track, "kind", "?"))
@@ -524,7 +534,10 @@ class PeerSession:
                                            f"{self.participant.username}/frames"))
             else:
                 track = PacketTrack("video" if kind == "video" else "audio")
-            transceiver = pc.addTransceiver(track, direction="sendonly")
+            # sendrecv only for the speakerphone's audio: everything else
+            # stays send-only, so nothing is received that nobody reads.
+            direction = "sendrecv" if kind == "audio" and speaker is not None else "sendonly"
+            transceiver = pc.addTransceiver(track, direction=direction)
             transceiver.setCodecPreferences(codec_preferences(kind, self.video_codec))
             self._hook_sender(conn, transceiver.sender, kind)
             conn.tracks[kind] = track
@@ -554,9 +567,9 @@ class PeerSession:
                     self._post(PathRevived(conn.generation))
                 if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
                     # After seconds of silence the receiver asks for everything
-                    # it missed; resending aiortc's 128-packet history then only
-                    # floods it with stale video (an aiortc receiver's jitter
-                    # buffer resets on every one). It needs a key frame, which
+                    # it missed; resending aiortc's 128-packet history (~140 kB
+                    # measured) then only floods a link that just came back
+                    # with video too old to show. It needs a key frame, which
                     # the revival asks for.
                     return
             self._observe_rtcp(conn, sender, kind, packet)

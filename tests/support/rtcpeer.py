@@ -13,13 +13,16 @@ aiortc runs inside the test's trio-asyncio loop (the test opens it with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import av
+import numpy as np
 import trio
 from aiortc import (
     RTCConfiguration,
@@ -27,7 +30,7 @@ from aiortc import (
     RTCRtpReceiver,
     RTCSessionDescription,
 )
-from aiortc.mediastreams import MediaStreamError
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from trio_asyncio import aio_as_trio, trio_as_aio
 from trio_websocket import ConnectionClosed, HandshakeError
 
@@ -37,6 +40,41 @@ from glimpse_edge.rtc.sdp import ice_credentials
 from .glimpse_client import GlimpseClient
 
 RECONNECT_DELAY = 0.3
+
+
+class ToneTrack(MediaStreamTrack):
+    """A microphone that hears a sine: 20 ms s16 mono frames at 48 kHz, in real time.
+
+    What a browser sends when its user talks, for tests of the agent's speaker.
+    """
+
+    kind = "audio"
+    RATE = 48000
+    SAMPLES = 960
+
+    def __init__(self, frequency: float, dbfs: float = -12.0) -> None:
+        super().__init__()
+        self.frequency = frequency
+        self.amplitude = 32767 * 10 ** (dbfs / 20)
+        self._pts = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        due = self._start + self._pts / self.RATE
+        await asyncio.sleep(max(0.0, due - time.monotonic()))  # real-time pacing
+        n = np.arange(self._pts, self._pts + self.SAMPLES)
+        wave = np.rint(self.amplitude * np.sin(2 * np.pi * self.frequency * n / self.RATE))
+        frame = av.AudioFrame.from_ndarray(wave.astype(np.int16).reshape(1, -1), format="s16",
+                                           layout="mono")
+        frame.sample_rate = self.RATE
+        frame.pts = self._pts
+        frame.time_base = Fraction(1, self.RATE)
+        self._pts += self.SAMPLES
+        return frame
 
 
 @dataclass
@@ -58,9 +96,14 @@ class BrowserPeer:
 
     def __init__(
         self, name: str, *, read_codes: bool = False, keep_audio: int = 0,
-        video_codecs: list[str] | None = None,
+        video_codecs: list[str] | None = None, send_tone: float | None = None,
     ) -> None:
-        """``video_codecs`` (e.g. ["VP8"]) limits what this peer offers, like an old browser."""
+        """``video_codecs`` (e.g. ["VP8"]) limits what this peer offers, like an old browser.
+
+        ``send_tone`` (Hz): send a sine as this participant's microphone
+        (sendrecv audio) instead of only receiving.
+        """
+        self.send_tone = send_tone
         self.name = name
         self.video_codecs = video_codecs
         self.client = GlimpseClient(name)
@@ -126,7 +169,8 @@ class BrowserPeer:
             self.log.append(f"{peer_id[:6]} {pc.connectionState}")
             if pc.connectionState in ("failed", "closed") and self.pcs.get(peer_id) is pc:
                 assert self._nursery is not None
-                self._nursery.start_soon(self._reoffer, peer_id, pc)
+                with contextlib.suppress(RuntimeError):  # closed after we left: no re-offer
+                    self._nursery.start_soon(self._reoffer, peer_id, pc)
 
         return pc
 
@@ -170,7 +214,10 @@ class BrowserPeer:
             video.setCodecPreferences([
                 c for c in RTCRtpReceiver.getCapabilities("video").codecs
                 if c.mimeType.lower() in wanted])
-        pc.addTransceiver("audio", direction="recvonly")
+        if self.send_tone is not None:
+            pc.addTransceiver(ToneTrack(self.send_tone), direction="sendrecv")
+        else:
+            pc.addTransceiver("audio", direction="recvonly")
         offer = await aio_as_trio(pc.createOffer)()
         await aio_as_trio(pc.setLocalDescription)(offer)
         await self.signal(peer_id, "offer", {"type": "offer", "sdp": pc.localDescription.sdp})
@@ -214,6 +261,10 @@ class BrowserPeer:
                 pc = pc or self._new_pc(peer_id)
                 await aio_as_trio(pc.setRemoteDescription)(
                     RTCSessionDescription(signal["sdp"], "offer"))
+                if self.send_tone is not None and not any(
+                        t.sender.track is not None and t.kind == "audio"
+                        for t in pc.getTransceivers()):
+                    pc.addTrack(ToneTrack(self.send_tone))  # reuses the offered audio m-line
                 answer = await aio_as_trio(pc.createAnswer)()
                 await aio_as_trio(pc.setLocalDescription)(answer)
                 await self.signal(peer_id, "answer",
