@@ -18,8 +18,10 @@ EXTRAS="${GLIMPSE_EXTRAS:-dev}"
 #     on scripts/provision.sh (tests/test_provision.py)
 #   debootstrap, systemd-container: a Debian root booted with systemd-nspawn, the
 #     service provisioned and supervised for real inside it (tests/test_systemd_boot.py)
+#   iproute2, nftables, coturn: the network fault tests (tests/faults, as root: network
+#     namespaces, links cut or lossy via nftables, a real TURN relay the tests start)
 APT_PACKAGES=(python3 python3-venv python3-dev gcc libasound2-dev chromium alsa-utils
-              systemd shellcheck debootstrap systemd-container)
+              systemd shellcheck debootstrap systemd-container iproute2 nftables coturn)
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then

@@ -8,6 +8,7 @@ and parsed again, as they would arrive) rather than from loose numbers.
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
 
 from aiortc.rtp import (
     RTCP_PSFB_APP,
@@ -22,7 +23,10 @@ from aiortc.rtp import (
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
+from glimpse_edge.config import PeersConfig, VideoConfig
+from glimpse_edge.room import Participant
 from glimpse_edge.rtc.bandwidth import (
     BandwidthEstimator,
     ChangeGate,
@@ -32,6 +36,7 @@ from glimpse_edge.rtc.bandwidth import (
     report_blocks,
     report_rtt,
 )
+from glimpse_edge.rtc.peer import PeerSession
 
 MIN, MAX = 150_000, 2_500_000
 OURS, OTHER = 0x1234, 0x9999
@@ -299,3 +304,65 @@ def test_change_gate_logs_big_moves_rate_limited() -> None:
     assert not gate.check(10.0, 540_000)  # 8 %: not significant
     assert gate.check(11.0, 600_000)
     assert gate.logged == 600_000
+
+
+# -- wired into a PeerSession: the RTCP hook's side ------------------------------
+
+
+class _Sender:
+    """Just what the hook reads from an aiortc sender (SSRC, our last SR)."""
+
+    def __init__(self, ssrc: int) -> None:
+        self._ssrc = ssrc
+        self._RTCRtpSender__lsr = 0x00010000
+        self._RTCRtpSender__lsr_time = 1000.0
+
+
+class _BrokenSender:
+    @property
+    def _ssrc(self) -> int:
+        raise RuntimeError("aiortc changed")
+
+
+def _session() -> tuple[PeerSession, SimpleNamespace]:
+    hub = SimpleNamespace(video_config=VideoConfig(min_bitrate=MIN, max_bitrate=MAX))
+    session = PeerSession(
+        Participant("u1", "alice"), self_id="u0", hub=hub,  # type: ignore[arg-type]
+        settings=PeersConfig(), ice_servers=[], relay_only=False, video_codec="h264",
+        send=None,  # type: ignore[arg-type]
+    )
+    conn = SimpleNamespace(transceivers={"video": object(), "audio": object()})
+    session._conn = conn  # type: ignore[assignment]
+    return session, conn
+
+
+def test_a_peer_session_feeds_its_estimate_from_video_reports_only() -> None:
+    session, conn = _session()
+    assert session.estimate_bps is None  # nothing known before a report
+    sender = _Sender(OURS)
+    with capture_logs() as logs:
+        for packet in _wire(_rr(128, 50, 0, 0)):  # 50 % loss
+            session._observe_rtcp(conn, sender, "audio", packet)  # type: ignore[arg-type]
+        assert session.estimate_bps is None, "audio reports do not count when there is video"
+        for packet in _wire(_rr(128, 50, 0, 0)):
+            session._observe_rtcp(conn, sender, "video", packet)  # type: ignore[arg-type]
+        remb = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0,
+                              fci=pack_remb_fci(300_000, [OURS]))
+        session._observe_rtcp(conn, sender, "video", remb)  # type: ignore[arg-type]
+        # a connection that is no longer current feeds nothing
+        stale = SimpleNamespace(transceivers=conn.transceivers)
+        session._observe_rtcp(stale, sender, "video", remb)  # type: ignore[arg-type]
+    assert session.estimate_bps == 300_000
+    lines = [e for e in logs if e["event"] == "peer.bandwidth"]
+    assert lines[0]["estimate_bps"] == int(MAX * 0.75) and lines[0]["reason"] == "loss"
+    assert lines[0]["loss"] == 0.5
+
+
+def test_the_rtcp_hook_never_raises_and_says_so_once() -> None:
+    session, conn = _session()
+    packet = _wire(_rr(0, 0, 0, 0))[0]
+    with capture_logs() as logs:
+        for _ in range(3):
+            session._observe_rtcp(conn, _BrokenSender(), "video", packet)  # type: ignore[arg-type]
+    assert [e["event"] for e in logs] == ["peer.bandwidth_error"]
+    assert session.estimate_bps is None
