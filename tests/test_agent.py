@@ -156,7 +156,7 @@ async def test_rejected_token_waits_then_picks_up_a_new_token_file(
 ) -> None:
     scene = await make_scene(devserver)
     forged = jwt.encode({"id": scene.device_id, "username": "device", "exp": 4102444800},
-                        "not-the-server-secret", algorithm="HS256")
+                        "not-the-server-secret-but-long-enough-for-hs256", algorithm="HS256")
     config = write_config(tmp_path, ws_url=devserver.ws_url, room_id=scene.room_id,
                           token=forged, server={"auth_retry": 300.0})
     agent = AgentProcess(config)
