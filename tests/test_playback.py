@@ -5,8 +5,10 @@
   the real mixer, the reference buffer and AEC3 exactly as the playback thread
   and the capture path pass it; only the room is synthetic (the played signal
   fed back into the microphone at -6 dB after 40 ms, plus a near-end talker).
-  The file plugin cannot close that loop itself: it is not paced, and its
-  capture side reads a fixed infile that cannot depend on what was played.
+* The same echo loop closed for real through alsa-lib (slow): the agent's playback
+  ``file`` PCM writes into a FIFO, the test reads it and writes the echo plus a
+  near-end talker into another FIFO, the ``infile`` of the agent's capture PCM;
+  the peer's received audio is measured, against a control run without AEC.
 * End to end: the agent process plays what aiortc peers send into an ALSA
   ``file`` PCM (real alsa-lib, pyalsaaudio); the file holds the mix.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -166,6 +168,7 @@ def test_echo_is_cancelled_and_near_end_speech_passes() -> None:
 # ------------------------------------------------------------------ end to end through ALSA
 
 PLAY_DEVICE = "glimpseplay"
+MIC_DEVICE = "glimpsemic"
 MEDIA = """
 [video]
 source = "testpattern"
@@ -189,8 +192,10 @@ async def nursery() -> AsyncIterator[trio.Nursery]:
         n.cancel_scope.cancel()
 
 
-def _alsa_env(tmp_path: Path, played: Path | None = None) -> dict[str, str]:
-    """ALSA_CONFIG_PATH with a ``file`` PCM that writes what it plays (s16 mono) to ``played``."""
+def _alsa_env(tmp_path: Path, played: Path | None = None,
+              mic: Path | None = None) -> dict[str, str]:
+    """ALSA_CONFIG_PATH with a ``file`` PCM that writes what it plays (s16 mono) to ``played``,
+    and with ``mic``, a capture PCM ``MIC_DEVICE`` that reads that file (raw s16 mono)."""
     if not SYSTEM_ALSA_CONF.exists():
         pytest.skip(f"{SYSTEM_ALSA_CONF} not found: alsa-lib is not installed")
     config = tmp_path / "asound.conf"
@@ -201,7 +206,15 @@ pcm.{PLAY_DEVICE} {{
     file "{played or '/dev/null'}"
     format raw
 }}
-""")
+""" + ("" if mic is None else f"""
+pcm.{MIC_DEVICE} {{
+    type file
+    slave.pcm null
+    file "/dev/null"
+    infile "{mic}"
+    format raw
+}}
+"""))
     return {"ALSA_CONFIG_PATH": str(config)}
 
 
@@ -329,6 +342,186 @@ async def test_playback_device_errors_back_off_without_touching_the_call(
               and e.get("task") != "media.playback"]
     assert not others, json.dumps(others[:5], indent=1)
 
+
+class EchoRoom:
+    """A real closed echo loop through alsa-lib: speaker FIFO in, microphone FIFO out.
+
+    The agent's playback PCM (a ``file`` plugin) writes into ``played``; its capture
+    PCM (a ``file`` plugin over ``null``) reads its ``infile``, the FIFO ``mic``.  Per
+    20 ms the speaker plays, this task writes 20 ms of microphone: the played signal
+    40 ms later at -6 dB (the echo) plus, from ``near_after`` s after the far end is
+    first heard, a near-end talker (1 kHz at -12 dBFS).  So the capture runs exactly
+    as fast as the playback (the FIFO reads pace the loop), and every write is one
+    capture period (1920 bytes, atomic on a pipe: the plugin never reads half).
+    Until the speaker plays at all, the room is silent: a 20 ms block of silence
+    goes in after each 0.5 s without playback, so the capture never starves.
+    """
+
+    NEAR_HZ, NEAR_DBFS, ECHO_GAIN, DELAY_S = 1000.0, -12.0, 0.5, 0.040
+
+    def __init__(self, played: Path, mic: Path, near_after: float = 4.0) -> None:
+        self.played_path, self.mic_path = played, mic
+        self.near_after = near_after
+        self.mic: list[npt.NDArray[np.int16]] = []  # every block written to the microphone
+        self.written = 0  # samples written to the microphone
+        self.near_start: int | None = None  # mic sample index where the near end starts
+        self._changed = trio.Condition()
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        os.mkfifo(self.played_path)
+        os.mkfifo(self.mic_path)
+        fds = [os.open(self.played_path, os.O_RDONLY | os.O_NONBLOCK),
+               os.open(self.played_path, os.O_WRONLY | os.O_NONBLOCK),  # no EOF early
+               os.open(self.mic_path, os.O_RDONLY | os.O_NONBLOCK),  # no EPIPE late
+               os.open(self.mic_path, os.O_WRONLY | os.O_NONBLOCK)]
+        speaker = trio.lowlevel.FdStream(fds[0])
+        microphone = trio.lowlevel.FdStream(fds[3])
+        amplitude = 32767 * 10 ** (self.NEAR_DBFS / 20)
+        line = np.zeros(int(self.DELAY_S * MIX_RATE))  # played, not yet heard
+        pending = bytearray()
+        task_status.started()
+        try:
+            while True:
+                with trio.move_on_after(0.5) as idle:
+                    chunk = await speaker.receive_some(65536)
+                if idle.cancelled_caught:
+                    if self.near_start is None:
+                        await self._hear(microphone, np.zeros(BLOCK, dtype=np.int16))
+                    continue
+                if not chunk:
+                    return
+                pending += chunk
+                whole = len(pending) // (2 * BLOCK) * (2 * BLOCK)
+                played = np.frombuffer(bytes(pending[:whole]), dtype="<i2").astype(np.float64)
+                del pending[:whole]
+                for k in range(0, played.size, BLOCK):
+                    block = played[k : k + BLOCK]
+                    if self.near_start is None and np.abs(block).max() > 100:
+                        self.near_start = self.written + int(self.near_after * MIX_RATE)
+                    line = np.concatenate([line, block])
+                    echo, line = line[:BLOCK], line[BLOCK:]
+                    n = np.arange(self.written, self.written + BLOCK)
+                    near = amplitude * np.sin(2 * np.pi * self.NEAR_HZ * n / MIX_RATE)
+                    if self.near_start is None or n[0] < self.near_start:
+                        near[:] = 0
+                    mic = np.clip(np.rint(self.ECHO_GAIN * echo + near), -32768, 32767)
+                    await self._hear(microphone, mic.astype(np.int16))
+        finally:
+            for fd in fds[1:3]:
+                os.close(fd)
+            await speaker.aclose()
+            await microphone.aclose()
+
+    async def _hear(self, microphone: trio.lowlevel.FdStream,
+                    block: npt.NDArray[np.int16]) -> None:
+        await microphone.send_all(block.astype("<i2").tobytes())
+        self.mic.append(block)
+        self.written += block.size
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_written(self, predicate: Callable[[], bool], what: str,
+                           timeout: float = 30) -> None:
+        with trio.move_on_after(timeout):
+            while not predicate():
+                async with self._changed:
+                    await self._changed.wait()
+            return
+        raise AssertionError(f"expected {what} within {timeout} s; the microphone got "
+                             f"{self.written / MIX_RATE:.2f} s, near end from {self.near_start}")
+
+    def near_seconds(self) -> float:
+        """Seconds of near-end talk written so far."""
+        return 0.0 if self.near_start is None else (self.written - self.near_start) / MIX_RATE
+
+    def tail(self, seconds: float, end: int | None = None) -> npt.NDArray[np.float64]:
+        mic = np.concatenate(self.mic).astype(np.float64)
+        end = mic.size if end is None else end
+        return mic[end - int(seconds * MIX_RATE) : end]
+
+
+def _band_dbfs(x: npt.NDArray[np.float64], frequency: float, width: float = 15) -> float:
+    """Level of the band ``frequency`` +- ``width`` Hz as a sine's, in dBFS (Hann, FFT)."""
+    w = np.hanning(x.size)
+    spec = np.abs(np.fft.rfft(x * w)) ** 2
+    bins = np.fft.rfftfreq(x.size, 1 / MIX_RATE)
+    band = float(spec[np.abs(bins - frequency) <= width].sum())
+    # a sine of amplitude A: sum over its bins of |X|^2 = A^2/4 * N * sum(w^2)
+    amplitude = np.sqrt(4 * band / (x.size * float(np.sum(w**2))))
+    return float(20 * np.log10(amplitude / 32767 + 1e-12))
+
+
+def _received_tail(peer: BrowserPeer, device_id: str, seconds: float) -> npt.NDArray[np.float64]:
+    """The last ``seconds`` of the device's audio as ``peer`` decoded it (left channel)."""
+    frames = peer.received[device_id].audio_samples
+    mono = np.concatenate([f.reshape(-1)[::2] for f in frames]).astype(np.float64)
+    n = int(seconds * MIX_RATE)
+    assert mono.size >= n, f"only {mono.size / MIX_RATE:.2f} s received"
+    return mono[-n:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("aec", [True, False], ids=["aec", "no_aec"])
+async def test_echo_through_a_real_alsa_loop_is_cancelled(
+    devserver: DevServer, tmp_path: Path, nursery: trio.Nursery, aec: bool
+) -> None:
+    """Speaker -> FIFO -> 40 ms, -6 dB + near-end talker -> FIFO -> microphone, all through
+    alsa-lib; what the peer hears: echo >= 20 dB down (ERLE), near-end speech intact.
+
+    Without echo cancellation (the control) the same loop delivers the echo to the
+    peer at its full level: the loop, not a broken capture, is what is measured.
+    """
+    pytest.importorskip("alsaaudio")
+    if aec:
+        pytest.importorskip("pywebrtc_audio")
+    room = EchoRoom(tmp_path / "played.fifo", tmp_path / "mic.fifo")
+    await nursery.start(room.run)
+    env = _alsa_env(tmp_path, room.played_path, mic=room.mic_path)
+    alice_token = (await register(devserver.api_url, "alice", "alice-password"))[1]
+    device_id, device_token = await register(devserver.api_url, "device", "device-password")
+    owner_token = (await register(devserver.api_url, "owner", "owner-password"))[1]
+    room_id = await create_room(devserver.api_url, owner_token, "Room")
+    extra = (MEDIA.replace('source = "tone"\ntone_frequency = 1000.0',
+                           f'source = "alsa"\ndevice = "{MIC_DEVICE}"')
+             + f'\n[playback]\nenabled = true\ndevice = "{PLAY_DEVICE}"\n'
+             + f"echo_cancellation = {str(aec).lower()}\n")
+    agent = AgentProcess(write_config(tmp_path, ws_url=devserver.ws_url, room_id=room_id,
+                                      token=device_token, log_level="info", extra=extra), env=env)
+    await agent.start(nursery)
+    await agent.wait_for("media.alsa.opened", device=MIC_DEVICE, timeout=20)
+    await agent.wait_for("media.playback.opened", timeout=20)
+    await agent.wait_for("room.joined", timeout=20)
+    alice = BrowserPeer("alice", send_tone=440, keep_audio=3000)
+    async with alice.joined(devserver.ws_url, alice_token, room_id):
+        await agent.wait_for("media.playback.peer_started", timeout=20)
+        await room.wait_written(lambda: room.near_start is not None
+                                and room.written >= room.near_start, "4 s of echo only")
+        start = room.near_start
+        assert start is not None
+        echo_only = _received_tail(alice, device_id, 1.5)  # captured before the near end
+        await room.wait_written(lambda: room.near_seconds() >= 3.5, "3.5 s of double talk")
+        double = _received_tail(alice, device_id, 2.0)
+        mic_double = room.tail(2.0)  # now: once alice leaves the echo stops
+    mic_echo = room.tail(1.5, end=start)
+    echo_level = _band_dbfs(mic_echo, 440)  # what the peer would hear without AEC
+    erle = echo_level - _band_dbfs(echo_only, 440)
+    echo_left = _band_dbfs(mic_double, 440) - _band_dbfs(double, 440)
+    near_in, near_out = _band_dbfs(mic_double, 1000), _band_dbfs(double, 1000)
+    print(f"ALSA loop ({aec=}): echo {echo_level:.1f} dBFS in the microphone; ERLE {erle:.1f} dB "
+          f"(echo only), {echo_left:.1f} dB during double talk; near end {near_in:.1f} dBFS "
+          f"in, {near_out:.1f} dBFS out")
+    await agent.stop()
+    assert -20 < echo_level < -16, f"the loop's echo is {echo_level:.1f} dBFS, not ~-18"
+    if aec:
+        assert erle >= 20, f"ERLE {erle:.1f} dB, expected >= 20 dB"
+        assert echo_left >= 20, f"echo only {echo_left:.1f} dB down during double talk"
+    else:
+        assert abs(erle) <= 3 and abs(echo_left) <= 3, (
+            f"without AEC the echo should reach the peer unchanged: {erle:.1f}, "
+            f"{echo_left:.1f} dB")
+    assert abs(near_out - near_in) <= 3, f"near end {near_in:.1f} -> {near_out:.1f} dBFS"
+    errors = [e for e in agent.events if e.get("level") == "error"]
+    assert not errors, json.dumps(errors[:5], indent=1)
 
 
 # ------------------------------------------------------------------ configuration
