@@ -9,6 +9,12 @@ The manager turns room events and incoming signals into PeerSession tasks:
 - an offer from someone we have no session with starts one that answers;
 - ``user_left`` / ``user_offline`` end the session and free what it held.
 
+Signals are metered per remote peer by a token bucket (``SIGNAL_RATE`` per
+second, bursts of ``SIGNAL_BURST``): what a flooding peer sends beyond that is
+dropped here, before it reaches (and fills) its session's queue, so one peer's
+flood costs the others nothing. Drops are logged as ``peer.signal_flood``, at
+most once per ``FLOOD_LOG_INTERVAL`` per peer, with the count since the last line.
+
 Each session runs in its own task under its own cancel scope; a session
 that crashes is logged with its traceback and started again with back-off,
 and nobody else notices.
@@ -37,6 +43,42 @@ from .peer import PeerGone, PeerSession, StartMode
 log = structlog.get_logger(__name__)
 
 SESSION_CRASH_BACKOFF = Backoff(initial=1.0, maximum=30.0)
+
+SIGNAL_RATE = 50.0  # signals per second and remote peer, sustained
+SIGNAL_BURST = 200  # ... and at once (a browser's ICE trickle is a few dozen)
+FLOOD_LOG_INTERVAL = 10.0  # seconds between peer.signal_flood lines per peer
+MAX_IDLE_BUCKETS = 256  # full (idle) buckets are forgotten beyond this many
+
+
+class TokenBucket:
+    """A token bucket; time is an argument, so it is tested without a clock."""
+
+    __slots__ = ("burst", "dropped", "logged_at", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.stamp = now
+        self.dropped = 0  # since the last peer.signal_flood line
+        self.logged_at: float | None = None
+
+    def refill(self, now: float) -> None:
+        if now > self.stamp:
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = max(self.stamp, now)
+
+    def take(self, now: float) -> bool:
+        """True if one token was available (and is now spent)."""
+        self.refill(now)
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+    def full(self, now: float) -> bool:
+        self.refill(now)
+        return self.tokens >= self.burst
 
 
 def ice_servers(config: IceConfig) -> list[RTCIceServer]:
@@ -75,6 +117,10 @@ class PeerManager:
         self._entries: dict[str, _Entry] = {}
         self._nursery: trio.Nursery | None = None
         self.refused = 0
+        self.signal_rate = SIGNAL_RATE
+        self.signal_burst = SIGNAL_BURST
+        self._buckets: dict[str, TokenBucket] = {}
+        self.signals_dropped = 0
 
     @property
     def sessions(self) -> dict[str, PeerSession]:
@@ -119,6 +165,8 @@ class PeerManager:
 
     async def _route_signals(self, signals: trio.MemoryReceiveChannel[WebRTCSignal]) -> None:
         async for signal in signals:
+            if not self._admit(signal, trio.current_time()):
+                continue
             entry = self._entries.get(signal.peer_id)
             if entry is None:
                 if signal.signal_type != "offer":
@@ -132,6 +180,31 @@ class PeerManager:
                     continue
             entry.session.in_room = True  # whoever signals us is around
             entry.session.deliver(signal)
+
+    def _admit(self, signal: WebRTCSignal, now: float) -> bool:
+        """Meter ``signal`` against its peer's bucket; False: drop it (a flood)."""
+        bucket = self._buckets.get(signal.peer_id)
+        if bucket is None:
+            if len(self._buckets) >= MAX_IDLE_BUCKETS:
+                self._forget_idle_buckets(now)
+            bucket = self._buckets[signal.peer_id] = TokenBucket(
+                self.signal_rate, self.signal_burst, now)
+        if bucket.take(now):
+            return True
+        bucket.dropped += 1
+        self.signals_dropped += 1
+        if bucket.logged_at is None or now - bucket.logged_at >= FLOOD_LOG_INTERVAL:
+            log.warning("peer.signal_flood", peer=signal.peer_id, kind=signal.signal_type,
+                        dropped=bucket.dropped, rate=self.signal_rate, burst=self.signal_burst)
+            bucket.logged_at = now
+            bucket.dropped = 0
+        return False
+
+    def _forget_idle_buckets(self, now: float) -> None:
+        """Drop buckets that are full again: their peers are quiet (or gone)."""
+        for peer_id in [p for p, b in self._buckets.items()
+                        if p not in self._entries and b.full(now)]:
+            del self._buckets[peer_id]
 
     def _start(self, participant: Participant, mode: StartMode) -> _Entry | None:
         if participant.user_id in self._entries or self._nursery is None:
@@ -189,6 +262,9 @@ class PeerManager:
                 await session.close()
             if self._entries.get(session.peer_id) is entry:
                 del self._entries[session.peer_id]
+                bucket = self._buckets.get(session.peer_id)
+                if bucket is not None and bucket.full(trio.current_time()):
+                    del self._buckets[session.peer_id]  # a flooder's stays until it refills
             # resource counts: a leak shows as a number that only grows
             log.info("peer.removed", peer=session.peer_id, peers=len(self._entries),
                      **resource_counts())

@@ -14,6 +14,7 @@ signals go out on a channel; the room model learns who is there.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -224,7 +225,7 @@ class SignalingSession:
                 finally:
                     self._ws = None
                     with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
-                        await ws.aclose()
+                        await close_websocket(ws)
                     self._closed.set()
                     ws_nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
@@ -357,6 +358,25 @@ class SignalingSession:
                         count=self._bad_messages)
         elif self._bad_messages % 1000 == 0:
             log.warning("signaling.bad_messages", count=self._bad_messages)
+
+
+async def close_websocket(ws: WebSocketConnection) -> None:
+    """Close ``ws`` and, always, its TCP stream.
+
+    trio-websocket (0.12) never closes the stream of a connection the *server*
+    ended without a close handshake (EOF: a crash, a kill -9): ``aclose()``
+    returns at once because the connection is already marked closed. The socket
+    then sat in CLOSE_WAIT until the cyclic garbage collector found it, one
+    file descriptor per server restart (found by tests/test_soak.py).
+    """
+    try:
+        await ws.aclose()
+    finally:
+        stream = getattr(ws, "_stream", None)  # no public accessor
+        if stream is not None:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError,
+                                     OSError):
+                await stream.aclose()
 
 
 def _describe(exc: BaseException) -> str:

@@ -30,6 +30,7 @@ from aiortc import (
     RTCRtpReceiver,
     RTCSessionDescription,
 )
+from aiortc.exceptions import InvalidStateError
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from trio_asyncio import aio_as_trio, trio_as_aio
 from trio_websocket import ConnectionClosed, HandshakeError
@@ -200,7 +201,10 @@ class BrowserPeer:
     async def _reoffer(self, peer_id: str, old: RTCPeerConnection) -> None:
         await trio.sleep(0.2)  # Glimpse waits 2 s; tests do not need to
         if self.pcs.get(peer_id) is old:
-            await self.offer(peer_id)
+            try:
+                await self.offer(peer_id)
+            except InvalidStateError as exc:  # closed meanwhile (the other left)
+                self.log.append(f"ignored (re-offer): {exc}")
 
     async def offer(self, peer_id: str, close_old_first: bool = True) -> None:
         """Offer on a new connection; the old one is closed before, or after the offer."""
@@ -235,6 +239,14 @@ class BrowserPeer:
             self.log.append(f"signal lost ({kind}): {type(exc).__name__}")
 
     async def _on_message(self, msg: dict[str, Any]) -> None:
+        try:
+            await self._handle_message(msg)
+        except InvalidStateError as exc:
+            # a connection closed under an operation in flight (we are leaving,
+            # or the other left meanwhile): a browser logs it and carries on
+            self.log.append(f"ignored ({msg.get('type')}): {exc}")
+
+    async def _handle_message(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
         if msg.get("userId") == self.client.user_id:
             pass
