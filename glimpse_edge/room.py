@@ -34,7 +34,7 @@ class Participant:
 @dataclass(frozen=True)
 class ParticipantAdded:
     participant: Participant
-    reason: str  # "user_joined" | "reconciled"
+    reason: str  # "user_joined" | "reconciled" | "signal"
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,10 @@ class Room:
             self._add(u.id, u.username, "reconciled")
         log.info("room.reconciled", room=self.room_id, participants=len(self._participants))
         self._emit(Reconciled(tuple(self._participants.values())))
+
+    def seen(self, user_id: str, username: str = "") -> None:
+        """A participant we learnt of from their signals, not from the server's lists."""
+        self._add(user_id, username, "signal")
 
     def user_joined(self, user_id: str, username: str) -> None:
         self._add(user_id, username, "user_joined")

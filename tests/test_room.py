@@ -63,3 +63,15 @@ def test_closed_subscriber_is_dropped() -> None:
     events.close()
     room.user_joined(ALICE, "alice")  # must not raise
     assert [p.user_id for p in room.participants] == [ALICE]
+
+
+def test_a_participant_known_only_from_signals_can_leave() -> None:
+    """A returning member is announced to nobody; their offer makes them known."""
+    room = Room("r")
+    room.reconcile(ME, "Lobby", [])
+    events = room.subscribe()
+    room.seen(CAROL)
+    room.user_left(CAROL, "user_offline")
+    got = drain(events)
+    assert [type(e).__name__ for e in got] == ["ParticipantAdded", "ParticipantRemoved"]
+    assert isinstance(got[0], ParticipantAdded) and got[0].reason == "signal"

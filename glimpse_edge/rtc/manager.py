@@ -178,6 +178,11 @@ class PeerManager:
                 entry = self._start(participant, "answer")
                 if entry is None:
                     continue
+                if signal.peer_id not in known:
+                    # Someone the room model never listed (a returning member,
+                    # announced to nobody): record them, so that their
+                    # user_left / user_offline ends this session too.
+                    self.signaling.room.seen(signal.peer_id)
             entry.session.in_room = True  # whoever signals us is around
             entry.session.deliver(signal)
 
