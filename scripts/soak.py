@@ -33,30 +33,14 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from support.agent import AgentProcess, write_config
+from support.agent import LIGHT_MEDIA, AgentProcess, write_config
 from support.devserver import DevServerProcess, devserver_process
 from support.glimpse_client import GlimpseClient, create_room, register
 from support.rtcpeer import BrowserPeer
 
 from glimpse_edge.rtc.aio import open_aio_loop
 
-MEDIA = """
-[video]
-source = "testpattern"
-width = 320
-height = 180
-framerate = 15
-codec = "h264"
-max_bitrate = 300000
-
-[audio]
-source = "none"
-
-[peers]
-offer_wait = 0.5
-connect_timeout = 6.0
-max_peers = 8
-"""
+MEDIA = LIGHT_MEDIA
 
 FIELDS = ["t", "rss_mb", "fds", "trio_tasks", "asyncio_tasks", "peers", "cycles", "restarts",
           "garbage", "steady_frames"]

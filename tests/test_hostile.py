@@ -21,7 +21,7 @@ import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.agent import AgentProcess, write_config
+from support.agent import LIGHT_MEDIA, AgentProcess, write_config
 from support.devserver import DevServer
 from support.glimpse_client import GlimpseClient, create_room, register
 from support.rtcpeer import BrowserPeer
@@ -29,22 +29,7 @@ from support.rtcpeer import BrowserPeer
 JOIN_TIMEOUT = 20.0
 AGENT_MAX_MESSAGE = 256 * 1024  # the agent's own limit, under the dev server's 1 MiB
 
-MEDIA = """
-[video]
-source = "testpattern"
-width = 320
-height = 180
-framerate = 15
-codec = "h264"
-max_bitrate = 300000
-
-[audio]
-source = "none"
-
-[peers]
-offer_wait = 0.5
-connect_timeout = 6.0
-"""
+MEDIA = LIGHT_MEDIA
 
 VALID_SDP_LINES = [
     "v=0", "o=- 1 1 IN IP4 0.0.0.0", "s=-", "t=0 0", "a=group:BUNDLE 0 1",

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import trio
+import trio.testing
 from structlog.testing import capture_logs
 
 from glimpse_edge.config import IceConfig, PeersConfig
@@ -71,10 +72,12 @@ async def test_flood_from_one_peer_does_not_starve_another(autojump_clock: trio.
                 await send.send(_candidate(FLOODER, n))
                 if n % 100 == 0:
                     await send.send(_candidate(VICTIM, n))
-            await trio.sleep(1.0)  # virtual: the flooder's bucket refills 50 tokens
+            await trio.testing.wait_all_tasks_blocked()  # the router drained the burst
+            # virtual time (autojump clock): the flooder's bucket refills 50 tokens
+            await trio.sleep(50 / manager_mod.SIGNAL_RATE)
             for n in range(100):
                 await send.send(_candidate(FLOODER, n))
-            await trio.sleep(0.5)
+            await trio.testing.wait_all_tasks_blocked()
             nursery.cancel_scope.cancel()
     assert len(stubs[VICTIM].delivered) == 20
     assert len(stubs[FLOODER].delivered) == manager_mod.SIGNAL_BURST + 50

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 import trio
-from support.agent import AgentProcess, Event, write_config
+from support.agent import LIGHT_MEDIA, AgentProcess, Event, write_config
 from support.devserver import devserver_process
 from support.glimpse_client import create_room, register
 from support.rtcpeer import BrowserPeer
@@ -27,23 +27,7 @@ WARMUP_ROUNDS = 5  # 20 cycles: allocator arenas and caches settle
 RSS_GROWTH_LIMIT = 10 * 2**20
 JOIN_TIMEOUT = 20.0
 
-MEDIA = """
-[video]
-source = "testpattern"
-width = 320
-height = 180
-framerate = 15
-codec = "h264"
-max_bitrate = 300000
-
-[audio]
-source = "none"
-
-[peers]
-offer_wait = 0.5
-connect_timeout = 6.0
-max_peers = 8
-"""
+MEDIA = LIGHT_MEDIA
 
 
 def rss(agent: AgentProcess) -> int:

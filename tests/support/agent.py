@@ -22,6 +22,25 @@ import trio
 
 Event = dict[str, Any]
 
+# A light media setup for tests that churn many peers: small H.264, no audio.
+LIGHT_MEDIA = """
+[video]
+source = "testpattern"
+width = 320
+height = 180
+framerate = 15
+codec = "h264"
+max_bitrate = 300000
+
+[audio]
+source = "none"
+
+[peers]
+offer_wait = 0.5
+connect_timeout = 6.0
+max_peers = 8
+"""
+
 
 def write_secret(path: Path, value: str, mode: int = 0o600) -> Path:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
