@@ -49,6 +49,7 @@ __all__ = [
     "ObserveConfig",
     "PeersConfig",
     "PlaybackConfig",
+    "QualityTier",
     "RoomConfig",
     "SecretFileError",
     "ServerConfig",
@@ -277,12 +278,25 @@ class RoomConfig(_Section, frozen=True, kw_only=True):
             raise _InvalidKey("id", "must be set to the id of the room to join")
 
 
+class QualityTier(_Section, frozen=True, kw_only=True):
+    """One lower quality tier: a shared encoding for peers whose link cannot carry more."""
+
+    width: Annotated[int, msgspec.Meta(ge=16, le=4096, multiple_of=2)]
+    height: Annotated[int, msgspec.Meta(ge=16, le=4096, multiple_of=2)]
+    bitrate: Annotated[int, msgspec.Meta(gt=0, le=100_000_000)]
+
+
+MAX_LOWER_TIERS: Final = 3
+
+
 class VideoConfig(_Section, frozen=True, kw_only=True):
     """Camera source and encoder settings."""
 
     source: Literal["testpattern", "picamera2", "v4l2", "file"] = "testpattern"
     device: str = "/dev/video0"
     path: Path | None = None
+    # grain on the test pattern (0..20), so that it needs the whole bitrate as a camera does
+    pattern_noise: Annotated[int, msgspec.Meta(ge=0, le=20)] = 0
     width: Annotated[int, msgspec.Meta(ge=16, le=4096, multiple_of=2)] = 1280
     height: Annotated[int, msgspec.Meta(ge=16, le=4096, multiple_of=2)] = 720
     framerate: Annotated[int, msgspec.Meta(ge=1, le=120)] = 30
@@ -294,8 +308,46 @@ class VideoConfig(_Section, frozen=True, kw_only=True):
     # afford). "per-peer": aiortc's own encoder in every sender, N encoders for N
     # peers; kept to measure the difference and for receivers that need their own.
     encode: Literal["shared", "per-peer"] = "shared"
+    # Lower quality tiers (see quality_tiers()): "auto" = one at half the size and a
+    # quarter of max_bitrate; [] = none (every peer gets the full encoding).
+    tiers: list[QualityTier] | Literal["auto"] = "auto"
+
+    def quality_tiers(self) -> tuple[QualityTier, ...]:
+        """Every shared encoding a peer can be given, best first.
+
+        The first is the configured size at ``max_bitrate``; the lower ones
+        are encoded only while some peer's estimated bandwidth puts it there.
+        The lowest one's bitrate (and, below half of it, its frame rate)
+        follows the worst link among its peers, down to ``min_bitrate``: the
+        floor that keeps a bad link decoding (docs/decisions.md, "Quality tiers").
+        """
+        top = QualityTier(width=self.width, height=self.height, bitrate=self.max_bitrate)
+        if self.tiers != "auto":
+            return (top, *sorted(self.tiers, key=lambda t: -t.bitrate))
+        width, height = self.width // 4 * 2, self.height // 4 * 2
+        bitrate = self.max_bitrate // 4
+        if width < 160 or height < 90 or bitrate < self.min_bitrate:
+            return (top,)  # too small to be worth a second encoder
+        return (top, QualityTier(width=width, height=height, bitrate=bitrate))
 
     def __post_init__(self) -> None:
+        if self.tiers != "auto":
+            if len(self.tiers) > MAX_LOWER_TIERS:
+                raise _InvalidKey("tiers", f"at most {MAX_LOWER_TIERS} lower tiers "
+                                  f"(each is an encoder); got {len(self.tiers)}")
+            rates = [t.bitrate for t in self.tiers]
+            if len(set(rates)) != len(rates):
+                raise _InvalidKey("tiers", "two tiers have the same bitrate")
+            for i, tier in enumerate(self.tiers):
+                if tier.width > self.width or tier.height > self.height:
+                    raise _InvalidKey(f"tiers[{i}]", f"{tier.width}x{tier.height} is larger "
+                                      f"than video.width x height ({self.width}x{self.height})",
+                                      ("width", "height"))
+                if not self.min_bitrate <= tier.bitrate < self.max_bitrate:
+                    raise _InvalidKey(f"tiers[{i}].bitrate", f"({tier.bitrate}) must lie between "
+                                      f"video.min_bitrate ({self.min_bitrate}) and "
+                                      f"video.max_bitrate ({self.max_bitrate}), below the latter",
+                                      ("min_bitrate", "max_bitrate"))
         if self.source == "file" and self.path is None:
             raise _InvalidKey("path", 'is required when video.source = "file"', ("source",))
         if self.source == "v4l2" and not self.device:

@@ -37,6 +37,7 @@ from glimpse_edge.rtc.bandwidth import (
     report_rtt,
 )
 from glimpse_edge.rtc.peer import PeerSession
+from glimpse_edge.rtc.tiers import link_bps
 
 MIN, MAX = 150_000, 2_500_000
 OURS, OTHER = 0x1234, 0x9999
@@ -325,13 +326,16 @@ class _BrokenSender:
 
 
 def _session() -> tuple[PeerSession, SimpleNamespace]:
-    hub = SimpleNamespace(video_config=VideoConfig(min_bitrate=MIN, max_bitrate=MAX))
+    video = VideoConfig(min_bitrate=MIN, max_bitrate=MAX)
+    hub = SimpleNamespace(video_config=video, tiers=video.quality_tiers(), has_video=True,
+                          audio_stream=lambda: object())
     session = PeerSession(
         Participant("u1", "alice"), self_id="u0", hub=hub,  # type: ignore[arg-type]
         settings=PeersConfig(), ice_servers=[], relay_only=False, video_codec="h264",
         send=None,  # type: ignore[arg-type]
     )
-    conn = SimpleNamespace(transceivers={"video": object(), "audio": object()})
+    conn = SimpleNamespace(transceivers={"video": object(), "audio": object()},
+                           subscriptions=[], released_bytes=0, codec=None, tracks={})
     session._conn = conn  # type: ignore[assignment]
     return session, conn
 
@@ -354,7 +358,9 @@ def test_a_peer_session_feeds_its_estimate_from_video_reports_only() -> None:
         session._observe_rtcp(stale, sender, "video", remb)  # type: ignore[arg-type]
     assert session.estimate_bps == 300_000
     lines = [e for e in logs if e["event"] == "peer.bandwidth"]
-    assert lines[0]["estimate_bps"] == int(MAX * 0.75) and lines[0]["reason"] == "loss"
+    # the estimate's ceiling is what the best tier needs on the wire, audio included
+    assert lines[0]["estimate_bps"] == int(link_bps(MAX, True) * 0.75)
+    assert lines[0]["reason"] == "loss"
     assert lines[0]["loss"] == 0.5
 
 

@@ -369,7 +369,8 @@ async def test_hub_publishes_camera_packets_untouched_and_refuses_vp8(
         first = queue._packets[0]
         assert first.is_keyframe, "a new subscriber starts at an IDR"
         assert fake_camera.count("encoder.force_key_frame") == forced + 1, "asked for at once"
-        (encoder,) = hub.encoders().values()
+        ((codec, tier, encoder),) = hub.encoders()
+        assert (codec, tier) == ("h264", f"{cfg.width}x{cfg.height}")
         assert isinstance(encoder, PiCamera2Source) and encoder.frames_encoded >= 5
         hub.set_bitrate(300_000)
         assert encoder._want_bitrate == 300_000

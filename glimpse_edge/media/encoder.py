@@ -6,7 +6,9 @@ track sends the same packets, which aiortc then only packetizes.
 
 The encoders are synchronous and CPU-bound: callers run :meth:`encode` in a
 worker thread. Requests from other threads or tasks (a key frame, a new
-bitrate) are flags read at the next frame, so no lock is held while encoding.
+bitrate, a frame-rate limit) are flags read at the next frame, so no lock is
+held while encoding. Several encoders may read the same source frame at once:
+none of them writes to it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from av.packet import Packet
 from av.video.frame import PictureType
 from av.video.reformatter import VideoReformatter
 
+from .fanout import private_copy
+
 log = structlog.get_logger(__name__)
 
 VideoCodec = Literal["h264", "vp8"]
@@ -32,6 +36,7 @@ VIDEO_TIME_BASE = Fraction(1, 90000)
 # asked has nothing to decode until a key frame comes.
 KEYFRAME_MIN_INTERVAL = 0.5
 # Rebuilding an encoder for a new bitrate implies a key frame: not too often.
+# (libx264 takes a new rate in place, without a key frame; libvpx is rebuilt.)
 BITRATE_MIN_INTERVAL = 1.0
 
 
@@ -52,6 +57,9 @@ class VideoEncoder:
         self.height = height
         self.framerate = framerate
         self.bitrate = bitrate
+        # libx264's VBV ceiling (maxrate): the first bitrate, or a higher one asked for
+        # later; lower rates are applied in place beneath it
+        self.ceiling = bitrate
         self.gop = max(1, round(framerate * keyframe_interval))
         self.frames_encoded = 0
         self.keyframes_encoded = 0
@@ -63,6 +71,9 @@ class VideoEncoder:
         self._want_bitrate: int | None = None
         self._last_bitrate_change = 0.0
         self._reformatter = VideoReformatter()
+        self.max_fps: float | None = None  # below ``framerate``: frames are skipped
+        self.frames_skipped = 0
+        self._last_time: float | None = None  # source time of the last frame encoded
 
     # -- requests (any thread) ---------------------------------------------
 
@@ -84,6 +95,22 @@ class VideoEncoder:
         if bitrate != self.bitrate:
             self._want_bitrate = bitrate
 
+    def set_max_fps(self, fps: float | None) -> None:
+        """Encode at most ``fps`` frames a second (None: every frame the source gives).
+
+        The lowest quality tier's last resort: on a link too slow for a
+        watchable picture at the full rate, fewer frames keep each one sharp.
+        """
+        self.max_fps = None if fps is None or fps >= self.framerate else max(fps, 1.0)
+
+    @property
+    def _rate_factor(self) -> float:
+        """libx264's rate control budgets per frame at the nominal rate: when frames
+        are skipped, its target is raised so the bits per second stay as asked."""
+        if self.codec == "h264" and self.max_fps is not None:
+            return self.framerate / self.max_fps
+        return 1.0
+
     # -- encoding (one worker thread at a time) -----------------------------
 
     def _open(self) -> av.VideoCodecContext:
@@ -92,15 +119,18 @@ class VideoEncoder:
             # Constrained baseline, no B-frames, SPS/PPS with every IDR: what
             # browsers decode and what a mid-stream joiner needs. VBV keeps a
             # frame from bursting far above the target (no pacing in aiortc).
-            buf = max(self.bitrate // 2, 50_000)
+            # VBV given as codec options (not x264-params): then a new
+            # bit_rate on the open context is applied by libx264 in place.
+            buf = max(self.ceiling // 2, 50_000)
             ctx.options = {
                 "preset": "ultrafast" if self.width * self.height > 640 * 480 else "veryfast",
                 "tune": "zerolatency",
                 "profile": "baseline",
+                "maxrate": str(self.ceiling),
+                "bufsize": str(buf),
                 "x264-params": (
                     f"keyint={self.gop}:min-keyint={self.gop}:scenecut=0:bframes=0:"
-                    f"repeat-headers=1:vbv-maxrate={self.bitrate // 1000}:"
-                    f"vbv-bufsize={buf // 1000}:nal-hrd=none"
+                    "repeat-headers=1:nal-hrd=none"
                 ),
             }
         else:
@@ -123,7 +153,7 @@ class VideoEncoder:
         ctx.pix_fmt = "yuv420p"
         ctx.time_base = VIDEO_TIME_BASE
         ctx.framerate = Fraction(self.framerate, 1)
-        ctx.bit_rate = self.bitrate
+        ctx.bit_rate = round(self.bitrate * self._rate_factor)
         ctx.thread_count = 2 if self.width * self.height > 640 * 480 else 1
         ctx.open()
         log.info("media.encoder.opened", codec=self.codec, width=self.width, height=self.height,
@@ -136,16 +166,43 @@ class VideoEncoder:
             return
         self._want_bitrate = None
         self._last_bitrate_change = time.monotonic()
-        log.info("media.encoder.bitrate", codec=self.codec, old=self.bitrate, new=want)
+        log.info("media.encoder.bitrate", codec=self.codec, old=self.bitrate, new=want,
+                 max_fps=self.max_fps)
         self.bitrate = want
-        self.close()  # reopened below with the new rate; starts with a key frame
+        if self._context is not None and self.codec == "h264" and want <= self.ceiling:
+            # in place, no key frame (a bad link is the last place to send one)
+            self._context.bit_rate = round(want * self._rate_factor)
+        else:
+            self.ceiling = max(self.ceiling, want)
+            self.close()  # reopened below with the new rate; starts with a key frame
+
+    _opened_factor = 1.0
+
+    def _skip(self, frame: av.VideoFrame) -> bool:
+        """True if ``frame`` comes sooner than ``max_fps`` allows after the last one."""
+        at = frame.time
+        if self.max_fps is None or at is None:
+            self._last_time = at
+            return False
+        if self._last_time is not None and 0 <= at - self._last_time < 0.95 / self.max_fps:
+            self.frames_skipped += 1
+            return True
+        self._last_time = at
+        return False
 
     def encode(self, frame: av.VideoFrame) -> list[Packet[Any]]:
         """Encode one frame; returns the packets (one access unit, usually one packet)."""
+        if self._skip(frame):
+            return []
+        if self._rate_factor != self._opened_factor and self._context is not None:
+            self._context.bit_rate = round(self.bitrate * self._rate_factor)
+            self._opened_factor = self._rate_factor
         self._apply_bitrate()
         if self._context is None:
             self._context = self._open()
+            self._opened_factor = self._rate_factor
             self._want_keyframe = True
+        shared = True
         if frame.width != self.width or frame.height != self.height or frame.format.name != (
             "yuv420p"
         ):
@@ -153,12 +210,15 @@ class VideoEncoder:
             # which encoders in other threads share
             frame = self._reformatter.reformat(frame, width=self.width, height=self.height,
                                                format="yuv420p")
+            shared = False
         if self._want_keyframe and (
             self._urgent_keyframe or time.monotonic() - self._last_keyframe >= KEYFRAME_MIN_INTERVAL
         ):
+            if shared:  # another encoder may be reading it: mark a copy
+                frame = private_copy(frame)
             frame.pict_type = PictureType.I
             self._want_keyframe = self._urgent_keyframe = False
-        else:
+        elif not shared:
             frame.pict_type = PictureType.NONE
         packets = list(self._context.encode(frame))
         for packet in packets:

@@ -25,7 +25,7 @@ def make_video_source(cfg: VideoConfig, camera: CameraConfig | None = None) -> A
     if cfg.source == "testpattern":
         from .testpattern import TestPatternSource
 
-        return TestPatternSource(cfg.width, cfg.height, cfg.framerate)
+        return TestPatternSource(cfg.width, cfg.height, cfg.framerate, cfg.pattern_noise)
     if cfg.source == "v4l2":
         from .avinput import V4l2Source
 

@@ -61,7 +61,12 @@ class PacketQueue:
         self._on_need_keyframe = on_need_keyframe
         self._closed = False
         self.delivered = 0
+        self.bytes_delivered = 0
         self.dropped = 0
+        # What this peer's link can carry for this stream (bits/s), set by the
+        # peer from its bandwidth estimate; an adaptive encoder follows the
+        # lowest demand among its queues (None: no opinion).
+        self.demand_bps: int | None = None
 
     def put(self, packet: Packet[Any], keyframe: bool) -> None:
         """Called by the stream for every packet (never blocks, never raises)."""
@@ -96,19 +101,42 @@ class PacketQueue:
         self._packets.clear()
         self._wake()
 
+    def restart(self) -> None:
+        """Drop what is queued and wait for (and ask for) the next key frame."""
+        self._packets.clear()
+        if self.kind == "video":
+            self._need_keyframe = True
+            self._on_need_keyframe()
+
     @property
     def closed(self) -> bool:
         return self._closed
 
+    def peek(self) -> Packet[Any] | None:
+        """The packet :meth:`get_aio` would return next, without taking it."""
+        return self._packets[0] if self._packets else None
+
     def __len__(self) -> int:
         return len(self._packets)
+
+    async def wait_aio(self) -> None:
+        """Until a packet is queued or the queue closes, without taking it."""
+        if self._packets or self._closed:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
 
     async def get_aio(self) -> Packet[Any]:
         """Next packet, from asyncio (aiortc's sender task)."""
         while True:
             if self._packets:
                 self.delivered += 1
-                return self._packets.popleft()
+                packet = self._packets.popleft()
+                self.bytes_delivered += packet.size
+                return packet
             if self._closed:
                 raise QueueClosed(self.name)
             self._waiter = asyncio.get_running_loop().create_future()
@@ -154,6 +182,11 @@ class PacketStream:
     def _need_keyframe(self) -> None:
         self.on_need_keyframe()
 
+    def lowest_demand(self) -> int | None:
+        """The least any subscriber's link can carry (None: nobody said)."""
+        demands = [q.demand_bps for q in self._queues if q.demand_bps is not None]
+        return min(demands) if demands else None
+
     def publish(self, packet: Packet[Any]) -> None:
         self.published += 1
         keyframe = bool(packet.is_keyframe)
@@ -168,7 +201,7 @@ class PacketStream:
         self._queues.clear()
 
 
-def _private_copy(frame: av.VideoFrame) -> av.VideoFrame:
+def private_copy(frame: av.VideoFrame) -> av.VideoFrame:
     """A copy of ``frame`` that one encoder may mutate.
 
     aiortc's encoders write ``pict_type`` into the frame they are given, and
@@ -235,7 +268,7 @@ class FrameSlot:
             frame, self._frame = self._frame, None
             if frame is not None:
                 self.delivered += 1
-                return _private_copy(frame)
+                return private_copy(frame)
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter

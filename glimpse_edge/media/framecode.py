@@ -157,9 +157,18 @@ def read_luma_code(y_plane: npt.NDArray[np.uint8]) -> FrameCode | None:
     return FrameCode(int.from_bytes(payload[:4], "big"), int.from_bytes(payload[4:], "big"))
 
 
-def read_code(frame: av.VideoFrame) -> FrameCode | None:
-    """Read the code from a decoded frame of any pixel format at its original size.
+def read_code(frame: av.VideoFrame, scales: tuple[int, ...] = (1,)) -> FrameCode | None:
+    """Read the code from a decoded frame of any pixel format.
 
-    Returns None when the frame carries no valid code (the CRC or border check fails).
+    The code's layout follows the width it was drawn at: for a picture sent
+    smaller than it was made (a lower quality tier), ``scales`` (e.g. (1, 2, 4))
+    also tries the frame enlarged by those factors. Returns None when the
+    frame carries no valid code (the CRC or border check fails).
     """
-    return read_luma_code(_luma(frame))
+    for scale in scales:
+        scaled = frame if scale == 1 else frame.reformat(
+            width=frame.width * scale, height=frame.height * scale, format="yuv420p")
+        code = read_luma_code(_luma(scaled))
+        if code is not None:
+            return code
+    return None

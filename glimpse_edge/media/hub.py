@@ -10,6 +10,14 @@ With ``video.encode = "per-peer"`` there is no shared video encoder: each
 peer subscribes to the raw frames (:meth:`MediaHub.subscribe_frames`, the
 same latest-frame-wins rule) and aiortc encodes for every sender itself.
 
+Quality tiers (``video.tiers``): each codec has one shared encoding per tier,
+the full picture at ``max_bitrate`` first, then smaller, cheaper ones. Peers
+pick their tier from their own bandwidth estimate (rtc/tiers.py); a tier's
+encoder runs only while some peer is on it. The lowest tier follows the worst
+link among its peers (:meth:`PacketStream.lowest_demand`): its bitrate down
+to ``min_bitrate``, then its frame rate, so a bad link keeps decoding and
+costs nobody else anything.
+
 A source that fails (SourceError) or stalls (no frame for ``stall_timeout``)
 is restarted with back-off while the rest keeps running: the room session
 stays up audio-only or video-only meanwhile.
@@ -29,16 +37,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import av
 import structlog
 import trio
 from av.packet import Packet
+from av.video.frame import PictureType
 
-from ..config import AudioConfig, PlaybackConfig, VideoConfig
+from ..config import AudioConfig, PlaybackConfig, QualityTier, VideoConfig
 from ..supervise import Backoff, HealthRegistry, RestartPolicy, sole_exception, supervise
 from .encoder import OpusEncoder, VideoCodec, VideoEncoder
 from .fanout import FrameSlot, PacketStream
@@ -57,6 +66,15 @@ SOURCE_POLICY = RestartPolicy(
 ENCODER_IDLE_STOP = 10.0
 VIDEO_QUEUE_PACKETS = 30  # ~1 s at 30 fps before a slow peer is skipped to a key frame
 AUDIO_QUEUE_PACKETS = 25  # 0.5 s of 20 ms packets
+# The lowest tier keeps its full frame rate down to this share of its bitrate;
+# below, frames are skipped in proportion (a sharp picture at 10 fps reads
+# better than mush at 30), down to LOWEST_FPS.
+LOW_FRAMERATE_SHARE = 0.5
+LOWEST_FPS = 5.0
+# The lowest tier's encoder follows its peers' demand when it moved by this
+# share, at most every ADAPT_INTERVAL seconds.
+ADAPT_CHANGE = 0.1
+ADAPT_INTERVAL = 1.0
 
 
 class SourceStalled(Exception):
@@ -67,7 +85,26 @@ class SourceStalled(Exception):
 class _VideoEncoding:
     encoder: VideoEncoder
     stream: PacketStream
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    tier: int = 0
+    adapted_at: float = 0.0
+    idle_since: float | None = None
+
+
+def lowest_tier_rate(tier: QualityTier, framerate: int, min_bitrate: int,
+                     demand_bps: int | None) -> tuple[int, float | None]:
+    """(bitrate, frame-rate limit) for the lowest tier given its worst peer's demand.
+
+    Full frame rate while the demand is at least ``LOW_FRAMERATE_SHARE`` of
+    the tier's bitrate; below that the frame rate drops with the demand, so
+    each frame keeps the bits it had at that share.
+    """
+    if demand_bps is None:
+        return tier.bitrate, None
+    bitrate = min(max(demand_bps, min_bitrate), tier.bitrate)
+    knee = tier.bitrate * LOW_FRAMERATE_SHARE
+    if bitrate >= knee:
+        return bitrate, None
+    return bitrate, max(framerate * bitrate / knee, min(LOWEST_FPS, float(framerate)))
 
 
 class MediaHub:
@@ -91,7 +128,8 @@ class MediaHub:
         self.health = health or HealthRegistry()
         self.stall_timeout = stall_timeout
         self._nursery: trio.Nursery | None = None
-        self._encodings: dict[VideoCodec, _VideoEncoding] = {}
+        self._encodings: dict[tuple[VideoCodec, int], _VideoEncoding] = {}
+        self._encode_scopes: dict[VideoCodec, trio.CancelScope] = {}  # one loop per codec
         self._frame: av.VideoFrame | None = None
         self._frame_seq = 0
         self._frame_event = trio.Event()
@@ -136,7 +174,7 @@ class MediaHub:
         decoding one key frame a second is cheap, decoding the stream is not.
         """
         streams: list[tuple[str, PacketStream]] = [
-            (codec, enc.stream) for codec, enc in self._encodings.items()]
+            (codec, enc.stream) for (codec, _tier), enc in sorted(self._encodings.items())]
         if self._encoded_stream is not None and self._encoded_source is not None:
             streams.insert(0, (self._encoded_source.codec, self._encoded_stream))
         for codec, stream in streams:
@@ -159,25 +197,44 @@ class MediaHub:
         """Video is encoded by every peer's sender (aiortc), not shared."""
         return self.video_config.encode == "per-peer"
 
-    def video_stream(self, codec: VideoCodec) -> PacketStream | None:
-        """The shared stream for ``codec``, starting its encoder if needed.
+    @property
+    def tiers(self) -> tuple[QualityTier, ...]:
+        """The encodings a peer can be put on, best first (one when nothing is tiered).
 
-        None without video, and in per-peer mode, where nothing is shared.
+        A camera with its own encoder makes one stream, and per-peer encoding
+        adapts in aiortc's sender: neither has lower tiers.
+        """
+        if self._encoded_source is not None or self.video_per_peer:
+            return self.video_config.quality_tiers()[:1]
+        return self.video_config.quality_tiers()
+
+    def video_stream(self, codec: VideoCodec, tier: int = 0) -> PacketStream | None:
+        """The shared stream for ``codec`` at quality ``tier``, starting its encoder if needed.
+
+        None without video, and in per-peer mode, where nothing is shared. A
+        tier that does not exist (any more: a reload) gives the lowest one.
         """
         if self._make_video is None or self._nursery is None or self.video_per_peer:
             return None
         if self._encoded_source is not None:
             return self._encoded_video_stream(codec)
-        enc = self._encodings.get(codec)
+        tiers = self.tiers
+        tier = min(max(tier, 0), len(tiers) - 1)
+        enc = self._encodings.get((codec, tier))
         if enc is None:
-            cfg = self.video_config
-            encoder = VideoEncoder(codec, cfg.width, cfg.height, cfg.framerate,
-                                   cfg.max_bitrate, cfg.keyframe_interval)
-            stream = PacketStream("video", codec, VIDEO_QUEUE_PACKETS)
+            cfg, spec = self.video_config, tiers[tier]
+            encoder = VideoEncoder(codec, spec.width, spec.height, cfg.framerate,
+                                   spec.bitrate, cfg.keyframe_interval)
+            name = codec if tier == 0 else f"{codec}/{spec.width}x{spec.height}"
+            stream = PacketStream("video", name, VIDEO_QUEUE_PACKETS)
             stream.on_need_keyframe = encoder.request_keyframe
-            enc = _VideoEncoding(encoder, stream)
-            self._encodings[codec] = enc
-            self._nursery.start_soon(self._encode_loop, codec, enc)
+            enc = _VideoEncoding(encoder, stream, tier)
+            self._encodings[(codec, tier)] = enc
+            log.info("media.tier.started", codec=codec, tier=tier, width=spec.width,
+                     height=spec.height, bitrate=spec.bitrate)
+            if codec not in self._encode_scopes:
+                self._encode_scopes[codec] = trio.CancelScope()  # taken by the loop
+                self._nursery.start_soon(self._encode_loop, codec)
         return enc.stream
 
     def subscribe_frames(self, name: str = "") -> FrameSlot:
@@ -195,17 +252,21 @@ class MediaHub:
     def audio_stream(self) -> PacketStream | None:
         return self._audio_stream
 
-    def encoders(self) -> dict[VideoCodec, VideoEncoder | EncodedVideoSource]:
-        """The running video encoders by codec (an encoded source counts as one)."""
-        out: dict[VideoCodec, VideoEncoder | EncodedVideoSource] = {
-            codec: enc.encoder for codec, enc in self._encodings.items()}
-        if self._encoded_source is not None:
-            out[cast(VideoCodec, self._encoded_source.codec)] = self._encoded_source
+    def encoders(self) -> list[tuple[str, str, VideoEncoder | EncodedVideoSource]]:
+        """The running video encoders as (codec, tier label "WxH", encoder), best
+        tier first (an encoded source counts as one)."""
+        out: list[tuple[str, str, VideoEncoder | EncodedVideoSource]] = [
+            (codec, f"{enc.encoder.width}x{enc.encoder.height}", enc.encoder)
+            for (codec, _tier), enc in sorted(self._encodings.items())]
+        if (source := self._encoded_source) is not None:
+            out.insert(0, (source.codec, f"{source.width}x{source.height}", source))
         return out
 
     def set_bitrate(self, bitrate: int) -> None:
-        for enc in self._encodings.values():
-            enc.encoder.set_bitrate(bitrate)
+        """Set the top tier's bitrate (and an encoded source's)."""
+        for (_codec, tier), enc in self._encodings.items():
+            if tier == 0:
+                enc.encoder.set_bitrate(bitrate)
         if self._encoded_source is not None:
             self._encoded_source.set_bitrate(bitrate)
 
@@ -273,12 +334,17 @@ class MediaHub:
             changed.append("video.source")
             if self._video_restart is not None:
                 self._video_restart.cancel()
-        encoder_keys = ("width", "height", "framerate", "max_bitrate", "keyframe_interval")
+        encoder_keys = ("width", "height", "framerate", "max_bitrate", "min_bitrate",
+                        "keyframe_interval", "tiers")
         if any(getattr(old_video, k) != getattr(video, k) for k in encoder_keys):
             changed.append("video.encoders")
-            for codec, enc in self._encodings.items():
-                encoder = VideoEncoder(codec, video.width, video.height, video.framerate,
-                                       video.max_bitrate, video.keyframe_interval)
+            tiers = video.quality_tiers()
+            for (codec, tier), enc in self._encodings.items():
+                # a tier that is gone becomes the new lowest; its peers move
+                # on at their next estimate
+                spec = tiers[min(tier, len(tiers) - 1)]
+                encoder = VideoEncoder(codec, spec.width, spec.height, video.framerate,
+                                       spec.bitrate, video.keyframe_interval)
                 # The encode loop picks it up at its next frame; the old one
                 # may be encoding in a worker thread right now, so it is left
                 # to finish and be collected rather than closed under it.
@@ -324,6 +390,9 @@ class MediaHub:
                 self._audio_restart.cancel()
 
     def _on_video_frame(self, frame: av.VideoFrame) -> None:
+        # A decoded frame carries its picture type; the encoders, which only
+        # read shared frames, must not take an I from the source as an order.
+        frame.pict_type = PictureType.NONE
         self._frame = frame
         self._frame_seq += 1
         self.frames_in += 1
@@ -371,43 +440,112 @@ class MediaHub:
                 log.error("media.source.stalled", kind=kind, silent_s=round(silent, 1))
                 raise SourceStalled(f"{kind} source produced nothing for {silent:.1f} s")
 
-    async def _encode_loop(self, codec: VideoCodec, enc: _VideoEncoding) -> None:
-        """Encode the newest frame for ``codec`` until no peer has needed it for a while."""
+    async def _encode_loop(self, codec: VideoCodec) -> None:
+        """Encode the newest frame for every tier of ``codec`` until no peer needs one.
+
+        All tiers encode the same picture (in worker threads, side by side)
+        and their packets are published together, from this task: a peer's
+        track never sees one tier's packet of a picture without the other
+        tiers' (tracks.PacketTrack relies on it to switch tiers on a key
+        frame of the next picture, not of one already sent). A tier nobody
+        has read for ``ENCODER_IDLE_STOP`` seconds is stopped.
+        """
         seen = self._frame_seq
-        idle_since: float | None = None
-        with enc.scope:
+        scope = self._encode_scopes.setdefault(codec, trio.CancelScope())
+        with scope:
             try:
                 while True:
-                    if enc.stream.subscribers == 0:
-                        idle_since = idle_since or time.monotonic()
-                        if time.monotonic() - idle_since > ENCODER_IDLE_STOP:
-                            log.info("media.encoder.stopped", codec=codec, reason="no peers")
-                            return
-                    else:
-                        idle_since = None
+                    encodings = self._tiers_of(codec)
+                    self._stop_idle(codec, encodings)
+                    encodings = self._tiers_of(codec)
+                    if not encodings:
+                        return
                     if self._frame_seq == seen:
                         with trio.move_on_after(1.0):
                             await self._frame_event.wait()
                         continue
                     frame, seen = self._frame, self._frame_seq
                     assert frame is not None
-                    if enc.stream.has_new_subscribers:
-                        # a new viewer has no picture until a key frame: not rate-limited
-                        enc.encoder.request_keyframe(urgent=True)
-                    try:
-                        packets = await trio.to_thread.run_sync(enc.encoder.encode, frame)
-                    except (av.FFmpegError, ValueError) as exc:
-                        # An encoder error is that encoder's problem: rebuild it.
-                        log.error("media.encoder.failed", codec=codec, error=str(exc))
-                        enc.encoder.close()
-                        continue
-                    for packet in packets:
-                        enc.stream.publish(packet)
+                    results: dict[int, list[Packet[Any]]] = {}
+                    async with trio.open_nursery() as nursery:
+                        for enc in encodings:
+                            self._adapt_lowest_tier(enc)
+                            if enc.stream.has_new_subscribers:
+                                # a new viewer has no picture until a key frame: not rate-limited
+                                enc.encoder.request_keyframe(urgent=True)
+                            nursery.start_soon(self._encode_one, codec, enc, frame, results)
+                    for enc in encodings:
+                        for packet in results.get(enc.tier, ()):
+                            enc.stream.publish(packet)
             finally:
-                enc.stream.close()
-                enc.encoder.close()
-                if self._encodings.get(codec) is enc:
-                    del self._encodings[codec]
+                for enc in self._tiers_of(codec):
+                    self._end_tier(codec, enc)
+                if self._encode_scopes.get(codec) is scope:
+                    del self._encode_scopes[codec]
+
+    def _tiers_of(self, codec: VideoCodec) -> list[_VideoEncoding]:
+        return [enc for (c, _t), enc in sorted(self._encodings.items()) if c == codec]
+
+    def _stop_idle(self, codec: VideoCodec, encodings: list[_VideoEncoding]) -> None:
+        now = time.monotonic()
+        for enc in encodings:
+            if enc.stream.subscribers:
+                enc.idle_since = None
+                continue
+            enc.idle_since = enc.idle_since or now
+            if now - enc.idle_since > ENCODER_IDLE_STOP:
+                log.info("media.encoder.stopped", codec=codec, tier=enc.tier, reason="no peers")
+                self._end_tier(codec, enc)
+
+    def _end_tier(self, codec: VideoCodec, enc: _VideoEncoding) -> None:
+        enc.stream.close()
+        enc.encoder.close()
+        if self._encodings.get((codec, enc.tier)) is enc:
+            del self._encodings[(codec, enc.tier)]
+
+    async def _encode_one(self, codec: VideoCodec, enc: _VideoEncoding, frame: av.VideoFrame,
+                          results: dict[int, list[Packet[Any]]]) -> None:
+        encoder = enc.encoder  # reconfigure() may swap it meanwhile: use one throughout
+        try:
+            results[enc.tier] = await trio.to_thread.run_sync(encoder.encode, frame)
+        except (av.FFmpegError, ValueError) as exc:
+            # An encoder error is that encoder's problem: rebuild it.
+            log.error("media.encoder.failed", codec=codec, tier=enc.tier, error=str(exc))
+            encoder.close()
+
+    def _adapt_lowest_tier(self, enc: _VideoEncoding) -> None:
+        """Make the lowest tier's encoder fit the worst link among its peers.
+
+        Higher tiers keep their configured rate: a peer that cannot carry one
+        moves down instead. Changes smaller than ``ADAPT_CHANGE`` or sooner
+        than ``ADAPT_INTERVAL`` after the last are ignored: a VP8 encoder is
+        rebuilt for a new rate, which costs a key frame.
+        """
+        tiers = self.tiers
+        if enc.tier != len(tiers) - 1:
+            return
+        now = time.monotonic()
+        if now - enc.adapted_at < ADAPT_INTERVAL:
+            return
+        cfg, encoder = self.video_config, enc.encoder
+        bitrate, fps = lowest_tier_rate(tiers[-1], cfg.framerate, cfg.min_bitrate,
+                                        enc.stream.lowest_demand())
+        current = encoder._want_bitrate or encoder.bitrate
+        moved = abs(bitrate - current) >= ADAPT_CHANGE * current or (
+            bitrate != current and bitrate in (tiers[-1].bitrate, cfg.min_bitrate))
+        fps_moved = (fps is None) != (encoder.max_fps is None) or (
+            fps is not None and encoder.max_fps is not None
+            and abs(fps - encoder.max_fps) >= ADAPT_CHANGE * encoder.max_fps)
+        if not (moved or fps_moved):
+            return
+        enc.adapted_at = now
+        if fps_moved:
+            encoder.set_max_fps(fps)
+        if moved:
+            encoder.set_bitrate(bitrate)
+        log.info("media.tier.adapted", stream=enc.stream.name, bitrate=bitrate,
+                 max_fps=None if fps is None else round(fps, 1),
+                 demand_bps=enc.stream.lowest_demand())
 
     async def _run_audio_source(self) -> None:
         while True:
@@ -492,8 +630,8 @@ class MediaHub:
         stream.on_need_keyframe = source.request_keyframe
         # Software encoders started before (a reconfiguration) get no frames
         # any more: ending their streams makes their peers subscribe again.
-        for enc in list(self._encodings.values()):
-            enc.scope.cancel()
+        for scope in list(self._encode_scopes.values()):
+            scope.cancel()
         self._last_frame_at = time.monotonic()
 
         def on_packet(packet: Packet[Any]) -> None:

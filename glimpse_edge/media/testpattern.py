@@ -52,6 +52,7 @@ _BARS_YUV: Final = (
 _BOX_YUV: Final = (235, 128, 128)
 _SCROLL_SECONDS: Final = 4.0  # the bars scroll one full width in this time
 _BOX_SECONDS: Final = 3.0  # the box crosses the frame in this time
+MAX_NOISE: Final = 20  # grain amplitude: 235 (white) + 20 still fits a byte
 
 
 def _bars_row(length: int, period: int, column: int) -> npt.NDArray[np.uint8]:
@@ -67,7 +68,9 @@ class TestPatternSource(VideoSource):
 
     __test__ = False  # not a pytest test class, whatever its name says
 
-    def __init__(self, width: int, height: int, framerate: int) -> None:
+    def __init__(self, width: int, height: int, framerate: int, noise: int = 0) -> None:
+        """``noise`` (0..20): grain added to the luma, as a camera's sensor makes in a dim
+        room; it makes the encoder spend its whole bitrate, for bandwidth tests."""
         if width < 16 or height < 16 or width % 2 or height % 2:
             raise ValueError(f"test pattern size must be even and >= 16x16, got {width}x{height}")
         if framerate < 1:
@@ -92,6 +95,13 @@ class TestPatternSource(VideoSource):
         except ValueError:
             pass
         self._box = max(8, (min(width, height) // 8) & ~1)
+        if not 0 <= noise <= MAX_NOISE:
+            raise ValueError(f"noise must be 0..{MAX_NOISE}, got {noise}")
+        # One grain field a little larger than the frame; each frame adds a window
+        # of it at another offset (a copy-free view), so the grain moves like real noise.
+        self._grain = (np.random.default_rng(0).integers(0, noise + 1, (height + 32, width + 64),
+                                                         dtype=np.uint8)
+                       if noise else None)
 
     def render(self, counter: int, wall_ms: int, pts: int) -> av.VideoFrame:
         """Draw frame number ``counter``; the motion is a function of the counter only."""
@@ -117,6 +127,10 @@ class TestPatternSource(VideoSource):
         y[by : by + s, bx : bx + s] = _BOX_YUV[0]
         u[by // 2 : (by + s) // 2, bx // 2 : (bx + s) // 2] = _BOX_YUV[1]
         v[by // 2 : (by + s) // 2, bx // 2 : (bx + s) // 2] = _BOX_YUV[2]
+
+        if self._grain is not None:  # bars and box top out at 235: no overflow
+            gy, gx = (counter * 7) % 32, (counter * 29) % 64
+            y += self._grain[gy : gy + h, gx : gx + w]
 
         if self._code is not None:
             cw_px, ch_px = self._code

@@ -40,8 +40,9 @@ if TYPE_CHECKING:
 SIGNALING_STATES = ("starting", "connecting", "joining", "joined", "reconnecting",
                     "auth_rejected")
 PEER_STATES = ("idle", "offering", "negotiated", "connected", "closed")
-# One quality tier per codec today; simulcast-like tiers will add more values.
-MAIN_TIER = "main"
+# The "tier" label of a video encoder or a peer is the tier's picture size
+# ("1280x720"); the audio encoder has one tier.
+AUDIO_TIER = "audio"
 
 _PEER = ("peer", "username")
 _STREAM = ("peer", "username", "kind")
@@ -182,7 +183,7 @@ class AgentCollector:
                 estimate.add_metric(who, estimate_bps)
             codec = sending_codecs(session).get("video")
             if codec:
-                tier.add_metric((*who, MAIN_TIER, codec), 1.0)
+                tier.add_metric((*who, session.video_tier or "unknown", codec), 1.0)
             for kind, fan in fanout_counts(session).items():
                 frames.add_metric((*who, kind), fan.frames_sent)
                 dropped.add_metric((*who, kind), fan.frames_dropped)
@@ -231,15 +232,15 @@ class AgentCollector:
                                             "Raw frames received from the video source.",
                                             labels=("kind",))
         if hub is not None:
-            for codec, encoder in hub.encoders().items():
-                labels = (codec, MAIN_TIER)
+            for codec, tier_label, encoder in hub.encoders():
+                labels = (codec, tier_label)
                 frames.add_metric(labels, encoder.frames_encoded)
                 keyframes.add_metric(labels, encoder.keyframes_encoded)
                 out_bytes.add_metric(labels, encoder.bytes_encoded)
                 target.add_metric(labels, encoder.bitrate)
             audio = hub.audio_stream()
             if audio is not None:
-                frames.add_metric(("opus", MAIN_TIER), audio.published)
+                frames.add_metric(("opus", AUDIO_TIER), audio.published)
             health = self.agent.health.snapshot()
             for kind, configured, name in (
                 ("video", hub.video_config.source if hub.has_video else None,

@@ -218,9 +218,8 @@ def fanout_counts(session: PeerSession) -> dict[str, FanoutCounts]:
     counts = {}
     for sender in pc.getSenders():
         track = sender.track
-        queue = track.queue if isinstance(track, PacketTrack) else None
-        if queue is not None:
-            counts[track.kind] = FanoutCounts(queue.delivered, queue.dropped)
+        if isinstance(track, PacketTrack) and track.queue is not None:
+            counts[track.kind] = FanoutCounts(track.delivered, track.dropped)
     return counts
 
 

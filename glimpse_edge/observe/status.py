@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..introspect import resource_counts
-from .metrics import MAIN_TIER
+from .metrics import AUDIO_TIER
 from .peerstats import PeerStats, fanout_counts, sending_codecs
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ def _participants(agent: Agent, sessions: Mapping[str, PeerSession],
                                                   frames_dropped=fan.frames_dropped)
             entry.update(
                 state=session.state,
-                tier=MAIN_TIER if codecs.get("video") else None,
+                tier=session.video_tier if codecs.get("video") else None,
                 codecs=codecs,
                 restarts=session.restarts,
                 estimate_bps=session.estimate_bps,
@@ -167,14 +167,14 @@ def _encoders(agent: Agent) -> list[dict[str, Any]]:
     if hub is None:
         return []
     out: list[dict[str, Any]] = [
-        {"codec": codec, "tier": MAIN_TIER, "frames": enc.frames_encoded,
+        {"codec": codec, "tier": tier, "frames": enc.frames_encoded,
          "keyframes": enc.keyframes_encoded, "bytes": enc.bytes_encoded,
          "target_bitrate_bps": enc.bitrate, "width": enc.width, "height": enc.height,
-         "framerate": enc.framerate}
-        for codec, enc in hub.encoders().items()
+         "framerate": enc.framerate, "max_fps": getattr(enc, "max_fps", None)}
+        for codec, tier, enc in hub.encoders()
     ]
     audio = hub.audio_stream()
     if audio is not None:
-        out.append({"codec": "opus", "tier": MAIN_TIER, "frames": audio.published,
+        out.append({"codec": "opus", "tier": AUDIO_TIER, "frames": audio.published,
                     "subscribers": audio.subscribers})
     return out

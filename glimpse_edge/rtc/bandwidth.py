@@ -19,8 +19,17 @@ spirit of the loss-based half of Google Congestion Control
   queueing delay (RTT above the lowest RTT of the last 30 s) stops increases
   once it passes a hold threshold, and backs off by 15 % when it is well
   above it and still growing;
-- REMB, when the receiver sends it, is a cap (GCC's ``min(As, Ar)``);
-- the result always lies within ``[video.min_bitrate, video.max_bitrate]``.
+- REMB, when the receiver sends it, is a cap (GCC's ``min(As, Ar)``) when
+  it complains: it is well below the video we send the peer (a receiver
+  that saw its queue grow answers with 0.85 times what reached it). A REMB
+  above that is not: a receiver's estimate only grows with what arrives (to
+  1.5 times the incoming rate), so a peer we send little to (a lower
+  quality tier) reports little while its link may carry much more. Right
+  after we raise our rate (:meth:`BandwidthEstimator.expect_rise`), a REMB
+  lags below it for seconds (it grows 8 % a second): then only a falling
+  REMB complains;
+- the result always lies within the bounds given: ``video.min_bitrate`` and
+  what the best quality tier needs on the wire (rtc/tiers.py).
 
 The estimate starts at the maximum: the shared encoder already sends at its
 target whatever a peer's link is like, and nothing probes upwards, so
@@ -76,6 +85,11 @@ class Tuning:
     rtt_backoff: float = 0.85  # ...to this share, if the RTT is still rising
     rtt_smoothing: float = 0.4  # weight of a new RTT sample in the smoothed RTT
     remb_timeout: float = 5.0  # a REMB older than this no longer caps
+    # A REMB below this share of the video we send is the receiver asking for less
+    # (a receiver that overuses answers with 0.85 x what reached it, and lower);
+    # while it catches up with a rise of ours, one below this share of its last.
+    remb_complaint: float = 0.8
+    remb_drop: float = 0.9
 
 
 @dataclass
@@ -99,6 +113,8 @@ class BandwidthEstimator:
         self.min_bps, self.max_bps = _sane_bounds(self.min_bps, self.max_bps)
         self._loss_based = float(self.max_bps)  # GCC's As
         self._remb: float | None = None
+        self._remb_limits = False  # the last REMB complained (see on_remb)
+        self._rise_until = -math.inf  # until then a REMB below our rate is no complaint
         self._remb_at = -math.inf
         self._last_report: float | None = None
         self._last_decrease = -math.inf
@@ -114,11 +130,11 @@ class BandwidthEstimator:
     @property
     def estimate_bps(self) -> int:
         """The estimate as of the last input (see :meth:`estimate_at`)."""
-        return self._estimate(self._remb is not None)
+        return self._estimate(self._remb_limits)
 
     def estimate_at(self, now: float) -> int:
         """The estimate as of ``now``: a REMB that went stale no longer caps it."""
-        return self._estimate(self._remb is not None
+        return self._estimate(self._remb_limits
                               and now - self._remb_at <= self.tuning.remb_timeout)
 
     def _estimate(self, remb_caps: bool) -> int:
@@ -156,6 +172,7 @@ class BandwidthEstimator:
         self._rtt_samples.clear()
         self._srtt = self._prev_srtt = None
         self._remb = None
+        self._remb_limits = False
         self._remb_at = -math.inf
         self._last_report = None
 
@@ -195,17 +212,36 @@ class BandwidthEstimator:
         self.last_reason = reason
         return Update(self.estimate_at(now), before, reason)
 
-    def on_remb(self, now: float, bitrate_bps: float) -> Update:
-        """A REMB for our stream: the receiver's estimate caps ours while it is fresh."""
+    def on_remb(self, now: float, bitrate_bps: float,
+                sending_bps: float | None = None) -> Update:
+        """A REMB for our stream: it caps our estimate while fresh if it complains.
+
+        ``sending_bps`` is the video we send the peer now (None: unknown, and
+        any REMB caps, as in plain GCC); see the module docstring for when a
+        REMB complains.
+        """
         before = self.estimate_at(now)
         if math.isfinite(bitrate_bps) and bitrate_bps >= 0:
+            t, previous = self.tuning, self._remb
             self._remb = float(bitrate_bps)
             self._remb_at = now
             self.last_reason = "remb"
+            if now < self._rise_until:
+                self._remb_limits = previous is not None and bitrate_bps < t.remb_drop * previous
+            else:
+                self._remb_limits = (sending_bps is None
+                                     or bitrate_bps < t.remb_complaint * sending_bps)
+            if not self._remb_limits:
+                return Update(self.estimate_at(now), before, "remb")
             # Climb back from the receiver's view, not from far above it: once
             # the REMB rises or goes stale, the estimate grows at the normal pace.
             self._loss_based = min(self._loss_based, max(self._remb, float(self.min_bps)))
         return Update(self.estimate_at(now), before, "remb")
+
+    def expect_rise(self, now: float, seconds: float) -> None:
+        """We are about to send more (a higher tier): for ``seconds``, a REMB below
+        our new rate is the receiver catching up, not a complaint (a falling one is)."""
+        self._rise_until = now + seconds
 
     # -- internals ----------------------------------------------------------
 
@@ -271,6 +307,29 @@ class ChangeGate:
 
 
 # -- reading aiortc's RTCP packets ---------------------------------------------
+
+
+class RateMeter:
+    """A sending rate from a growing byte counter, over the last ``window`` seconds."""
+
+    def __init__(self, window: float = 2.0) -> None:
+        self.window = window
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def add(self, now: float, total_bytes: int) -> None:
+        samples = self._samples
+        if samples and total_bytes < samples[-1][1]:
+            samples.clear()  # a new counter (a rebuilt connection): start over
+        samples.append((now, total_bytes))
+        while len(samples) > 2 and samples[1][0] <= now - self.window:
+            samples.popleft()
+
+    def rate_bps(self) -> float | None:
+        """Bits per second between the oldest and newest sample (None: not yet known)."""
+        if len(self._samples) < 2:
+            return None
+        (t0, b0), (t1, b1) = self._samples[0], self._samples[-1]
+        return (b1 - b0) * 8 / (t1 - t0) if t1 - t0 >= 0.5 else None
 
 
 @dataclass(frozen=True)

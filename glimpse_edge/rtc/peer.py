@@ -17,6 +17,10 @@ What aiortc does not do, this does:
   is declared dead here.
 - Glare: when both sides offer at once, the side with the greater user id
   is polite and answers; the other ignores the incoming offer.
+- Quality tiers: the peer's bandwidth estimate (from its RTCP) picks which
+  of the hub's shared encodings it receives (rtc/tiers.py) and tells the
+  lowest one what its link can take; a change of tier moves the video
+  track to the other stream at that stream's next key frame.
 """
 
 from __future__ import annotations
@@ -51,12 +55,14 @@ from ..supervise import Backoff
 from .bandwidth import (
     BandwidthEstimator,
     ChangeGate,
+    RateMeter,
     Update,
     remb_bitrate,
     report_blocks,
     report_rtt,
 )
 from .sdp import BadSignal, check_sdp, ice_credentials, negotiated_codecs, parse_candidate
+from .tiers import TierSelector, link_bps, video_budget
 from .tracks import FrameTrack, PacketTrack
 
 log = structlog.get_logger(__name__)
@@ -68,6 +74,9 @@ CLOSE_TIMEOUT = 2.0
 MAX_PENDING_CANDIDATES = 64
 # A connection that stayed up this long resets the restart back-off.
 STABLE_AFTER = 10.0
+# After a move up a tier, a receiver's REMB needs this long beyond the tier's
+# trial to follow the new rate (it grows 8 % a second): see BandwidthEstimator.
+REMB_CATCH_UP = 6.0
 
 
 @dataclass(frozen=True)
@@ -87,7 +96,13 @@ class PathRevived:
     generation: int
 
 
-PeerEvent = WebRTCSignal | PcStateChanged | TrackEnded | PathRevived
+@dataclass(frozen=True)
+class TierChosen:
+    generation: int
+    tier: int
+
+
+PeerEvent = WebRTCSignal | PcStateChanged | TrackEnded | PathRevived | TierChosen
 
 
 class PeerGone(Exception):
@@ -117,6 +132,7 @@ class _Connection:
     revived: bool = False
     codec: str | None = None
     subscriptions: list[tuple[PacketStream, PacketQueue]] = field(default_factory=list)
+    released_bytes: int = 0  # video sent from queues no longer subscribed (tier switches)
 
 
 def codec_preferences(kind: str, preferred: VideoCodec) -> list[Any]:
@@ -172,12 +188,13 @@ class PeerSession:
         # did): the connection is kept, but not rebuilt once it ends.
         self.in_room = True
         self.log = log.bind(peer=self.peer_id, username=participant.username)
-        video = hub.video_config
         # One estimate per participant, kept across its connections (a rebuilt
         # connection to the same person usually crosses the same links).
-        self.bandwidth = BandwidthEstimator(video.min_bitrate, video.max_bitrate)
+        self.bandwidth = BandwidthEstimator(*self._estimate_bounds())
         self._bandwidth_gate = ChangeGate()
         self._bandwidth_failed = False
+        self._sent = RateMeter()
+        self.tiers = TierSelector([t.bitrate for t in hub.tiers])
 
     # -- inputs (from the manager; never block) -----------------------------
 
@@ -210,12 +227,27 @@ class PeerSession:
     def estimate_bps(self) -> int | None:
         """What this peer's link is estimated to carry; None before any receiver report.
 
-        Not applied to anything yet: the shared encoder must not follow the
-        worst peer. Quality tiers will assign each peer a tier from it.
+        It picks the peer's quality tier; the shared encoders never follow it
+        (except the lowest tier, which follows the worst peer on it).
         """
         if self.bandwidth.reports == 0:
             return None
         return self.bandwidth.estimate_at(time.monotonic())
+
+    @property
+    def video_tier(self) -> str | None:
+        """The quality tier this peer is on (or moving to), as "WIDTHxHEIGHT"."""
+        tiers = self.hub.tiers
+        if not self.hub.has_video or not tiers:
+            return None
+        tier = tiers[min(self.tiers.tier, len(tiers) - 1)]
+        return f"{tier.width}x{tier.height}"
+
+    def _estimate_bounds(self) -> tuple[int, int]:
+        """From video.min_bitrate up to what the best tier needs on the wire with audio."""
+        video = self.hub.video_config
+        top = self.hub.tiers[0].bitrate if self.hub.has_video else video.max_bitrate
+        return video.min_bitrate, link_bps(top, self.hub.audio_stream() is not None)
 
     # -- the task -----------------------------------------------------------
 
@@ -331,6 +363,10 @@ class PeerSession:
             await self._on_lingering_event(lingering, event)
             return
         if isinstance(event, PathRevived):
+            return
+        if isinstance(event, TierChosen):
+            if conn is not None and event.generation == conn.generation:
+                self._switch_tier(conn, event.tier)
             return
         if isinstance(event, PcStateChanged):
             if conn is None or event.generation != conn.generation:
@@ -493,8 +529,7 @@ class PeerSession:
             config.iceTransportPolicy = RTCIceTransportPolicy.RELAY
         pc = RTCPeerConnection(configuration=config)
         conn = _Connection(gen, pc, role, tracks={}, transceivers={})
-        video = self.hub.video_config
-        self.bandwidth.set_bounds(video.min_bitrate, video.max_bitrate)
+        self.bandwidth.set_bounds(*self._estimate_bounds())
         self.bandwidth.new_path()
 
         def on_state() -> None:  # runs in the loop's task: must never raise
@@ -604,13 +639,23 @@ class PeerSession:
         try:
             ssrc = sender._ssrc
             now = time.monotonic()
+            # the video we send: what a REMB (for the video SSRC) is compared with
+            self._sent.add(now, conn.released_bytes + sum(
+                queue.bytes_delivered for stream, queue in conn.subscriptions
+                if stream.kind == "video"))
+            seen = False
             for block in report_blocks(packet, ssrc):
                 rtt = report_rtt(block, getattr(sender, "_RTCRtpSender__lsr", None),
                                  getattr(sender, "_RTCRtpSender__lsr_time", None), time.time())
                 self._estimate_changed(now, self.bandwidth.on_report(now, block.loss, rtt))
+                seen = True
             remb = remb_bitrate(packet, ssrc)
             if remb is not None:
-                self._estimate_changed(now, self.bandwidth.on_remb(now, remb))
+                self._estimate_changed(now, self.bandwidth.on_remb(now, remb,
+                                                                   self._sent.rate_bps()))
+                seen = True
+            if seen:
+                self._choose_tier(conn, now)
         except Exception as exc:
             if not self._bandwidth_failed:  # once per session: this runs per packet
                 self._bandwidth_failed = True
@@ -627,12 +672,64 @@ class PeerSession:
                           rtt_ms=None if rtt is None else round(rtt * 1000, 1),
                           remb_bps=bw.remb_bps)
 
+    def _choose_tier(self, conn: _Connection, now: float) -> None:
+        """Tell the video queues what this link takes; ask for another tier if it
+        no longer fits (runs in aiortc's RTCP path: the switch is an event)."""
+        if conn.codec is None or not isinstance(conn.tracks.get("video"), PacketTrack):
+            return
+        before = self.tiers.tier
+        rates = [t.bitrate for t in self.hub.tiers]
+        if rates != list(self.tiers.bitrates):  # a reload changed the tiers
+            self.tiers.set_bitrates(rates)
+        budget = video_budget(self.bandwidth.estimate_at(now), "audio" in conn.tracks)
+        for stream, queue in conn.subscriptions:
+            if stream.kind == "video":
+                queue.demand_bps = budget
+        if self.tiers.update(now, budget) is not None or self.tiers.tier != before:
+            if self.tiers.tier < before:  # a try of the tier above: the REMB will lag
+                self.bandwidth.expect_rise(now, self.tiers.tuning.trial_window + REMB_CATCH_UP)
+            self.log.info("peer.tier_chosen", tier=self.tiers.tier, previous=before,
+                          budget_bps=budget, probe_wait=self.tiers.probe_wait)
+            self._post(TierChosen(conn.generation, self.tiers.tier))
+
+    def _switch_tier(self, conn: _Connection, tier: int) -> None:
+        """Subscribe the video track to ``tier``'s stream; it moves at its key frame."""
+        track = conn.tracks.get("video")
+        if not isinstance(track, PacketTrack) or conn.codec not in ("h264", "vp8"):
+            return
+        stream = self.hub.video_stream(conn.codec, tier)  # type: ignore[arg-type]
+        current = self._video_stream(conn)
+        if stream is None or stream is current:
+            return
+        queue = stream.subscribe(f"{self.participant.username}/{stream.name}")
+        queue.demand_bps = next((q.demand_bps for s, q in conn.subscriptions
+                                 if s is current), None)
+        conn.subscriptions.append((stream, queue))
+        track.switch(queue, partial(self._release, conn))
+        self.log.info("peer.tier_changed", stream=stream.name,
+                      previous=current.name if current else None,
+                      estimate_bps=self.estimate_bps)
+
+    def _release(self, conn: _Connection, queue: PacketQueue) -> None:
+        """The track stopped reading ``queue``: unsubscribe it (never raises)."""
+        for entry in list(conn.subscriptions):
+            if entry[1] is queue:
+                conn.subscriptions.remove(entry)
+                conn.released_bytes += queue.bytes_delivered
+                entry[0].unsubscribe(queue)
+
+    def _video_stream(self, conn: _Connection) -> PacketStream | None:
+        """The stream the video track reads now."""
+        track = conn.tracks.get("video")
+        queue = track.queue if isinstance(track, PacketTrack) else None
+        return next((s for s, q in conn.subscriptions if q is queue), None)
+
     def _request_keyframe(self, reason: str = "connected",
                           conn: _Connection | None = None) -> None:
         conn = conn or self._conn
         if conn is None or conn.codec not in ("h264", "vp8"):
             return
-        stream = self.hub.video_stream(conn.codec)  # type: ignore[arg-type]
+        stream = self._video_stream(conn)
         if stream is not None:
             stream.on_need_keyframe()
             self.log.debug("peer.keyframe_requested", reason=reason)
@@ -683,11 +780,11 @@ class PeerSession:
         if isinstance(video_track, FrameTrack) and video_codec in ("h264", "vp8"):
             conn.codec = video_codec  # aiortc's encoder; the track subscribes itself
         elif isinstance(video_track, PacketTrack) and video_codec in ("h264", "vp8"):
-            stream = self.hub.video_stream(video_codec)  # type: ignore[arg-type]
+            stream = self.hub.video_stream(video_codec, self.tiers.tier)  # type: ignore[arg-type]
             if stream is not None:
-                queue = stream.subscribe(f"{self.participant.username}/{video_codec}")
+                queue = stream.subscribe(f"{self.participant.username}/{stream.name}")
                 conn.subscriptions.append((stream, queue))
-                video_track.bind(queue)
+                video_track.bind(queue, partial(self._release, conn))
                 conn.codec = video_codec
         elif video_track is not None:
             self.log.warning("peer.no_video_codec", negotiated=video_codec)
@@ -697,6 +794,7 @@ class PeerSession:
             queue = audio.subscribe(f"{self.participant.username}/opus")
             conn.subscriptions.append((audio, queue))
             audio_track.bind(queue)
+        self._sent.add(time.monotonic(), conn.released_bytes)  # the sending rate's zero
         self.log.info("peer.negotiated", role=conn.role, video=conn.codec,
                       audio=codecs.get("audio"))
         pending, conn.pending = conn.pending, []

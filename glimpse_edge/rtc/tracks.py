@@ -21,25 +21,95 @@ from av.packet import Packet
 
 from ..media.fanout import FrameSlot, MediaKind, PacketQueue, QueueClosed
 
+Release = Callable[[PacketQueue], object]
+
 
 class PacketTrack(MediaStreamTrack):
-    """One peer's audio or video track, fed by a PacketQueue."""
+    """One peer's audio or video track, fed by a PacketQueue.
+
+    :meth:`switch` moves it to another stream (a quality tier) without a
+    gap: the old queue keeps feeding until the new one holds its first key
+    frame, which then continues the same RTP stream (both encoders encode
+    the same source frames, so their time stamps agree). That key frame must
+    be of a later picture than the last one sent: the hub publishes every
+    tier's packets of a picture together, and the track looks for a pending
+    switch after each wake-up, before taking the old stream's packet, so
+    the new key frame takes the place of the old stream's packet of the
+    same picture.
+    """
 
     def __init__(self, kind: MediaKind) -> None:
         super().__init__()
         self.kind = kind
         self._queue: PacketQueue | None = None
+        self._release: Release | None = None
+        self._next: tuple[PacketQueue, Release] | None = None
         self._bound: asyncio.Event | None = None
+        self._last_pts: int | None = None
+        self._retired_delivered = 0
+        self._retired_dropped = 0
+        self.switches = 0
 
     @property
     def queue(self) -> PacketQueue | None:
         return self._queue
 
-    def bind(self, queue: PacketQueue) -> None:
-        """Start feeding from ``queue`` (called once the codec is negotiated)."""
-        self._queue = queue
+    @property
+    def delivered(self) -> int:
+        """Packets handed to aiortc, across every queue this track read."""
+        return self._retired_delivered + (self._queue.delivered if self._queue is not None else 0)
+
+    @property
+    def dropped(self) -> int:
+        """Packets dropped for this peer (it fell behind), across every queue."""
+        return self._retired_dropped + (self._queue.dropped if self._queue is not None else 0)
+
+    def bind(self, queue: PacketQueue, release: Release | None = None) -> None:
+        """Start feeding from ``queue`` (called once the codec is negotiated).
+
+        ``release`` is called with the queue once the track stops reading it
+        (after a :meth:`switch`), to unsubscribe it.
+        """
+        self._queue, self._release = queue, release
         if self._bound is not None:
             self._bound.set()
+
+    def switch(self, queue: PacketQueue, release: Release) -> None:
+        """Feed from ``queue`` from its first key frame on; release the old one then."""
+        if self._queue is None:
+            self.bind(queue, release)
+            return
+        if self._next is not None:  # a switch that never completed
+            pending, pending_release = self._next
+            pending_release(pending)
+        self._next = (queue, release)
+
+    def _take_next(self) -> bool:
+        """Swap to the queued switch if its key frame is there; True if swapped."""
+        assert self._next is not None
+        queue = self._next[0]
+        head = queue.peek()
+        if head is None:
+            return False
+        if self._last_pts is not None and head.pts is not None and head.pts <= self._last_pts:
+            # a picture already sent: going back in time would confuse the
+            # receiver's jitter buffer; take a later key frame
+            queue.restart()
+            return False
+        self._adopt_next()
+        return True
+
+    def _adopt_next(self) -> None:
+        """Read the switched-to queue from now on; count and release the old one."""
+        assert self._next is not None
+        old, old_release = self._queue, self._release
+        (self._queue, self._release), self._next = self._next, None
+        self.switches += 1
+        if old is not None:
+            self._retired_delivered += old.delivered
+            self._retired_dropped += old.dropped
+            if old_release is not None:
+                old_release(old)
 
     async def recv(self) -> Packet[Any]:
         if self.readyState != "live":
@@ -48,12 +118,33 @@ class PacketTrack(MediaStreamTrack):
             if self._bound is None:
                 self._bound = asyncio.Event()
             await self._bound.wait()
-        assert self._queue is not None
-        try:
-            return await self._queue.get_aio()
-        except QueueClosed:
-            self.stop()
-            raise MediaStreamError from None
+        while True:
+            if self._next is not None:
+                self._take_next()
+            queue = self._queue
+            assert queue is not None
+            if queue.peek() is None and not queue.closed:
+                await queue.wait_aio()
+                continue  # a switch may have become possible with this picture
+            try:
+                packet = await queue.get_aio()
+            except QueueClosed:
+                if self._next is not None and not self._next[0].closed:
+                    # the old stream ended (its encoder stopped): wait on the new one
+                    self._adopt_next()
+                    continue
+                self.stop()
+                raise MediaStreamError from None
+            if packet.pts is not None:
+                self._last_pts = packet.pts
+            return packet
+
+    def stop(self) -> None:
+        super().stop()
+        if self._next is not None:
+            pending, release = self._next
+            self._next = None
+            release(pending)
 
 
 class FrameTrack(MediaStreamTrack):

@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 from support.faultlab import (
+    HEIGHT,
     TURN_USER,
+    WIDTH,
     Outcome,
+    bandwidth_cap,
     fault_lab,
     link_cut,
     random_loss,
@@ -44,6 +47,30 @@ async def test_link_cut_heals_and_spares_the_other_peer(tmp_path: Path) -> None:
         assert out.recover_s is not None and out.recover_s <= RECOVER_WITHIN, out
         assert out.other_freeze_s is not None and out.other_freeze_s < NEVER_STOPS, out
         assert out.extra["other_restarts"] == 0, out
+
+
+async def test_capped_link_gets_the_low_tier_alone_and_climbs_back(tmp_path: Path) -> None:
+    # grain on the test pattern: the top tier then needs its whole 800 kbit/s
+    async with fault_lab(tmp_path, noise=4) as lab:
+        out = await bandwidth_cap(lab, "p2", "p1", kbit=500, seconds=20.0)
+        show(out)
+        assert out.detect_s is not None and out.detect_s < 10, out
+        # settled: what arrived in the second half of the capped time fits the cap
+        # (transport bytes, so headers and audio count too), and frames kept coming
+        assert out.bitrate_during is not None and out.bitrate_during < 500_000, out
+        assert out.extra["fps_settled"] >= 15, out
+        # on the low tier, but for short tries of the top one (8 s after the move,
+        # then 16: back-off doubles)
+        assert out.extra["low_share"] >= 0.8, out
+        assert out.extra["tries_while_capped"] <= 2, out
+        # the other peer never left the top tier nor stopped
+        assert out.extra["other_sizes"] == [(WIDTH, HEIGHT)], out
+        assert out.extra["other_switches"] == 0, out
+        assert out.other_freeze_s is not None and out.other_freeze_s < NEVER_STOPS, out
+        # cap lifted: back on the full picture
+        assert out.recover_s is not None, out
+        assert out.bitrate_after is not None and out.bitrate_after > 600_000, out
+        assert out.extra["restarts"] == 0, out  # a slow link is not a dead path
 
 
 async def test_random_loss_keeps_video_decoding(tmp_path: Path) -> None:

@@ -35,6 +35,8 @@ from .peerproc import PeerProcess, RemoteView
 
 WIDTH, HEIGHT, FPS = 640, 360, 30
 MAX_BITRATE = 800_000
+# The automatic lower tier (half the size, a quarter of the rate): see VideoConfig.
+LOW_WIDTH, LOW_HEIGHT = WIDTH // 2, HEIGHT // 2
 MEDIA = f"""
 [video]
 source = "testpattern"
@@ -44,6 +46,7 @@ framerate = {FPS}
 codec = "h264"
 max_bitrate = {MAX_BITRATE}
 min_bitrate = 100000
+pattern_noise = {{noise}}
 
 [audio]
 source = "tone"
@@ -144,9 +147,14 @@ async def _start_turn(nursery: trio.Nursery, net: FaultNet, host: str,
 @asynccontextmanager
 async def fault_lab(
     directory: Path, *, peers: tuple[str, ...] = ("p1", "p2"), peers_config: str = "",
-    relay_only: bool = False, peer_args: dict[str, list[str]] | None = None,
+    relay_only: bool = False, peer_args: dict[str, list[str]] | None = None, noise: int = 0,
 ) -> AsyncIterator[Lab]:
-    """The whole set-up, torn down (processes, namespaces) however the block ends."""
+    """The whole set-up, torn down (processes, namespaces) however the block ends.
+
+    ``noise``: grain on the test pattern (video.pattern_noise), so that the
+    encoders spend their whole bitrate as with a camera (the plain pattern
+    needs a third of it, too little to fill a capped link).
+    """
     hosts = ["agent", *peers] + (["turn"] if relay_only else [])
     try:
         async with fault_net(hosts) as net, trio.open_nursery() as nursery:
@@ -173,7 +181,8 @@ async def fault_lab(
                 agent_dir = directory / "agent"
                 config = write_config(agent_dir, ws_url=server.ws_url, room_id=room_id,
                                       token=device_token, log_level="info",
-                                      extra=MEDIA + peers_config, ice=ice)
+                                      extra=MEDIA.format(noise=noise) + peers_config,
+                                      ice=ice)
                 agent = AgentProcess(config, command_prefix=net.exec_prefix("agent"))
                 await agent.start(nursery)
                 await agent.wait_for("room.joined", timeout=30)
@@ -350,3 +359,53 @@ async def relay(lab: Lab) -> Outcome:
         longest_freeze_s=view.longest_gap(b0, b1), bitrate_before=view.bitrate(b0, b1),
         extra={"pairs": {n: (e.get("ice_local"), e.get("ice_remote")) for n, e in pairs.items()},
                "connect_ms": {n: e.get("ms") for n, e in pairs.items()}})
+
+
+async def bandwidth_cap(lab: Lab, peer: str = "p2", other: str = "p1", kbit: int = 500,
+                        seconds: float = 20.0, climb_timeout: float = 60.0) -> Outcome:
+    """(b) ``peer``'s downlink capped at ``kbit`` kbit/s (tc tbf) for ``seconds``, then freed.
+
+    Detect: the cap's start -> the agent moved the peer to a lower tier.
+    Recover: the cap lifted -> the peer decodes the top tier's size again.
+    """
+    b0, b1 = await _steady(lab, 3.0)
+    mark = len(lab.agent.events)
+    pid, other_id = lab.peer_ids[peer], lab.peer_ids[other]
+    t_cap, trio_cap = time.time(), trio.current_time()
+    await lab.net.cap(peer, kbit)
+    moved = await lab.agent.wait_for("peer.tier_changed", since=mark, peer=pid,
+                                     timeout=seconds)
+    await trio.sleep_until(trio_cap + seconds)  # the fault's length
+    t_free, trio_free = time.time(), trio.current_time()
+    await lab.net.uncap(peer)
+    back = await lab.agent.wait_for("peer.tier_changed", since=mark, peer=pid, stream="h264",
+                                    where=lambda e: e["_t"] >= trio_free,
+                                    timeout=climb_timeout)
+    view, other_view = lab.view(peer), lab.view(other)
+    await lab.peers[peer].wait_until(lambda: view.size_at(time.time()) == (WIDTH, HEIGHT),
+                                     "the top tier's size again", timeout=10)
+    t_top = next(at for at, w, h in reversed(view.sizes) if (w, h) == (WIDTH, HEIGHT))
+    _a0, a1 = await _steady(lab, 3.0)
+    # the second half of the capped time: settled
+    settled = (t_cap + t_free) / 2
+    switches = lab.agent.find("peer.tier_changed", since=mark, peer=pid)
+    return Outcome(
+        f"b: {kbit} kbit/s cap {seconds:g} s", detect_s=moved["_t"] - trio_cap,
+        recover_s=t_top - t_free, frames=view.frames_between(t_cap, t_free),
+        longest_freeze_s=view.longest_gap(t_cap, t_free),
+        other_freeze_s=other_view.longest_gap(t_cap, a1),
+        bitrate_before=view.bitrate(b0, b1), bitrate_during=view.bitrate(settled, t_free),
+        bitrate_after=view.bitrate(t_top, a1),
+        extra={"cap_bps": kbit * 1000,
+               "fps_settled": round(view.frames_between(settled, t_free) / (t_free - settled), 1),
+               # tries of the top tier while capped are expected (and fail fast)
+               "low_share": round(view.share_of_size((LOW_WIDTH, LOW_HEIGHT),
+                                                     t_cap + moved["_t"] - trio_cap, t_free), 2),
+               "tries_while_capped": sum(1 for e in switches if e["stream"] == "h264"
+                                         and e["_t"] < trio_free),
+               "other_sizes": sorted(other_view.sizes_between(t_cap, a1)),
+               "other_switches": len(lab.agent.find("peer.tier_changed", since=mark,
+                                                    peer=other_id)),
+               "switches": [(round(e["_t"] - trio_cap, 1), e["stream"]) for e in switches],
+               "tier_decision_after_free_s": round(back["_t"] - trio_free, 2),
+               "restarts": len(lab.agent.find("peer.restarting", since=mark, peer=pid))})

@@ -176,8 +176,26 @@ class FaultNet:
         await self._nft("add", "rule", "bridge", TABLE, f"h_{host}", "numgen", "random", "mod",
                         "100", "<", str(int(percent)), "drop")
 
+    async def cap(self, host: str, kbit: int, burst_bytes: int = 16_000,
+                  latency_ms: int = 100) -> None:
+        """Limit what reaches ``host`` to ``kbit`` kbit/s (a token bucket on its port).
+
+        ``tc qdisc tbf`` on the bridge's end of the host's cable, so the
+        host's downlink — what it receives — is shaped: packets wait up to
+        ``latency_ms`` in the bucket's queue, then are dropped, as in front
+        of a slow access link.
+        """
+        await _run("ip", "netns", "exec", self.bridge_ns, "tc", "qdisc", "replace", "dev", host,
+                   "root", "tbf", "rate", f"{int(kbit)}kbit", "burst", str(int(burst_bytes)),
+                   "latency", f"{int(latency_ms)}ms")
+
+    async def uncap(self, host: str) -> None:
+        """Lift :meth:`cap` (nothing happens if the link was not capped)."""
+        await _run("ip", "netns", "exec", self.bridge_ns, "tc", "qdisc", "del", "dev", host,
+                   "root", check=False)
+
     async def clear(self, host: str) -> None:
-        """Back to a clean link."""
+        """Back to a clean link (drop rules; a :meth:`cap` stays until :meth:`uncap`)."""
         await self._nft("flush", "chain", "bridge", TABLE, f"h_{host}")
 
     async def close(self) -> None:

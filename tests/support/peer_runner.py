@@ -43,6 +43,7 @@ def emit(event: dict[str, Any]) -> None:
 
 async def report(peer: BrowserPeer, interval: float) -> None:
     sent_codes: dict[str, int] = {}
+    sent_sizes: dict[str, int] = {}
     sent_log = 0
     while True:
         peers: dict[str, Any] = {}
@@ -50,6 +51,8 @@ async def report(peer: BrowserPeer, interval: float) -> None:
             start = sent_codes.get(remote_id, 0)
             codes = rec.codes[start:]
             sent_codes[remote_id] = start + len(codes)
+            sizes = rec.size_changes[sent_sizes.get(remote_id, 0):]
+            sent_sizes[remote_id] = len(rec.size_changes)
             pc = peer.pcs.get(remote_id)
             try:
                 received = await peer.received_bytes(remote_id)
@@ -57,6 +60,7 @@ async def report(peer: BrowserPeer, interval: float) -> None:
                 received = None
             peers[remote_id] = {
                 "video": rec.video_frames, "audio": rec.audio_frames, "codes": codes,
+                "sizes": sizes,
                 "bytes": received, "state": pc.connectionState if pc is not None else None,
             }
         new_log, sent_log = peer.log[sent_log:], len(peer.log)

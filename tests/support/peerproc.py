@@ -33,6 +33,8 @@ class RemoteView:
     audio: int = 0
     codes: list[tuple[int, float, float]] = field(default_factory=list)  # counter, sent, recv ms
     bytes: list[tuple[float, int]] = field(default_factory=list)  # (wall s, transport bytes)
+    # (wall s, width, height): the first decoded frame's size and each change of it
+    sizes: list[tuple[float, int, int]] = field(default_factory=list)
     state: str | None = None
 
     def frame_times(self, t0: float = 0.0, t1: float = float("inf")) -> list[float]:
@@ -58,6 +60,23 @@ class RemoteView:
             return None
         total = sum((b2 - b1) if b2 >= b1 else b2 for (_t1, b1), (_t2, b2) in pairwise(samples))
         return total * 8 / (samples[-1][0] - samples[0][0])
+
+    def size_at(self, t: float) -> tuple[int, int] | None:
+        """The size of the frames decoded at wall time ``t``."""
+        before = [(w, h) for at, w, h in self.sizes if at <= t]
+        return before[-1] if before else None
+
+    def sizes_between(self, t0: float, t1: float) -> set[tuple[int, int]]:
+        """Every frame size decoded within [t0, t1]."""
+        now = self.size_at(t0)
+        return {*([now] if now else []), *((w, h) for at, w, h in self.sizes if t0 <= at <= t1)}
+
+    def share_of_size(self, size: tuple[int, int], t0: float, t1: float) -> float:
+        """The share of [t0, t1] during which frames of ``size`` were decoded."""
+        changes = [(t0, *(self.size_at(t0) or (0, 0)))] + [
+            (at, w, h) for at, w, h in self.sizes if t0 < at < t1] + [(t1, 0, 0)]
+        spent = sum(b[0] - a[0] for a, b in pairwise(changes) if (a[1], a[2]) == size)
+        return spent / (t1 - t0) if t1 > t0 else 0.0
 
     def latencies_ms(self, t0: float = 0.0, t1: float = float("inf")) -> list[float]:
         return [recv - sent for _c, sent, recv in self.codes if t0 <= recv / 1000 <= t1]
@@ -125,6 +144,8 @@ class PeerProcess:
                 view.codes.extend((int(c), float(s), float(v)) for c, s, v in r["codes"])
                 if r.get("bytes") is not None:
                     view.bytes.append((t, int(r["bytes"])))
+                view.sizes.extend((float(at) / 1000, int(w), int(h))
+                                  for at, w, h in r.get("sizes", []))
             self.log.extend(f"{t:.3f} {line}" for line in event.get("log", []))
 
     async def _read_stderr(self) -> None:

@@ -90,6 +90,9 @@ class Received:
     last_frame_at: float | None = None
     audio_samples: list[Any] = field(default_factory=list)
     codec: str | None = None
+    # (wall ms, width, height) of the first frame and of every change of size
+    size_changes: list[tuple[float, int, int]] = field(default_factory=list)
+    frame_times: list[float] = field(default_factory=list)  # wall ms of each video frame
 
 
 class BrowserPeer:
@@ -119,6 +122,9 @@ class BrowserPeer:
         self._consumers: set[asyncio.Future[None]] = set()
         self.log: list[str] = []
         self.signaling_connects = 0  # times joined over a (new) WebSocket
+        # Caps the REMB this peer's video receivers send, like a browser whose
+        # own estimate says its link is slow (None: aiortc's estimate as is).
+        self.remb_cap: int | None = None
         self._reconnecting = False
         self.reconnect_delay = RECONNECT_DELAY
 
@@ -161,6 +167,10 @@ class BrowserPeer:
 
         @pc.on("track")  # type: ignore[misc]
         def on_track(track: Any) -> None:
+            if track.kind == "video":
+                for transceiver in pc.getTransceivers():
+                    if transceiver.receiver.track is track:
+                        self._cap_remb(transceiver.receiver)
             task = asyncio.ensure_future(self._consume(peer_id, track, rec))
             self._consumers.add(task)
             task.add_done_callback(self._consumers.discard)
@@ -175,6 +185,21 @@ class BrowserPeer:
 
         return pc
 
+    def _cap_remb(self, receiver: Any) -> None:
+        """Make the REMB this receiver sends respect :attr:`remb_cap`."""
+        estimator = getattr(receiver, "_RTCRtpReceiver__remote_bitrate_estimator", None)
+        if estimator is None:
+            return
+        add = estimator.add
+
+        def capped_add(**kwargs: Any) -> Any:
+            remb = add(**kwargs)
+            if remb is None or self.remb_cap is None:
+                return remb
+            return min(remb[0], self.remb_cap), remb[1]
+
+        estimator.add = capped_add
+
     async def _consume(self, peer_id: str, track: Any, rec: Received) -> None:
         while True:
             try:
@@ -185,10 +210,14 @@ class BrowserPeer:
             if isinstance(frame, av.VideoFrame):
                 rec.video_frames += 1
                 rec.sizes.add((frame.width, frame.height))
+                rec.frame_times.append(now)
+                if not rec.size_changes or rec.size_changes[-1][1:] != (frame.width,
+                                                                        frame.height):
+                    rec.size_changes.append((now, frame.width, frame.height))
                 rec.first_frame_at = rec.first_frame_at or now
                 rec.last_frame_at = now
                 if self.read_codes:
-                    code = read_code(frame)
+                    code = read_code(frame, scales=(1, 2, 4))  # lower tiers are smaller
                     if code is not None:
                         rec.codes.append((code.counter, code.wall_ms, now))
             else:

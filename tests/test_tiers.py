@@ -1,0 +1,269 @@
+"""Quality tiers: the selector's rules, the lowest tier's floor, and real peers moving.
+
+The end-to-end test runs the real agent, the dev server and two aiortc
+receivers; one of them says its link is slow the way a browser does, with
+REMB (its receiver's estimate is capped), and must get the lower tier while
+the other keeps the full picture. The same under a real token-bucket cap is
+tests/faults (scenario b).
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from pathlib import Path
+
+import msgspec
+import pytest
+import trio
+from support.agent import AgentProcess, write_config
+from support.devserver import DevServer
+from support.glimpse_client import create_room, register
+from support.rtcpeer import BrowserPeer, Received
+
+from glimpse_edge.config import ConfigError, QualityTier, VideoConfig, load_config
+from glimpse_edge.media.hub import LOWEST_FPS, lowest_tier_rate
+from glimpse_edge.rtc.bandwidth import BandwidthEstimator, RateMeter
+from glimpse_edge.rtc.tiers import TierSelector, TierTuning, link_bps, video_budget
+
+TOP, LOW = 800_000, 200_000
+
+
+# -- the selector -----------------------------------------------------------------
+
+
+def test_a_congested_peer_moves_down_at_once_to_the_tier_its_budget_keeps() -> None:
+    sel = TierSelector([2_500_000, 1_200_000, 500_000])
+    assert sel.update(0.0, 2_400_000) is None and sel.tier == 0
+    assert sel.update(1.0, 1_000_000) == 1  # 1.0 M keeps 0.75 x 1.2 M
+    sel = TierSelector([2_500_000, 1_200_000, 500_000])
+    assert sel.update(1.0, 300_000) == 2  # straight to the bottom, no stop on the way
+    assert sel.update(2.0, 10_000) is None, "nothing below the lowest tier"
+
+
+def test_it_tries_the_tier_above_only_after_the_wait_and_backs_off_when_that_fails() -> None:
+    tuning = TierTuning(probe_initial=8.0, probe_max=32.0, trial_window=8.0)
+    sel = TierSelector([TOP, LOW], tuning)
+    assert sel.update(0.0, 100_000) == 1
+    # the budget is back at once, but the try waits for probe_wait
+    assert sel.update(7.9, TOP) is None
+    assert sel.update(8.0, TOP) == 0
+    # congestion 2 s into the try: back down, and the next wait is twice as long
+    assert sel.update(10.0, 300_000) == 1 and sel.failed_trials == 1
+    assert sel.probe_wait == 16.0
+    assert sel.update(25.9, TOP) is None and sel.update(26.0, TOP) == 0
+    assert sel.update(27.0, 100_000) == 1 and sel.probe_wait == 32.0
+    assert sel.update(60.0, 100_000) is None
+    assert sel.update(200.0, TOP) == 0
+    # this try holds for the trial window: the wait is reset
+    assert sel.update(208.0, TOP) is None and sel.probe_wait == 8.0
+    # a later drop is no failed try
+    assert sel.update(300.0, 100_000) == 1 and sel.probe_wait == 8.0
+
+
+def test_hysteresis_between_keeping_and_trying_a_tier() -> None:
+    sel = TierSelector([TOP, LOW], TierTuning(probe_initial=0.0))
+    keep, up = 0.75 * TOP, 0.95 * TOP
+    assert sel.update(0.0, int(keep)) is None and sel.tier == 0  # just kept
+    assert sel.update(1.0, int(keep) - 1) == 1
+    assert sel.update(2.0, int(up) - 1) is None and sel.tier == 1  # not enough to try
+    assert sel.update(3.0, int(up)) == 0
+
+
+def test_new_tiers_keep_the_position_within_the_new_list() -> None:
+    sel = TierSelector([TOP, 400_000, LOW])
+    sel.update(0.0, 10_000)
+    assert sel.tier == 2
+    sel.set_bitrates([TOP])
+    assert sel.tier == 0 and sel.update(1.0, 10_000) is None
+
+
+def test_budget_and_link_are_inverse_and_leave_room_for_audio() -> None:
+    assert video_budget(link_bps(TOP, True), True) in (TOP - 1, TOP)
+    assert video_budget(64_000, True) == 0 and video_budget(10, True) == 0
+    assert video_budget(1_000_000, False) > video_budget(1_000_000, True)
+
+
+# -- the lowest tier's floor ---------------------------------------------------------
+
+
+def test_the_lowest_tier_follows_its_worst_peer_then_lowers_its_frame_rate() -> None:
+    tier = QualityTier(width=320, height=180, bitrate=LOW)
+    assert lowest_tier_rate(tier, 30, 50_000, None) == (LOW, None)
+    assert lowest_tier_rate(tier, 30, 50_000, 10_000_000) == (LOW, None)
+    assert lowest_tier_rate(tier, 30, 50_000, 150_000) == (150_000, None)
+    assert lowest_tier_rate(tier, 30, 50_000, 100_000) == (100_000, None)  # the knee
+    bitrate, fps = lowest_tier_rate(tier, 30, 50_000, 60_000)
+    assert bitrate == 60_000 and fps == pytest.approx(18.0)
+    # below min_bitrate: the bitrate stops there, the frame rate goes on down to its floor
+    assert lowest_tier_rate(tier, 30, 50_000, 1_000) == (50_000, 15.0)
+    assert lowest_tier_rate(tier, 30, 10_000, 1_000)[1] == LOWEST_FPS
+
+
+# -- REMB: a cap only when the receiver asks for less than we send ------------------
+
+
+def test_a_remb_above_what_we_send_does_not_cap_the_estimate() -> None:
+    est = BandwidthEstimator(150_000, 2_500_000)
+    est.on_report(0.0, 0.0)
+    # a receiver on a low tier reports ~1.5x what reaches it: no complaint
+    assert est.on_remb(1.0, 330_000, sending_bps=220_000).estimate_bps == 2_500_000
+    assert est.remb_bps == 330_000
+    # below 0.8 x what we send: the receiver's queue grew, that caps
+    assert est.on_remb(2.0, 150_000, sending_bps=220_000).estimate_bps == 150_000
+    # unknown sending rate: a REMB caps, as before
+    est = BandwidthEstimator(150_000, 2_500_000)
+    assert est.on_remb(0.0, 400_000).estimate_bps == 400_000
+
+
+def test_after_a_rise_a_lagging_remb_is_no_complaint_but_a_falling_one_is() -> None:
+    est = BandwidthEstimator(150_000, 2_500_000)
+    est.on_report(0.0, 0.0)
+    assert est.on_remb(1.0, 330_000, sending_bps=220_000).estimate_bps == 2_500_000
+    est.expect_rise(2.0, 10.0)  # a try of the tier above: we now send 2 Mbit/s
+    assert est.on_remb(3.0, 356_000, sending_bps=2_000_000).estimate_bps == 2_500_000
+    assert est.on_remb(4.0, 384_000, sending_bps=2_000_000).estimate_bps == 2_500_000
+    assert est.on_remb(5.0, 300_000, sending_bps=2_000_000).estimate_bps == 300_000
+    # once the rise is over, the level counts again
+    est = BandwidthEstimator(150_000, 2_500_000)
+    est.expect_rise(0.0, 10.0)
+    est.on_remb(1.0, 500_000, sending_bps=2_000_000)
+    assert est.on_remb(11.0, 500_000, sending_bps=2_000_000).estimate_bps == 500_000
+
+
+def test_the_rate_meter_measures_a_window_and_restarts_with_a_new_counter() -> None:
+    meter = RateMeter(window=2.0)
+    assert meter.rate_bps() is None
+    for i in range(11):
+        meter.add(i * 0.5, i * 12_500)  # 25 kB/s
+    assert meter.rate_bps() == pytest.approx(200_000)
+    meter.add(6.0, 100)  # a smaller total: a new connection's counter
+    assert meter.rate_bps() is None
+
+
+# -- configuration -----------------------------------------------------------------------
+
+MINIMAL = '[server]\nws_url = "ws://127.0.0.1:1/ws"\n[auth]\ntoken_file = "token"\n' \
+    '[room]\nid = "lobby"\n'
+
+
+def test_auto_tiers_halve_the_picture_and_quarter_the_rate() -> None:
+    cfg = VideoConfig(width=1280, height=720, max_bitrate=2_500_000)
+    assert [(t.width, t.height, t.bitrate) for t in cfg.quality_tiers()] == [
+        (1280, 720, 2_500_000), (640, 360, 625_000)]
+    small = VideoConfig(width=240, height=136, max_bitrate=300_000)
+    assert len(small.quality_tiers()) == 1, "too small for a second encoder"
+    assert len(msgspec.structs.replace(cfg, tiers=[]).quality_tiers()) == 1
+
+
+@pytest.mark.parametrize(("tiers", "key", "reason"), [
+    ("[{ width = 1920, height = 1080, bitrate = 500000 }]", "video.tiers[0]", "larger"),
+    ("[{ width = 640, height = 360, bitrate = 3000000 }]", "video.tiers[0].bitrate",
+     "between"),
+    ("[{ width = 640, height = 360, bitrate = 500000 }, "
+     "{ width = 320, height = 180, bitrate = 500000 }]", "video.tiers", "same bitrate"),
+    ('"some"', "video.tiers", ""),
+])
+def test_bad_tiers_name_the_key(tmp_path: Path, tiers: str, key: str, reason: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(f"{MINIMAL}[video]\ntiers = {tiers}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert len(info.value.errors) == 1, str(info.value)
+    assert key in str(info.value) and reason in str(info.value), str(info.value)
+
+
+def test_explicit_tiers_come_out_best_first(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(MINIMAL + "[video]\ntiers = [{ width = 320, height = 180, bitrate = 300000 },\n"
+                    "         { width = 960, height = 540, bitrate = 1200000 }]\n")
+    tiers = load_config(path).video.quality_tiers()
+    assert [t.bitrate for t in tiers] == [2_500_000, 1_200_000, 300_000]
+
+
+# -- real peers ---------------------------------------------------------------------------
+
+WIDTH, HEIGHT = 640, 360
+MEDIA = f"""
+[video]
+source = "testpattern"
+width = {WIDTH}
+height = {HEIGHT}
+framerate = 30
+codec = "h264"
+max_bitrate = {TOP}
+min_bitrate = 50000
+
+[audio]
+source = "tone"
+
+[peers]
+offer_wait = 0.5
+"""
+LOW_SIZE = (WIDTH // 2, HEIGHT // 2)
+
+
+def fps_since(rec: Received, t_ms: float) -> float:
+    times = [t for t in rec.frame_times if t >= t_ms]
+    return 1000 * (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
+
+
+def longest_gap_ms(rec: Received, t0: float, t1: float) -> float:
+    times = [t for t in rec.frame_times if t0 <= t <= t1]
+    return max((b - a for a, b in pairwise(times)), default=0.0)
+
+
+async def test_a_peer_that_says_its_link_is_slow_gets_the_low_tier_alone(
+    devserver: DevServer, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    names = ("alice", "bob", "device", "owner")
+    accounts = {n: await register(devserver.api_url, n, f"{n}-password") for n in names}
+    room_id = await create_room(devserver.api_url, accounts["owner"][1], "Room")
+    device_id = accounts["device"][0]
+    agent = AgentProcess(write_config(tmp_path, ws_url=devserver.ws_url, room_id=room_id,
+                                      token=accounts["device"][1], log_level="info",
+                                      extra=MEDIA))
+    await agent.start(nursery)
+    await agent.wait_for("room.joined", timeout=20)
+    alice, bob = BrowserPeer("alice"), BrowserPeer("bob")
+    async with alice.joined(devserver.ws_url, accounts["alice"][1], room_id), \
+            bob.joined(devserver.ws_url, accounts["bob"][1], room_id):
+        got_alice = await alice.wait_frames(device_id, video=30)
+        got_bob = await bob.wait_frames(device_id, video=30)
+        assert got_bob.sizes == {(WIDTH, HEIGHT)}, got_bob.sizes
+
+        # 1. bob's receiver says 60 kbit/s: bob alone moves to the low tier, at a key
+        #    frame, without a gap; the low tier's rate follows him, then its frame rate
+        mark = len(agent.events)
+        bob.remb_cap = 60_000
+        changed = await agent.wait_for("peer.tier_changed", since=mark, peer=bob.user_id,
+                                       timeout=15)
+        assert changed["stream"] == f"h264/{LOW_SIZE[0]}x{LOW_SIZE[1]}", changed
+        await bob.wait_until(lambda: (*LOW_SIZE,) in got_bob.sizes, "the low tier's size", 10)
+        switched_at = next(t for t, w, h in got_bob.size_changes if (w, h) == LOW_SIZE)
+        adapted = await agent.wait_for("media.tier.adapted", since=mark, timeout=15,
+                                       where=lambda e: (e.get("max_fps") or 99) < 25)
+        n = got_bob.video_frames
+        await bob.wait_frames(device_id, video=n + 45)
+        fps = fps_since(got_bob, got_bob.frame_times[n])
+        assert 10 <= fps <= 22, (fps, adapted)
+        assert longest_gap_ms(got_bob, switched_at - 2000, switched_at + 2000) < 500, \
+            "the switch waits for the new stream's key frame: no freeze"
+        # alice never left the top tier
+        a0 = got_alice.video_frames
+        await alice.wait_frames(device_id, video=a0 + 30)
+        assert got_alice.sizes == {(WIDTH, HEIGHT)}, got_alice.size_changes
+        assert not agent.find("peer.tier_changed", peer=alice.user_id)
+        assert fps_since(got_alice, got_alice.frame_times[a0]) > 25
+
+        # 2. the cap is lifted: bob's estimate climbs, a try of the top tier holds
+        mark = len(agent.events)
+        bob.remb_cap = None
+        await agent.wait_for("peer.tier_changed", since=mark, peer=bob.user_id,
+                             stream="h264", timeout=60)
+        await bob.wait_until(lambda: got_bob.size_changes[-1][1:] == (WIDTH, HEIGHT),
+                             "the full size again", 10)
+        # the low tier's encoder stops once nobody needs it (after its idle time)
+        await agent.wait_for("media.encoder.stopped", since=mark, timeout=30)
+        await agent.stop()
+    errors = [e for e in agent.events if e.get("level") == "error"]
+    assert not errors, errors[:5]
