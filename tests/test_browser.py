@@ -24,6 +24,7 @@ height = 720
 framerate = 30
 codec = "h264"
 max_bitrate = 1500000
+pattern_noise = 4  # the encoder spends its whole rate, as with a camera
 
 [audio]
 source = "tone"
@@ -72,6 +73,10 @@ async def test_chromium_decodes_the_agents_h264_and_audio_across_agent_restart(
     # the browser offered its camera; the agent answered send-only
     assert peer["sent"] is None or not (peer["sent"].get("video") or {}).get("framesSent"), peer
     await page.screenshot(tmp_path / "viewer.png")
+    # a clean link: Chromium's receiver reports and REMB keep it on the top tier
+    await decodes_agent_video(page, device_id, frames=peer["video"]["framesDecoded"] + 150)
+    assert not agent.find("peer.tier_changed"), agent.find("peer.tier_changed")
+    assert agent.find("peer.bandwidth"), "its estimate was fed"
 
     # the agent restarts (as systemd would after an update): SIGTERM leaves
     # the room, the new process joins as a newcomer and the viewer calls it

@@ -95,6 +95,11 @@ class VideoEncoder:
         if bitrate != self.bitrate:
             self._want_bitrate = bitrate
 
+    @property
+    def target_bitrate(self) -> int:
+        """The bitrate asked for last (applied at the next frame, or already)."""
+        return self._want_bitrate or self.bitrate
+
     def set_max_fps(self, fps: float | None) -> None:
         """Encode at most ``fps`` frames a second (None: every frame the source gives).
 

@@ -530,7 +530,7 @@ class MediaHub:
         cfg, encoder = self.video_config, enc.encoder
         bitrate, fps = lowest_tier_rate(tiers[-1], cfg.framerate, cfg.min_bitrate,
                                         enc.stream.lowest_demand())
-        current = encoder._want_bitrate or encoder.bitrate
+        current = encoder.target_bitrate
         moved = abs(bitrate - current) >= ADAPT_CHANGE * current or (
             bitrate != current and bitrate in (tiers[-1].bitrate, cfg.min_bitrate))
         fps_moved = (fps is None) != (encoder.max_fps is None) or (
