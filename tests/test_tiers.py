@@ -9,6 +9,7 @@ tests/faults (scenario b).
 
 from __future__ import annotations
 
+import signal
 from itertools import pairwise
 from pathlib import Path
 
@@ -219,9 +220,9 @@ async def test_a_peer_that_says_its_link_is_slow_gets_the_low_tier_alone(
     accounts = {n: await register(devserver.api_url, n, f"{n}-password") for n in names}
     room_id = await create_room(devserver.api_url, accounts["owner"][1], "Room")
     device_id = accounts["device"][0]
-    agent = AgentProcess(write_config(tmp_path, ws_url=devserver.ws_url, room_id=room_id,
-                                      token=accounts["device"][1], log_level="info",
-                                      extra=MEDIA))
+    config = write_config(tmp_path, ws_url=devserver.ws_url, room_id=room_id,
+                          token=accounts["device"][1], log_level="info", extra=MEDIA)
+    agent = AgentProcess(config)
     await agent.start(nursery)
     await agent.wait_for("room.joined", timeout=20)
     alice, bob = BrowserPeer("alice"), BrowserPeer("bob")
@@ -255,7 +256,25 @@ async def test_a_peer_that_says_its_link_is_slow_gets_the_low_tier_alone(
         assert not agent.find("peer.tier_changed", peer=alice.user_id)
         assert fps_since(got_alice, got_alice.frame_times[a0]) > 25
 
-        # 2. the cap is lifted: bob's estimate climbs, a try of the top tier holds
+        # 2. a reload without lower tiers puts bob back on the one encoding at once;
+        #    with them again, his link sends him down again
+        dropin = config.parent / "config.d" / "50-tiers.toml"
+        dropin.parent.mkdir(exist_ok=True)
+        dropin.write_text("[video]\ntiers = []\n")
+        mark = len(agent.events)
+        agent.signal(signal.SIGHUP)
+        await agent.wait_for("config.reloaded", since=mark, timeout=10)
+        await agent.wait_for("peer.tier_changed", since=mark, peer=bob.user_id, stream="h264",
+                             timeout=10)
+        await bob.wait_until(lambda: got_bob.size_changes[-1][1:] == (WIDTH, HEIGHT),
+                             "the full size after the reload", 10)
+        dropin.unlink()
+        mark = len(agent.events)
+        agent.signal(signal.SIGHUP)
+        await agent.wait_for("peer.tier_changed", since=mark, peer=bob.user_id,
+                             stream=f"h264/{LOW_SIZE[0]}x{LOW_SIZE[1]}", timeout=15)
+
+        # 3. the cap is lifted: bob's estimate climbs, a try of the top tier holds
         mark = len(agent.events)
         bob.remb_cap = None
         await agent.wait_for("peer.tier_changed", since=mark, peer=bob.user_id,
