@@ -9,10 +9,13 @@ tests/faults (scenario b).
 
 from __future__ import annotations
 
+import asyncio
 import signal
+from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
 
+import av
 import msgspec
 import pytest
 import trio
@@ -22,9 +25,11 @@ from support.glimpse_client import create_room, register
 from support.rtcpeer import BrowserPeer, Received
 
 from glimpse_edge.config import ConfigError, QualityTier, VideoConfig, load_config
+from glimpse_edge.media.fanout import PacketQueue, PacketStream
 from glimpse_edge.media.hub import LOWEST_FPS, lowest_tier_rate
 from glimpse_edge.rtc.bandwidth import BandwidthEstimator, RateMeter
 from glimpse_edge.rtc.tiers import TierSelector, TierTuning, link_bps, video_budget
+from glimpse_edge.rtc.tracks import PacketTrack
 
 TOP, LOW = 800_000, 200_000
 
@@ -139,6 +144,56 @@ def test_the_rate_meter_measures_a_window_and_restarts_with_a_new_counter() -> N
     assert meter.rate_bps() == pytest.approx(200_000)
     meter.add(6.0, 100)  # a smaller total: a new connection's counter
     assert meter.rate_bps() is None
+
+
+# -- a track moving between streams -------------------------------------------------------
+
+
+def packet(pts: int, key: bool = False) -> av.Packet:
+    out = av.Packet(b"\0" * 100)
+    out.pts, out.is_keyframe = pts, key
+    return out
+
+
+def test_a_track_switches_at_a_key_frame_of_a_picture_it_has_not_sent() -> None:
+    async def scenario() -> None:
+        top, low = PacketStream("video", "top", 30), PacketStream("video", "low", 30)
+        released: list[str] = []
+
+        def release(stream: PacketStream, name: str) -> Callable[[PacketQueue], None]:
+            def unsubscribe(queue: PacketQueue) -> None:
+                stream.unsubscribe(queue)
+                released.append(name)
+            return unsubscribe
+
+        track = PacketTrack("video")
+        track.bind(top.subscribe("peer"), release(top, "top"))
+        top.publish(packet(0, key=True))
+        top.publish(packet(1))
+        assert [(await track.recv()).pts for _ in range(2)] == [0, 1]
+        track.switch(low.subscribe("peer"), release(low, "low"))
+        # the new stream's first packets are not key frames: dropped there, old goes on
+        low.publish(packet(2))
+        top.publish(packet(2))
+        assert (await track.recv()).pts == 2 and track.pending is not None
+        # a key frame of a picture already sent is no place to switch: a later one is
+        low.publish(packet(2, key=True))
+        top.publish(packet(3))
+        assert (await track.recv()).pts == 3 and track.pending is not None
+        # both streams' packets of picture 4, published together: the new key
+        # frame takes the old packet's place
+        top.publish(packet(4))
+        low.publish(packet(4, key=True))
+        got = await track.recv()
+        assert (got.pts, got.is_keyframe) == (4, True)
+        assert track.pending is None and released == ["top"] and top.subscribers == 0
+        assert track.delivered == 5 and track.switches == 1
+        # a switch cancelled before its key frame came releases its queue
+        track.switch(top.subscribe("peer"), release(top, "top again"))
+        track.cancel_switch()
+        assert released == ["top", "top again"] and top.subscribers == 0
+
+    asyncio.run(scenario())
 
 
 # -- configuration -----------------------------------------------------------------------

@@ -699,8 +699,12 @@ class PeerSession:
             return
         stream = self.hub.video_stream(conn.codec, tier)  # type: ignore[arg-type]
         current = self._video_stream(conn)
-        if stream is None or stream is current:
+        if stream is current:  # back where it is before a switch completed
+            track.cancel_switch()
             return
+        if stream is None or any(s is stream and q is track.pending
+                                 for s, q in conn.subscriptions):
+            return  # already on its way there
         queue = stream.subscribe(f"{self.participant.username}/{stream.name}")
         queue.demand_bps = next((q.demand_bps for s, q in conn.subscriptions
                                  if s is current), None)

@@ -79,10 +79,20 @@ class PacketTrack(MediaStreamTrack):
         if self._queue is None:
             self.bind(queue, release)
             return
-        if self._next is not None:  # a switch that never completed
-            pending, pending_release = self._next
-            pending_release(pending)
+        self.cancel_switch()  # one that never completed
         self._next = (queue, release)
+
+    @property
+    def pending(self) -> PacketQueue | None:
+        """The queue of a switch waiting for its key frame, if any."""
+        return self._next[0] if self._next is not None else None
+
+    def cancel_switch(self) -> None:
+        """Stay on the current queue after all (releases the pending one)."""
+        if self._next is not None:
+            pending, release = self._next
+            self._next = None
+            release(pending)
 
     def _take_next(self) -> bool:
         """Swap to the queued switch if its key frame is there; True if swapped."""
@@ -141,10 +151,7 @@ class PacketTrack(MediaStreamTrack):
 
     def stop(self) -> None:
         super().stop()
-        if self._next is not None:
-            pending, release = self._next
-            self._next = None
-            release(pending)
+        self.cancel_switch()
 
 
 class FrameTrack(MediaStreamTrack):
