@@ -51,12 +51,16 @@ class VideoEncoder:
         framerate: int,
         bitrate: int,
         keyframe_interval: float = 2.0,
+        preset: str | None = None,
     ) -> None:
+        """``preset``: libx264's, instead of the size-based default (ultrafast above
+        640x480, veryfast up to it); lower quality tiers take a cheaper one."""
         self.codec: VideoCodec = codec
         self.width = width
         self.height = height
         self.framerate = framerate
         self.bitrate = bitrate
+        self.preset = preset or ("ultrafast" if width * height > 640 * 480 else "veryfast")
         # libx264's VBV ceiling (maxrate): the first bitrate, or a higher one asked for
         # later; lower rates are applied in place beneath it
         self.ceiling = bitrate
@@ -128,7 +132,7 @@ class VideoEncoder:
             # bit_rate on the open context is applied by libx264 in place.
             buf = max(self.ceiling // 2, 50_000)
             ctx.options = {
-                "preset": "ultrafast" if self.width * self.height > 640 * 480 else "veryfast",
+                "preset": self.preset,
                 "tune": "zerolatency",
                 "profile": "baseline",
                 "maxrate": str(self.ceiling),
