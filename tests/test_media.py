@@ -9,32 +9,22 @@ from pathlib import Path
 import numpy as np
 import psutil
 import trio
-from support.agent import AgentProcess, write_config
+from support.agent import (
+    STREAMING_HEIGHT,
+    STREAMING_MEDIA,
+    STREAMING_WIDTH,
+    AgentProcess,
+    write_config,
+)
 from support.alsa import AlsaTestDevices, dominant_frequency
 from support.devserver import DevServer
 from support.glimpse_client import GlimpseClient, create_room, register
 from support.rtcpeer import BrowserPeer
 
 JOIN_TIMEOUT = 20.0
-WIDTH, HEIGHT = 640, 360
+WIDTH, HEIGHT = STREAMING_WIDTH, STREAMING_HEIGHT
 
-MEDIA = f"""
-[video]
-source = "testpattern"
-width = {WIDTH}
-height = {HEIGHT}
-framerate = 30
-codec = "h264"
-max_bitrate = 800000
-
-[audio]
-source = "tone"
-
-[peers]
-offer_wait = 0.5
-connect_timeout = 6.0
-dead_after = 3.0
-"""
+MEDIA = STREAMING_MEDIA
 
 
 async def _account(server: DevServer, name: str) -> tuple[str, str]:

@@ -26,7 +26,14 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
-from support.agent import AgentProcess, write_config
+from support.agent import (
+    STREAMING_HEIGHT,
+    STREAMING_MAX_BITRATE,
+    STREAMING_MEDIA,
+    STREAMING_WIDTH,
+    AgentProcess,
+    write_config,
+)
 from support.devserver import DevServer
 from support.glimpse_client import create_room, register
 from support.rtcpeer import BrowserPeer
@@ -43,27 +50,11 @@ from glimpse_edge.rtc.tiers import link_bps
 from glimpse_edge.systemd import Notifier
 
 JOIN_TIMEOUT = 20.0
-WIDTH, HEIGHT = 640, 360
-MAX_BITRATE = 800_000
+WIDTH, HEIGHT = STREAMING_WIDTH, STREAMING_HEIGHT
+MAX_BITRATE = STREAMING_MAX_BITRATE
 TOP_TIER = f"{WIDTH}x{HEIGHT}"  # the tier label: its picture size
 
-MEDIA = f"""
-[video]
-source = "testpattern"
-width = {WIDTH}
-height = {HEIGHT}
-framerate = 30
-codec = "h264"
-max_bitrate = {MAX_BITRATE}
-
-[audio]
-source = "tone"
-
-[peers]
-offer_wait = 0.5
-connect_timeout = 6.0
-dead_after = 3.0
-"""
+MEDIA = STREAMING_MEDIA
 
 # For tests about the endpoint itself: as little media work as the config allows.
 LIGHT_MEDIA = """

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from support.agent import AgentProcess, write_config, write_secret
+from support.agent import STREAMING_MEDIA, AgentProcess, write_config, write_secret
 from support.devserver import DevServer
 from support.glimpse_client import create_room, register
 from support.netproxy import FreezableProxy
@@ -35,23 +35,7 @@ from glimpse_edge.media.source import AudioSource
 
 JOIN_TIMEOUT = 20.0
 
-MEDIA = """
-[video]
-source = "testpattern"
-width = 640
-height = 360
-framerate = 30
-codec = "h264"
-max_bitrate = 800000
-
-[audio]
-source = "tone"
-
-[peers]
-offer_wait = 0.5
-connect_timeout = 6.0
-dead_after = 3.0
-"""
+MEDIA = STREAMING_MEDIA  # 640x360 H.264 and a tone
 
 
 class NotifySocket:

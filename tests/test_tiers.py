@@ -19,7 +19,14 @@ import av
 import msgspec
 import pytest
 import trio
-from support.agent import AgentProcess, write_config
+from support.agent import (
+    STREAMING_HEIGHT,
+    STREAMING_MAX_BITRATE,
+    STREAMING_MEDIA,
+    STREAMING_WIDTH,
+    AgentProcess,
+    write_config,
+)
 from support.devserver import DevServer
 from support.glimpse_client import create_room, register
 from support.rtcpeer import BrowserPeer, Received
@@ -238,23 +245,10 @@ def test_explicit_tiers_come_out_best_first(tmp_path: Path) -> None:
 
 # -- real peers ---------------------------------------------------------------------------
 
-WIDTH, HEIGHT = 640, 360
-MEDIA = f"""
-[video]
-source = "testpattern"
-width = {WIDTH}
-height = {HEIGHT}
-framerate = 30
-codec = "h264"
-max_bitrate = {TOP}
-min_bitrate = 50000
-
-[audio]
-source = "tone"
-
-[peers]
-offer_wait = 0.5
-"""
+WIDTH, HEIGHT = STREAMING_WIDTH, STREAMING_HEIGHT
+# a floor low enough for the lowest tier to show its frame-rate rule
+MEDIA = STREAMING_MEDIA.replace("[video]\n", "[video]\nmin_bitrate = 50000\n")
+assert TOP == STREAMING_MAX_BITRATE
 LOW_SIZE = (WIDTH // 2, HEIGHT // 2)
 
 

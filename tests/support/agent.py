@@ -22,6 +22,27 @@ import trio
 
 Event = dict[str, Any]
 
+# The usual streaming setup of the media tests: 640x360 H.264 up to 800 kbit/s and a
+# tone, with peer timings short enough for tests.
+STREAMING_WIDTH, STREAMING_HEIGHT, STREAMING_MAX_BITRATE = 640, 360, 800_000
+STREAMING_MEDIA = f"""
+[video]
+source = "testpattern"
+width = {STREAMING_WIDTH}
+height = {STREAMING_HEIGHT}
+framerate = 30
+codec = "h264"
+max_bitrate = {STREAMING_MAX_BITRATE}
+
+[audio]
+source = "tone"
+
+[peers]
+offer_wait = 0.5
+connect_timeout = 6.0
+dead_after = 3.0
+"""
+
 # A light media setup for tests that churn many peers: small H.264, no audio.
 LIGHT_MEDIA = """
 [video]

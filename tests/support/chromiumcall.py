@@ -38,10 +38,8 @@ from typing import Any
 
 import trio
 
-from glimpse_edge.supervise import sole_exception
-
 from .browser import CHROMIUM, CHROMIUM_ARGS, ViewerPage, open_browser, viewer_url
-from .devserver import DevServerProcess
+from .devserver import DevServerProcess, devserver_process
 from .glimpse_client import create_room, register
 from .netns import FaultNet, fault_net
 
@@ -161,39 +159,28 @@ async def chromium_call(directory: Path, fake_fps: int = 30) -> AsyncIterator[Ca
     await trio.Path(directory).mkdir(parents=True, exist_ok=True)
     args = [a for a in CHROMIUM_ARGS if a != "--use-fake-device-for-media-stream"]
     args.append(f"--use-fake-device-for-media-stream=fps={fake_fps}")
-    try:
-        async with fault_net([SENDER, RECEIVER]) as net, trio.open_nursery() as nursery:
-            server = DevServerProcess(nursery, directory / "glimpse.db", host=net.root_address)
-            try:
-                await server.start()
-                api = server.api_url
-                _owner, owner_token = await register(api, "owner", PASSWORD)
-                for user in (SENDER, RECEIVER):
-                    await register(api, user, PASSWORD)
-                room_id = await create_room(api, owner_token, "Chromium reference")
-                # getUserMedia needs a secure context; http://10.77.N.254 is not one
-                args.append(f"--unsafely-treat-insecure-origin-as-secure={api}")
-                async with open_browser(executable=_wrapper(directory, net, SENDER),
-                                        args=args) as b1, \
-                        open_browser(executable=_wrapper(directory, net, RECEIVER),
-                                     args=args) as b2:
-                    url = viewer_url(server.server)
-                    receiver = await b2.open_viewer(url, RECEIVER)
-                    sender = await b1.open_viewer(url, SENDER)
-                    # the receiver is in the room first; it calls the sender when it joins
-                    await _join(receiver, RECEIVER, room_id, send=False)
-                    await _join(sender, SENDER, room_id, send=True)
-                    await receiver.wait_for(
-                        "s => Object.values(s.peers).some(p => p.video.framesDecoded > 30)",
-                        MEDIA_TIMEOUT, what="c2 to decode c1's camera")
-                    agent = await sender.evaluate("navigator.userAgent")
-                    yield CallLab(net, server, sender, receiver, str(agent))
-            finally:
-                with trio.CancelScope(shield=True):
-                    await server.kill()
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        raise sole_exception(group) from None
+    async with fault_net([SENDER, RECEIVER]) as net, \
+            devserver_process(directory / "glimpse.db", host=net.root_address) as server:
+        api = server.api_url
+        _owner, owner_token = await register(api, "owner", PASSWORD)
+        for user in (SENDER, RECEIVER):
+            await register(api, user, PASSWORD)
+        room_id = await create_room(api, owner_token, "Chromium reference")
+        # getUserMedia needs a secure context; http://10.77.N.254 is not one
+        args.append(f"--unsafely-treat-insecure-origin-as-secure={api}")
+        async with open_browser(executable=_wrapper(directory, net, SENDER), args=args) as b1, \
+                open_browser(executable=_wrapper(directory, net, RECEIVER), args=args) as b2:
+            url = viewer_url(server.server)
+            receiver = await b2.open_viewer(url, RECEIVER)
+            sender = await b1.open_viewer(url, SENDER)
+            # the receiver is in the room first; it calls the sender when it joins
+            await _join(receiver, RECEIVER, room_id, send=False)
+            await _join(sender, SENDER, room_id, send=True)
+            await receiver.wait_for(
+                "s => Object.values(s.peers).some(p => p.video.framesDecoded > 30)",
+                MEDIA_TIMEOUT, what="c2 to decode c1's camera")
+            agent = await sender.evaluate("navigator.userAgent")
+            yield CallLab(net, server, sender, receiver, str(agent))
 
 
 # -- measuring -------------------------------------------------------------------
