@@ -313,8 +313,15 @@ class BrowserPeer:
             elif signal_type == "answer":
                 pc = self.pcs.get(peer_id)
                 if pc is not None and pc.signalingState == "have-local-offer":
-                    await aio_as_trio(pc.setRemoteDescription)(
-                        RTCSessionDescription(signal["sdp"], "answer"))
+                    try:
+                        await aio_as_trio(pc.setRemoteDescription)(
+                            RTCSessionDescription(signal["sdp"], "answer"))
+                    except Exception as exc:
+                        # a browser logs a failed answer; it is only harmless if
+                        # the connection was closed or replaced meanwhile
+                        if pc is self.pcs.get(peer_id) and pc.signalingState != "closed":
+                            raise
+                        self.log.append(f"{peer_id[:6]} late answer ignored: {exc!r}")
         await self._notify()
 
     async def _receive_loop(self) -> None:
