@@ -295,6 +295,8 @@ async def test_a_peer_that_says_its_link_is_slow_gets_the_low_tier_alone(
         n = got_bob.video_frames
         await bob.wait_frames(device_id, video=n + 45)
         fps = fps_since(got_bob, got_bob.frame_times[n])
+        print(f"low tier adapted to {adapted['bitrate']} bit/s at {adapted['max_fps']} fps; "
+              f"bob decoded {fps:.1f} fps")
         assert 10 <= fps <= 22, (fps, adapted)
         assert longest_gap_ms(got_bob, switched_at - 2000, switched_at + 2000) < 500, \
             "the switch waits for the new stream's key frame: no freeze"
