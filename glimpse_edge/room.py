@@ -69,6 +69,10 @@ class Room:
     def participants(self) -> list[Participant]:
         return list(self._participants.values())
 
+    def get(self, user_id: str) -> Participant | None:
+        """The participant with this id, if the room model lists them."""
+        return self._participants.get(user_id)
+
     def subscribe(self) -> trio.MemoryReceiveChannel[RoomEvent]:
         """A channel of every later event; close it to unsubscribe."""
         send, recv = trio.open_memory_channel[RoomEvent](self._buffer)

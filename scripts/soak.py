@@ -21,10 +21,14 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
+import os
 import re
+import shutil
+import socket
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -68,10 +72,19 @@ class Soak:
         self.t0 = 0.0
         self._names = itertools.count()
         self.baseline: dict[str, float] = {}
+        self.agent_log: Path | None = None
+        self.http: httpx.AsyncClient | None = None
+        self.fds_baseline: list[str] = []
+        self.fds_final: list[str] = []
         self.final: dict[str, float] = {}
 
     async def main(self, workdir: Path) -> bool:
-        async with open_aio_loop():  # aiortc peers need the trio-asyncio loop
+        # One keep-alive connection for every sample: the observe server (hypercorn)
+        # keeps a closed client's connection task and socket for its keep-alive
+        # timeout (5 s), so a new connection per sample counted the sampler's own
+        # earlier requests (+1 fd, +2 Trio tasks each) in whatever came next.
+        async with open_aio_loop(), httpx.AsyncClient() as http:  # aiortc needs the loop
+            self.http = http
             try:
                 return await self.run(workdir)
             except Exception as exc:  # the soak itself broke: keep what was sampled
@@ -95,6 +108,7 @@ class Soak:
             config.write_text(config.read_text().replace(
                 '[observe]\nlisten = ""', '[observe]\nlisten = "127.0.0.1:0"'))
             agent = AgentProcess(config)
+            self.agent_log = agent.log_path  # copied into --out: the workdir goes away
             await agent.start(nursery)
             listening = await agent.wait_for("observe.listening", timeout=20)
             self.metrics_url = f"http://127.0.0.1:{listening['port']}/metrics"
@@ -109,12 +123,14 @@ class Soak:
                 await self._phase(args.warmup, agent, steady, device_id, server, room_id,
                                   garbage_token)
                 self.baseline = await self._quiet(agent, steady, device_id)
+                self.fds_baseline = fd_table(agent.pid)
                 await self._phase(args.minutes * 60 - args.warmup, agent, steady, device_id,
                                   server, room_id, garbage_token)
                 self.final = await self._quiet(agent, steady, device_id)
+                self.fds_final = fd_table(agent.pid)
             await agent.stop()
             errors = [e for e in agent.events if e.get("level") == "error"]
-            print(f"agent error lines: {len(errors)}; log: {agent.log_path}")
+            print(f"agent error lines: {len(errors)}; log: {Path(args.out) / 'agent.log'}")
             nursery.cancel_scope.cancel()
         return self._report()
 
@@ -194,9 +210,12 @@ class Soak:
     async def _sample_async(self, agent: AgentProcess, steady: BrowserPeer,
                             device_id: str) -> None:
         gauges: dict[str, float] = {}
+        assert self.http is not None
         try:
-            async with httpx.AsyncClient() as http:
-                text = (await http.get(self.metrics_url, timeout=5)).text
+            # shielded: a request cut off by the end of a phase would drop the
+            # connection, and the next sample would count the dropped one too
+            with trio.CancelScope(shield=True):
+                text = (await self.http.get(self.metrics_url, timeout=5)).text
             for name in ("glimpse_edge_trio_tasks", "glimpse_edge_asyncio_tasks"):
                 match = re.search(rf"^{name} (\S+)$", text, re.M)
                 gauges[name] = float(match.group(1)) if match else float("nan")
@@ -220,6 +239,8 @@ class Soak:
         args, rows = self.args, self.rows
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
+        if self.agent_log is not None and self.agent_log.exists():
+            shutil.copyfile(self.agent_log, out / "agent.log")  # which peers, and why
         with (out / "soak.csv").open("w", newline="") as f:
             writer = csv.DictWriter(f, FIELDS)
             writer.writeheader()
@@ -239,6 +260,14 @@ class Soak:
         if rss_growth >= args.rss_limit:
             print(f"FAIL: RSS grew {rss_growth:.1f} MB after warm-up (limit {args.rss_limit})")
             ok = False
+        (out / "fds.txt").write_text(
+            "after warm-up:\n" + "\n".join(self.fds_baseline)
+            + "\n\nat the end:\n" + "\n".join(self.fds_final) + "\n")
+        added = Counter(kind for _fd, kind in map(_split_fd, self.fds_final))
+        added.subtract(kind for _fd, kind in map(_split_fd, self.fds_baseline))
+        if any(n > 0 for n in added.values()):
+            print("fds held at the end, not after warm-up (all in fds.txt):",
+                  {k: n for k, n in added.items() if n > 0})
         for key in ("fds", "trio_tasks", "asyncio_tasks", "peers"):
             print(f"{key}: start {rows[0][key]:.0f}, quiet after warm-up {first[key]:.0f}, "
                   f"quiet at the end {last[key]:.0f}, max under churn "
@@ -287,6 +316,36 @@ class Soak:
         fig.tight_layout()
         fig.savefig(path, dpi=90)
         plt.close(fig)
+
+
+def fd_table(pid: int) -> list[str]:
+    """What each open fd of ``pid`` is ("12: TCP ESTABLISHED 127.0.0.1:1 -> ...")."""
+    process = psutil.Process(pid)
+    try:
+        sockets = {c.fd: c for c in process.net_connections(kind="all")}
+    except psutil.Error:
+        sockets = {}
+    rows = []
+    for name in sorted(os.listdir(f"/proc/{pid}/fd"), key=int):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue  # closed meanwhile
+        conn = sockets.get(int(name))
+        if conn is not None:
+            kind = {socket.SOCK_STREAM: "TCP", socket.SOCK_DGRAM: "UDP"}.get(conn.type, "?")
+            if conn.family == socket.AF_UNIX:
+                kind = "UNIX"
+            remote = f"{conn.raddr.ip}:{conn.raddr.port}" if conn.raddr else "-"
+            target = f"{kind} {conn.status} -> {remote}"
+        rows.append(f"{name}: {target}")
+    return rows
+
+
+def _split_fd(row: str) -> tuple[str, str]:
+    fd, _, kind = row.partition(": ")
+    # ephemeral peer ports and inode numbers differ between the two moments
+    return fd, re.sub(r"(:\d+$)|(\[\d+\])", "", kind)
 
 
 def main() -> int:

@@ -9,11 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jwt
+import pytest
 import trio
-from support.agent import AgentProcess, write_config, write_secret
+from support.agent import LIGHT_MEDIA, AgentProcess, write_config, write_secret
 from support.devserver import DevServer, devserver_process
 from support.glimpse_client import GlimpseClient, create_room, register
 from support.netproxy import FreezableProxy, SilentListener
+from support.rtcpeer import BrowserPeer
+
+from glimpse_edge.rtc.manager import KEPT_GRACE
 
 # Generous bounds: CI machines are slow and shared; these are not benchmarks.
 JOIN_TIMEOUT = 20.0
@@ -98,6 +102,95 @@ async def test_reconnects_and_rejoins_after_server_restart(
         assert max(rejoin_seconds) < 1.0 + 2.0, rejoin_seconds
         print(f"re-join after server restart: median {statistics.median(rejoin_seconds):.3f} s,"
               f" all {[round(s, 3) for s in rejoin_seconds]}")
+
+
+@pytest.mark.timeout(120)
+async def test_participant_gone_in_a_server_restart_is_not_streamed_to_forever(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """Issue 9: a kept session ends once a fresh list still does not name its participant.
+
+    zed's signaling dies with the server and never comes back, but zed's peer
+    connection stays open (a browser tab whose socket is gone, or a client
+    that could not send its leave_room): after the agent's re-join the room
+    does not list zed, but media still flows, so the session is kept ("peer.kept").
+    No user_joined or user_left will ever come for zed: without a bound, the
+    session (its connection, tasks, fds, and a camera feed to someone who is
+    not in the room) lived as long as zed's connection. bob's signaling comes
+    back after the restart: his session is kept, or listed, and never ended.
+    Both are new members of the room, announced to the agent by user_joined.
+    """
+    async with devserver_process(tmp_path / "glimpse.db") as server:
+        scene = await make_scene(server.server)
+        _bob_id, bob_token = await register(server.api_url, "bob", "bob-password")
+        _zed_id, zed_token = await register(server.api_url, "zed", "zed-password")
+        agent = AgentProcess(write_config(
+            tmp_path / "agent", ws_url=server.ws_url, room_id=scene.room_id,
+            token=scene.device_token, log_level="info", extra=LIGHT_MEDIA,
+            server={"reconnect_min": 0.2, "reconnect_max": 1.0}))
+        await agent.start(nursery)
+        await agent.wait_for("room.joined", timeout=JOIN_TIMEOUT)
+        bob, zed = BrowserPeer("bob"), BrowserPeer("zed")
+        bob.reconnect_delay = 1.0
+        zed.reconnect_delay = 3600.0  # its signaling never returns; its connection stays
+        async with bob.joined(server.ws_url, bob_token, scene.room_id, reconnect=True), \
+                zed.joined(server.ws_url, zed_token, scene.room_id, reconnect=True):
+            await bob.wait_frames(scene.device_id, video=15)
+            await zed.wait_frames(scene.device_id, video=15)
+            connects = bob.signaling_connects
+            mark = len(agent.events)
+            await server.kill()
+            await agent.wait_for("signaling.reconnecting", since=mark)
+            await server.start()
+            await agent.wait_for("room.joined", since=mark, timeout=JOIN_TIMEOUT)
+            await agent.wait_for("peer.kept", since=mark, peer=zed.user_id)
+            frames = zed.received[scene.device_id].video_frames
+            await zed.wait_frames(scene.device_id, video=frames + 15)  # media still flows
+            # after KEPT_GRACE the agent asks for the list again: without zed, it ends
+            removing = await agent.wait_for("peer.removing", since=mark, peer=zed.user_id,
+                                            timeout=KEPT_GRACE + JOIN_TIMEOUT)
+            assert removing["reason"] == "not listed after grace", removing
+            removed = await agent.wait_for("peer.removed", since=mark, peer=zed.user_id)
+            assert removed["peers"] == 1, removed  # bob's session only
+            # bob came back: his connection was never ended, and he still receives
+            await bob.wait_until(lambda: bob.signaling_connects > connects,
+                                 "bob back in the room")
+            frames = bob.received[scene.device_id].video_frames
+            await bob.wait_frames(scene.device_id, video=frames + 15)
+            assert not agent.find("peer.removing", since=mark, peer=bob.user_id)
+            assert not agent.find("peer.gone", since=mark, peer=bob.user_id)
+            assert not agent.find("peer.offering", since=mark, peer=bob.user_id)
+        await agent.stop()
+
+
+@pytest.mark.timeout(120)
+async def test_member_who_comes_back_after_our_join_is_reached(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """A returning member is announced to nobody: the agent asks for the list again.
+
+    alice created the room, so she is a member before she ever joins: when she
+    comes online after the agent's join, the agent gets no user_joined, and
+    this client (like one whose own offer was lost while the server was down)
+    does not offer. KEPT_GRACE after its join the agent asks for the list
+    again, finds her, and offers.
+    """
+    async with devserver_process(tmp_path / "glimpse.db") as server:
+        scene = await make_scene(server.server)
+        agent = AgentProcess(write_config(
+            tmp_path / "agent", ws_url=server.ws_url, room_id=scene.room_id,
+            token=scene.device_token, log_level="info", extra=LIGHT_MEDIA))
+        await agent.start(nursery)
+        joined = await agent.wait_for("room.joined", timeout=JOIN_TIMEOUT)
+        assert joined["participants"] == 0
+        alice = BrowserPeer("alice")
+        async with alice.joined(server.ws_url, scene.alice_token, scene.room_id):
+            recheck = await agent.wait_for("room.recheck", timeout=KEPT_GRACE + JOIN_TIMEOUT)
+            assert recheck["after_join"] and recheck["asked"], recheck
+            added = await agent.wait_for("peer.added", peer=alice.user_id)
+            assert added["mode"] == "wait", added
+            await alice.wait_frames(scene.device_id, video=15)
+        await agent.stop()
 
 
 async def test_handshake_that_never_completes_is_backed_off(

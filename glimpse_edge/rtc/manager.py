@@ -7,7 +7,17 @@ The manager turns room events and incoming signals into PeerSession tasks:
 - a participant found by reconciliation after a (re-)join gets
   ``offer_wait`` seconds to offer first, then we offer;
 - an offer from someone we have no session with starts one that answers;
-- ``user_left`` / ``user_offline`` end the session and free what it held.
+- ``user_left`` / ``user_offline`` end the session and free what it held;
+- a participant the room no longer lists after our re-join, but whose media
+  still flows, is *kept* (everyone reconnects in their own time after a server
+  restart), for ``KEPT_GRACE`` seconds: then the manager asks for the list again
+  (``join_room`` once more: a member gets ``room_joined`` and nobody else is
+  told) and ends the session if they are still not listed. Nothing else would
+  ever end it: a member who comes back produces no ``user_joined``, one who
+  never comes back no ``user_left``, and a remote whose signaling died with
+  the server may keep its connection (and our camera) open indefinitely;
+- for the same reason the list is asked for once more ``KEPT_GRACE`` after
+  every (re-)join: members who reconnected after us are reached then.
 
 Signals are metered per remote peer by a token bucket (``SIGNAL_RATE`` per
 second, bursts of ``SIGNAL_BURST``): what a flooding peer sends beyond that is
@@ -48,6 +58,11 @@ SIGNAL_RATE = 50.0  # signals per second and remote peer, sustained
 SIGNAL_BURST = 200  # ... and at once (a browser's ICE trickle is a few dozen)
 FLOOD_LOG_INTERVAL = 10.0  # seconds between peer.signal_flood lines per peer
 MAX_IDLE_BUCKETS = 256  # full (idle) buckets are forgotten beyond this many
+# Seconds a connected session whose participant is not listed after a re-join
+# is kept before the list is asked for again (and the session ended if they are
+# still not in it): enough for browsers to reconnect after a server restart
+# (tests/faults: a peer back ~6 s after the agent keeps its connection).
+KEPT_GRACE = 15.0
 
 
 class TokenBucket:
@@ -95,6 +110,9 @@ def ice_servers(config: IceConfig) -> list[RTCIceServer]:
 class _Entry:
     session: PeerSession
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    # trio time at which the room stopped listing the participant while the
+    # connection was up (the session is "kept"); None while they are listed.
+    kept_at: float | None = None
 
 
 class PeerManager:
@@ -121,6 +139,10 @@ class PeerManager:
         self.signal_burst = SIGNAL_BURST
         self._buckets: dict[str, TokenBucket] = {}
         self.signals_dropped = 0
+        self.kept_grace = KEPT_GRACE
+        self._kept_changed = trio.Event()  # set: kept sessions or _list_due changed
+        self._list_due: float | None = None  # when to ask for the list after a join
+        self._joined_on: int | None = None  # signaling.connects of the last join seen
 
     @property
     def sessions(self) -> dict[str, PeerSession]:
@@ -135,6 +157,7 @@ class PeerManager:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._route_signals, signals)
+                nursery.start_soon(self._recheck)
                 async for event in room_events:
                     self._on_room_event(event)
         finally:
@@ -152,16 +175,71 @@ class PeerManager:
                 # server restart everyone reconnects in their own time, and
                 # tearing down a working connection because we were back first
                 # would cut the picture the outage had spared. Kept until it
-                # ends by itself (dead path, closed) or the room lists them again.
+                # ends by itself (dead path, closed), the room lists them again,
+                # or a list asked for ``kept_grace`` later still does not (see
+                # _recheck).
                 entry.session.in_room = False
+                if entry.kept_at is None:
+                    entry.kept_at = trio.current_time()
+                    self._kept_changed.set()
                 log.info("peer.kept", peer=event.participant.user_id,
                          username=event.participant.username,
-                         reason="connected, though not listed after re-join")
+                         reason="connected, though not listed after re-join",
+                         grace=self.kept_grace)
                 return
             self._stop(event.participant.user_id, event.reason)
         elif isinstance(event, Reconciled):
+            listed = {p.user_id for p in event.participants}
             for participant in event.participants:
                 self._start(participant, "wait")  # an existing session: marked in the room
+            now = trio.current_time()
+            # A (re-)join's list shows who had reconnected by then; members who
+            # come back later are announced to nobody: ask again once, later.
+            connects = getattr(self.signaling, "connects", None)
+            new_join = connects is not None and connects != self._joined_on
+            if new_join:
+                self._joined_on = connects
+                self._list_due = now + self.kept_grace
+                self._kept_changed.set()
+            for peer_id, entry in list(self._entries.items()):
+                if peer_id in listed or entry.kept_at is None:
+                    continue
+                if new_join:
+                    entry.kept_at = now  # another outage: everyone reconnects again
+                elif now - entry.kept_at >= self.kept_grace:
+                    # Still not listed on a list asked for after the grace:
+                    # they are gone, whatever their connection still does.
+                    self._stop(peer_id, "not listed after grace")
+
+    async def _recheck(self) -> None:
+        """Ask the server for the room's list again, ``kept_grace`` after a (re-)join
+        and after a session was kept.
+
+        The answer (``room_joined``) reconciles the room: whoever is listed and
+        has no session gets one; a kept participant who is listed again is back
+        in the room, one who is not is ended (see Reconciled in
+        :meth:`_on_room_event`). With signaling down, nothing is asked: the
+        re-join brings the list, and media keeps flowing meanwhile.
+        """
+        while True:
+            dues = [e.kept_at + self.kept_grace for e in self._entries.values()
+                    if e.kept_at is not None]
+            if self._list_due is not None:
+                dues.append(self._list_due)
+            self._kept_changed = trio.Event()
+            if not dues:
+                await self._kept_changed.wait()
+                continue
+            if trio.current_time() < min(dues):
+                with trio.move_on_at(min(dues)):
+                    await self._kept_changed.wait()
+                continue
+            after_join, self._list_due = self._list_due is not None, None
+            kept = [p for p, e in self._entries.items() if e.kept_at is not None]
+            asked = await self.signaling.refresh_room()
+            log.info("room.recheck", kept=kept, after_join=after_join, asked=asked)
+            if kept:  # the answer ends or re-admits them; if it never comes, ask again
+                await trio.sleep(self.kept_grace)
 
     async def _route_signals(self, signals: trio.MemoryReceiveChannel[WebRTCSignal]) -> None:
         async for signal in signals:
@@ -183,6 +261,15 @@ class PeerManager:
                     # announced to nobody): record them, so that their
                     # user_left / user_offline ends this session too.
                     self.signaling.room.seen(signal.peer_id)
+            elif entry.scope.cancel_called:
+                continue  # being ended (they left): a late signal changes nothing
+            elif entry.kept_at is not None:
+                # Kept after our re-join, and back (members that return get no
+                # user_joined): record them, so that their user_left /
+                # user_offline ends this session.
+                self._back_in_room(entry, "signal")
+                if self.signaling.room.get(signal.peer_id) is None:
+                    self.signaling.room.seen(signal.peer_id, entry.session.participant.username)
             entry.session.in_room = True  # whoever signals us is around
             entry.session.deliver(signal)
 
@@ -215,7 +302,7 @@ class PeerManager:
         if participant.user_id in self._entries or self._nursery is None:
             existing = self._entries.get(participant.user_id)
             if existing is not None:
-                existing.session.in_room = True
+                self._back_in_room(existing, "listed")
             return existing
         if self.signaling.user_id is None:
             return None
@@ -235,6 +322,13 @@ class PeerManager:
                  mode=mode, peers=len(self._entries))
         self._nursery.start_soon(self._run_session, entry, mode)
         return entry
+
+    def _back_in_room(self, entry: _Entry, how: str) -> None:
+        entry.session.in_room = True
+        if entry.kept_at is not None:
+            log.info("peer.back_in_room", peer=entry.session.peer_id, how=how,
+                     kept_for=round(trio.current_time() - entry.kept_at, 2))
+            entry.kept_at = None
 
     def _stop(self, peer_id: str, reason: str) -> None:
         entry = self._entries.get(peer_id)

@@ -126,6 +126,17 @@ class SignalingSession:
             return False
         return True
 
+    async def refresh_room(self) -> bool:
+        """Ask for the room's participant list again; False when not joined right now.
+
+        Sends ``join_room`` once more on the joined socket: a member that joins
+        again gets ``room_joined`` (dispatched as usual: the room reconciles)
+        and nobody else is told anything (see the protocol, Session 2).
+        """
+        if self._ws is None or not self.room.joined:
+            return False
+        return await self.send(JoinRoom(room_id=self.room.room_id))
+
     async def leave(self, timeout: float = 2.0) -> None:
         """Leave the room and close the socket politely (on shutdown)."""
         self._stopping = True

@@ -369,12 +369,19 @@ class BrowserPeer:
                 nursery.cancel_scope.cancel()
 
     async def _close_all(self, leave: bool) -> None:
-        if leave:
-            with trio.move_on_after(3):
-                await self.client.send({"type": "leave_room", "roomId": self.room_id})
-        for pc in list(self.pcs.values()):
-            with trio.move_on_after(3):
-                await aio_as_trio(pc.close)()
+        """Leave (if asked) and close every connection, as a closing browser tab does;
+        the connections are closed even when the signaling socket is already gone."""
+        try:
+            if leave:
+                with trio.move_on_after(3):
+                    await self.client.send({"type": "leave_room", "roomId": self.room_id})
+        except ConnectionClosed as exc:
+            self.log.append(f"leave_room not sent: {exc!r}")
+        finally:
+            for pc in list(self.pcs.values()):
+                with trio.move_on_after(3) as scope:
+                    scope.shield = True  # also when the peer's block is being cancelled
+                    await aio_as_trio(pc.close)()
 
     async def _stay_connected(
         self, ws_url: str, token: str, room_id: str,
