@@ -302,9 +302,15 @@ class Soak:
         axes[2].plot(t, [r["asyncio_tasks"] for r in rows], label="asyncio tasks")
         axes[2].legend(loc="upper left")
         axes[3].plot(t, [r["cycles"] for r in rows], label="join/leave cycles")
-        axes[3].plot(t, [r["steady_frames"] / 100 for r in rows],
-                     label="steady peer's frames / 100")
+        axes[3].set_ylabel("cycles")
         axes[3].legend(loc="upper left")
+        # the steady peer's frame rate, on its own scale: a dip is a freeze
+        fps = [0.0] + [(b["steady_frames"] - a["steady_frames"]) / (b["t"] - a["t"])
+                       if b["t"] > a["t"] else 0.0 for a, b in itertools.pairwise(rows)]
+        steady = axes[3].twinx()
+        steady.plot(t, fps, color="tab:orange", label="steady peer's decoded fps")
+        steady.set_ylabel("fps")
+        steady.legend(loc="lower right")
         axes[3].set_xlabel("minutes")
         restarts = [r["t"] / 60 for prev, r in itertools.pairwise(rows)
                     if r["restarts"] > prev["restarts"]]

@@ -172,8 +172,8 @@ async def test_member_who_comes_back_after_our_join_is_reached(
     alice created the room, so she is a member before she ever joins: when she
     comes online after the agent's join, the agent gets no user_joined, and
     this client (like one whose own offer was lost while the server was down)
-    does not offer. KEPT_GRACE after its join the agent asks for the list
-    again, finds her, and offers.
+    does not offer. A few seconds after its join (RECHECK_AFTER_JOIN, at the
+    latest KEPT_GRACE) the agent asks for the list again, finds her, and offers.
     """
     async with devserver_process(tmp_path / "glimpse.db") as server:
         scene = await make_scene(server.server)

@@ -16,8 +16,9 @@ The manager turns room events and incoming signals into PeerSession tasks:
   ever end it: a member who comes back produces no ``user_joined``, one who
   never comes back no ``user_left``, and a remote whose signaling died with
   the server may keep its connection (and our camera) open indefinitely;
-- for the same reason the list is asked for once more ``KEPT_GRACE`` after
-  every (re-)join: members who reconnected after us are reached then.
+- for the same reason the list is asked for again ``RECHECK_AFTER_JOIN`` and
+  ``KEPT_GRACE`` seconds after every (re-)join: members who reconnected after
+  us are reached then.
 
 Signals are metered per remote peer by a token bucket (``SIGNAL_RATE`` per
 second, bursts of ``SIGNAL_BURST``): what a flooding peer sends beyond that is
@@ -32,6 +33,7 @@ and nobody else notices.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -63,6 +65,11 @@ MAX_IDLE_BUCKETS = 256  # full (idle) buckets are forgotten beyond this many
 # still not in it): enough for browsers to reconnect after a server restart
 # (tests/faults: a peer back ~6 s after the agent keeps its connection).
 KEPT_GRACE = 15.0
+# Seconds after a (re-)join at which the list is asked for again (and at
+# KEPT_GRACE): after a server restart members reconnect within a few seconds,
+# announced to nobody. Measured in the soak: a viewer whose connection was being
+# rebuilt at our re-join went 20 s without video when only KEPT_GRACE was asked.
+RECHECK_AFTER_JOIN = (2.0, 5.0)
 
 
 class TokenBucket:
@@ -141,7 +148,8 @@ class PeerManager:
         self.signals_dropped = 0
         self.kept_grace = KEPT_GRACE
         self._kept_changed = trio.Event()  # set: kept sessions or _list_due changed
-        self._list_due: float | None = None  # when to ask for the list after a join
+        self._list_dues: list[float] = []  # when to ask for the list after the last join
+        self._kept_retry_at = -math.inf  # no kept session is asked about before this
         self._joined_on: int | None = None  # signaling.connects of the last join seen
 
     @property
@@ -199,7 +207,8 @@ class PeerManager:
             new_join = connects is not None and connects != self._joined_on
             if new_join:
                 self._joined_on = connects
-                self._list_due = now + self.kept_grace
+                self._list_dues = sorted(now + d for d in (*RECHECK_AFTER_JOIN, self.kept_grace))
+                self._kept_retry_at = -math.inf
                 self._kept_changed.set()
             for peer_id, entry in list(self._entries.items()):
                 if peer_id in listed or entry.kept_at is None:
@@ -212,8 +221,9 @@ class PeerManager:
                     self._stop(peer_id, "not listed after grace")
 
     async def _recheck(self) -> None:
-        """Ask the server for the room's list again, ``kept_grace`` after a (re-)join
-        and after a session was kept.
+        """Ask the server for the room's list again, a few times after a (re-)join
+        (``RECHECK_AFTER_JOIN``, ``kept_grace``) and ``kept_grace`` after a session
+        was kept.
 
         The answer (``room_joined``) reconciles the room: whoever is listed and
         has no session gets one; a kept participant who is listed again is back
@@ -222,24 +232,26 @@ class PeerManager:
         re-join brings the list, and media keeps flowing meanwhile.
         """
         while True:
-            dues = [e.kept_at + self.kept_grace for e in self._entries.values()
-                    if e.kept_at is not None]
-            if self._list_due is not None:
-                dues.append(self._list_due)
+            kept_dues = [max(e.kept_at + self.kept_grace, self._kept_retry_at)
+                         for e in self._entries.values() if e.kept_at is not None]
+            dues = kept_dues + self._list_dues[:1]
             self._kept_changed = trio.Event()
             if not dues:
                 await self._kept_changed.wait()
                 continue
-            if trio.current_time() < min(dues):
+            now = trio.current_time()
+            if now < min(dues):
                 with trio.move_on_at(min(dues)):
                     await self._kept_changed.wait()
                 continue
-            after_join, self._list_due = self._list_due is not None, None
+            after_join = bool(self._list_dues) and self._list_dues[0] <= now
+            self._list_dues = [d for d in self._list_dues if d > now]
+            if kept_dues and min(kept_dues) <= now:
+                # the answer ends or re-admits them; if it never comes, ask again later
+                self._kept_retry_at = now + self.kept_grace
             kept = [p for p, e in self._entries.items() if e.kept_at is not None]
             asked = await self.signaling.refresh_room()
             log.info("room.recheck", kept=kept, after_join=after_join, asked=asked)
-            if kept:  # the answer ends or re-admits them; if it never comes, ask again
-                await trio.sleep(self.kept_grace)
 
     async def _route_signals(self, signals: trio.MemoryReceiveChannel[WebRTCSignal]) -> None:
         async for signal in signals:

@@ -59,6 +59,7 @@ async def test_capped_link_gets_the_low_tier_alone_and_climbs_back(tmp_path: Pat
         # (transport bytes, so headers and audio count too), and frames kept coming
         assert out.bitrate_during is not None and out.bitrate_during < 500_000, out
         assert out.extra["fps_settled"] >= 15, out
+        assert out.extra["audio_fps"] >= 40, out  # audio always goes through (50/s)
         # on the low tier, but for short tries of the top one (8 s after the move,
         # then 16: back-off doubles)
         assert out.extra["low_share"] >= 0.8, out

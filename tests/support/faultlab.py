@@ -372,11 +372,13 @@ async def bandwidth_cap(lab: Lab, peer: str = "p2", other: str = "p1", kbit: int
     mark = len(lab.agent.events)
     pid, other_id = lab.peer_ids[peer], lab.peer_ids[other]
     t_cap, trio_cap = time.time(), trio.current_time()
+    audio_before = lab.view(peer).audio
     await lab.net.cap(peer, kbit)
     moved = await lab.agent.wait_for("peer.tier_changed", since=mark, peer=pid,
                                      timeout=seconds)
     await trio.sleep_until(trio_cap + seconds)  # the fault's length
     t_free, trio_free = time.time(), trio.current_time()
+    audio_during = lab.view(peer).audio - audio_before  # Opus: 50 frames a second
     await lab.net.uncap(peer)
     back = await lab.agent.wait_for("peer.tier_changed", since=mark, peer=pid, stream="h264",
                                     where=lambda e: e["_t"] >= trio_free,
@@ -397,6 +399,7 @@ async def bandwidth_cap(lab: Lab, peer: str = "p2", other: str = "p1", kbit: int
         bitrate_before=view.bitrate(b0, b1), bitrate_during=view.bitrate(settled, t_free),
         bitrate_after=view.bitrate(t_top, a1),
         extra={"cap_bps": kbit * 1000,
+               "audio_fps": round(audio_during / (t_free - t_cap), 1),
                "fps_settled": round(view.frames_between(settled, t_free) / (t_free - settled), 1),
                # tries of the top tier while capped are expected (and fail fast)
                "low_share": round(view.share_of_size((LOW_WIDTH, LOW_HEIGHT),
