@@ -322,8 +322,11 @@ async def test_a_peer_that_says_its_link_is_slow_gets_the_low_tier_alone(
         dropin.unlink()
         mark = len(agent.events)
         agent.signal(signal.SIGHUP)
-        await agent.wait_for("peer.tier_changed", since=mark, peer=bob.user_id,
-                             stream=f"h264/{LOW_SIZE[0]}x{LOW_SIZE[1]}", timeout=15)
+        # (if the move up had not completed yet, bob simply stays where he is)
+        await agent.wait_for("peer.tier_chosen", since=mark, peer=bob.user_id, tier=1,
+                             timeout=15)
+        await bob.wait_until(lambda: got_bob.size_changes[-1][1:] == LOW_SIZE,
+                             "the low tier's size again", 10)
 
         # 3. the cap is lifted: bob's estimate climbs, a try of the top tier holds
         mark = len(agent.events)

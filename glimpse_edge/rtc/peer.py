@@ -699,8 +699,10 @@ class PeerSession:
             return
         stream = self.hub.video_stream(conn.codec, tier)  # type: ignore[arg-type]
         current = self._video_stream(conn)
-        if stream is current:  # back where it is before a switch completed
-            track.cancel_switch()
+        if stream is not None and stream is current:  # back before a switch completed
+            if track.pending is not None:
+                track.cancel_switch()
+                self.log.info("peer.tier_switch_cancelled", stream=stream.name)
             return
         if stream is None or any(s is stream and q is track.pending
                                  for s, q in conn.subscriptions):
