@@ -172,8 +172,9 @@ class AgentCollector:
                                    "Interarrival jitter reported by the peer.", labels=_STREAM)
         estimate = GaugeMetricFamily("glimpse_edge_peer_estimate_bps",
                                      "Estimated bandwidth of the peer's link (receiver reports "
-                                     "and REMB), bounded by video.min/max_bitrate; absent "
-                                     "before the first report.", labels=_PEER)
+                                     "and REMB), from video.min_bitrate up to what the top "
+                                     "tier needs on the wire; it picks the peer's tier. "
+                                     "Absent before the first report.", labels=_PEER)
         latest = self.sampler.latest
         for peer_id, session in sessions.items():
             who = (peer_id, session.participant.username)
