@@ -28,7 +28,7 @@ from .room import Reconciled, Room, RoomEvent
 from .rtc.aio import open_aio_loop
 from .rtc.manager import PeerManager
 from .signaling.messages import WebRTCSignal
-from .signaling.session import SignalingSession
+from .signaling.session import SignalingSession, hand_over
 from .signaling.tokens import LoginTokenSource, TokenSource, token_source
 from .supervise import HealthRegistry, supervise
 from .systemd import Notifier, feed_watchdog, watchdog_interval
@@ -244,14 +244,7 @@ class Agent:
                     async for signal in link.signals:
                         if sig.link is not link or sig.to_peers is None:
                             continue
-                        try:
-                            sig.to_peers.send_nowait(signal)
-                        except trio.WouldBlock:
-                            log.warning("signaling.signal_dropped", peer=signal.peer_id,
-                                        kind=signal.signal_type, reason="queue full")
-                        except (trio.BrokenResourceError, trio.ClosedResourceError):
-                            # the peers are being rebuilt; the new ones negotiate afresh
-                            log.debug("signaling.signal_unhandled", peer=signal.peer_id)
+                        hand_over(sig.to_peers, signal)
 
     async def _run_peers(
         self, sig: _Signaling, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

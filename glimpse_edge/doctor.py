@@ -449,19 +449,7 @@ class Doctor:
             if received >= VIDEO_FRAMES:
                 done.set()
 
-        error: BaseException | None = None
-        with trio.move_on_after(self.timeout + 5):
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(source.run, sink)
-                    await done.wait()
-                    nursery.cancel_scope.cancel()
-            except BaseExceptionGroup as group:
-                from .supervise import sole_exception
-
-                error = sole_exception(group)
-            except Exception as exc:
-                error = exc
+        error = await _run_until(source.run, sink, done, self.timeout + 5)
         took = time.monotonic() - started
         if received >= VIDEO_FRAMES:
             what = "packets of H.264" if isinstance(source, EncodedVideoSource) else "frames"
@@ -502,19 +490,7 @@ class Doctor:
             if len(frames) >= enough:
                 done.set()
 
-        error: BaseException | None = None
-        with trio.move_on_after(self.timeout):
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(source.run, sink)
-                    await done.wait()
-                    nursery.cancel_scope.cancel()
-            except BaseExceptionGroup as group:
-                from .supervise import sole_exception
-
-                error = sole_exception(group)
-            except Exception as exc:
-                error = exc
+        error = await _run_until(source.run, sink, done, self.timeout)
         if len(frames) < enough:
             message = str(error) if error is not None else (
                 f"{source.name} delivered no audio within {self.timeout:g} s")
@@ -693,3 +669,22 @@ async def run_doctor(config_path: Path, timeout: float,
     doctor = Doctor(config_path, timeout=timeout)
     checks = await doctor.run()
     return exit_code(checks), report(checks, config_path)
+
+
+async def _run_until(run: Callable[[Any], Any], sink: Callable[[Any], None], done: trio.Event,
+                     timeout: float) -> BaseException | None:
+    """Run a media source into ``sink`` until ``done`` is set or ``timeout`` passes;
+    the error the source failed with, if it did (a doctor reports it, never raises)."""
+    from .supervise import sole_exception
+
+    with trio.move_on_after(timeout):
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run, sink)
+                await done.wait()
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            return sole_exception(group)
+        except Exception as exc:
+            return exc
+    return None

@@ -405,7 +405,7 @@ class _HangingConnection:
     signalingState = "stable"
 
     async def getStats(self) -> Any:
-        await asyncio.sleep(3600)
+        await asyncio.Event().wait()  # never answers
 
     def getSenders(self) -> list[Any]:
         return []

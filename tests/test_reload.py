@@ -79,6 +79,16 @@ class Scene:
     async def room(self, name: str = "Room") -> str:
         return await create_room(self.server.api_url, self.owner_token, name)
 
+    def config(self, directory: Path, room_id: str) -> Path:
+        """The device's configuration for ``room_id``: streaming media, info logs."""
+        return write_config(directory, ws_url=self.server.ws_url, room_id=room_id,
+                            token=self.device_token, log_level="info", extra=MEDIA)
+
+
+async def start_joined(agent: AgentProcess, nursery: trio.Nursery) -> None:
+    await agent.start(nursery)
+    await agent.wait_for("room.joined", timeout=JOIN_TIMEOUT)
+
 
 async def make_scene(server: DevServer, *names: str) -> Scene:
     tokens = {name: (await register(server.api_url, name, f"{name}-password"))[1]
@@ -115,11 +125,9 @@ async def test_invalid_edit_keeps_streaming_and_says_what_is_wrong(
     room_id = await scene.room()
     notify = NotifySocket(tmp_path / "notify.sock")
     await nursery.start(notify.run)
-    config = write_config(tmp_path, ws_url=devserver.ws_url, room_id=room_id,
-                          token=scene.device_token, log_level="info", extra=MEDIA)
+    config = scene.config(tmp_path, room_id)
     agent = AgentProcess(config, env={"NOTIFY_SOCKET": str(notify.path)})
-    await agent.start(nursery)
-    await agent.wait_for("room.joined", timeout=JOIN_TIMEOUT)
+    await start_joined(agent, nursery)
     alice = BrowserPeer("alice")
     async with alice.joined(devserver.ws_url, scene.tokens["alice"], room_id):
         await alice.wait_frames(scene.device_id, video=30)
@@ -155,11 +163,9 @@ async def test_log_level_change_touches_nothing_else(
 ) -> None:
     scene = await make_scene(devserver, "alice")
     room_id = await scene.room()
-    config = write_config(tmp_path, ws_url=devserver.ws_url, room_id=room_id,
-                          token=scene.device_token, log_level="info", extra=MEDIA)
+    config = scene.config(tmp_path, room_id)
     agent = AgentProcess(config)
-    await agent.start(nursery)
-    await agent.wait_for("room.joined", timeout=JOIN_TIMEOUT)
+    await start_joined(agent, nursery)
     alice = BrowserPeer("alice")
     async with alice.joined(devserver.ws_url, scene.tokens["alice"], room_id):
         await alice.wait_frames(scene.device_id, video=30)
@@ -186,8 +192,7 @@ async def test_video_size_change_reaches_the_same_connection(
 ) -> None:
     scene = await make_scene(devserver, "alice", "bob")
     room_id = await scene.room()
-    config = write_config(tmp_path, ws_url=devserver.ws_url, room_id=room_id,
-                          token=scene.device_token, log_level="info", extra=MEDIA)
+    config = scene.config(tmp_path, room_id)
     agent = AgentProcess(config)
     alice, bob = BrowserPeer("alice"), BrowserPeer("bob", video_codecs=["VP8"])
     # bob is there first and offers VP8 only; alice comes later and is offered H.264
@@ -237,11 +242,9 @@ async def test_audio_off_renegotiates_every_peer_without_audio(
     """What a connection carries changes: the peers are rebuilt, the session is not."""
     scene = await make_scene(devserver, "alice")
     room_id = await scene.room()
-    config = write_config(tmp_path, ws_url=devserver.ws_url, room_id=room_id,
-                          token=scene.device_token, log_level="info", extra=MEDIA)
+    config = scene.config(tmp_path, room_id)
     agent = AgentProcess(config)
-    await agent.start(nursery)
-    await agent.wait_for("room.joined", timeout=JOIN_TIMEOUT)
+    await start_joined(agent, nursery)
     alice = BrowserPeer("alice")
     async with alice.joined(devserver.ws_url, scene.tokens["alice"], room_id):
         await alice.wait_frames(scene.device_id, video=30, audio=20)

@@ -333,13 +333,7 @@ class SignalingSession:
                 log.debug("signaling.signal_unhandled", peer=message.peer_id,
                           kind=message.signal_type)
                 return
-            try:
-                self._signals.send_nowait(message)
-            except trio.WouldBlock:
-                log.warning("signaling.signal_dropped", peer=message.peer_id,
-                            kind=message.signal_type, reason="queue full")
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                log.debug("signaling.signal_unhandled", peer=message.peer_id)
+            hand_over(self._signals, message)
         elif isinstance(message, UserJoined):
             room.user_joined(message.user_id, message.username)
         elif isinstance(message, UserLeft):
@@ -398,3 +392,15 @@ def _describe(exc: BaseException) -> str:
         return "server did not answer in time"
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if not text.startswith(type(exc).__name__) else text
+
+
+def hand_over(channel: trio.MemorySendChannel[WebRTCSignal], signal: WebRTCSignal) -> None:
+    """Pass a signal on to the peers without waiting: a full queue drops it (logged),
+    a closed one means the peers are being rebuilt (they negotiate afresh)."""
+    try:
+        channel.send_nowait(signal)
+    except trio.WouldBlock:
+        log.warning("signaling.signal_dropped", peer=signal.peer_id, kind=signal.signal_type,
+                    reason="queue full")
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        log.debug("signaling.signal_unhandled", peer=signal.peer_id)
