@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -114,6 +115,8 @@ class BrowserPeer:
         self.read_codes = read_codes
         self.keep_audio = keep_audio
         self.pcs: dict[str, RTCPeerConnection] = {}
+        # connections whose offer has gone out: only those can take an answer
+        self._offered: weakref.WeakSet[RTCPeerConnection] = weakref.WeakSet()
         self.received: dict[str, Received] = {}
         self.room_id = ""
         self._changed = trio.Condition()
@@ -253,6 +256,7 @@ class BrowserPeer:
             pc.addTransceiver("audio", direction="recvonly")
         offer = await aio_as_trio(pc.createOffer)()
         await aio_as_trio(pc.setLocalDescription)(offer)
+        self._offered.add(pc)
         await self.signal(peer_id, "offer", {"type": "offer", "sdp": pc.localDescription.sdp})
         if old is not None and not close_old_first:
             await aio_as_trio(old.close)()
@@ -312,7 +316,16 @@ class BrowserPeer:
                                   {"type": "answer", "sdp": pc.localDescription.sdp})
             elif signal_type == "answer":
                 pc = self.pcs.get(peer_id)
-                if pc is not None and pc.signalingState == "have-local-offer":
+                if pc is None or pc.signalingState != "have-local-offer":
+                    pass  # a browser drops an answer it has no offer for
+                elif pc not in self._offered:
+                    # Our new offer is still being set (aiortc says
+                    # have-local-offer before it holds the description, and
+                    # would fail on an answer then): the answer is to an
+                    # offer of a connection since replaced.
+                    self.log.append(f"{peer_id[:6]} answer before our offer went out: ignored")
+                else:
+                    self._offered.discard(pc)
                     try:
                         await aio_as_trio(pc.setRemoteDescription)(
                             RTCSessionDescription(signal["sdp"], "answer"))
@@ -425,6 +438,7 @@ class BrowserPeer:
         pc = self.pcs[peer_id]
         offer = await aio_as_trio(pc.createOffer)()
         await aio_as_trio(pc.setLocalDescription)(offer)
+        self._offered.add(pc)
         await self.signal(peer_id, "offer", {"type": "offer", "sdp": pc.localDescription.sdp})
 
     def blackhole(self, peer_id: str) -> None:
