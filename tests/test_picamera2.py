@@ -18,6 +18,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import av
 import msgspec
 import pytest
 import structlog
@@ -29,7 +30,14 @@ from support.glimpse_client import create_room, register
 from support.picam import FakeCamera
 from support.rtcpeer import BrowserPeer
 
-from glimpse_edge.config import AudioConfig, CameraConfig, ConfigError, VideoConfig, load_config
+from glimpse_edge.config import (
+    AudioConfig,
+    CameraConfig,
+    ConfigError,
+    QualityTier,
+    VideoConfig,
+    load_config,
+)
 from glimpse_edge.media.factory import make_video_source
 from glimpse_edge.media.hub import MediaHub
 from glimpse_edge.media.picamera import PiCamera2Source
@@ -178,6 +186,72 @@ async def test_bitrate_change_restarts_the_encoder_and_takes_effect(
     assert source._want_bitrate == 150_000
     source.set_bitrate(205_000)
     assert source._want_bitrate is None
+
+
+def decoded_sizes(packets: list[Packet]) -> set[tuple[int, int]]:
+    codec = av.CodecContext.create("h264", "r")
+    return {(f.width, f.height) for p in packets for f in codec.decode(p)}
+
+
+async def test_lores_tier_is_a_second_encoder_with_the_same_time_stamps(
+    running: tuple[PiCamera2Source, Sink], fake_camera: FakeCamera
+) -> None:
+    source, sink = running
+    low = QualityTier(width=WIDTH // 2, height=HEIGHT // 2, bitrate=250_000)  # "auto"
+    assert source.tiers == (QualityTier(width=WIDTH, height=HEIGHT, bitrate=1_000_000), low)
+    await sink.wait(10)
+    assert fake_camera.count("encoder.start") == 1, "no lores encoder before a peer needs it"
+    assert source.tier_stats(1) is None
+    lores = Sink()
+    source.open_tier(1, lores)
+    await lores.wait(30)
+    assert fake_camera.count("encoder.start bitrate=250000 iperiod=300 profile=constrained "
+                             "baseline repeat=True stream=lores") == 1
+    assert lores.packets[0].is_keyframe, "it starts with an IDR"
+    assert decoded_sizes(lores.packets) == {(WIDTH // 2, HEIGHT // 2)}
+    # the two encoders' packets of one camera frame carry the same pts: what a
+    # peer's track needs to switch between them without a step back in time
+    await sink.wait(len(sink.packets) + 5)
+    main_pts = {p.pts for p in sink.packets}
+    both = [p.pts for p in lores.packets if p.pts <= max(main_pts)]
+    assert len(both) >= 25 and set(both) <= main_pts, sorted(set(both) - main_pts)[:5]
+    # a PLI on the tier forces an IDR in its encoder, not in the main one
+    n = len(lores.packets)
+    assert source.request_keyframe(urgent=True, tier=1)
+    await lores.wait(n + 5)
+    assert any(p.is_keyframe for p in lores.packets[n:])
+    assert fake_camera.count("encoder.force_key_frame") == 1
+    # the worst link on it: less bitrate, then every third camera frame (10 fps)
+    source.set_tier_rate(1, 100_000, 10.0)
+    await until(lambda: fake_camera.count("encoder.start bitrate=100000 ") == 1, 5)
+    stats = source.tier_stats(1)
+    assert stats is not None and (stats.bitrate, stats.max_fps) == (100_000, 10.0)
+    n = len(lores.packets)
+    await lores.wait(n + 15)
+    gaps = sorted(b.pts - a.pts for a, b in itertools.pairwise(lores.packets[n + 2:]))
+    assert abs(gaps[len(gaps) // 2] - 9000) < 900, gaps
+    source.set_tier_rate(1, 105_000, 10.0)  # within 10 %: no restart
+    # nobody on it: the lores encoder stops, the main one never did
+    source.close_tier(1)
+    await until(lambda: fake_camera.count("encoder.stop stream=lores") == 2, 5)
+    n = len(sink.packets)
+    await sink.wait(n + 10)
+    assert fake_camera.count("encoder.start bitrate=1000000 ") == 1
+    assert fake_camera.count("encoder.start bitrate=105000 ") == 0
+    pts = [p.pts for p in sink.packets]
+    assert all(b > a for a, b in itertools.pairwise(pts))
+
+
+async def test_one_lores_stream_makes_one_lower_tier(fake_camera: FakeCamera) -> None:
+    tiers = [QualityTier(width=320, height=180, bitrate=200_000),
+             QualityTier(width=480, height=270, bitrate=400_000)]
+    with structlog.testing.capture_logs() as logs:
+        source = PiCamera2Source(video(tiers=tiers), CameraConfig())
+    assert source.tiers[1:] == (tiers[1],), "the best of the lower tiers"
+    (limited,) = [e for e in logs if e["event"] == "media.picamera2.tiers_limited"]
+    assert limited["left_out"] == ["320x180"]
+    assert PiCamera2Source(video(tiers=[]), CameraConfig()).tiers == (
+        QualityTier(width=WIDTH, height=HEIGHT, bitrate=1_000_000),)
 
 
 async def test_stalled_encoder_then_stalled_camera_are_restarted(
@@ -492,3 +566,68 @@ async def test_agent_streams_the_camera_and_waits_out_a_busy_camera(
         await agent.stop()
     assert agent.find("media.picamera2.closed"), "the camera is closed on the way out"
     Picamera2(0).close()  # nobody holds it any more
+
+
+async def test_a_slow_peer_gets_the_camera_lores_stream_alone(
+    devserver: DevServer, tmp_path: Path, nursery: trio.Nursery, fake_camera: FakeCamera
+) -> None:
+    """The Pi camera's tiers, end to end: bob's receiver says 60 kbit/s."""
+    tokens = {name: (await register(devserver.api_url, name, f"{name}-password"))[1]
+              for name in ("alice", "bob", "owner")}
+    device_id, device_token = await register(devserver.api_url, "device", "device-password")
+    room_id = await create_room(devserver.api_url, tokens["owner"], "Room")
+    media = MEDIA.replace("[video]\n", "[video]\nmin_bitrate = 50000\n")
+    agent = AgentProcess(write_config(tmp_path, ws_url=devserver.ws_url, room_id=room_id,
+                                      token=device_token, log_level="info", extra=media),
+                         env=fake_camera.env())
+    await agent.start(nursery)
+    low = (WIDTH // 2, HEIGHT // 2)
+    alice, bob = BrowserPeer("alice"), BrowserPeer("bob")
+    try:
+        await agent.wait_for("room.joined", timeout=20)
+        async with alice.joined(devserver.ws_url, tokens["alice"], room_id), \
+                bob.joined(devserver.ws_url, tokens["bob"], room_id):
+            got_alice = await alice.wait_frames(device_id, video=30, timeout=20)
+            got_bob = await bob.wait_frames(device_id, video=30, timeout=20)
+            mark = len(agent.events)
+            bob.remb_cap = 60_000
+            changed = await agent.wait_for("peer.tier_changed", since=mark, peer=bob.user_id,
+                                           timeout=15)
+            assert changed["stream"] == f"h264/{low[0]}x{low[1]}", changed
+            await bob.wait_until(lambda: low in got_bob.sizes, "the lores stream's size", 10)
+            switched_at = next(t for t, w, h in got_bob.size_changes if (w, h) == low)
+            # the lores encoder runs at the worst link's rate: 50 kbit/s, 15 fps
+            adapted = await agent.wait_for("media.tier.adapted", since=mark, timeout=15,
+                                           where=lambda e: (e.get("max_fps") or 99) < 25)
+            assert (adapted["bitrate"], adapted["max_fps"]) == (50_000, 15.0), adapted
+            await agent.wait_for("media.picamera2.encoder_started", since=mark, stream="lores",
+                                 where=lambda e: e.get("max_fps") == 15.0, timeout=10)
+            n = got_bob.video_frames
+            await bob.wait_frames(device_id, video=n + 30)
+            times = got_bob.frame_times[n:]
+            fps = 1000 * (len(times) - 1) / (times[-1] - times[0])
+            assert 10 <= fps <= 20, fps
+            gaps = [b - a for a, b in itertools.pairwise(
+                t for t in got_bob.frame_times if switched_at - 2000 <= t <= switched_at + 2000)]
+            assert max(gaps) < 500, "the switch waits for the lores key frame: no freeze"
+            # alice stays on the main stream, at the camera's rate
+            a0 = got_alice.video_frames
+            await alice.wait_frames(device_id, video=a0 + 30)
+            assert got_alice.sizes == {(WIDTH, HEIGHT)}, got_alice.size_changes
+            assert not agent.find("peer.tier_changed", peer=alice.user_id)
+            # the cap is lifted: bob climbs back to the main stream, and the lores
+            # encoder stops once nobody is on it
+            mark = len(agent.events)
+            bob.remb_cap = None
+            await agent.wait_for("peer.tier_changed", since=mark, peer=bob.user_id,
+                                 stream="h264", timeout=60)
+            await bob.wait_until(lambda: got_bob.size_changes[-1][1:] == (WIDTH, HEIGHT),
+                                 "the full size again", 10)
+            await agent.wait_for("media.encoder.stopped", since=mark, tier=1, timeout=30)
+            await agent.wait_for("media.picamera2.encoder_stopped", since=mark, stream="lores",
+                                 timeout=10)
+        assert fake_camera.count("encoder.start bitrate=800000 ") == 1, "main never restarted"
+    finally:
+        await agent.stop()
+    errors = [e for e in agent.events if e.get("level") == "error"]
+    assert not errors, errors[:5]

@@ -51,7 +51,7 @@ from ..config import AudioConfig, PlaybackConfig, QualityTier, VideoConfig
 from ..supervise import Backoff, HealthRegistry, RestartPolicy, sole_exception, supervise
 from .encoder import OpusEncoder, VideoCodec, VideoEncoder
 from .fanout import FrameSlot, PacketStream
-from .source import AnyVideoSource, AudioSource, EncodedVideoSource, SourceError
+from .source import AnyVideoSource, AudioSource, EncodedVideoSource, EncodingStats, SourceError
 
 if TYPE_CHECKING:
     from .playback import Speaker
@@ -79,6 +79,17 @@ ADAPT_INTERVAL = 1.0
 
 class SourceStalled(Exception):
     """A source stopped producing without failing."""
+
+
+@dataclass
+class _EncodedTier:
+    """A lower tier's stream from an encoded source (see MediaHub._encoded_video_stream)."""
+
+    stream: PacketStream
+    tier: int
+    spec: QualityTier
+    rate: tuple[int, float | None] | None = None  # last (bitrate, max fps) asked of the source
+    idle_since: float | None = None
 
 
 @dataclass
@@ -140,6 +151,7 @@ class MediaHub:
         self._frame_seq = 0
         self._frame_event = trio.Event()
         self._frame_slots: list[FrameSlot] = []
+        self._encoded_lower = {}
         self._last_frame_at = 0.0
         self._audio_stream: PacketStream | None = None
         self._opus: OpusEncoder | None = None
@@ -207,10 +219,13 @@ class MediaHub:
     def tiers(self) -> tuple[QualityTier, ...]:
         """The encodings a peer can be put on, best first (one when nothing is tiered).
 
-        A camera with its own encoder makes one stream, and per-peer encoding
-        adapts in aiortc's sender: neither has lower tiers.
+        A camera with its own encoder has the tiers it can encode (the Pi
+        camera: its lores stream makes one lower tier); per-peer encoding
+        adapts in aiortc's sender, with no lower tiers.
         """
-        if self._encoded_source is not None or self.video_per_peer:
+        if self._encoded_source is not None:
+            return self._encoded_source.tiers
+        if self.video_per_peer:
             return self.video_config.quality_tiers()[:1]
         return self.video_config.quality_tiers()
 
@@ -223,7 +238,7 @@ class MediaHub:
         if self._make_video is None or self._nursery is None or self.video_per_peer:
             return None
         if self._encoded_source is not None:
-            return self._encoded_video_stream(codec)
+            return self._encoded_video_stream(codec, tier)
         tiers = self.tiers
         tier = min(max(tier, 0), len(tiers) - 1)
         enc = self._encodings.get((codec, tier))
@@ -258,14 +273,17 @@ class MediaHub:
     def audio_stream(self) -> PacketStream | None:
         return self._audio_stream
 
-    def encoders(self) -> list[tuple[str, str, VideoEncoder | EncodedVideoSource]]:
+    def encoders(self) -> list[tuple[str, str, VideoEncoder | EncodedVideoSource | EncodingStats]]:
         """The running video encoders as (codec, tier label "WxH", encoder), best
-        tier first (an encoded source counts as one)."""
-        out: list[tuple[str, str, VideoEncoder | EncodedVideoSource]] = [
+        tier first (an encoded source counts as one per tier it runs)."""
+        out: list[tuple[str, str, VideoEncoder | EncodedVideoSource | EncodingStats]] = [
             (codec, f"{enc.encoder.width}x{enc.encoder.height}", enc.encoder)
             for (codec, _tier), enc in sorted(self._encodings.items())]
         if (source := self._encoded_source) is not None:
-            out.insert(0, (source.codec, f"{source.width}x{source.height}", source))
+            lower = [(source.codec, f"{stats.width}x{stats.height}", stats)
+                     for tier in sorted(self._encoded_lower)
+                     if (stats := source.tier_stats(tier)) is not None]
+            out[:0] = [(source.codec, f"{source.width}x{source.height}", source), *lower]
         return out
 
     def set_bitrate(self, bitrate: int) -> None:
@@ -591,6 +609,8 @@ class MediaHub:
 
     _encoded_source: EncodedVideoSource | None = None
     _encoded_stream: PacketStream | None = None
+    # the lower tiers an encoded source makes beside its own stream, by tier
+    _encoded_lower: dict[int, _EncodedTier]
 
     def restart_video(self, reason: str) -> None:
         """Restart the video source with the current factory (e.g. new camera settings)."""
@@ -598,11 +618,13 @@ class MediaHub:
             log.info("media.source.restart_requested", kind="video", reason=reason)
             self._video_restart.cancel()
 
-    def _encoded_video_stream(self, codec: VideoCodec) -> PacketStream | None:
+    def _encoded_video_stream(self, codec: VideoCodec, tier: int = 0) -> PacketStream | None:
         """The stream an encoded source feeds, if it is of ``codec``; else no video.
 
         Decoding the camera's H.264 to encode VP8 would spend the CPU that the
         hardware encoder saves, so a peer that negotiated VP8 gets no video.
+        A lower tier's stream is opened on the source when its first peer
+        comes, and closed again by :meth:`_encoded_upkeep` when the last left.
         """
         source = self._encoded_source
         assert source is not None
@@ -611,13 +633,67 @@ class MediaHub:
                         available=source.codec, detail=f"this camera sends {source.codec} "
                         f"only; a peer that cannot decode it gets no video")
             return None
-        return self._encoded_stream
+        tier = min(max(tier, 0), len(source.tiers) - 1)
+        if tier == 0:
+            return self._encoded_stream
+        lower = self._encoded_lower.get(tier)
+        if lower is None:
+            spec = source.tiers[tier]
+            stream = PacketStream("video", f"{codec}/{spec.width}x{spec.height}",
+                                  VIDEO_QUEUE_PACKETS)
+            lower = self._encoded_lower[tier] = _EncodedTier(stream, tier, spec)
+            self._open_encoded_tier(source, lower)
+            log.info("media.tier.started", codec=codec, tier=tier, width=spec.width,
+                     height=spec.height, bitrate=spec.bitrate, source=source.name)
+        return lower.stream
+
+    def _open_encoded_tier(self, source: EncodedVideoSource, lower: _EncodedTier) -> None:
+        lower.stream.on_need_keyframe = partial(source.request_keyframe, tier=lower.tier)
+        lower.rate = None
+        source.open_tier(lower.tier, lower.stream.publish)
+
+    def _close_encoded_tier(self, lower: _EncodedTier, reason: str) -> None:
+        if self._encoded_lower.get(lower.tier) is lower:
+            del self._encoded_lower[lower.tier]
+        lower.stream.close()
+        if self._encoded_source is not None:
+            self._encoded_source.close_tier(lower.tier)
+        log.info("media.encoder.stopped", codec=self._encoded_source.codec
+                 if self._encoded_source else None, tier=lower.tier, reason=reason)
 
     def _end_encoded_mode(self) -> None:
         """Back to raw frames: peers on the encoded stream must subscribe again."""
+        for lower in list(self._encoded_lower.values()):
+            self._close_encoded_tier(lower, "source changed")
         if self._encoded_stream is not None:
             self._encoded_stream.close()
         self._encoded_source = self._encoded_stream = None
+
+    async def _encoded_upkeep(self, source: EncodedVideoSource) -> None:
+        """Every ``ADAPT_INTERVAL``: stop lower tiers nobody is on, and fit the lowest
+        one to the worst link on it (as :meth:`_adapt_lowest_tier` does for ours)."""
+        while True:
+            await trio.sleep(ADAPT_INTERVAL)
+            now = time.monotonic()
+            tiers = source.tiers
+            for lower in list(self._encoded_lower.values()):
+                if not lower.stream.subscribers:
+                    lower.idle_since = lower.idle_since or now
+                    if now - lower.idle_since > ENCODER_IDLE_STOP:
+                        self._close_encoded_tier(lower, "no peers")
+                    continue
+                lower.idle_since = None
+                if lower.tier != len(tiers) - 1:
+                    continue
+                cfg = self.video_config
+                rate = lowest_tier_rate(tiers[-1], cfg.framerate, cfg.min_bitrate,
+                                        lower.stream.lowest_demand())
+                if rate != lower.rate:
+                    lower.rate = rate
+                    source.set_tier_rate(lower.tier, *rate)
+                    log.info("media.tier.adapted", stream=lower.stream.name, bitrate=rate[0],
+                             max_fps=None if rate[1] is None else round(rate[1], 1),
+                             demand_bps=lower.stream.lowest_demand())
 
     async def _run_encoded_source(self, source: EncodedVideoSource) -> None:
         """Publish an encoded source's packets to its codec's stream, untouched.
@@ -638,6 +714,13 @@ class MediaHub:
         # any more: ending their streams makes their peers subscribe again.
         for scope in list(self._encode_scopes.values()):
             scope.cancel()
+        # Lower tiers that peers are on carry on, from this source if it has
+        # them; else their peers subscribe again and land on what there is.
+        for lower in list(self._encoded_lower.values()):
+            if lower.tier < len(source.tiers) and source.tiers[lower.tier] == lower.spec:
+                self._open_encoded_tier(source, lower)
+            else:
+                self._close_encoded_tier(lower, "tiers changed")
         self._last_frame_at = time.monotonic()
 
         def on_packet(packet: Packet[Any]) -> None:
@@ -649,6 +732,8 @@ class MediaHub:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(source.run, on_packet)
+                if len(source.tiers) > 1:
+                    nursery.start_soon(self._encoded_upkeep, source)
                 while True:  # the last resort: the source watches itself first
                     await trio.sleep(timeout / 3)
                     silent = time.monotonic() - self._last_frame_at

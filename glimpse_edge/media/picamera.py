@@ -10,6 +10,12 @@ then its libx264 software encoder; that works (about one core at 720p30) and
 is said in the log (``media.picamera2.software_encoder``) and in the source
 name that ``glimpse-edge status`` shows.
 
+Quality tiers. With a lower tier in ``video.tiers``, the camera is configured
+with a second, smaller "lores" stream too, and while some peer is on that
+tier (the hub calls :meth:`PiCamera2Source.open_tier`) a second H.264
+encoder runs on it, at the rate of the worst link on it (see ``_Lores``).
+Both encoders' packets of a camera frame carry the same ``pts``.
+
 Threads. picamera2's calls block (opening a camera takes about a second), so
 they run in worker threads, one at a time. The encoder calls our ``Output``
 from ITS OWN thread (the V4L2 poll thread; the camera loop for the software
@@ -49,7 +55,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, TypeVar
 
 import av
@@ -57,10 +63,17 @@ import structlog
 import trio
 from av.packet import Packet
 
-from ..config import CameraConfig, VideoConfig
+from ..config import CameraConfig, QualityTier, VideoConfig
 from ..supervise import sole_exception
 from .encoder import KEYFRAME_MIN_INTERVAL
-from .source import VIDEO_TIME_BASE, EncodedVideoSource, PacketSink, SourceError, monotonic_pts
+from .source import (
+    VIDEO_TIME_BASE,
+    EncodedVideoSource,
+    EncodingStats,
+    PacketSink,
+    SourceError,
+    monotonic_pts,
+)
 
 __all__ = [
     "INSTALL_HINT",
@@ -308,6 +321,85 @@ class _CameraStalled(Exception):
 # -------------------------------------------------------------------- source
 
 
+class _KeyframePacer:
+    """Forced IDRs for one encoder: at most one per ``KEYFRAME_MIN_INTERVAL``.
+
+    A request inside the interval is kept and served when it ends (checked at
+    every packet); one already forced and not yet seen is not repeated.
+    """
+
+    def __init__(self, label: str) -> None:
+        self.label = label  # "main" or "lores", for the log
+        self.last_keyframe_at = -math.inf
+        self.forced_at: float | None = None
+        self.deferred = False
+        self.forced = 0
+
+    def request(self, encoder: Any, urgent: bool) -> bool:
+        now = time.monotonic()
+        if self.forced_at is not None and now - self.forced_at < FORCE_PENDING:
+            return True
+        if urgent or now - self.last_keyframe_at >= KEYFRAME_MIN_INTERVAL:
+            self.force(encoder, now)
+            return True
+        self.deferred = True
+        return False
+
+    def force(self, encoder: Any, now: float) -> None:
+        try:
+            encoder.force_key_frame()
+        except Exception as exc:  # a PLI handler must never raise
+            log.warning("media.picamera2.force_keyframe_failed", stream=self.label,
+                        error=str(exc))
+            return
+        self.forced_at = now
+        self.deferred = False
+        self.forced += 1
+        log.debug("media.picamera2.keyframe_forced", stream=self.label, forced=self.forced)
+
+    def seen(self, encoder: Any, keyframe: bool, now: float) -> None:
+        """A packet came out: note a key frame, or serve a deferred request."""
+        if keyframe:
+            self.last_keyframe_at = now
+            self.forced_at = None
+            self.deferred = False
+        elif self.deferred and now - self.last_keyframe_at >= KEYFRAME_MIN_INTERVAL:
+            self.force(encoder, now)
+
+
+@dataclass
+class _Timeline:
+    """One encoder's packet time stamps (see :meth:`PiCamera2Source._stamp`)."""
+
+    last_pts: int | None = None
+    anchor_generation: int = -1  # for encoders that do not say their first time stamp
+    anchor: int = 0
+
+
+@dataclass
+class _Lores:
+    """The lower quality tier: picamera2's second ("lores") stream, a second encoder.
+
+    Configured with the camera whenever ``video.tiers`` has a lower tier, so
+    that it can be started while the camera runs; encoded only while the hub
+    has a peer on it (``sink`` set).
+    """
+
+    spec: QualityTier
+    stats: EncodingStats
+    pacer: _KeyframePacer = field(default_factory=lambda: _KeyframePacer("lores"))
+    timeline: _Timeline = field(default_factory=_Timeline)
+    sink: PacketSink | None = None  # the hub's, while some peer is on this tier
+    encoder: Any = None  # the running picamera2 encoder
+    generation: int = 0
+    skip: int = 1  # the encoder's frame_skip_count: every skip-th camera frame
+    want: tuple[int, int] | None = None  # (bitrate, skip) to restart with
+    changed_at: float = -math.inf
+    started_at: float = 0.0
+    last_packet_at: float = 0.0
+    skip_to_keyframe: bool = False
+
+
 class PiCamera2Source(EncodedVideoSource):
     """The Raspberry Pi camera's own H.264 (hardware on VC4), as packets for the hub.
 
@@ -337,29 +429,31 @@ class PiCamera2Source(EncodedVideoSource):
         self.stall_timeout = 2 * (FIRST_FRAME_TIMEOUT + 2 * self.stall_after) + OPEN_TIMEOUT
         self._frame_pts = 90_000 // video.framerate
         self.frames_encoded = self.keyframes_encoded = self.bytes_encoded = 0
-        self.keyframes_forced = 0
+        self._top = QualityTier(width=self.width, height=self.height, bitrate=video.max_bitrate)
+        self._lores = self._lores_tier(video)
+        self._tier_wake = trio.Event()
         self.encoder_restarts = 0
         self.camera_restarts = 0
         self.dropped = 0
         # encoder thread -> Trio
         self._lock = threading.Lock()
-        self._pending: collections.deque[tuple[int, bytes, bool, int]] = collections.deque()
+        # (tier, generation, access unit, key frame, time stamp, sensor time stamp)
+        self._pending: collections.deque[tuple[int, int, bytes, bool, int, int | None]] = (
+            collections.deque())
         self._dropping = False  # the encoder thread dropped packets: skip to the next IDR
         self._skip_to_keyframe = False
         self._token: trio.lowlevel.TrioToken | None = None
         self._has_packets: trio.Event | None = None
         self._generation = 0  # bumped before each encoder start
         # Trio side
-        self._anchor_generation = -1
-        self._anchor = 0
-        self._last_pts: int | None = None
+        self._timeline = _Timeline()
+        self._sensor_anchor: int | None = None  # pts of sensor time 0, per camera session
+        self._newest_pts: int | None = None
         self._encoder: Any = None
         self._restarting = False
         self._session_packets = 0
         self._last_packet_at = 0.0
-        self._last_keyframe_at = -math.inf
-        self._forced_at: float | None = None
-        self._keyframe_deferred = False
+        self._pacer = _KeyframePacer("main")
         self._want_bitrate: int | None = None
         self._bitrate_wake: trio.Event | None = None
         self._last_bitrate_change = -math.inf
@@ -367,33 +461,20 @@ class PiCamera2Source(EncodedVideoSource):
 
     # -- requests from the hub (Trio thread) --------------------------------
 
-    def request_keyframe(self, urgent: bool = False) -> bool:
-        """Force an IDR with ``encoder.force_key_frame()``, at most every 0.5 s.
+    @property
+    def keyframes_forced(self) -> int:
+        return self._pacer.forced
 
-        A request inside the interval is kept and served when it ends (checked
-        at every packet); one already forced and not yet seen is not repeated.
-        """
-        now = time.monotonic()
+    def request_keyframe(self, urgent: bool = False, tier: int = 0) -> bool:
+        """Force an IDR with ``encoder.force_key_frame()``, at most every 0.5 s."""
+        if tier > 0:
+            lores = self._lores
+            if lores is None or lores.encoder is None:
+                return True  # a starting encoder begins with an IDR anyway
+            return lores.pacer.request(lores.encoder, urgent)
         if self._encoder is None or self._restarting:
-            return True  # a starting encoder begins with an IDR anyway
-        if self._forced_at is not None and now - self._forced_at < FORCE_PENDING:
             return True
-        if urgent or now - self._last_keyframe_at >= KEYFRAME_MIN_INTERVAL:
-            self._force_keyframe(now)
-            return True
-        self._keyframe_deferred = True
-        return False
-
-    def _force_keyframe(self, now: float) -> None:
-        try:
-            self._encoder.force_key_frame()
-        except Exception as exc:  # a PLI handler must never raise
-            log.warning("media.picamera2.force_keyframe_failed", error=str(exc))
-            return
-        self._forced_at = now
-        self._keyframe_deferred = False
-        self.keyframes_forced += 1
-        log.debug("media.picamera2.keyframe_forced", forced=self.keyframes_forced)
+        return self._pacer.request(self._encoder, urgent)
 
     def set_bitrate(self, bitrate: int) -> None:
         """Aim for ``bitrate`` (clamped to video.min/max_bitrate and the codec's range).
@@ -410,6 +491,101 @@ class PiCamera2Source(EncodedVideoSource):
         self._want_bitrate = target
         if self._bitrate_wake is not None:
             self._bitrate_wake.set()
+
+    # -- the lower tier ------------------------------------------------------
+
+    def _lores_tier(self, video: VideoConfig) -> _Lores | None:
+        """The first lower tier of ``video.tiers``, made from the camera's lores stream.
+
+        picamera2 has one lores stream, so one lower tier: further ones are
+        left out (logged). The encoder takes it like the main stream, at
+        no CPU cost on VC4; on a Pi 5 it is another libx264 encoder.
+        """
+        lower = video.quality_tiers()[1:]
+        if not lower:
+            return None
+        if len(lower) > 1:
+            log.warning("media.picamera2.tiers_limited", used=f"{lower[0].width}x"
+                        f"{lower[0].height}", left_out=[f"{t.width}x{t.height}" for t in lower[1:]],
+                        detail="the Pi camera has one second (lores) stream: one lower tier")
+        spec = lower[0]
+        bitrate = min(max(spec.bitrate, HW_BITRATE_RANGE[0]), HW_BITRATE_RANGE[1])
+        return _Lores(spec, EncodingStats(spec.width, spec.height, self.framerate, bitrate))
+
+    @property
+    def tiers(self) -> tuple[QualityTier, ...]:
+        return (self._top,) if self._lores is None else (self._top, self._lores.spec)
+
+    def open_tier(self, tier: int, sink: PacketSink) -> None:
+        if self._lores is None or tier != 1:
+            raise ValueError(f"{self.name} has no tier {tier}")
+        self._lores.sink = sink
+        self._tier_wake.set()
+
+    def close_tier(self, tier: int) -> None:
+        if self._lores is not None and tier == 1:
+            self._lores.sink = None
+            self._tier_wake.set()
+
+    def tier_stats(self, tier: int) -> EncodingStats | None:
+        lores = self._lores
+        return lores.stats if lores is not None and tier == 1 and lores.sink else None
+
+    def set_tier_rate(self, tier: int, bitrate: int, max_fps: float | None) -> None:
+        """Restart the lores encoder at ``bitrate``, skipping camera frames for ``max_fps``.
+
+        Like :meth:`set_bitrate`: picamera2 reads both settings at start, so
+        changes under 10 % (and with the same frame skip) are ignored, and
+        the restarts are spaced ``BITRATE_MIN_INTERVAL`` apart.
+        """
+        lores = self._lores
+        if lores is None or tier != 1:
+            return
+        target = min(max(int(bitrate), HW_BITRATE_RANGE[0]), HW_BITRATE_RANGE[1])
+        skip = 1 if max_fps is None else max(1, round(self.framerate / max(max_fps, 1.0)))
+        current = lores.stats.bitrate
+        if skip == lores.skip and abs(target - current) < BITRATE_HYSTERESIS * current:
+            lores.want = None
+            return
+        lores.want = (target, skip)
+        self._tier_wake.set()
+
+    async def _lores_loop(self, cam: Any) -> None:
+        """Run the lores encoder as the hub asks, for one camera session (a Trio task).
+
+        Started when a peer is on the tier, stopped when none is, restarted
+        for a new rate, and restarted once it goes silent: its own watchdog,
+        since the main encoder's does not look at it.
+        """
+        lores = self._lores
+        assert lores is not None
+        try:
+            while True:
+                now = time.monotonic()
+                running = lores.encoder is not None
+                if lores.sink is not None and not running:
+                    await self._blocking(self._start_lores, cam)
+                elif lores.sink is None and running:
+                    await self._blocking(self._stop_lores, cam)
+                elif running and lores.want is not None and (
+                        now - lores.changed_at >= BITRATE_MIN_INTERVAL):
+                    await self._blocking(self._restart_lores, cam, "rate")
+                elif running and now - max(lores.last_packet_at, lores.started_at) > max(
+                        self.stall_after, FIRST_FRAME_TIMEOUT if not lores.stats.frames_encoded
+                        else 0):
+                    log.warning("media.picamera2.stalled", stream="lores",
+                                action="restart_encoder", camera=self.camera.index)
+                    await self._blocking(self._restart_lores, cam, "stalled")
+                else:
+                    wait = self.stall_after / 2
+                    if lores.want is not None:
+                        wait = min(wait, lores.changed_at + BITRATE_MIN_INTERVAL - now)
+                    with trio.move_on_after(max(wait, 0.01)):
+                        await self._tier_wake.wait()
+                    if self._tier_wake.is_set():
+                        self._tier_wake = trio.Event()
+        finally:
+            lores.encoder = None  # the camera session's close stops every encoder
 
     # -- running ------------------------------------------------------------
 
@@ -461,10 +637,13 @@ class PiCamera2Source(EncodedVideoSource):
             abandoned.set()  # if the thread still runs, it closes what it opened
         try:
             self._session_packets = 0
+            self._sensor_anchor = None
             await self._blocking(self._start, cam)
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._bitrate_loop, cam)
+                    if self._lores is not None:
+                        nursery.start_soon(self._lores_loop, cam)
                     await self._watchdog(cam)
             except BaseExceptionGroup as group:
                 raise sole_exception(group) from None
@@ -547,8 +726,13 @@ class PiCamera2Source(EncodedVideoSource):
             check_controls(wanted, available, f"camera {index} ({model})")
             controls: dict[str, Any] = {"FrameRate": self.framerate}
             controls.update({w.control: w.value for w in wanted})
+            lores = None
+            if self._lores is not None:  # there to start whenever a peer needs it
+                lores = {"size": (self._lores.spec.width, self._lores.spec.height),
+                         "format": "YUV420"}
             config = cam.create_video_configuration(
                 main={"size": (self.width, self.height), "format": "YUV420"},
+                lores=lores,
                 controls=controls,
                 buffer_count=self.camera.buffer_count,
                 transform=mods.Transform(hflip=self.camera.hflip != (self.camera.rotation == 180),
@@ -614,7 +798,7 @@ class PiCamera2Source(EncodedVideoSource):
         with self._lock:
             self._generation += 1
             generation = self._generation
-        output = _output_class(self.mods.Output)(self, generation)
+        output = _output_class(self.mods.Output)(self, 0, generation, self._encoder)
         cam.start_encoder(self._encoder, output, name="main")
         log.info("media.picamera2.encoder_started", camera=self.camera.index,
                  bitrate=self.bitrate, iperiod=self.gop, profile=PROFILE,
@@ -635,6 +819,63 @@ class PiCamera2Source(EncodedVideoSource):
             self._last_packet_at = time.monotonic()
             self._restarting = False
 
+    def _start_lores(self, cam: Any) -> None:
+        """Make the lores encoder and start it on the running camera (a worker thread)."""
+        lores = self._lores
+        assert lores is not None
+        lores.encoder = self.mods.H264Encoder(
+            bitrate=lores.stats.bitrate, repeat=True, iperiod=self.gop,
+            framerate=self.framerate, profile=PROFILE)
+        self._start_lores_encoder(cam, "peer on the tier")
+
+    def _start_lores_encoder(self, cam: Any, reason: str) -> None:
+        lores = self._lores
+        assert lores is not None and lores.encoder is not None
+        if lores.want is not None:
+            lores.stats.bitrate, lores.skip = lores.want
+            lores.want = None
+        lores.encoder.bitrate = lores.stats.bitrate
+        lores.encoder.frame_skip_count = lores.skip
+        lores.stats.max_fps = self.framerate / lores.skip if lores.skip > 1 else None
+        lores.generation += 1
+        lores.skip_to_keyframe = False
+        lores.changed_at = lores.started_at = time.monotonic()
+        output = _output_class(self.mods.Output)(self, 1, lores.generation, lores.encoder)
+        try:
+            cam.start_encoder(lores.encoder, output, name="lores")
+        except Exception as exc:
+            lores.encoder = None
+            raise SourceError(f"camera {self.camera.index}: the lores H.264 encoder did not "
+                              f"start: {_chain(exc)}") from exc
+        log.info("media.picamera2.encoder_started", camera=self.camera.index, stream="lores",
+                 width=lores.spec.width, height=lores.spec.height,
+                 bitrate=lores.stats.bitrate, max_fps=lores.stats.max_fps, reason=reason,
+                 generation=lores.generation)
+
+    def _stop_lores(self, cam: Any) -> None:
+        lores = self._lores
+        assert lores is not None
+        encoder, lores.encoder = lores.encoder, None
+        lores.generation += 1  # what it still had queued is stale
+        try:
+            cam.stop_encoder(encoder)
+        except Exception as exc:
+            log.warning("media.picamera2.close_step_failed", step="stop_encoder lores",
+                        error=str(exc))
+        log.info("media.picamera2.encoder_stopped", camera=self.camera.index, stream="lores",
+                 reason="no peer on the tier")
+
+    def _restart_lores(self, cam: Any, reason: str) -> None:
+        lores = self._lores
+        assert lores is not None and lores.encoder is not None
+        try:
+            cam.stop_encoder(lores.encoder)
+        except Exception as exc:
+            lores.encoder = None
+            raise SourceError(f"camera {self.camera.index}: restarting the lores H.264 encoder "
+                              f"failed: {_chain(exc)}") from exc
+        self._start_lores_encoder(cam, reason)
+
     def _close(self, cam: Any) -> None:
         """Stop everything and close the camera, whatever state it is in (a worker thread)."""
         for step in ("stop_encoder", "stop", "close"):
@@ -646,8 +887,8 @@ class PiCamera2Source(EncodedVideoSource):
 
     # -- encoder thread -> Trio -----------------------------------------------
 
-    def _from_encoder(self, generation: int, frame: Any, keyframe: bool,
-                      timestamp: int | None) -> None:
+    def _from_encoder(self, tier: int, generation: int, frame: Any, keyframe: bool,
+                      timestamp: int | None, first: int | None) -> None:
         """Called in the encoder's thread for every access unit: copy, queue, wake Trio.
 
         Never blocks and never raises: an exception here would end picamera2's
@@ -661,7 +902,9 @@ class PiCamera2Source(EncodedVideoSource):
                     self._dropping = True
                     return
                 was_empty = not self._pending
-                self._pending.append((generation, data, bool(keyframe), int(timestamp or 0)))
+                sensor = None if first is None else int(first) + int(timestamp or 0)
+                self._pending.append((tier, generation, data, bool(keyframe),
+                                      int(timestamp or 0), sensor))
             if was_empty and self._token is not None:
                 self._token.run_sync_soon(self._wake)
         except trio.RunFinishedError:
@@ -688,13 +931,22 @@ class PiCamera2Source(EncodedVideoSource):
                             reason="the agent fell behind the encoder")
                 self._skip_to_keyframe = True
                 self.request_keyframe(urgent=True)
-            for item in items:
-                packet = self._packet(*item)
-                if packet is not None:
-                    sink(packet)
+                if self._lores is not None and self._lores.encoder is not None:
+                    self._lores.skip_to_keyframe = True
+                    self.request_keyframe(urgent=True, tier=1)
+            for tier, generation, data, keyframe, timestamp_us, sensor_us in items:
+                if tier == 0:
+                    packet = self._packet(generation, data, keyframe, timestamp_us, sensor_us)
+                    if packet is not None:
+                        sink(packet)
+                elif (lores := self._lores) is not None and lores.sink is not None:
+                    packet = self._lores_packet(lores, generation, data, keyframe,
+                                                timestamp_us, sensor_us)
+                    if packet is not None:
+                        lores.sink(packet)
 
-    def _packet(self, generation: int, data: bytes, keyframe: bool,
-                timestamp_us: int) -> Packet[Any] | None:
+    def _packet(self, generation: int, data: bytes, keyframe: bool, timestamp_us: int,
+                sensor_us: int | None) -> Packet[Any] | None:
         """One access unit as an av.Packet for the fan-out; None for stale or skipped ones."""
         if generation != self._generation:
             return None  # queued by an encoder session that has since been stopped
@@ -703,33 +955,79 @@ class PiCamera2Source(EncodedVideoSource):
                 return None
             self._skip_to_keyframe = False
         now = time.monotonic()
-        offset = timestamp_us * 9 // 100  # microseconds -> 1/90000 s
-        if generation != self._anchor_generation:
-            # A new encoder session counts from 0 again: anchor it to the clock,
-            # after the last packet of the previous one.
-            self._anchor_generation = generation
-            self._anchor = monotonic_pts() - offset
-            if self._last_pts is not None:
-                self._anchor = max(self._anchor, self._last_pts + self._frame_pts - offset)
-        pts = self._anchor + offset
-        if self._last_pts is not None and pts <= self._last_pts:
-            pts = self._last_pts + 1
-        self._last_pts = pts
-        packet = av.Packet(data)
-        packet.pts = packet.dts = pts
-        packet.time_base = VIDEO_TIME_BASE
-        packet.is_keyframe = keyframe
+        packet = self._av_packet(data, keyframe,
+                                 self._stamp(self._timeline, generation, timestamp_us, sensor_us))
         self.frames_encoded += 1
         self.bytes_encoded += len(data)
         self._session_packets += 1
         self._last_packet_at = now
         if keyframe:
             self.keyframes_encoded += 1
-            self._last_keyframe_at = now
-            self._forced_at = None
-            self._keyframe_deferred = False
-        elif self._keyframe_deferred and now - self._last_keyframe_at >= KEYFRAME_MIN_INTERVAL:
-            self._force_keyframe(now)
+        self._pacer.seen(self._encoder, keyframe, now)
+        return packet
+
+    def _lores_packet(self, lores: _Lores, generation: int, data: bytes, keyframe: bool,
+                      timestamp_us: int, sensor_us: int | None) -> Packet[Any] | None:
+        """The same for the lores encoder's access units."""
+        if generation != lores.generation:
+            return None
+        if lores.skip_to_keyframe:
+            if not keyframe:
+                return None
+            lores.skip_to_keyframe = False
+        now = time.monotonic()
+        packet = self._av_packet(data, keyframe,
+                                 self._stamp(lores.timeline, generation, timestamp_us, sensor_us))
+        lores.stats.frames_encoded += 1
+        lores.stats.bytes_encoded += len(data)
+        lores.last_packet_at = now
+        if keyframe:
+            lores.stats.keyframes_encoded += 1
+        lores.pacer.seen(lores.encoder, keyframe, now)
+        return packet
+
+    def _stamp(self, line: _Timeline, generation: int, timestamp_us: int,
+               sensor_us: int | None) -> int:
+        """``pts`` (1/90000 s) on the monotonic clock, strictly increasing per encoder.
+
+        picamera2 counts each encoder's time stamps from its own first frame
+        (and from 0 again after a restart), but says where that was
+        (``encoder.firsttimestamp``): the sensor's time of the frame. Both
+        encoders' packets of one camera frame are stamped from that, against
+        one anchor per camera session, so they carry the same ``pts``, which a
+        peer switching tiers relies on. Without it, each encoder session is
+        anchored to the clock at its first packet.
+        """
+        if sensor_us is not None:
+            offset = sensor_us * 9 // 100  # microseconds -> 1/90000 s
+            if self._sensor_anchor is None:
+                self._sensor_anchor = monotonic_pts() - offset
+                if self._newest_pts is not None:  # a reopened camera: after what was sent
+                    self._sensor_anchor = max(self._sensor_anchor,
+                                              self._newest_pts + self._frame_pts - offset)
+            pts = self._sensor_anchor + offset
+        else:
+            offset = timestamp_us * 9 // 100
+            if generation != line.anchor_generation:
+                # A new encoder session counts from 0 again: anchor it to the
+                # clock, after the last packet of the previous one.
+                line.anchor_generation = generation
+                line.anchor = monotonic_pts() - offset
+                if line.last_pts is not None:
+                    line.anchor = max(line.anchor, line.last_pts + self._frame_pts - offset)
+            pts = line.anchor + offset
+        if line.last_pts is not None and pts <= line.last_pts:
+            pts = line.last_pts + 1
+        line.last_pts = pts
+        self._newest_pts = pts if self._newest_pts is None else max(self._newest_pts, pts)
+        return pts
+
+    @staticmethod
+    def _av_packet(data: bytes, keyframe: bool, pts: int) -> Packet[Any]:
+        packet = av.Packet(data)
+        packet.pts = packet.dts = pts
+        packet.time_base = VIDEO_TIME_BASE
+        packet.is_keyframe = keyframe
         return packet
 
 
@@ -742,10 +1040,13 @@ def _output_class(base: Any) -> Any:
     if cls is None:
 
         class TrioOutput(base):  # type: ignore[misc]
-            def __init__(self, source: PiCamera2Source, generation: int) -> None:
+            def __init__(self, source: PiCamera2Source, tier: int, generation: int,
+                         encoder: Any) -> None:
                 super().__init__()
                 self._source = source
+                self._tier = tier
                 self._generation = generation
+                self._encoder = encoder
 
             def outputframe(self, frame: Any, keyframe: bool = True,
                             timestamp: int | None = None, packet: Any = None,
@@ -753,7 +1054,10 @@ def _output_class(base: Any) -> Any:
                 # picamera2 passes all five positionally, from the encoder's thread
                 if audio or frame is None:
                     return
-                self._source._from_encoder(self._generation, frame, keyframe, timestamp)
+                # where this encoder's time stamps count from: the sensor's clock
+                first = getattr(self._encoder, "firsttimestamp", None)
+                self._source._from_encoder(self._tier, self._generation, frame, keyframe,
+                                           timestamp, first)
 
         cls = _OUTPUT_CLASSES[base] = TrioOutput
     return cls

@@ -33,6 +33,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Final, Generic, TypeVar, cast
 
@@ -43,6 +44,8 @@ import structlog
 import trio
 from av.packet import Packet
 
+from ..config import QualityTier
+
 __all__ = [
     "VIDEO_CLOCK_RATE",
     "VIDEO_TIME_BASE",
@@ -51,6 +54,7 @@ __all__ = [
     "AudioSource",
     "Emit",
     "EncodedVideoSource",
+    "EncodingStats",
     "PacketSink",
     "SourceError",
     "StrictlyIncreasing",
@@ -109,6 +113,21 @@ class VideoSource(abc.ABC):
         return f"<{type(self).__name__} {self.name} {self.width}x{self.height}@{self.framerate}>"
 
 
+@dataclass
+class EncodingStats:
+    """Counters and settings of an encoding a source makes beside its own (a lower
+    tier), named like the shared encoders' so that status and metrics show both."""
+
+    width: int
+    height: int
+    framerate: int
+    bitrate: int
+    max_fps: float | None = None
+    frames_encoded: int = 0
+    keyframes_encoded: int = 0
+    bytes_encoded: int = 0
+
+
 class EncodedVideoSource(abc.ABC):
     """Produces video already encoded for one codec: a camera with its own encoder.
 
@@ -151,7 +170,7 @@ class EncodedVideoSource(abc.ABC):
         """
 
     @abc.abstractmethod
-    def request_keyframe(self, urgent: bool = False) -> bool:
+    def request_keyframe(self, urgent: bool = False, tier: int = 0) -> bool:
         """Ask for an IDR frame soon (a peer joined or lost packets: PLI/FIR).
 
         Rate-limited like the shared encoders: True if one is on its way now,
@@ -161,6 +180,37 @@ class EncodedVideoSource(abc.ABC):
     @abc.abstractmethod
     def set_bitrate(self, bitrate: int) -> None:
         """Change the target bitrate (rate-limited; may restart the encoder)."""
+
+    # -- lower quality tiers (optional) ----------------------------------------
+
+    @property
+    def tiers(self) -> tuple[QualityTier, ...]:
+        """The encodings this source can make, best first: its own, then any lower
+        ones it can encode beside it (the Pi camera's second, smaller stream)."""
+        return (QualityTier(width=self.width, height=self.height, bitrate=self.bitrate),)
+
+    def open_tier(self, tier: int, sink: PacketSink) -> None:
+        """Start encoding lower tier ``tier`` (>= 1), its packets to ``sink``.
+
+        Called from the Trio thread while :meth:`run` runs (and again after
+        each restart of the source). Packets of one picture in different
+        tiers carry the same ``pts``, so a peer can switch between them on a
+        key frame without a gap or a step back in time.
+        """
+        raise NotImplementedError(f"{self.name} has no lower tiers")
+
+    def close_tier(self, tier: int) -> None:
+        """Stop encoding lower tier ``tier`` (nobody is on it any more)."""
+        return  # a source without lower tiers never opened one
+
+    def tier_stats(self, tier: int) -> EncodingStats | None:
+        """Lower tier ``tier``'s counters while it is open (None: it is not)."""
+        return None
+
+    def set_tier_rate(self, tier: int, bitrate: int, max_fps: float | None) -> None:
+        """Aim lower tier ``tier`` at ``bitrate``, and at most ``max_fps`` frames a second
+        (None: the full rate); rate-limited, like :meth:`set_bitrate`."""
+        return  # a source without lower tiers has nothing to aim
 
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} {self.name} {self.codec} "

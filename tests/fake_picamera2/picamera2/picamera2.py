@@ -34,14 +34,32 @@ class _CameraManager:
 
 
 class _Request:
-    """What an encoder gets for one frame: the mapped buffer and the metadata."""
+    """What an encoder gets for one frame: each stream's mapped buffer, and the metadata.
 
-    def __init__(self, array: Any, timestamp_ns: int) -> None:
+    The lores stream is the ISP's second, smaller output of the same sensor
+    frame: made here (nearest-neighbour) only when an encoder reads it.
+    """
+
+    def __init__(self, array: Any, timestamp_ns: int,
+                 lores_size: tuple[int, int] | None = None) -> None:
         self.array = array
+        self._lores_size = lores_size
+        self._lores: Any = None
         self.request = self  # picamera2 code reads request.request.metadata
         self.metadata = {"SensorTimestamp": timestamp_ns}
         self._refs = 1
         self._lock = threading.Lock()
+
+    def make_array(self, name: str) -> Any:
+        """The stream's pixels (as CompletedRequest.make_array; YUV420 here)."""
+        if name == "main":
+            return self.array
+        if name != "lores" or self._lores_size is None:
+            raise RuntimeError(f"Stream {name!r} is not configured")
+        with self._lock:
+            if self._lores is None:
+                self._lores = _scale_i420(self.array, *self._lores_size)
+            return self._lores
 
     def acquire(self) -> None:
         with self._lock:
@@ -50,6 +68,26 @@ class _Request:
     def release(self) -> None:
         with self._lock:
             self._refs -= 1
+
+
+def _scale_i420(array: Any, width: int, height: int) -> Any:
+    """An I420 picture (as Picture.render makes it) at another size, nearest-neighbour."""
+    import numpy as np
+
+    src_h = array.shape[0] * 2 // 3
+    src_w = array.shape[1]
+    y = array[:src_h]
+    out = np.empty((height * 3 // 2, width), dtype=array.dtype)
+    out[:height] = y[np.ix_(np.arange(height) * src_h // height,
+                            np.arange(width) * src_w // width)]
+    for plane in range(2):  # U then V: (h/2) x (w/2) each, packed as h/4 rows of w
+        src = array[src_h + plane * src_h // 4:src_h + (plane + 1) * src_h // 4].reshape(
+            src_h // 2, src_w // 2)
+        dst = src[np.ix_(np.arange(height // 2) * (src_h // 2) // (height // 2),
+                         np.arange(width // 2) * (src_w // 2) // (width // 2))]
+        out[height + plane * height // 4:height + (plane + 1) * height // 4] = dst.reshape(
+            height // 4, width)
+    return out
 
 
 class Controls:
@@ -286,6 +324,8 @@ class Picamera2:
         assert self.camera_config is not None
         main = self.camera_config["main"]
         picture = Picture(*main["size"])
+        lores = self.camera_config.get("lores")
+        lores_size = tuple(lores["size"]) if lores is not None else None
         duration = self.controls.make_dict().get("FrameDurationLimits", (33333, 33333))[0]
         interval = max(duration, 1) / 1_000_000
         next_at = time.monotonic()
@@ -302,7 +342,7 @@ class Picamera2:
                 wedged = True  # the camera goes quiet until it is closed
             if wedged:
                 continue
-            request = _Request(picture.render(n), time.monotonic_ns())
+            request = _Request(picture.render(n), time.monotonic_ns(), lores_size)
             n += 1
             with self.lock:
                 encoders = list(self._encoders)

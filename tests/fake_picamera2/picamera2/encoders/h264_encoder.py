@@ -93,24 +93,25 @@ class H264Encoder(V4L2Encoder):
             profile=self.profile, framerate=self.framerate or 30, qp=self.qp)
         self.vd = object()  # "/dev/video11" is open
         self._wedged = False
-        self.buf_frame: queue.Queue[tuple[Any, int, bool]] = queue.Queue(NUM_OUTPUT_BUFFERS)
+        self.buf_frame: queue.Queue[tuple[Any, str, int, bool]] = queue.Queue(
+            NUM_OUTPUT_BUFFERS)
         self.thread = threading.Thread(target=self.thread_poll, name="v4l2-encoder",
                                        daemon=True)
         self.thread.start()
         _hardware.record(f"encoder.start bitrate={self.bitrate} iperiod={gop} "
-                         f"profile={self.profile} repeat={self.repeat}")
+                         f"profile={self.profile} repeat={self.repeat} stream={self.name}")
 
     def _stop(self) -> None:
         self.thread.join()
         self.vd = None
         self._ctx = None
-        _hardware.record("encoder.stop")
+        _hardware.record(f"encoder.stop stream={self.name}")
 
     def thread_poll(self) -> None:
         """The codec's output side: encodes queued frames and outputs them, in this thread."""
         while self._running or self.buf_frame.qsize() > 0:
             try:
-                request, timestamp_us, force = self.buf_frame.get(timeout=0.4)
+                request, stream, timestamp_us, force = self.buf_frame.get(timeout=0.4)
             except queue.Empty:
                 if not self._running:
                     break
@@ -120,7 +121,7 @@ class H264Encoder(V4L2Encoder):
                     self._wedged = True
                 if self._wedged:
                     continue  # a frozen codec: frames go in, nothing comes out
-                for packet in _x264.encode(self._ctx, request.array, timestamp_us,
+                for packet in _x264.encode(self._ctx, request.make_array(stream), timestamp_us,
                                            force):
                     b = bytes(packet)
                     keyframe = bool(packet.is_keyframe)
@@ -139,7 +140,7 @@ class H264Encoder(V4L2Encoder):
             force = True
             _hardware.record(f"encoder.force_key_frame ts={timestamp_us}")
         request.acquire()
-        self.buf_frame.put((request, timestamp_us, force))  # blocks when all 16 are queued
+        self.buf_frame.put((request, stream, timestamp_us, force))  # blocks when all 16 are queued
 
     def force_key_frame(self) -> None:
         """Force a key frame to be encoded in the video stream as soon as possible."""

@@ -53,11 +53,12 @@ class LibavH264Encoder(Encoder):
             repeat=self.repeat, profile=self.profile, framerate=self.framerate, qp=self.qp)
         self._wedged = False
         _hardware.record(f"encoder.start bitrate={self.bitrate} iperiod={self.iperiod} "
-                         f"profile={self.profile} repeat={self.repeat} software=1")
+                         f"profile={self.profile} repeat={self.repeat} software=1 "
+                         f"stream={self.name}")
 
     def _stop(self) -> None:
         self._ctx = None
-        _hardware.record("encoder.stop")
+        _hardware.record(f"encoder.stop stream={self.name}")
 
     def _encode(self, stream: Any, request: Any) -> None:
         timestamp_us = self._timestamp(request)
@@ -70,7 +71,8 @@ class LibavH264Encoder(Encoder):
             self._key_frames_generated += 1
             force = True
             _hardware.record(f"encoder.force_key_frame ts={timestamp_us}")
-        for packet in _x264.encode(self._ctx, request.array, timestamp_us, force):
+        for packet in _x264.encode(self._ctx, request.make_array(stream), timestamp_us,
+                                   force):
             self.outputframe(bytes(packet), packet.is_keyframe, timestamp=packet.pts,
                              packet=packet)
 
