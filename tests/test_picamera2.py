@@ -448,6 +448,15 @@ async def test_hub_publishes_camera_packets_untouched_and_refuses_vp8(
         assert isinstance(encoder, PiCamera2Source) and encoder.frames_encoded >= 5
         hub.set_bitrate(300_000)
         assert encoder._want_bitrate == 300_000
+        # a peer on the lower tier: the camera's lores encoder, listed like the main one
+        low = hub.video_stream("h264", 1)
+        assert low is not None and low.name == f"h264/{WIDTH // 2}x{HEIGHT // 2}"
+        assert hub.video_stream("h264", 5) is low, "a tier that does not exist: the lowest"
+        low_queue = low.subscribe("slow peer")
+        await until(lambda: len(low_queue) > 0, 5)
+        assert low_queue._packets[0].is_keyframe
+        assert [(c, t) for c, t, _enc in hub.encoders()] == [
+            ("h264", f"{WIDTH}x{HEIGHT}"), ("h264", f"{WIDTH // 2}x{HEIGHT // 2}")]
         nursery.cancel_scope.cancel()
     assert not hub._encodings, "no software encoder was started"
 
