@@ -113,6 +113,10 @@ BITRATE_HYSTERESIS: Final = 0.1
 MAX_PENDING: Final = 30
 # A forced IDR normally arrives within a frame or two; ask again after this.
 FORCE_PENDING: Final = 0.5
+# A lores encoder that will not start or stays silent is given up on for a
+# while (its peers keep what they had), doubling up to the maximum.
+LORES_RETRY: Final = 5.0
+LORES_RETRY_MAX: Final = 60.0
 
 # libcamera enum values (control_ids_core.yaml); picamera2 accepts plain ints.
 _AF_MODES: Final = {"manual": 0, "auto": 1, "continuous": 2}
@@ -397,7 +401,10 @@ class _Lores:
     changed_at: float = -math.inf
     started_at: float = 0.0
     last_packet_at: float = 0.0
+    session_packets: int = 0  # since the encoder's last start
     skip_to_keyframe: bool = False
+    failures: int = 0  # starts in a row that failed or brought no packet
+    retry_at: float = -math.inf
 
 
 class PiCamera2Source(EncodedVideoSource):
@@ -555,7 +562,11 @@ class PiCamera2Source(EncodedVideoSource):
 
         Started when a peer is on the tier, stopped when none is, restarted
         for a new rate, and restarted once it goes silent: its own watchdog,
-        since the main encoder's does not look at it.
+        since the main encoder's does not look at it. A lores encoder that
+        fails is the tier's problem, never the main stream's: it is retried
+        after a back-off (``media.picamera2.lores_failed``), and meanwhile a
+        peer moving to the tier stays where it is (its switch waits for a key
+        frame that does not come).
         """
         lores = self._lores
         assert lores is not None
@@ -563,29 +574,52 @@ class PiCamera2Source(EncodedVideoSource):
             while True:
                 now = time.monotonic()
                 running = lores.encoder is not None
-                if lores.sink is not None and not running:
-                    await self._blocking(self._start_lores, cam)
-                elif lores.sink is None and running:
-                    await self._blocking(self._stop_lores, cam)
-                elif running and lores.want is not None and (
-                        now - lores.changed_at >= BITRATE_MIN_INTERVAL):
-                    await self._blocking(self._restart_lores, cam, "rate")
-                elif running and now - max(lores.last_packet_at, lores.started_at) > max(
-                        self.stall_after, FIRST_FRAME_TIMEOUT if not lores.stats.frames_encoded
-                        else 0):
-                    log.warning("media.picamera2.stalled", stream="lores",
-                                action="restart_encoder", camera=self.camera.index)
-                    await self._blocking(self._restart_lores, cam, "stalled")
-                else:
-                    wait = self.stall_after / 2
-                    if lores.want is not None:
-                        wait = min(wait, lores.changed_at + BITRATE_MIN_INTERVAL - now)
-                    with trio.move_on_after(max(wait, 0.01)):
-                        await self._tier_wake.wait()
-                    if self._tier_wake.is_set():
-                        self._tier_wake = trio.Event()
+                allowance = (self.stall_after * lores.skip if lores.session_packets
+                             else FIRST_FRAME_TIMEOUT)
+                try:
+                    if lores.sink is not None and not running and now >= lores.retry_at:
+                        await self._blocking(self._start_lores, cam)
+                    elif lores.sink is None and running:
+                        await self._blocking(self._stop_lores, cam)
+                    elif running and lores.want is not None and (
+                            now - lores.changed_at >= BITRATE_MIN_INTERVAL):
+                        await self._blocking(self._restart_lores, cam, "rate")
+                    elif running and now - max(lores.last_packet_at, lores.started_at) > allowance:
+                        log.warning("media.picamera2.stalled", stream="lores",
+                                    action="restart_encoder", camera=self.camera.index,
+                                    packets=lores.session_packets)
+                        if not lores.session_packets:
+                            raise SourceError("the lores encoder delivers no packets")
+                        await self._blocking(self._restart_lores, cam, "stalled")
+                    else:
+                        await self._wait_for_tier_request(lores, now)
+                except SourceError as exc:
+                    await self._blocking(self._lores_failed, cam, str(exc))
         finally:
             lores.encoder = None  # the camera session's close stops every encoder
+
+    async def _wait_for_tier_request(self, lores: _Lores, now: float) -> None:
+        wait = self.stall_after / 2
+        if lores.want is not None:
+            wait = min(wait, lores.changed_at + BITRATE_MIN_INTERVAL - now)
+        if lores.sink is not None and lores.encoder is None:
+            wait = min(wait, lores.retry_at - now)
+        with trio.move_on_after(max(wait, 0.01)):
+            await self._tier_wake.wait()
+        if self._tier_wake.is_set():
+            self._tier_wake = trio.Event()
+
+    def _lores_failed(self, cam: Any, error: str) -> None:
+        """Stop a failed lores encoder and wait before the next try (a worker thread)."""
+        lores = self._lores
+        assert lores is not None
+        if lores.encoder is not None:
+            self._stop_lores(cam, "failed")
+        lores.failures += 1
+        retry = min(LORES_RETRY * 2 ** (lores.failures - 1), LORES_RETRY_MAX)
+        lores.retry_at = time.monotonic() + retry
+        log.error("media.picamera2.lores_failed", camera=self.camera.index, error=error,
+                  failures=lores.failures, retry_in=retry)
 
     # -- running ------------------------------------------------------------
 
@@ -823,9 +857,12 @@ class PiCamera2Source(EncodedVideoSource):
         """Make the lores encoder and start it on the running camera (a worker thread)."""
         lores = self._lores
         assert lores is not None
-        lores.encoder = self.mods.H264Encoder(
-            bitrate=lores.stats.bitrate, repeat=True, iperiod=self.gop,
-            framerate=self.framerate, profile=PROFILE)
+        try:
+            lores.encoder = self.mods.H264Encoder(
+                bitrate=lores.stats.bitrate, repeat=True, iperiod=self.gop,
+                framerate=self.framerate, profile=PROFILE)
+        except Exception as exc:
+            raise SourceError(f"no lores H.264 encoder: {_chain(exc)}") from exc
         self._start_lores_encoder(cam, "peer on the tier")
 
     def _start_lores_encoder(self, cam: Any, reason: str) -> None:
@@ -839,6 +876,7 @@ class PiCamera2Source(EncodedVideoSource):
         lores.stats.max_fps = self.framerate / lores.skip if lores.skip > 1 else None
         lores.generation += 1
         lores.skip_to_keyframe = False
+        lores.session_packets = 0
         lores.changed_at = lores.started_at = time.monotonic()
         output = _output_class(self.mods.Output)(self, 1, lores.generation, lores.encoder)
         try:
@@ -852,7 +890,7 @@ class PiCamera2Source(EncodedVideoSource):
                  bitrate=lores.stats.bitrate, max_fps=lores.stats.max_fps, reason=reason,
                  generation=lores.generation)
 
-    def _stop_lores(self, cam: Any) -> None:
+    def _stop_lores(self, cam: Any, reason: str = "no peer on the tier") -> None:
         lores = self._lores
         assert lores is not None
         encoder, lores.encoder = lores.encoder, None
@@ -863,7 +901,7 @@ class PiCamera2Source(EncodedVideoSource):
             log.warning("media.picamera2.close_step_failed", step="stop_encoder lores",
                         error=str(exc))
         log.info("media.picamera2.encoder_stopped", camera=self.camera.index, stream="lores",
-                 reason="no peer on the tier")
+                 reason=reason)
 
     def _restart_lores(self, cam: Any, reason: str) -> None:
         lores = self._lores
@@ -981,6 +1019,8 @@ class PiCamera2Source(EncodedVideoSource):
         lores.stats.frames_encoded += 1
         lores.stats.bytes_encoded += len(data)
         lores.last_packet_at = now
+        lores.session_packets += 1
+        lores.failures = 0
         if keyframe:
             lores.stats.keyframes_encoded += 1
         lores.pacer.seen(lores.encoder, keyframe, now)

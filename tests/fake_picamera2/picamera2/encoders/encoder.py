@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import threading
 from enum import Enum
 from typing import Any
 
+from .. import _hardware
 from ..outputs import Output
 
 
@@ -127,10 +129,17 @@ class Encoder:
     def _encode(self, stream: Any, request: Any) -> None:
         raise NotImplementedError
 
+    def _fault(self, command: str) -> str:
+        """The stand-in's fault command for this encoder: "stall-encoder" for the
+        main stream's, "stall-encoder-lores" for the lores stream's (not picamera2's)."""
+        return command if self._name in (None, "main") else f"{command}-{self._name}"
+
     def start(self, quality: Quality | None = None) -> None:
         with self._lock:
             if self._running:
                 raise RuntimeError("Encoder already running")
+            if _hardware.take_command(self._fault("refuse-start")):
+                raise OSError(errno.EBUSY, "Device or resource busy (VIDIOC_STREAMON)")
             self.frames_encoded = 0
             self._setup(quality)
             self._running = True

@@ -117,7 +117,7 @@ class H264Encoder(V4L2Encoder):
                     break
                 continue
             try:
-                if not self._wedged and _hardware.take_command("stall-encoder"):
+                if not self._wedged and _hardware.take_command(self._fault("stall-encoder")):
                     self._wedged = True
                 if self._wedged:
                     continue  # a frozen codec: frames go in, nothing comes out

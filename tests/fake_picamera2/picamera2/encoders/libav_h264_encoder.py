@@ -62,7 +62,7 @@ class LibavH264Encoder(Encoder):
 
     def _encode(self, stream: Any, request: Any) -> None:
         timestamp_us = self._timestamp(request)
-        if not self._wedged and _hardware.take_command("stall-encoder"):
+        if not self._wedged and _hardware.take_command(self._fault("stall-encoder")):
             self._wedged = True
         if self._wedged:
             return
