@@ -29,6 +29,7 @@ from support.devserver import DevServer
 from support.glimpse_client import create_room, register
 from support.picam import FakeCamera
 from support.rtcpeer import BrowserPeer
+from support.tiering import climb_back
 
 from glimpse_edge.config import (
     AudioConfig,
@@ -564,19 +565,28 @@ dead_after = 3.0
 """
 
 
+async def camera_room(devserver: DevServer, tmp_path: Path, fake_camera: FakeCamera,
+                      media: str, log_level: str) -> tuple[dict[str, str], str, str, AgentProcess]:
+    """Accounts (alice, bob, owner), the owner's room, and a camera agent for it (not
+    started): (tokens, device id, room id, agent)."""
+    tokens = {name: (await register(devserver.api_url, name, f"{name}-password"))[1]
+              for name in ("alice", "bob", "owner")}
+    device_id, device_token = await register(devserver.api_url, "device", "device-password")
+    room_id = await create_room(devserver.api_url, tokens["owner"], "Room")
+    agent = AgentProcess(write_config(tmp_path, ws_url=devserver.ws_url, room_id=room_id,
+                                      token=device_token, log_level=log_level, extra=media),
+                         env=fake_camera.env())
+    return tokens, device_id, room_id, agent
+
+
 async def test_agent_streams_the_camera_and_waits_out_a_busy_camera(
     devserver: DevServer, tmp_path: Path, nursery: trio.Nursery, fake_camera: FakeCamera
 ) -> None:
     from picamera2 import Picamera2
 
-    tokens = {name: (await register(devserver.api_url, name, f"{name}-password"))[1]
-              for name in ("alice", "bob", "owner")}
-    device_id, device_token = await register(devserver.api_url, "device", "device-password")
-    room_id = await create_room(devserver.api_url, tokens["owner"], "Room")
+    tokens, device_id, room_id, agent = await camera_room(devserver, tmp_path, fake_camera,
+                                                          MEDIA, "debug")
     holder = Picamera2(0)  # another program has the camera when the agent starts
-    agent = AgentProcess(write_config(tmp_path, ws_url=devserver.ws_url, room_id=room_id,
-                                      token=device_token, log_level="debug", extra=MEDIA),
-                         env=fake_camera.env())
     await agent.start(nursery)
     try:
         await agent.wait_for("room.joined", timeout=20)
@@ -617,14 +627,9 @@ async def test_a_slow_peer_gets_the_camera_lores_stream_alone(
     devserver: DevServer, tmp_path: Path, nursery: trio.Nursery, fake_camera: FakeCamera
 ) -> None:
     """The Pi camera's tiers, end to end: bob's receiver says 60 kbit/s."""
-    tokens = {name: (await register(devserver.api_url, name, f"{name}-password"))[1]
-              for name in ("alice", "bob", "owner")}
-    device_id, device_token = await register(devserver.api_url, "device", "device-password")
-    room_id = await create_room(devserver.api_url, tokens["owner"], "Room")
     media = MEDIA.replace("[video]\n", "[video]\nmin_bitrate = 50000\n")
-    agent = AgentProcess(write_config(tmp_path, ws_url=devserver.ws_url, room_id=room_id,
-                                      token=device_token, log_level="info", extra=media),
-                         env=fake_camera.env())
+    tokens, device_id, room_id, agent = await camera_room(devserver, tmp_path, fake_camera,
+                                                          media, "info")
     await agent.start(nursery)
     low = (WIDTH // 2, HEIGHT // 2)
     alice, bob = BrowserPeer("alice"), BrowserPeer("bob")
@@ -649,12 +654,10 @@ async def test_a_slow_peer_gets_the_camera_lores_stream_alone(
                                  where=lambda e: e.get("max_fps") == 15.0, timeout=10)
             n = got_bob.video_frames
             await bob.wait_frames(device_id, video=n + 30)
-            times = got_bob.frame_times[n:]
-            fps = 1000 * (len(times) - 1) / (times[-1] - times[0])
+            fps = got_bob.fps_since(got_bob.frame_times[n])
             assert 10 <= fps <= 20, fps
-            gaps = [b - a for a, b in itertools.pairwise(
-                t for t in got_bob.frame_times if switched_at - 2000 <= t <= switched_at + 2000)]
-            assert max(gaps) < 500, "the switch waits for the lores key frame: no freeze"
+            assert got_bob.longest_gap_ms(switched_at - 2000, switched_at + 2000) < 500, \
+                "the switch waits for the lores key frame: no freeze"
             # alice stays on the main stream, at the camera's rate
             a0 = got_alice.video_frames
             await alice.wait_frames(device_id, video=a0 + 30)
@@ -662,13 +665,7 @@ async def test_a_slow_peer_gets_the_camera_lores_stream_alone(
             assert not agent.find("peer.tier_changed", peer=alice.user_id)
             # the cap is lifted: bob climbs back to the main stream, and the lores
             # encoder stops once nobody is on it
-            mark = len(agent.events)
-            bob.remb_cap = None
-            await agent.wait_for("peer.tier_changed", since=mark, peer=bob.user_id,
-                                 stream="h264", timeout=60)
-            await bob.wait_until(lambda: got_bob.size_changes[-1][1:] == (WIDTH, HEIGHT),
-                                 "the full size again", 10)
-            await agent.wait_for("media.encoder.stopped", since=mark, tier=1, timeout=30)
+            mark = await climb_back(agent, bob, got_bob, (WIDTH, HEIGHT))
             await agent.wait_for("media.picamera2.encoder_stopped", since=mark, stream="lores",
                                  timeout=10)
         assert fake_camera.count("encoder.start bitrate=800000 ") == 1, "main never restarted"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable
-from itertools import pairwise
 from pathlib import Path
 
 import av
@@ -29,7 +28,8 @@ from support.agent import (
 )
 from support.devserver import DevServer
 from support.glimpse_client import create_room, register
-from support.rtcpeer import BrowserPeer, Received
+from support.rtcpeer import BrowserPeer
+from support.tiering import climb_back
 
 from glimpse_edge.config import ConfigError, QualityTier, VideoConfig, load_config
 from glimpse_edge.media.fanout import PacketQueue, PacketStream
@@ -252,16 +252,6 @@ assert TOP == STREAMING_MAX_BITRATE
 LOW_SIZE = (WIDTH // 2, HEIGHT // 2)
 
 
-def fps_since(rec: Received, t_ms: float) -> float:
-    times = [t for t in rec.frame_times if t >= t_ms]
-    return 1000 * (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
-
-
-def longest_gap_ms(rec: Received, t0: float, t1: float) -> float:
-    times = [t for t in rec.frame_times if t0 <= t <= t1]
-    return max((b - a for a, b in pairwise(times)), default=0.0)
-
-
 async def test_a_peer_that_says_its_link_is_slow_gets_the_low_tier_alone(
     devserver: DevServer, tmp_path: Path, nursery: trio.Nursery
 ) -> None:
@@ -294,18 +284,18 @@ async def test_a_peer_that_says_its_link_is_slow_gets_the_low_tier_alone(
                                        where=lambda e: (e.get("max_fps") or 99) < 25)
         n = got_bob.video_frames
         await bob.wait_frames(device_id, video=n + 45)
-        fps = fps_since(got_bob, got_bob.frame_times[n])
+        fps = got_bob.fps_since(got_bob.frame_times[n])
         print(f"low tier adapted to {adapted['bitrate']} bit/s at {adapted['max_fps']} fps; "
               f"bob decoded {fps:.1f} fps")
         assert 10 <= fps <= 22, (fps, adapted)
-        assert longest_gap_ms(got_bob, switched_at - 2000, switched_at + 2000) < 500, \
+        assert got_bob.longest_gap_ms(switched_at - 2000, switched_at + 2000) < 500, \
             "the switch waits for the new stream's key frame: no freeze"
         # alice never left the top tier
         a0 = got_alice.video_frames
         await alice.wait_frames(device_id, video=a0 + 30)
         assert got_alice.sizes == {(WIDTH, HEIGHT)}, got_alice.size_changes
         assert not agent.find("peer.tier_changed", peer=alice.user_id)
-        assert fps_since(got_alice, got_alice.frame_times[a0]) > 25
+        assert got_alice.fps_since(got_alice.frame_times[a0]) > 25
 
         # 2. a reload without lower tiers puts bob back on the one encoding at once;
         #    with them again, his link sends him down again
@@ -329,14 +319,7 @@ async def test_a_peer_that_says_its_link_is_slow_gets_the_low_tier_alone(
                              "the low tier's size again", 10)
 
         # 3. the cap is lifted: bob's estimate climbs, a try of the top tier holds
-        mark = len(agent.events)
-        bob.remb_cap = None
-        await agent.wait_for("peer.tier_changed", since=mark, peer=bob.user_id,
-                             stream="h264", timeout=60)
-        await bob.wait_until(lambda: got_bob.size_changes[-1][1:] == (WIDTH, HEIGHT),
-                             "the full size again", 10)
-        # the low tier's encoder stops once nobody needs it (after its idle time)
-        await agent.wait_for("media.encoder.stopped", since=mark, timeout=30)
+        await climb_back(agent, bob, got_bob, (WIDTH, HEIGHT))
         await agent.stop()
     errors = [e for e in agent.events if e.get("level") == "error"]
     assert not errors, errors[:5]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 import weakref
 from collections.abc import AsyncIterator
@@ -94,6 +95,16 @@ class Received:
     # (wall ms, width, height) of the first frame and of every change of size
     size_changes: list[tuple[float, int, int]] = field(default_factory=list)
     frame_times: list[float] = field(default_factory=list)  # wall ms of each video frame
+
+    def fps_since(self, t_ms: float) -> float:
+        """Video frames a second decoded from ``t_ms`` (wall ms) on."""
+        times = [t for t in self.frame_times if t >= t_ms]
+        return 1000 * (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
+
+    def longest_gap_ms(self, t0: float, t1: float) -> float:
+        """The longest time between two decoded video frames within [t0, t1] (wall ms)."""
+        times = [t for t in self.frame_times if t0 <= t <= t1]
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
 
 class BrowserPeer:
