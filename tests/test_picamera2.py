@@ -641,8 +641,10 @@ async def test_a_slow_peer_gets_the_camera_lores_stream_alone(
             got_bob = await bob.wait_frames(device_id, video=30, timeout=20)
             mark = len(agent.events)
             bob.remb_cap = 60_000
+            capped_at = time.monotonic()
             changed = await agent.wait_for("peer.tier_changed", since=mark, peer=bob.user_id,
                                            timeout=15)
+            moved_after = time.monotonic() - capped_at
             assert changed["stream"] == f"h264/{low[0]}x{low[1]}", changed
             await bob.wait_until(lambda: low in got_bob.sizes, "the lores stream's size", 10)
             switched_at = next(t for t, w, h in got_bob.size_changes if (w, h) == low)
@@ -655,6 +657,9 @@ async def test_a_slow_peer_gets_the_camera_lores_stream_alone(
             n = got_bob.video_frames
             await bob.wait_frames(device_id, video=n + 30)
             fps = got_bob.fps_since(got_bob.frame_times[n])
+            print(f"bob moved to the lores stream {moved_after:.2f} s after his REMB said "
+                  f"60 kbit/s; its encoder restarted at {adapted['bitrate']} bit/s and "
+                  f"{adapted['max_fps']} fps; bob decoded {fps:.1f} fps")
             assert 10 <= fps <= 20, fps
             assert got_bob.longest_gap_ms(switched_at - 2000, switched_at + 2000) < 500, \
                 "the switch waits for the lores key frame: no freeze"
@@ -665,7 +670,10 @@ async def test_a_slow_peer_gets_the_camera_lores_stream_alone(
             assert not agent.find("peer.tier_changed", peer=alice.user_id)
             # the cap is lifted: bob climbs back to the main stream, and the lores
             # encoder stops once nobody is on it
+            lifted_at = time.monotonic()
             mark = await climb_back(agent, bob, got_bob, (WIDTH, HEIGHT))
+            print(f"back on the main stream, and the lores encoder idle-stopped, "
+                  f"{time.monotonic() - lifted_at:.1f} s after the cap was lifted")
             await agent.wait_for("media.picamera2.encoder_stopped", since=mark, stream="lores",
                                  timeout=10)
         assert fake_camera.count("encoder.start bitrate=800000 ") == 1, "main never restarted"
