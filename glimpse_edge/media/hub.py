@@ -124,6 +124,19 @@ def lowest_tier_rate(tier: QualityTier, framerate: int, min_bitrate: int,
     return bitrate, max(framerate * bitrate / knee, min(LOWEST_FPS, float(framerate)))
 
 
+def rate_moves(current: tuple[int, float | None], new: tuple[int, float | None],
+               bounds: tuple[int, int]) -> tuple[bool, bool]:
+    """Whether the lowest tier's (bitrate, frame-rate limit) should move to ``new``:
+    (bitrate, frame rate). Changes under ``ADAPT_CHANGE`` are not worth an
+    encoder change, except to reach one of the ``bounds`` (min, tier bitrate)."""
+    (bitrate, fps), (now_bitrate, now_fps) = new, current
+    moved = abs(bitrate - now_bitrate) >= ADAPT_CHANGE * now_bitrate or (
+        bitrate != now_bitrate and bitrate in bounds)
+    fps_moved = (fps is None) != (now_fps is None) or (
+        fps is not None and now_fps is not None and abs(fps - now_fps) >= ADAPT_CHANGE * now_fps)
+    return moved, fps_moved
+
+
 class MediaHub:
     """Owns the media tasks; peers call :meth:`video_stream` / :meth:`audio_stream`."""
 
@@ -554,12 +567,8 @@ class MediaHub:
         cfg, encoder = self.video_config, enc.encoder
         bitrate, fps = lowest_tier_rate(tiers[-1], cfg.framerate, cfg.min_bitrate,
                                         enc.stream.lowest_demand())
-        current = encoder.target_bitrate
-        moved = abs(bitrate - current) >= ADAPT_CHANGE * current or (
-            bitrate != current and bitrate in (tiers[-1].bitrate, cfg.min_bitrate))
-        fps_moved = (fps is None) != (encoder.max_fps is None) or (
-            fps is not None and encoder.max_fps is not None
-            and abs(fps - encoder.max_fps) >= ADAPT_CHANGE * encoder.max_fps)
+        moved, fps_moved = rate_moves((encoder.target_bitrate, encoder.max_fps), (bitrate, fps),
+                                      (cfg.min_bitrate, tiers[-1].bitrate))
         if not (moved or fps_moved):
             return
         enc.adapted_at = now
@@ -688,7 +697,8 @@ class MediaHub:
                 cfg = self.video_config
                 rate = lowest_tier_rate(tiers[-1], cfg.framerate, cfg.min_bitrate,
                                         lower.stream.lowest_demand())
-                if rate != lower.rate:
+                if any(rate_moves(lower.rate or (lower.spec.bitrate, None), rate,
+                                  (cfg.min_bitrate, lower.spec.bitrate))):
                     lower.rate = rate
                     source.set_tier_rate(lower.tier, *rate)
                     log.info("media.tier.adapted", stream=lower.stream.name, bitrate=rate[0],
