@@ -42,12 +42,13 @@ from support.devserver import DevServerProcess, devserver_process
 from support.glimpse_client import GlimpseClient, create_room, register
 from support.rtcpeer import BrowserPeer
 
+from glimpse_edge.introspect import asyncio_task_count
 from glimpse_edge.rtc.aio import open_aio_loop
 
 MEDIA = LIGHT_MEDIA
 
 FIELDS = ["t", "rss_mb", "fds", "trio_tasks", "asyncio_tasks", "peers", "cycles", "restarts",
-          "garbage", "steady_frames"]
+          "garbage", "steady_frames", "harness_asyncio_tasks", "harness_cpu"]
 
 GARBAGE: list[tuple[str, object]] = [
     ("offer", {"type": "offer", "sdp": "v=0\r\nnonsense"}),
@@ -74,6 +75,7 @@ class Soak:
         self.baseline: dict[str, float] = {}
         self.agent_log: Path | None = None
         self.http: httpx.AsyncClient | None = None
+        self.harness = psutil.Process()  # this process: the peers and the server's client
         self.fds_baseline: list[str] = []
         self.fds_final: list[str] = []
         self.final: dict[str, float] = {}
@@ -233,6 +235,10 @@ class Soak:
             "peers": gauges["peers"],
             "cycles": self.cycles, "restarts": self.restarts, "garbage": self.garbage,
             "steady_frames": steady.received[device_id].video_frames,
+            # this process (the peers' side): a dip of the steady peer's frames
+            # while it is starved is the harness's, not the agent's
+            "harness_asyncio_tasks": asyncio_task_count(),
+            "harness_cpu": round(self.harness.cpu_percent() / 100, 2),
         })
 
     def _report(self) -> bool:
@@ -275,6 +281,10 @@ class Soak:
             if last[key] > first[key]:
                 print(f"FAIL: {key} did not come back to its baseline")
                 ok = False
+        harness = [r["harness_asyncio_tasks"] for r in rows]
+        print(f"harness (this process, the peers' side): asyncio tasks max {max(harness):.0f}, "
+              f"at the end {harness[-1]:.0f}; CPU mean "
+              f"{sum(r['harness_cpu'] for r in rows) / len(rows):.2f} core")
         if last["steady_frames"] <= first["steady_frames"]:
             print("FAIL: the steady participant stopped receiving")
             ok = False

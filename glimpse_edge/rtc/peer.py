@@ -52,6 +52,7 @@ from ..media.hub import MediaHub
 from ..room import Participant
 from ..signaling.messages import IceCandidate, SessionDescription, SignalType, WebRTCSignal
 from ..supervise import Backoff
+from .aio import close_peer_connection
 from .bandwidth import (
     BandwidthEstimator,
     ChangeGate,
@@ -818,7 +819,7 @@ class PeerSession:
         self.log.info("peer.connection_closed", reason=reason, generation=conn.generation)
         with trio.move_on_after(CLOSE_TIMEOUT) as timer:
             timer.shield = True
-            await aio_as_trio(conn.pc.close)()
+            await aio_as_trio(close_peer_connection)(conn.pc)
         if timer.cancelled_caught:
             self.log.error("peer.close_timeout", generation=conn.generation)
 

@@ -38,6 +38,7 @@ from trio_asyncio import aio_as_trio, trio_as_aio
 from trio_websocket import ConnectionClosed, HandshakeError
 
 from glimpse_edge.media.framecode import read_code
+from glimpse_edge.rtc.aio import close_peer_connection
 from glimpse_edge.rtc.sdp import ice_credentials
 
 from .glimpse_client import GlimpseClient
@@ -253,7 +254,7 @@ class BrowserPeer:
         """Offer on a new connection; the old one is closed before, or after the offer."""
         old = self.pcs.pop(peer_id, None)
         if old is not None and close_old_first:
-            await aio_as_trio(old.close)()
+            await aio_as_trio(close_peer_connection)(old)
         pc = self._new_pc(peer_id)
         video = pc.addTransceiver("video", direction="recvonly")
         if self.video_codecs is not None:
@@ -270,7 +271,7 @@ class BrowserPeer:
         self._offered.add(pc)
         await self.signal(peer_id, "offer", {"type": "offer", "sdp": pc.localDescription.sdp})
         if old is not None and not close_old_first:
-            await aio_as_trio(old.close)()
+            await aio_as_trio(close_peer_connection)(old)
 
     async def signal(self, peer_id: str, kind: str, payload: Any) -> None:
         try:
@@ -299,7 +300,7 @@ class BrowserPeer:
         elif kind in ("user_left", "user_offline"):
             pc = self.pcs.pop(msg["userId"], None)
             if pc is not None:
-                await aio_as_trio(pc.close)()
+                await aio_as_trio(close_peer_connection)(pc)
         elif kind == "webrtc_signal":
             peer_id, signal_type, signal = msg["peerId"], msg["signalType"], msg["signal"]
             if signal_type == "offer":
@@ -312,7 +313,7 @@ class BrowserPeer:
                     # Glare or an ICE restart: a browser rolls back / restarts
                     # ICE on the same connection; aiortc cannot, so a new one.
                     self.pcs.pop(peer_id, None)
-                    await aio_as_trio(pc.close)()
+                    await aio_as_trio(close_peer_connection)(pc)
                     pc = None
                 pc = pc or self._new_pc(peer_id)
                 await aio_as_trio(pc.setRemoteDescription)(
@@ -405,7 +406,7 @@ class BrowserPeer:
             for pc in list(self.pcs.values()):
                 with trio.move_on_after(3) as scope:
                     scope.shield = True  # also when the peer's block is being cancelled
-                    await aio_as_trio(pc.close)()
+                    await aio_as_trio(close_peer_connection)(pc)
 
     async def _stay_connected(
         self, ws_url: str, token: str, room_id: str,
