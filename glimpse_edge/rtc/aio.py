@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
@@ -31,6 +32,7 @@ ErrorListener = Callable[[dict[str, Any]], None]
 # after close(): by then whatever its connect task still had to do is done.
 REAP_AFTER: Final = 2.0
 REAP_TIMEOUT: Final = 5.0
+_reaping: set[asyncio.Task[None]] = set()
 
 
 def guard_ice_connect() -> None:
@@ -73,8 +75,18 @@ async def close_peer_connection(pc: RTCPeerConnection) -> None:
     (``stop()`` only acts on a started sender or receiver).
     """
     await pc.close()
+    # Only a weak reference meanwhile: a connection with nothing left running is
+    # freed at once, as before; one whose tasks live on is kept alive by them.
+    ref = weakref.ref(pc)
     loop = asyncio.get_running_loop()
-    loop.call_later(REAP_AFTER, lambda: loop.create_task(_reap(pc)))
+
+    def reap() -> None:
+        if (closed := ref()) is not None:
+            task = loop.create_task(_reap(closed))
+            _reaping.add(task)  # asyncio keeps only weak references to tasks
+            task.add_done_callback(_reaping.discard)
+
+    loop.call_later(REAP_AFTER, reap)
 
 
 def _tasks_of(pc: RTCPeerConnection) -> int:
