@@ -24,7 +24,7 @@ import pytest
 import structlog
 import trio
 from av.packet import Packet
-from support.agent import AgentProcess, write_config
+from support.agent import FAST_PEERS, AgentProcess, write_config
 from support.devserver import DevServer
 from support.glimpse_client import create_room, register
 from support.picam import FakeCamera
@@ -558,11 +558,7 @@ flicker = "50hz"
 [audio]
 source = "tone"
 
-[peers]
-offer_wait = 0.5
-connect_timeout = 6.0
-dead_after = 3.0
-"""
+{FAST_PEERS}"""
 
 
 async def camera_room(devserver: DevServer, tmp_path: Path, fake_camera: FakeCamera,

@@ -26,6 +26,7 @@ from glimpse_edge.rtc.aio import REAP_AFTER, close_peer_connection
 
 PAIRS = 40
 LATEST_CLOSE = 0.12  # s after the answer: loopback pairs are connected by then
+FRAME_INTERVAL = 1 / 30
 
 
 def _key_frame() -> bytes:
@@ -47,7 +48,7 @@ class KeyFrames(MediaStreamTrack):
         self._data, self._n = data, 0
 
     async def recv(self) -> Packet:  # type: ignore[override]
-        await asyncio.sleep(1 / 30)
+        await asyncio.sleep(FRAME_INTERVAL)  # the track's pace, as a camera's
         packet = av.Packet(self._data)
         packet.pts, packet.time_base = self._n * 3000, Fraction(1, 90000)
         self._n += 1

@@ -25,6 +25,11 @@ Event = dict[str, Any]
 # The usual streaming setup of the media tests: 640x360 H.264 up to 800 kbit/s and a
 # tone, with peer timings short enough for tests.
 STREAMING_WIDTH, STREAMING_HEIGHT, STREAMING_MAX_BITRATE = 640, 360, 800_000
+FAST_PEERS = """[peers]
+offer_wait = 0.5
+connect_timeout = 6.0
+dead_after = 3.0
+"""
 STREAMING_MEDIA = f"""
 [video]
 source = "testpattern"
@@ -37,11 +42,7 @@ max_bitrate = {STREAMING_MAX_BITRATE}
 [audio]
 source = "tone"
 
-[peers]
-offer_wait = 0.5
-connect_timeout = 6.0
-dead_after = 3.0
-"""
+{FAST_PEERS}"""
 
 # A light media setup for tests that churn many peers: small H.264, no audio.
 LIGHT_MEDIA = """
