@@ -78,10 +78,14 @@ async def test_two_peers_decode_video_and_audio_then_churn(
             fds_after = agent_fds(agent)
             assert fds_after <= fds_before + 2, (fds_before, fds_after)
             removals = agent.find("peer.removed", peer=carol_id)
-            first, last = removals[0], removals[-1]
+            first = removals[0]
             for key in ("trio_tasks", "asyncio_tasks", "fds"):
-                # after the first cycle everything is warm: nothing may grow
-                assert last[key] <= first[key], (key, first[key], last[key])
+                # After the first cycle everything is warm: nothing may grow. The
+                # counts are snapshots, and the other two peers' sessions may have
+                # a short task running at any one of them: a leak lifts all of the
+                # last three (one per cycle), a passing task only one.
+                last = [r[key] for r in removals[-3:]]
+                assert min(last) <= first[key], (key, first[key], last)
             # the others never stopped receiving
             a0, b0 = alice.received[device_id].video_frames, bob.received[device_id].video_frames
             await alice.wait_frames(device_id, video=a0 + 30)
