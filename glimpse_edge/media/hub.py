@@ -164,7 +164,8 @@ class MediaHub:
         self._frame_seq = 0
         self._frame_event = trio.Event()
         self._frame_slots: list[FrameSlot] = []
-        self._encoded_lower = {}
+        # the lower tiers an encoded source makes beside its own stream, by tier
+        self._encoded_lower: dict[int, _EncodedTier] = {}
         self._last_frame_at = 0.0
         self._audio_stream: PacketStream | None = None
         self._opus: OpusEncoder | None = None
@@ -618,8 +619,6 @@ class MediaHub:
 
     _encoded_source: EncodedVideoSource | None = None
     _encoded_stream: PacketStream | None = None
-    # the lower tiers an encoded source makes beside its own stream, by tier
-    _encoded_lower: dict[int, _EncodedTier]
 
     def restart_video(self, reason: str) -> None:
         """Restart the video source with the current factory (e.g. new camera settings)."""

@@ -367,7 +367,8 @@ class _KeyframePacer:
             self.last_keyframe_at = now
             self.forced_at = None
             self.deferred = False
-        elif self.deferred and now - self.last_keyframe_at >= KEYFRAME_MIN_INTERVAL:
+        elif (self.deferred and encoder is not None
+              and now - self.last_keyframe_at >= KEYFRAME_MIN_INTERVAL):
             self.force(encoder, now)
 
 
