@@ -7,6 +7,7 @@ Pi does not pay for the dev server's web stack and ``--help`` is instant.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +43,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from .agent import run_agent
     from .config import ConfigError
+    from .supervise import EXIT_FATAL, find_fatal
 
     # A hung agent is killed by systemd's watchdog with SIGABRT (WatchdogSignal=):
     # faulthandler's C-level handler prints every thread's stack to stderr (the
@@ -52,6 +54,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"glimpse-edge: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except BaseException as exc:
+        fatal = find_fatal(exc)
+        if fatal is None:
+            raise
+        # Hardware that hangs (a camera that cannot be closed) would hang the
+        # interpreter's exit handlers too (picamera2 closes its cameras at
+        # exit): leave at once, and systemd starts a fresh process.
+        print(f"glimpse-edge: fatal: {fatal}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_FATAL)
     return 0
 
 

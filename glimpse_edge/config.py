@@ -403,6 +403,17 @@ class CameraConfig(_Section, frozen=True, kw_only=True):
     buffer_count: Annotated[int, msgspec.Meta(ge=2, le=16)] = 6
 
 
+def camera_buffers_needed(encoders: int) -> int:
+    """Camera buffers that ``encoders`` picamera2 encoders need to run without stalling.
+
+    libcamera keeps two queued to stream without dropping frames, picamera2
+    holds the newest finished one, and each encoder holds one while it
+    encodes (the libav encoder releases a frame only after the next one).
+    With fewer, the camera waits on the encoders: a stall.
+    """
+    return 3 + encoders
+
+
 class AudioConfig(_Section, frozen=True, kw_only=True):
     """Microphone source and capture settings (encoded as Opus)."""
 
@@ -571,6 +582,19 @@ class Config(_Section, frozen=True, kw_only=True):
                 '(it is where the agent logs in), e.g. "https://glimpse.example.com"',
                 related=("auth.username", "auth.password_file"),
             )
+        if self.video.source == "picamera2":
+            encoders = 1 + (len(self.video.quality_tiers()) > 1)  # main, and lores for a tier
+            needed = camera_buffers_needed(encoders)
+            if self.camera.buffer_count < needed:
+                raise _InvalidKey(
+                    "camera.buffer_count",
+                    f"({self.camera.buffer_count}) is too few for "
+                    f"{'the main and lores encoders' if encoders > 1 else 'the encoder'}: "
+                    f"at least {needed} (libcamera keeps 2 queued, picamera2 holds 1, each "
+                    "encoder 1)" + ("; or set video.tiers = [] for no lores encoder"
+                                    if encoders > 1 else ""),
+                    related=("video.tiers",),
+                )
         if self.playback.enabled and self.audio.source == "none":
             raise _InvalidKey(
                 "playback.enabled",

@@ -116,6 +116,7 @@ class Inventory:
     cameras: list[dict[str, Any]] = field(default_factory=list)
     camera_platform: str | None = None
     camera_hardware_h264: bool | None = None
+    picamera2: str | None = None  # its version, and what it lacks
     camera_error: str | None = None
     v4l2: list[V4l2Device] = field(default_factory=list)
     sound_cards: list[tuple[int, str]] = field(default_factory=list)
@@ -141,6 +142,7 @@ def _cameras(inv: Inventory) -> None:
         return
     inv.camera_platform = mods.platform
     inv.camera_hardware_h264 = mods.hardware_h264
+    inv.picamera2 = mods.features.describe()
 
 
 def _sound(inv: Inventory) -> None:
@@ -191,7 +193,7 @@ def render(inv: Inventory) -> str:
     else:
         encoder = ("hardware H.264 encoder" if inv.camera_hardware_h264
                    else "no H.264 hardware (a Pi 5): software H.264 on the CPU")
-        out.append(f"  platform {inv.camera_platform}: {encoder}")
+        out.append(f"  platform {inv.camera_platform}: {encoder}; picamera2 {inv.picamera2}")
         if not inv.cameras:
             out.append("  no camera found: is one connected (ribbon cable seated, the right "
                        "way round)? `rpicam-hello --list-cameras` shows what libcamera sees")

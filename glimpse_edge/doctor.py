@@ -426,6 +426,7 @@ class Doctor:
 
     async def check_camera(self, config: Config) -> None:
         from .media.factory import make_video_source
+        from .media.picamera import PiCamera2Source
         from .media.source import EncodedVideoSource, SourceError
 
         video = config.video
@@ -453,8 +454,19 @@ class Doctor:
         took = time.monotonic() - started
         if received >= VIDEO_FRAMES:
             what = "packets of H.264" if isinstance(source, EncodedVideoSource) else "frames"
-            self.add("camera", "pass", f"{source.name} delivered {received} {what} in "
-                     f"{took:.1f} s ({video.width}x{video.height}@{video.framerate})")
+            detail = f"{source.name} delivered {received} {what} in {took:.1f} s " + (
+                f"({video.width}x{video.height}@{video.framerate})")
+            note = None
+            if isinstance(source, PiCamera2Source):
+                detail += f"; picamera2 {source.mods.features.describe()}"
+                if source.encode_delay_ms is not None:
+                    detail += f", encoder delay {source.encode_delay_ms:.0f} ms"
+                note = source.lores_note
+            if note is not None:
+                self.add("camera", "warn", f"{detail}; {note}",
+                         "lower video.width/height/framerate, or the lower tier in video.tiers")
+                return
+            self.add("camera", "pass", detail)
             return
         message = str(error) if error is not None else (
             f"{source.name} opened but delivered {received} of {VIDEO_FRAMES} frames within "

@@ -144,6 +144,32 @@ class TaskGaveUp(Exception):
     """A supervised task crashed more often than its policy allows."""
 
 
+class Fatal(Exception):
+    """An error no restart inside the process can cure: the process must end.
+
+    Raised, for example, when hardware hangs in a call that cannot be
+    cancelled (a camera that cannot be closed): only a fresh process (systemd
+    restarts it) gets the device back. Never retried by :func:`supervise`;
+    ``glimpse-edge run`` exits with :data:`EXIT_FATAL` without running exit
+    handlers that could hang on the same hardware.
+    """
+
+
+EXIT_FATAL = 70  # sysexits.h EX_SOFTWARE: systemd's Restart=on-failure restarts it
+
+
+def find_fatal(exc: BaseException) -> Fatal | None:
+    """The :class:`Fatal` error in ``exc`` (an exception group, at any depth), if any."""
+    if isinstance(exc, Fatal):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = find_fatal(inner)
+            if found is not None:
+                return found
+    return None
+
+
 async def supervise(
     name: str,
     fn: Callable[[], Awaitable[object]],
@@ -165,7 +191,7 @@ async def supervise(
         t0 = trio.current_time()
         try:
             await fn()
-        except ConfigError:
+        except (ConfigError, Fatal):
             health.set_state(name, "failed")
             raise
         except Exception as exc:

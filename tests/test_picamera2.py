@@ -39,7 +39,7 @@ from glimpse_edge.config import (
     VideoConfig,
     load_config,
 )
-from glimpse_edge.media import picamera
+from glimpse_edge.media.picamera import source as picamera
 from glimpse_edge.media.factory import make_video_source
 from glimpse_edge.media.hub import MediaHub
 from glimpse_edge.media.picamera import PiCamera2Source

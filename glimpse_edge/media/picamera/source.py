@@ -6,22 +6,28 @@ source asks picamera2 for H.264 and hands each access unit to the hub as an
 ``av.Packet``; the hub publishes it to the shared H.264 stream, and aiortc
 only packetizes it for each peer: nothing is decoded or re-encoded on the CPU.
 On a Pi 5 (PiSP) there is no H.264 hardware: picamera2's ``H264Encoder`` is
-then its libx264 software encoder; that works (about one core at 720p30) and
-is said in the log (``media.picamera2.software_encoder``) and in the source
-name that ``glimpse-edge status`` shows.
+then its libx264 software encoder, which this package fixes up
+(:mod:`.compat`: key frames, slice threads); it works (about one core at
+720p30) and is said in the log (``media.picamera2.software_encoder``) and in
+the source name that ``glimpse-edge status`` shows.
 
 Quality tiers. With a lower tier in ``video.tiers``, the camera is configured
-with a second, smaller "lores" stream too, and while some peer is on that
-tier (the hub calls :meth:`PiCamera2Source.open_tier`) a second H.264
-encoder runs on it, at the rate of the worst link on it (see ``_Lores``).
-Both encoders' packets of a camera frame carry the same ``pts``.
+with a second, smaller "lores" stream too (within what the codec can take:
+:mod:`.budget`), and while some peer is on that tier (the hub calls
+:meth:`PiCamera2Source.open_tier`) a second H.264 encoder runs on it, at the
+rate of the worst link on it (see ``_Lores``). Both encoders' packets of a
+camera frame carry the same ``pts``.
 
 Threads. picamera2's calls block (opening a camera takes about a second), so
-they run in worker threads, one at a time. The encoder calls our ``Output``
-from ITS OWN thread (the V4L2 poll thread; the camera loop for the software
-encoder): :meth:`PiCamera2Source._from_encoder` copies the bytes into a
-bounded deque and wakes a Trio task with ``run_sync_soon``, which never
-blocks the encoder thread. The Trio task turns them into packets.
+they run in worker threads, one at a time, each with a deadline and
+abandoned on cancel (:meth:`PiCamera2Source._call`): a hung camera never
+holds up the hub. The Trio side decides everything (which encoder, which
+rate) and hands the worker thread only the picamera2 call, so no state is
+shared with it. The encoder calls our ``Output`` from ITS OWN thread (the
+V4L2 poll thread; the camera loop for the software encoder):
+:meth:`PiCamera2Source._from_encoder` copies the bytes into a bounded deque
+and wakes a Trio task with ``run_sync_soon``, which never blocks the encoder
+thread. The Trio task turns them into packets.
 
 Time stamps. picamera2 gives microseconds since the first frame after each
 encoder start (from the sensor's clock), restarting at 0 on every restart.
@@ -34,39 +40,43 @@ Failures designed for (picamera2 issues in brackets):
 * camera busy: "Camera __init__ sequence did not complete" (another process
   holds it; 587, 627) and camera missing (IndexError / "No camera"; a ribbon
   cable): a :class:`SourceError` naming the cause; the hub retries with
-  back-off while the room session stays up audio-only;
+  back-off while the room session stays up audio-only; what a failed open
+  leaves behind is closed;
 * silent stalls after hours (1090, 1392, 1004) and H.264 freezes (1228, 1230):
   a watchdog restarts the encoder after ``STALL_FRAMES`` frame intervals
   without a packet, then reopens the camera, then gives up to the hub's
   back-off;
+* a codec that hangs (the camera thread blocked inside it, holding the
+  encoder's lock): the call that waits on it times out; if the camera then
+  cannot be closed either, :class:`CameraHung` (a
+  :class:`~glimpse_edge.supervise.Fatal` error) ends the process, since
+  only a fresh one gets the camera back (systemd restarts it);
 * CMA memory exhaustion (ENOMEM; 972, 887): the error says to lower
   ``camera.buffer_count``.
 
-The camera is always closed on the way out (cancellation included), and
-picamera2 is imported only when a picamera2 source is made.
+The camera is always closed on the way out (cancellation included): each
+encoder stopped on its own, then the camera, every step bounded.
 """
 
 from __future__ import annotations
 
 import collections
-import errno
 import math
-import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, NamedTuple, TypeVar
+from typing import Any, Final, TypeVar
 
 import av
 import structlog
 import trio
 from av.packet import Packet
 
-from ..config import CameraConfig, QualityTier, VideoConfig
-from ..supervise import sole_exception
-from .encoder import KEYFRAME_MIN_INTERVAL
-from .source import (
+from ...config import CameraConfig, QualityTier, VideoConfig
+from ...supervise import Fatal, sole_exception
+from ..encoder import KEYFRAME_MIN_INTERVAL
+from ..source import (
     VIDEO_TIME_BASE,
     EncodedVideoSource,
     EncodingStats,
@@ -74,26 +84,22 @@ from .source import (
     SourceError,
     monotonic_pts,
 )
+from .budget import fit_lores
+from .compat import (
+    UPGRADE_HINT,
+    check_features,
+    encoder_class,
+    forget_failed_open,
+    import_picamera2,
+    stop_failed_encoder,
+)
+from .controls import check_controls, hdr_plan, wanted_controls
+from .errors import chain, describe_open_error, missing_text
 
-__all__ = [
-    "INSTALL_HINT",
-    "PiCamera2Source",
-    "Picamera2Modules",
-    "WantedControl",
-    "check_controls",
-    "describe_open_error",
-    "import_picamera2",
-    "wanted_controls",
-]
+__all__ = ["CameraHung", "PiCamera2Source"]
 
 log = structlog.get_logger(__name__)
 
-INSTALL_HINT: Final = (
-    'on Raspberry Pi OS install it with "sudo apt install python3-picamera2", and run '
-    "glimpse-edge from a virtualenv created with --system-site-packages (python3 -m venv "
-    "--system-site-packages VENV) so that it sees the OS's picamera2 and libcamera; a "
-    "picamera2 installed with pip does not match the OS's libcamera"
-)
 PROFILE: Final = "constrained baseline"  # what every browser decodes (42e0xx)
 HW_BITRATE_RANGE: Final = (25_000, 25_000_000)  # the VC4 codec's V4L2 bitrate range
 HW_MAX_SIZE: Final = 1920  # largest frame side the VC4 codec encodes
@@ -103,7 +109,10 @@ STALL_MIN_SECONDS: Final = 1.0
 # A freshly opened camera settles its exposure before the first frame.
 FIRST_FRAME_TIMEOUT: Final = 5.0
 OPEN_TIMEOUT: Final = 15.0  # Picamera2() + configure, normally about a second
-CLOSE_TIMEOUT: Final = 5.0
+# Any other picamera2 call (start/stop an encoder, start/close the camera)
+# normally takes well under a second: the V4L2 poll thread gives up waiting
+# for the codec after 0.4 s, the libav encoder flushes a frame or two.
+CALL_TIMEOUT: Final = 5.0
 # A bitrate change restarts the encoder (new headers and an IDR, ~1 frame
 # gap): at most one per interval, and only for changes above the hysteresis.
 BITRATE_MIN_INTERVAL: Final = 2.0
@@ -118,200 +127,23 @@ FORCE_PENDING: Final = 0.5
 LORES_RETRY: Final = 5.0
 LORES_RETRY_MAX: Final = 60.0
 
-# libcamera enum values (control_ids_core.yaml); picamera2 accepts plain ints.
-_AF_MODES: Final = {"manual": 0, "auto": 1, "continuous": 2}
-_AF_RANGES: Final = {"normal": 0, "macro": 1, "full": 2}
-_EXPOSURE_MODES: Final = {"normal": 0, "short": 1, "long": 2}
-_AWB_MODES: Final = {"auto": 0, "incandescent": 1, "tungsten": 2, "fluorescent": 3,
-                     "indoor": 4, "daylight": 5, "cloudy": 6}
-_FLICKER_PERIOD_US: Final = {"50hz": 10_000, "60hz": 8_333}  # lights flicker at 2x mains
-_AE_FLICKER_MANUAL: Final = 1
-_HDR_SINGLE_EXPOSURE: Final = 3  # what picamera2's Pi 5 HDR example uses
-
 T = TypeVar("T")
 
 
-class Picamera2Modules(NamedTuple):
-    """What this module needs from picamera2, imported once per source."""
+class CameraHung(Fatal):
+    """picamera2 hung in a call that cannot be cancelled, and the camera cannot be closed.
 
-    Picamera2: Any
-    H264Encoder: Any
-    Output: Any
-    Transform: Any
-    platform: str  # "VC4" (Pi 4 and older) or "PISP" (Pi 5)
-
-    @property
-    def hardware_h264(self) -> bool:
-        """picamera2 makes ``H264Encoder`` the V4L2 hardware class only on VC4."""
-        return self.platform == "VC4"
-
-
-def import_picamera2() -> Picamera2Modules:
-    """Import picamera2 (and libcamera) on first use, or say how to get them.
-
-    Raises SourceError rather than ImportError: on a machine without them
-    (x86: "No module named 'libcamera'") the message must say what to install.
+    The camera (and the threads stuck in it) cannot be had back in this
+    process: the agent exits, and systemd starts a fresh one.
     """
-    try:
-        import picamera2
-        from libcamera import Transform
-        from picamera2.encoders import H264Encoder
-        from picamera2.outputs import Output
-    except Exception as exc:  # ImportError, or libcamera failing to load its library
-        raise SourceError(
-            f'video.source = "picamera2" needs the picamera2 library, which {sys.executable} '
-            f"cannot import ({type(exc).__name__}: {exc}): {INSTALL_HINT}"
-        ) from exc
-    platform = picamera2.get_platform()
-    return Picamera2Modules(picamera2.Picamera2, H264Encoder, Output, Transform,
-                            str(getattr(platform, "name", platform)))
 
 
-# ------------------------------------------------------------------- controls
+class _CallTimedOut(SourceError):
+    """A picamera2 call did not return within its deadline (its thread is abandoned)."""
 
-
-@dataclass(frozen=True)
-class WantedControl:
-    """One libcamera control the configuration asks for, and which key asked."""
-
-    key: str  # "camera.af_mode"
-    shown: str  # the value as written in the file
-    control: str  # "AfMode"
-    value: Any
-
-
-def _toml(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return f'"{value}"' if isinstance(value, str) else f"{value:g}" if isinstance(
-        value, float) else str(value)
-
-
-def wanted_controls(
-    camera: CameraConfig, available: Mapping[str, Any], *, sensor_hdr: bool = False
-) -> list[WantedControl]:
-    """The controls to send for ``camera``: only settings that differ from the defaults.
-
-    ``af_mode = "default"`` becomes continuous autofocus on cameras that have
-    autofocus (``AfMode`` in ``available``) and nothing elsewhere. ``hdr``
-    becomes ``HdrMode`` on a Pi 5; ``sensor_hdr`` says the sensor does HDR
-    itself (Camera Module 3 on VC4), which needs no control. What the camera
-    does not support is not filtered out here: :func:`check_controls` refuses it.
-    """
-    out: list[WantedControl] = []
-
-    def want(key: str, value: object, control: str, sent: object) -> None:
-        out.append(WantedControl(f"camera.{key}", _toml(value), control, sent))
-
-    af_mode = camera.af_mode
-    if af_mode == "default":
-        af_mode = "continuous" if "AfMode" in available else "default"
-    if af_mode != "default":
-        want("af_mode", camera.af_mode if camera.af_mode != "default" else af_mode, "AfMode",
-             _AF_MODES[af_mode])
-        if af_mode == "manual":
-            want("lens_position", camera.lens_position, "LensPosition", camera.lens_position)
-        elif camera.af_range != "normal":
-            want("af_range", camera.af_range, "AfRange", _AF_RANGES[camera.af_range])
-    if camera.exposure_value != 0.0:
-        want("exposure_value", camera.exposure_value, "ExposureValue", camera.exposure_value)
-    if camera.exposure_mode != "normal":
-        want("exposure_mode", camera.exposure_mode, "AeExposureMode",
-             _EXPOSURE_MODES[camera.exposure_mode])
-    if camera.flicker != "off":
-        want("flicker", camera.flicker, "AeFlickerMode", _AE_FLICKER_MANUAL)
-        want("flicker", camera.flicker, "AeFlickerPeriod", _FLICKER_PERIOD_US[camera.flicker])
-    if camera.awb_mode != "auto":
-        want("awb_mode", camera.awb_mode, "AwbMode", _AWB_MODES[camera.awb_mode])
-    for key, default, control in (("brightness", 0.0, "Brightness"),
-                                  ("contrast", 1.0, "Contrast"),
-                                  ("saturation", 1.0, "Saturation"),
-                                  ("sharpness", 1.0, "Sharpness")):
-        value = getattr(camera, key)
-        if value != default:
-            want(key, value, control, value)
-    if camera.hdr and not sensor_hdr:
-        want("hdr", True, "HdrMode", _HDR_SINGLE_EXPOSURE)
-    return out
-
-
-_WHY_MISSING: Final = {
-    "AfMode": "it has no autofocus (a Camera Module 3 has; set camera.af_mode = \"default\")",
-    "LensPosition": "its lens has no motor to focus with",
-    "AfRange": "it has no autofocus",
-    "HdrMode": "HDR needs a Pi 5 (HDR in its ISP) or a Camera Module 3 (sensor HDR)",
-}
-
-
-def check_controls(
-    wanted: list[WantedControl], available: Mapping[str, Any], camera_name: str
-) -> None:
-    """Refuse, all at once and by config key, what this camera cannot do.
-
-    ``available`` is ``Picamera2.camera_controls``: ``{name: (min, max, default)}``.
-    A number outside the camera's own range is refused too (libcamera would
-    clamp it silently, and the picture would not be what the file says).
-    """
-    problems = []
-    for w in wanted:
-        if w.control not in available:
-            why = _WHY_MISSING.get(w.control, f"it has no {w.control} control")
-            problems.append(f"{w.key} = {w.shown} is not supported by {camera_name}: {why}")
-            continue
-        low, high = [*available[w.control], None, None][:2]
-        numbers = (int, float)
-        if (isinstance(w.value, numbers) and not isinstance(w.value, bool)
-                and isinstance(low, numbers) and isinstance(high, numbers)
-                and not low <= w.value <= high):
-            problems.append(f"{w.key} = {w.shown} is outside the range of {camera_name}'s "
-                            f"{w.control} ({low:g} .. {high:g})")
-    if problems:
-        supported = ", ".join(sorted(available))
-        raise SourceError("; ".join(problems) + f" (the camera's controls: {supported})")
-
-
-# -------------------------------------------------------------------- errors
-
-
-def _chain(exc: BaseException) -> str:
-    """The message of ``exc`` and of each cause behind it."""
-    parts: list[str] = []
-    seen: BaseException | None = exc
-    while seen is not None and len(parts) < 5:
-        parts.append(f"{seen}" or type(seen).__name__)
-        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
-    return ": ".join(dict.fromkeys(parts))
-
-
-def _missing_text(index: int, cameras: list[Mapping[str, Any]]) -> str:
-    if not cameras:
-        return (f"no camera {index} found: libcamera sees no camera at all. Is one connected, "
-                "with the ribbon cable fully inserted and the right way round at both ends "
-                "(connect it only while the Pi is off)? `rpicam-hello --list-cameras` shows "
-                "what libcamera sees")
-    seen = ", ".join(f"{c.get('Num', i)}: {c.get('Model', '?')}" for i, c in enumerate(cameras))
-    return (f"no camera {index} found: libcamera sees {len(cameras)} camera(s) ({seen}); "
-            f"set camera.index to one of 0..{len(cameras) - 1}")
-
-
-def describe_open_error(exc: BaseException, index: int, cameras: list[Mapping[str, Any]]) -> str:
-    """What went wrong opening camera ``index``, with the likely cause and the fix."""
-    text = _chain(exc)
-    lowered = text.lower()
-    if isinstance(exc, IndexError) or "no camera" in lowered or "camera(s) not found" in lowered:
-        return _missing_text(index, cameras)
-    if (isinstance(exc, OSError) and exc.errno == errno.ENOMEM) or (
-            "cannot allocate memory" in lowered):
-        return (f"camera {index}: not enough CMA memory for its buffers ({text}); lower "
-                "camera.buffer_count or the video size, or give the kernel more CMA "
-                "(dtoverlay=vc4-kms-v3d,cma-512 in /boot/firmware/config.txt)")
-    if "busy" in lowered or "-16" in lowered or "did not complete" in lowered:
-        certain = "busy" in lowered or "-16" in lowered
-        return (f"camera {index} is busy: {'another' if certain else 'usually another'} "
-                "process holds it (a second glimpse-edge, an rpicam-/libcamera- app, motion, "
-                "a Python script); only one program can use a camera at a time. Find it with "
-                f"`sudo fuser -v /dev/media* /dev/video*`. (picamera2: {text})")
-    return f"camera {index} cannot be opened: {text}"
+    def __init__(self, what: str, waited: float) -> None:
+        super().__init__(f"picamera2's {what} did not return within {waited:g} s")
+        self.what = what
 
 
 class _CameraStalled(Exception):
@@ -330,28 +162,35 @@ class _KeyframePacer:
 
     A request inside the interval is kept and served when it ends (checked at
     every packet); one already forced and not yet seen is not repeated.
+    ``force`` is how to force one: the running encoder's ``force_key_frame``,
+    or (picamera2 before 0.3.32) a request to restart the encoder; None
+    while no encoder runs.
     """
 
     def __init__(self, label: str) -> None:
         self.label = label  # "main" or "lores", for the log
+        self.force: Callable[[], None] | None = None
         self.last_keyframe_at = -math.inf
         self.forced_at: float | None = None
         self.deferred = False
         self.forced = 0
 
-    def request(self, encoder: Any, urgent: bool) -> bool:
+    def request(self, urgent: bool) -> bool:
+        if self.force is None:
+            return True  # a starting encoder begins with an IDR anyway
         now = time.monotonic()
         if self.forced_at is not None and now - self.forced_at < FORCE_PENDING:
             return True
         if urgent or now - self.last_keyframe_at >= KEYFRAME_MIN_INTERVAL:
-            self.force(encoder, now)
+            self._force(now)
             return True
         self.deferred = True
         return False
 
-    def force(self, encoder: Any, now: float) -> None:
+    def _force(self, now: float) -> None:
+        assert self.force is not None
         try:
-            encoder.force_key_frame()
+            self.force()
         except Exception as exc:  # a PLI handler must never raise
             log.warning("media.picamera2.force_keyframe_failed", stream=self.label,
                         error=str(exc))
@@ -361,15 +200,15 @@ class _KeyframePacer:
         self.forced += 1
         log.debug("media.picamera2.keyframe_forced", stream=self.label, forced=self.forced)
 
-    def seen(self, encoder: Any, keyframe: bool, now: float) -> None:
+    def seen(self, keyframe: bool, now: float) -> None:
         """A packet came out: note a key frame, or serve a deferred request."""
         if keyframe:
             self.last_keyframe_at = now
             self.forced_at = None
             self.deferred = False
-        elif (self.deferred and encoder is not None
+        elif (self.deferred and self.force is not None
               and now - self.last_keyframe_at >= KEYFRAME_MIN_INTERVAL):
-            self.force(encoder, now)
+            self._force(now)
 
 
 @dataclass
@@ -398,7 +237,8 @@ class _Lores:
     encoder: Any = None  # the running picamera2 encoder
     generation: int = 0
     skip: int = 1  # the encoder's frame_skip_count: every skip-th camera frame
-    want: tuple[int, int] | None = None  # (bitrate, skip) to restart with
+    want: tuple[int, int] | None = None  # (bitrate, skip) to restart with (Trio thread only)
+    idr_restart: bool = False  # restart for a key frame (picamera2 before 0.3.32)
     changed_at: float = -math.inf
     started_at: float = 0.0
     last_packet_at: float = 0.0
@@ -412,14 +252,18 @@ class PiCamera2Source(EncodedVideoSource):
     """The Raspberry Pi camera's own H.264 (hardware on VC4), as packets for the hub.
 
     Constructing it imports picamera2 (SourceError with the install hint if it
-    cannot); :meth:`run` opens the camera, streams, and closes it again on the
-    way out, whatever the way out.
+    cannot, or with what to upgrade if it is too old); :meth:`run` opens the
+    camera, streams, and closes it again on the way out, whatever the way out.
     """
 
     codec = "h264"
 
     def __init__(self, video: VideoConfig, camera: CameraConfig) -> None:
         self.mods = import_picamera2()
+        check_features(self.mods.features)
+        self._encoder_class = encoder_class(self.mods)
+        # picamera2 before 0.3.32 cannot force an IDR in place: restart for one
+        self._idr_in_place = callable(getattr(self._encoder_class, "force_key_frame", None))
         self.video = video
         self.camera = camera
         self.width, self.height, self.framerate = video.width, video.height, video.framerate
@@ -434,38 +278,48 @@ class PiCamera2Source(EncodedVideoSource):
         self.model: str | None = None
         self.stall_after = max(STALL_MIN_SECONDS, STALL_FRAMES / video.framerate)
         # the hub's last resort, above this source's own escalation
-        self.stall_timeout = 2 * (FIRST_FRAME_TIMEOUT + 2 * self.stall_after) + OPEN_TIMEOUT
+        self.stall_timeout = (2 * (FIRST_FRAME_TIMEOUT + 2 * self.stall_after) + OPEN_TIMEOUT
+                              + 4 * CALL_TIMEOUT)
         self._frame_pts = 90_000 // video.framerate
         self.frames_encoded = self.keyframes_encoded = self.bytes_encoded = 0
+        self.encode_delay_ms: float | None = None  # sensor time -> encoded, smoothed
         self._top = QualityTier(width=self.width, height=self.height, bitrate=video.max_bitrate)
+        self.lores_note: str | None = None  # why the lores tier differs from video.tiers
         self._lores = self._lores_tier(video)
         self._tier_wake = trio.Event()
         self.encoder_restarts = 0
         self.camera_restarts = 0
         self.dropped = 0
+        if not self._idr_in_place:
+            log.warning("media.picamera2.idr_by_restart", version=self.mods.features.version,
+                        detail="this picamera2 cannot force a key frame (0.3.32 added it): "
+                        f"the encoder is restarted for one instead; {UPGRADE_HINT}")
         # encoder thread -> Trio
         self._lock = threading.Lock()
-        # (tier, generation, access unit, key frame, time stamp, sensor time stamp)
-        self._pending: collections.deque[tuple[int, int, bytes, bool, int, int | None]] = (
-            collections.deque())
+        # (tier, generation, access unit, key frame, time stamp, sensor time, delay), in µs
+        self._pending: collections.deque[
+            tuple[int, int, bytes, bool, int, int | None, int | None]] = collections.deque()
         self._dropping = False  # the encoder thread dropped packets: skip to the next IDR
         self._skip_to_keyframe = False
         self._token: trio.lowlevel.TrioToken | None = None
         self._has_packets: trio.Event | None = None
-        self._generation = 0  # bumped before each encoder start
         # Trio side
+        self._generation = 0  # bumped before each main encoder start
         self._timeline = _Timeline()
         self._sensor_anchor: int | None = None  # pts of sensor time 0, per camera session
         self._newest_pts: int | None = None
         self._encoder: Any = None
+        self._running: dict[str, Any] = {}  # the encoders picamera2 runs, by stream
         self._restarting = False
         self._session_packets = 0
         self._last_packet_at = 0.0
         self._pacer = _KeyframePacer("main")
         self._want_bitrate: int | None = None
+        self._idr_restart = False
         self._bitrate_wake: trio.Event | None = None
         self._last_bitrate_change = -math.inf
         self._limiter: trio.CapacityLimiter | None = None
+        self._hung: str | None = None  # the first picamera2 call that did not return
 
     # -- requests from the hub (Trio thread) --------------------------------
 
@@ -474,23 +328,20 @@ class PiCamera2Source(EncodedVideoSource):
         return self._pacer.forced
 
     def request_keyframe(self, urgent: bool = False, tier: int = 0) -> bool:
-        """Force an IDR with ``encoder.force_key_frame()``, at most every 0.5 s."""
+        """Force an IDR (``encoder.force_key_frame()``), at most every 0.5 s."""
         if tier > 0:
-            lores = self._lores
-            if lores is None or lores.encoder is None:
-                return True  # a starting encoder begins with an IDR anyway
-            return lores.pacer.request(lores.encoder, urgent)
-        if self._encoder is None or self._restarting:
+            return True if self._lores is None else self._lores.pacer.request(urgent)
+        if self._restarting:
             return True
-        return self._pacer.request(self._encoder, urgent)
+        return self._pacer.request(urgent)
 
     def set_bitrate(self, bitrate: int) -> None:
         """Aim for ``bitrate`` (clamped to video.min/max_bitrate and the codec's range).
 
         picamera2 reads the bitrate only when the encoder starts, so a change
-        restarts the encoder (the supported way: stop_encoder, new bitrate,
-        start_encoder; it begins with SPS/PPS and an IDR). Hence at most one
-        change every BITRATE_MIN_INTERVAL, and none for less than 10%.
+        restarts the encoder (the supported way: stop_encoder, start_encoder
+        with the new bitrate; it begins with SPS/PPS and an IDR). Hence at
+        most one change every BITRATE_MIN_INTERVAL, and none for less than 10%.
         """
         target = min(max(int(bitrate), self.min_bitrate), self.max_bitrate)
         if abs(target - self.bitrate) < BITRATE_HYSTERESIS * self.bitrate:
@@ -500,6 +351,16 @@ class PiCamera2Source(EncodedVideoSource):
         if self._bitrate_wake is not None:
             self._bitrate_wake.set()
 
+    def _restart_main_for_idr(self) -> None:
+        self._idr_restart = True
+        if self._bitrate_wake is not None:
+            self._bitrate_wake.set()
+
+    def _restart_lores_for_idr(self) -> None:
+        if self._lores is not None:
+            self._lores.idr_restart = True
+            self._tier_wake.set()
+
     # -- the lower tier ------------------------------------------------------
 
     def _lores_tier(self, video: VideoConfig) -> _Lores | None:
@@ -507,7 +368,9 @@ class PiCamera2Source(EncodedVideoSource):
 
         picamera2 has one lores stream, so one lower tier: further ones are
         left out (logged). The encoder takes it like the main stream, at
-        no CPU cost on VC4; on a Pi 5 it is another libx264 encoder.
+        no CPU cost on VC4 as long as main + lores fit the codec's
+        macroblock rate (:func:`.budget.fit_lores` shrinks or drops it); on a
+        Pi 5 it is another libx264 encoder.
         """
         lower = video.quality_tiers()[1:]
         if not lower:
@@ -516,7 +379,13 @@ class PiCamera2Source(EncodedVideoSource):
             log.warning("media.picamera2.tiers_limited", used=f"{lower[0].width}x"
                         f"{lower[0].height}", left_out=[f"{t.width}x{t.height}" for t in lower[1:]],
                         detail="the Pi camera has one second (lores) stream: one lower tier")
-        spec = lower[0]
+        fit = fit_lores(self.mods.platform, self.width, self.height, self.framerate, lower[0])
+        self.lores_note = fit.note
+        if fit.note is not None:
+            log.warning("media.picamera2.lores_limited", detail=fit.note)
+        spec = fit.tier
+        if spec is None:
+            return None
         bitrate = min(max(spec.bitrate, HW_BITRATE_RANGE[0]), HW_BITRATE_RANGE[1])
         return _Lores(spec, EncodingStats(spec.width, spec.height, self.framerate, bitrate))
 
@@ -562,12 +431,13 @@ class PiCamera2Source(EncodedVideoSource):
         """Run the lores encoder as the hub asks, for one camera session (a Trio task).
 
         Started when a peer is on the tier, stopped when none is, restarted
-        for a new rate, and restarted once it goes silent: its own watchdog,
-        since the main encoder's does not look at it. A lores encoder that
-        fails is the tier's problem, never the main stream's: it is retried
-        after a back-off (``media.picamera2.lores_failed``), and meanwhile a
-        peer moving to the tier stays where it is (its switch waits for a key
-        frame that does not come).
+        for a new rate (or a key frame, where picamera2 cannot force one),
+        and restarted once it goes silent: its own watchdog, since the main
+        encoder's does not look at it. A lores encoder that fails is the
+        tier's problem, never the main stream's: it is retried after a
+        back-off (``media.picamera2.lores_failed``), and meanwhile a peer
+        moving to the tier stays where it is (its switch waits for a key
+        frame that does not come). Only a hung call ends the session.
         """
         lores = self._lores
         assert lores is not None
@@ -579,25 +449,30 @@ class PiCamera2Source(EncodedVideoSource):
                              else FIRST_FRAME_TIMEOUT)
                 try:
                     if lores.sink is not None and not running and now >= lores.retry_at:
-                        await self._blocking(self._start_lores, cam)
+                        await self._start_lores(cam, "peer on the tier")
                     elif lores.sink is None and running:
-                        await self._blocking(self._stop_lores, cam)
+                        await self._stop_lores(cam, "no peer on the tier")
+                    elif running and lores.idr_restart:
+                        await self._restart_lores(cam, "key frame")
                     elif running and lores.want is not None and (
                             now - lores.changed_at >= BITRATE_MIN_INTERVAL):
-                        await self._blocking(self._restart_lores, cam, "rate")
+                        await self._restart_lores(cam, "rate")
                     elif running and now - max(lores.last_packet_at, lores.started_at) > allowance:
                         log.warning("media.picamera2.stalled", stream="lores",
                                     action="restart_encoder", camera=self.camera.index,
                                     packets=lores.session_packets)
                         if not lores.session_packets:
                             raise SourceError("the lores encoder delivers no packets")
-                        await self._blocking(self._restart_lores, cam, "stalled")
+                        await self._restart_lores(cam, "stalled")
                     else:
                         await self._wait_for_tier_request(lores, now)
+                except _CallTimedOut:
+                    raise
                 except SourceError as exc:
-                    await self._blocking(self._lores_failed, cam, str(exc))
+                    await self._lores_failed(cam, str(exc))
         finally:
             lores.encoder = None  # the camera session's close stops every encoder
+            lores.pacer.force = None
 
     async def _wait_for_tier_request(self, lores: _Lores, now: float) -> None:
         wait = self.stall_after / 2
@@ -610,17 +485,120 @@ class PiCamera2Source(EncodedVideoSource):
         if self._tier_wake.is_set():
             self._tier_wake = trio.Event()
 
-    def _lores_failed(self, cam: Any, error: str) -> None:
-        """Stop a failed lores encoder and wait before the next try (a worker thread)."""
+    async def _start_lores(self, cam: Any, reason: str) -> None:
+        """Start a lores encoder at the wanted rate (taken here, on the Trio thread)."""
+        lores = self._lores
+        assert lores is not None
+        rate, lores.want = lores.want, None
+        if rate is not None:
+            lores.stats.bitrate, lores.skip = rate
+        lores.idr_restart = False
+        encoder = self._new_encoder(lores.stats.bitrate)
+        encoder.frame_skip_count = lores.skip
+        lores.stats.max_fps = self.framerate / lores.skip if lores.skip > 1 else None
+        lores.generation += 1
+        lores.skip_to_keyframe = False
+        lores.session_packets = 0
+        lores.changed_at = lores.started_at = time.monotonic()
+        await self._start_encoder(cam, "lores", encoder, lores.generation)
+        lores.encoder = encoder
+        lores.pacer.force = self._forcer(encoder, self._restart_lores_for_idr)
+        log.info("media.picamera2.encoder_started", camera=self.camera.index, stream="lores",
+                 width=lores.spec.width, height=lores.spec.height,
+                 bitrate=lores.stats.bitrate, max_fps=lores.stats.max_fps, reason=reason,
+                 generation=lores.generation)
+
+    async def _stop_lores(self, cam: Any, reason: str) -> None:
+        lores = self._lores
+        assert lores is not None
+        encoder, lores.encoder = lores.encoder, None
+        lores.pacer.force = None
+        lores.generation += 1  # what it still had queued is stale
+        await self._stop_encoder(cam, "lores", encoder)
+        log.info("media.picamera2.encoder_stopped", camera=self.camera.index, stream="lores",
+                 reason=reason)
+
+    async def _restart_lores(self, cam: Any, reason: str) -> None:
+        await self._stop_lores(cam, reason)
+        await self._start_lores(cam, reason)
+
+    async def _lores_failed(self, cam: Any, error: str) -> None:
+        """Stop a failed lores encoder and wait before the next try."""
         lores = self._lores
         assert lores is not None
         if lores.encoder is not None:
-            self._stop_lores(cam, "failed")
+            await self._stop_lores(cam, "failed")
         lores.failures += 1
         retry = min(LORES_RETRY * 2 ** (lores.failures - 1), LORES_RETRY_MAX)
         lores.retry_at = time.monotonic() + retry
         log.error("media.picamera2.lores_failed", camera=self.camera.index, error=error,
                   failures=lores.failures, retry_in=retry)
+
+    # -- encoders (Trio thread decides, a worker thread calls picamera2) ------
+
+    def _new_encoder(self, bitrate: int) -> Any:
+        """An H.264 encoder object (no picamera2 call: it only stores its settings)."""
+        try:
+            return self._encoder_class(bitrate=bitrate, repeat=True, iperiod=self.gop,
+                                       framerate=self.framerate, profile=PROFILE)
+        except Exception as exc:
+            raise SourceError(f"no H.264 encoder: {chain(exc)}") from exc
+
+    def _forcer(self, encoder: Any, restart: Callable[[], None]) -> Callable[[], None]:
+        """How to force an IDR from ``encoder``: in place, or by restarting it."""
+        force: Callable[[], None] = encoder.force_key_frame if self._idr_in_place else restart
+        return force
+
+    async def _start_encoder(self, cam: Any, stream: str, encoder: Any, generation: int) -> None:
+        """``cam.start_encoder`` for ``stream`` ("main" or "lores"), bounded."""
+        output = _output_class(self.mods.Output)(self, 0 if stream == "main" else 1, generation,
+                                                encoder)
+        try:
+            await self._call(f"start_encoder {stream}", _start_encoder, cam, encoder, output,
+                             stream)
+        except _CallTimedOut:
+            raise
+        except Exception as exc:
+            raise SourceError(f"camera {self.camera.index}: the {stream} H.264 encoder did not "
+                              f"start: {chain(exc)}") from exc
+        self._running[stream] = encoder
+
+    async def _stop_encoder(self, cam: Any, stream: str, encoder: Any) -> None:
+        """``cam.stop_encoder`` for one encoder, bounded; a failure is logged, not raised."""
+        if self._running.pop(stream, None) is None:
+            return
+        try:
+            await self._call(f"stop_encoder {stream}", cam.stop_encoder, encoder)
+        except _CallTimedOut:
+            raise
+        except Exception as exc:
+            log.warning("media.picamera2.close_step_failed", step=f"stop_encoder {stream}",
+                        error=chain(exc))
+
+    async def _start_main(self, cam: Any, reason: str) -> None:
+        self._generation += 1
+        encoder = self._new_encoder(self.bitrate)
+        await self._start_encoder(cam, "main", encoder, self._generation)
+        self._encoder = encoder
+        self._pacer.force = self._forcer(encoder, self._restart_main_for_idr)
+        log.info("media.picamera2.encoder_started", camera=self.camera.index,
+                 bitrate=self.bitrate, iperiod=self.gop, profile=PROFILE,
+                 hardware=self.hardware, generation=self._generation, reason=reason)
+
+    async def _restart_main(self, cam: Any, bitrate: int | None, reason: str) -> None:
+        """stop_encoder, [new bitrate], start_encoder: picamera2's supported restart."""
+        self._restarting = True
+        try:
+            encoder, self._encoder = self._encoder, None
+            self._pacer.force = None
+            self._idr_restart = False
+            await self._stop_encoder(cam, "main", encoder)
+            if bitrate is not None:
+                self.bitrate = bitrate
+            await self._start_main(cam, reason)
+        finally:
+            self._last_packet_at = time.monotonic()
+            self._restarting = False
 
     # -- running ------------------------------------------------------------
 
@@ -654,9 +632,24 @@ class PiCamera2Source(EncodedVideoSource):
                 log.warning("media.picamera2.camera_restarting", camera=self.camera.index,
                             restarts=self.camera_restarts)
 
-    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
-        """A picamera2 call in a worker thread, one at a time (picamera2 is not reentrant)."""
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+    async def _call(self, what: str, fn: Callable[..., T], *args: Any,
+                    timeout: float = CALL_TIMEOUT) -> T:
+        """A picamera2 call in a worker thread: one at a time, bounded, abandoned on cancel.
+
+        picamera2 is not reentrant, hence one call at a time. A call that
+        does not return within ``timeout`` is abandoned (its thread keeps the
+        one slot until it returns, so every later call waits for it, and
+        times out too) and raises :class:`_CallTimedOut`: the session then
+        closes the camera, which is the last word on whether it is hung.
+        """
+        assert self._limiter is not None
+        with trio.move_on_after(timeout):
+            return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter,
+                                                 abandon_on_cancel=True)
+        self._hung = self._hung or what
+        log.error("media.picamera2.call_timeout", camera=self.camera.index, call=what,
+                  waited=timeout)
+        raise _CallTimedOut(what, timeout)
 
     async def _camera_session(self) -> None:
         abandoned = threading.Event()
@@ -673,7 +666,14 @@ class PiCamera2Source(EncodedVideoSource):
         try:
             self._session_packets = 0
             self._sensor_anchor = None
-            await self._blocking(self._start, cam)
+            await self._start_main(cam, "camera opened")
+            try:
+                await self._call("start", cam.start)
+            except _CallTimedOut:
+                raise
+            except Exception as exc:
+                raise SourceError(f"camera {self.camera.index} did not start: {chain(exc)}"
+                                  ) from exc
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._bitrate_loop, cam)
@@ -684,11 +684,48 @@ class PiCamera2Source(EncodedVideoSource):
                 raise sole_exception(group) from None
         finally:
             self._encoder = None
-            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT) as timer:
-                await trio.to_thread.run_sync(self._close, cam, abandon_on_cancel=True)
-            if timer.cancelled_caught:
-                log.error("media.picamera2.close_timeout", camera=self.camera.index,
-                          waited=CLOSE_TIMEOUT)
+            self._pacer.force = None
+            with trio.CancelScope(shield=True):
+                await self._close(cam)
+
+    async def _close(self, cam: Any) -> None:
+        """Stop each encoder on its own, then close the camera: every step bounded.
+
+        ``stop_encoder()`` without an argument would stop at the first
+        failing encoder and leave the rest running; ``close()`` (not
+        ``stop()``) because it stops the camera's thread first and then the
+        camera directly, which works even when that thread has died, where
+        ``stop()`` would wait for it forever. A step that hangs ends the
+        steps before ``close``; a ``close`` that does not return in time
+        means the camera is lost to this process: :class:`CameraHung`.
+        """
+        closed = False
+        try:
+            for stream in ("lores", "main"):
+                if stream in self._running:
+                    await self._stop_encoder(cam, stream, self._running[stream])
+        except _CallTimedOut:
+            pass  # the close below says whether the camera can still be had back
+        try:
+            await self._call("close", cam.close)
+            closed = True
+        except _CallTimedOut:
+            pass
+        except Exception as exc:
+            log.warning("media.picamera2.close_step_failed", step="close", error=chain(exc))
+            closed = True
+        finally:
+            self._running.clear()
+        if closed:
+            self._hung = None  # whatever hung has let go
+            log.info("media.picamera2.closed", camera=self.camera.index)
+            return
+        log.critical("media.picamera2.hung", camera=self.camera.index, call=self._hung,
+                     detail="the camera cannot be closed; the agent exits so that systemd "
+                     "starts it afresh")
+        raise CameraHung(f"camera {self.camera.index}: picamera2's {self._hung} hung and the "
+                         "camera could not be closed within "
+                         f"{CALL_TIMEOUT:g} s; only a new process can use it again")
 
     async def _watchdog(self, cam: Any) -> None:
         """No packet for ``stall_after``: restart the encoder; still none: the camera."""
@@ -711,16 +748,22 @@ class PiCamera2Source(EncodedVideoSource):
                 log.warning("media.picamera2.stalled", action="restart_encoder", **fields)
                 self.encoder_restarts += 1
                 restarted_at_packets = self._session_packets
-                await self._blocking(self._restart_encoder, cam, None)
+                await self._restart_main(cam, None, "stalled")
             else:
                 log.error("media.picamera2.stalled", action="restart_camera", **fields)
                 raise _CameraStalled(self._session_packets)
 
     async def _bitrate_loop(self, cam: Any) -> None:
+        """Restart the main encoder for a new bitrate, or for a key frame."""
         assert self._bitrate_wake is not None
         while True:
             await self._bitrate_wake.wait()
             self._bitrate_wake = trio.Event()
+            if self._idr_restart:
+                await self._restart_main(cam, None, "key frame")
+                if self._want_bitrate is not None:
+                    self._bitrate_wake.set()
+                continue
             wait = self._last_bitrate_change + BITRATE_MIN_INTERVAL - time.monotonic()
             if wait > 0:
                 await trio.sleep(wait)
@@ -730,8 +773,9 @@ class PiCamera2Source(EncodedVideoSource):
                 continue
             old = self.bitrate
             self._last_bitrate_change = time.monotonic()
-            await self._blocking(self._restart_encoder, cam, want)
+            await self._restart_main(cam, want, "bitrate")
             log.info("media.picamera2.bitrate", camera=self.camera.index, old=old, new=want)
+
 
     # -- worker-thread parts --------------------------------------------------
 
@@ -741,23 +785,27 @@ class PiCamera2Source(EncodedVideoSource):
         try:
             cameras = list(mods.Picamera2.global_camera_info())
         except Exception as exc:
-            raise SourceError(f"camera {index}: libcamera cannot list cameras: {_chain(exc)}"
+            raise SourceError(f"camera {index}: libcamera cannot list cameras: {chain(exc)}"
                               ) from exc
         if index >= len(cameras):
-            raise SourceError(_missing_text(index, cameras))
+            raise SourceError(missing_text(index, cameras))
         model = str(cameras[index].get("Model", "unknown"))
+        # libcamera's number of the camera: picamera2 sorts its list, so not the index
+        num = int(cameras[index].get("Num", index))
         if self.hardware and (self.width > HW_MAX_SIZE or self.height > HW_MAX_SIZE):
             raise SourceError(
                 f"video.width x video.height = {self.width}x{self.height} is larger than the "
                 f"Pi's H.264 encoder takes (at most {HW_MAX_SIZE} on a side)")
-        sensor_hdr = self._set_sensor_hdr(model)
+        hdr_by = hdr_plan(mods.platform, model)
+        sensor_hdr = self._set_sensor_hdr(num) if hdr_by == "sensor" else False
         try:
             cam = mods.Picamera2(index)
         except Exception as exc:
+            forget_failed_open(mods.Picamera2, num)
             raise SourceError(describe_open_error(exc, index, cameras)) from exc
         try:
             available = dict(cam.camera_controls)
-            wanted = wanted_controls(self.camera, available, sensor_hdr=sensor_hdr)
+            wanted = wanted_controls(self.camera, available, hdr_by=hdr_by)
             check_controls(wanted, available, f"camera {index} ({model})")
             controls: dict[str, Any] = {"FrameRate": self.framerate}
             controls.update({w.control: w.value for w in wanted})
@@ -786,8 +834,9 @@ class PiCamera2Source(EncodedVideoSource):
             raise SourceError(f"camera {index} opened too late")
         self.model = model
         log.info("media.picamera2.opened", camera=index, model=model, platform=mods.platform,
-                 encoder="hardware" if self.hardware else "software", width=self.width,
-                 height=self.height, framerate=self.framerate,
+                 picamera2=mods.features.version, encoder="hardware" if self.hardware
+                 else "software", width=self.width, height=self.height,
+                 framerate=self.framerate, buffers=self.camera.buffer_count,
                  controls={w.control: w.value for w in wanted}, sensor_hdr=sensor_hdr)
         if not self.hardware:
             log.warning("media.picamera2.software_encoder", platform=mods.platform,
@@ -796,133 +845,25 @@ class PiCamera2Source(EncodedVideoSource):
                         "lower video.width/height/framerate if the CPU runs short")
         return cam
 
-    def _set_sensor_hdr(self, model: str) -> bool:
+    def _set_sensor_hdr(self, num: int) -> bool:
         """Camera Module 3 on VC4: sensor HDR on or off, as configured (before opening).
 
         The setting lives in the sensor's V4L2 subdevice and outlives us, so it
         is set either way: a camera that once ran with HDR must not keep it.
+        ``num`` is libcamera's camera number, which ``IMX708`` looks cameras up by.
         """
-        if self.mods.platform != "VC4" or model != "imx708":
-            return False
         try:
             from picamera2.devices.imx708 import IMX708
 
-            with IMX708(self.camera.index) as sensor:
+            with IMX708(num) as sensor:
                 sensor.set_sensor_hdr_mode(self.camera.hdr)
         except Exception as exc:
             if self.camera.hdr:
                 raise SourceError(f"camera.hdr = true: the Camera Module 3's sensor HDR cannot "
-                                  f"be switched on: {_chain(exc)}") from exc
+                                  f"be switched on: {chain(exc)}") from exc
             log.debug("media.picamera2.sensor_hdr_unset", error=str(exc))
             return False
         return self.camera.hdr
-
-    def _start(self, cam: Any) -> None:
-        """Make the encoder and start it and the camera (a worker thread)."""
-        self._encoder = self.mods.H264Encoder(
-            bitrate=self.bitrate, repeat=True, iperiod=self.gop, framerate=self.framerate,
-            profile=PROFILE)  # no enable_sps_framerate: the Pi 5's software class lacks it
-        try:
-            self._start_encoder(cam)
-            cam.start()
-        except Exception as exc:
-            raise SourceError(f"camera {self.camera.index}: the H.264 encoder did not start: "
-                              f"{_chain(exc)}") from exc
-
-    def _start_encoder(self, cam: Any) -> None:
-        with self._lock:
-            self._generation += 1
-            generation = self._generation
-        output = _output_class(self.mods.Output)(self, 0, generation, self._encoder)
-        cam.start_encoder(self._encoder, output, name="main")
-        log.info("media.picamera2.encoder_started", camera=self.camera.index,
-                 bitrate=self.bitrate, iperiod=self.gop, profile=PROFILE,
-                 hardware=self.hardware, generation=generation)
-
-    def _restart_encoder(self, cam: Any, bitrate: int | None) -> None:
-        """stop_encoder, [new bitrate], start_encoder: picamera2's supported restart."""
-        self._restarting = True
-        try:
-            cam.stop_encoder(self._encoder)
-            if bitrate is not None:
-                self._encoder.bitrate = self.bitrate = bitrate
-            self._start_encoder(cam)
-        except Exception as exc:
-            raise SourceError(f"camera {self.camera.index}: restarting the H.264 encoder "
-                              f"failed: {_chain(exc)}") from exc
-        finally:
-            self._last_packet_at = time.monotonic()
-            self._restarting = False
-
-    def _start_lores(self, cam: Any) -> None:
-        """Make the lores encoder and start it on the running camera (a worker thread)."""
-        lores = self._lores
-        assert lores is not None
-        try:
-            lores.encoder = self.mods.H264Encoder(
-                bitrate=lores.stats.bitrate, repeat=True, iperiod=self.gop,
-                framerate=self.framerate, profile=PROFILE)
-        except Exception as exc:
-            raise SourceError(f"no lores H.264 encoder: {_chain(exc)}") from exc
-        self._start_lores_encoder(cam, "peer on the tier")
-
-    def _start_lores_encoder(self, cam: Any, reason: str) -> None:
-        lores = self._lores
-        assert lores is not None and lores.encoder is not None
-        if lores.want is not None:
-            lores.stats.bitrate, lores.skip = lores.want
-            lores.want = None
-        lores.encoder.bitrate = lores.stats.bitrate
-        lores.encoder.frame_skip_count = lores.skip
-        lores.stats.max_fps = self.framerate / lores.skip if lores.skip > 1 else None
-        lores.generation += 1
-        lores.skip_to_keyframe = False
-        lores.session_packets = 0
-        lores.changed_at = lores.started_at = time.monotonic()
-        output = _output_class(self.mods.Output)(self, 1, lores.generation, lores.encoder)
-        try:
-            cam.start_encoder(lores.encoder, output, name="lores")
-        except Exception as exc:
-            lores.encoder = None
-            raise SourceError(f"camera {self.camera.index}: the lores H.264 encoder did not "
-                              f"start: {_chain(exc)}") from exc
-        log.info("media.picamera2.encoder_started", camera=self.camera.index, stream="lores",
-                 width=lores.spec.width, height=lores.spec.height,
-                 bitrate=lores.stats.bitrate, max_fps=lores.stats.max_fps, reason=reason,
-                 generation=lores.generation)
-
-    def _stop_lores(self, cam: Any, reason: str = "no peer on the tier") -> None:
-        lores = self._lores
-        assert lores is not None
-        encoder, lores.encoder = lores.encoder, None
-        lores.generation += 1  # what it still had queued is stale
-        try:
-            cam.stop_encoder(encoder)
-        except Exception as exc:
-            log.warning("media.picamera2.close_step_failed", step="stop_encoder lores",
-                        error=str(exc))
-        log.info("media.picamera2.encoder_stopped", camera=self.camera.index, stream="lores",
-                 reason=reason)
-
-    def _restart_lores(self, cam: Any, reason: str) -> None:
-        lores = self._lores
-        assert lores is not None and lores.encoder is not None
-        try:
-            cam.stop_encoder(lores.encoder)
-        except Exception as exc:
-            lores.encoder = None
-            raise SourceError(f"camera {self.camera.index}: restarting the lores H.264 encoder "
-                              f"failed: {_chain(exc)}") from exc
-        self._start_lores_encoder(cam, reason)
-
-    def _close(self, cam: Any) -> None:
-        """Stop everything and close the camera, whatever state it is in (a worker thread)."""
-        for step in ("stop_encoder", "stop", "close"):
-            try:
-                getattr(cam, step)()
-            except Exception as exc:
-                log.warning("media.picamera2.close_step_failed", step=step, error=str(exc))
-        log.info("media.picamera2.closed", camera=self.camera.index)
 
     # -- encoder thread -> Trio -----------------------------------------------
 
@@ -942,8 +883,10 @@ class PiCamera2Source(EncodedVideoSource):
                     return
                 was_empty = not self._pending
                 sensor = None if first is None else int(first) + int(timestamp or 0)
+                # libcamera's sensor time stamps are on CLOCK_MONOTONIC
+                delay = None if sensor is None else time.monotonic_ns() // 1000 - sensor
                 self._pending.append((tier, generation, data, bool(keyframe),
-                                      int(timestamp or 0), sensor))
+                                      int(timestamp or 0), sensor, delay))
             if was_empty and self._token is not None:
                 self._token.run_sync_soon(self._wake)
         except trio.RunFinishedError:
@@ -973,9 +916,11 @@ class PiCamera2Source(EncodedVideoSource):
                 if self._lores is not None and self._lores.encoder is not None:
                     self._lores.skip_to_keyframe = True
                     self.request_keyframe(urgent=True, tier=1)
-            for tier, generation, data, keyframe, timestamp_us, sensor_us in items:
+            for tier, generation, data, keyframe, timestamp_us, sensor_us, delay_us in items:
                 if tier == 0:
                     packet = self._packet(generation, data, keyframe, timestamp_us, sensor_us)
+                    if delay_us is not None and packet is not None:
+                        self._note_delay(delay_us)
                     if packet is not None:
                         sink(packet)
                 elif (lores := self._lores) is not None and lores.sink is not None:
@@ -983,6 +928,12 @@ class PiCamera2Source(EncodedVideoSource):
                                                 timestamp_us, sensor_us)
                     if packet is not None:
                         lores.sink(packet)
+
+    def _note_delay(self, delay_us: int) -> None:
+        """Smooth the encoder's delay (sensor time -> packet out), for status and benchmarks."""
+        ms = delay_us / 1000
+        previous = self.encode_delay_ms
+        self.encode_delay_ms = ms if previous is None else previous + (ms - previous) / 16
 
     def _packet(self, generation: int, data: bytes, keyframe: bool, timestamp_us: int,
                 sensor_us: int | None) -> Packet[Any] | None:
@@ -1002,7 +953,7 @@ class PiCamera2Source(EncodedVideoSource):
         self._last_packet_at = now
         if keyframe:
             self.keyframes_encoded += 1
-        self._pacer.seen(self._encoder, keyframe, now)
+        self._pacer.seen(keyframe, now)
         return packet
 
     def _lores_packet(self, lores: _Lores, generation: int, data: bytes, keyframe: bool,
@@ -1024,7 +975,7 @@ class PiCamera2Source(EncodedVideoSource):
         lores.failures = 0
         if keyframe:
             lores.stats.keyframes_encoded += 1
-        lores.pacer.seen(lores.encoder, keyframe, now)
+        lores.pacer.seen(keyframe, now)
         return packet
 
     def _stamp(self, line: _Timeline, generation: int, timestamp_us: int,
@@ -1070,6 +1021,15 @@ class PiCamera2Source(EncodedVideoSource):
         packet.time_base = VIDEO_TIME_BASE
         packet.is_keyframe = keyframe
         return packet
+
+
+def _start_encoder(cam: Any, encoder: Any, output: Any, stream: str) -> None:
+    """``cam.start_encoder`` (a worker thread); a failed start leaves nothing running."""
+    try:
+        cam.start_encoder(encoder, output, name=stream)
+    except Exception:
+        stop_failed_encoder(encoder)
+        raise
 
 
 def _output_class(base: Any) -> Any:
