@@ -12,9 +12,11 @@ from glimpse_edge.config import ConfigError
 from glimpse_edge.supervise import (
     TRANSIENT,
     Backoff,
+    Fatal,
     HealthRegistry,
     RestartPolicy,
     TaskGaveUp,
+    find_fatal,
     supervise,
 )
 
@@ -71,6 +73,23 @@ async def test_config_errors_are_not_retried() -> None:
     with pytest.raises(ConfigError):
         await supervise("cfg", needs_config)
     assert calls == 1
+
+
+async def test_fatal_errors_are_not_retried_and_are_found_in_groups() -> None:
+    calls = 0
+
+    async def hung_hardware() -> None:
+        nonlocal calls
+        calls += 1
+        raise Fatal("the camera cannot be closed")
+
+    health = HealthRegistry()
+    with pytest.raises(Fatal):
+        await supervise("camera", hung_hardware, health=health)
+    assert calls == 1 and health.get("camera").state == "failed"
+    fatal = Fatal("deep")
+    group = BaseExceptionGroup("root", [ValueError("x"), BaseExceptionGroup("hub", [fatal])])
+    assert find_fatal(group) is fatal and find_fatal(ValueError("x")) is None
 
 
 async def test_cancellation_stops_supervision(autojump_clock: trio.abc.Clock) -> None:
