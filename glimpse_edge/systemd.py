@@ -30,25 +30,45 @@ class Notifier:
             self._address = "\0" + addr[1:] if addr.startswith("@") else addr
         self._sock: socket.socket | None = None
         self._last_status: str | None = None
+        self.dropped = 0  # datagrams dropped on a full socket
+        self._dropping = False
 
     @property
     def enabled(self) -> bool:
         return self._address is not None
 
     def notify(self, *lines: str) -> bool:
-        """Send one datagram; False (logged once per failure) if it could not be sent."""
+        """Send one datagram without ever blocking; False if it could not be sent.
+
+        The socket is non-blocking: this runs on the Trio thread, and a
+        manager that does not drain its socket (a full queue: 10 datagrams on
+        a stock kernel) must not freeze the agent, SIGTERM handling included.
+        A datagram that finds the queue full is dropped and counted
+        (``dropped``); the next keep-alive or status says the same again.
+        """
         if self._address is None:
             return False
         try:
             if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                self._sock = socket.socket(
+                    socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
             self._sock.sendto("\n".join(lines).encode(), self._address)
+        except BlockingIOError:
+            self.dropped += 1
+            if not self._dropping:
+                self._dropping = True
+                log.warning("systemd.notify_dropped", dropped=self.dropped,
+                            reason="the service manager's socket is full")
+            return False
         except OSError as exc:
             log.warning("systemd.notify_failed", error=str(exc))
             return False
+        self._dropping = False
         return True
 
     def ready(self, status: str | None = None) -> None:
+        if status:
+            self._last_status = status
         self.notify("READY=1", *([f"STATUS={status}"] if status else []))
 
     def status(self, text: str) -> None:
