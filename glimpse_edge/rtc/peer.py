@@ -62,6 +62,7 @@ from .bandwidth import (
     report_blocks,
     report_rtt,
 )
+from .inbox import Inbox
 from .sdp import BadSignal, check_sdp, ice_credentials, negotiated_codecs, parse_candidate
 from .tiers import TierSelector, link_bps, video_budget
 from .tracks import FrameTrack, PacketTrack
@@ -73,6 +74,9 @@ StartMode = Literal["offer", "wait", "answer"]
 
 CLOSE_TIMEOUT = 2.0
 MAX_PENDING_CANDIDATES = 64
+# Signals from the network queued for one peer's task; more are dropped (a
+# flood). The server relays bursts of up to 200 (signaling flood limit).
+MAX_QUEUED_SIGNALS = 256
 # A connection that stayed up this long resets the restart back-off.
 STABLE_AFTER = 10.0
 # After a move up a tier, a receiver's REMB needs this long beyond the tier's
@@ -173,7 +177,7 @@ class PeerSession:
         self.relay_only = relay_only
         self.video_codec: VideoCodec = video_codec
         self._send = send
-        self._events_in, self._events = trio.open_memory_channel[PeerEvent](256)
+        self._inbox = Inbox[PeerEvent](MAX_QUEUED_SIGNALS)
         self._conn: _Connection | None = None
         # The connection whose path was declared dead, kept open beside its
         # replacement until that one is up (see _restart).
@@ -205,16 +209,13 @@ class PeerSession:
         return self.self_id > self.peer_id
 
     def deliver(self, signal: WebRTCSignal) -> None:
-        self._post(signal)
+        if not self._inbox.put_signal(signal):
+            self.log.warning("peer.signal_dropped", kind=signal.signal_type,
+                             dropped=self._inbox.dropped, reason="too many signals queued")
 
     def _post(self, event: PeerEvent) -> None:
-        try:
-            self._events_in.send_nowait(event)
-        except trio.WouldBlock:
-            self.log.warning("peer.event_dropped", event=type(event).__name__,
-                             reason="queue full")
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        """One of this peer's own events (state changes...): never dropped."""
+        self._inbox.put(event)
 
     @property
     def state(self) -> str:
@@ -262,7 +263,7 @@ class PeerSession:
             deadline = self._next_deadline()
             event: PeerEvent | None = None
             with trio.move_on_at(deadline):
-                event = await self._events.receive()
+                event = await self._inbox.get()
             if event is None:
                 await self._on_timer()
                 continue
