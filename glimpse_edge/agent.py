@@ -20,7 +20,7 @@ import structlog
 import trio
 
 from . import __version__, testhooks
-from .config import Config, ConfigError, check_secrets, load_config
+from .config import Config, ConfigError, load_checked
 from .logs import configure_logging
 from .media.hub import MediaHub
 from .media.source import AnyVideoSource, AudioSource
@@ -41,13 +41,6 @@ STOP_TIMEOUT = 4.0
 HANDOVER_TIMEOUT = 15.0
 # What reload() can apply by itself; anything else needs a restart (logged).
 _APPLIED = ("server", "auth", "room", "video", "camera", "audio", "ice", "peers", "log")
-
-
-def load_checked(path: Path) -> Config:
-    """Load and validate a configuration, secrets included (raises ConfigError)."""
-    config = load_config(path)
-    check_secrets(config)
-    return config
 
 
 @dataclass

@@ -43,7 +43,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from .agent import run_agent
     from .config import ConfigError
-    from .supervise import EXIT_FATAL, find_fatal
+    from .fatal import EXIT_FATAL, find_fatal
 
     # A hung agent is killed by systemd's watchdog with SIGABRT (WatchdogSignal=):
     # faulthandler's C-level handler prints every thread's stack to stderr (the
@@ -51,13 +51,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     faulthandler.enable()
     try:
         trio.run(run_agent, Path(args.config))
-    except ConfigError as exc:
+    except ConfigError as exc:  # before Fatal: a ConfigError is one, with its own code
         print(f"glimpse-edge: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except BaseException as exc:
         fatal = find_fatal(exc)
         if fatal is None:
             raise
+        if isinstance(fatal, ConfigError):  # one that left a task group
+            print(f"glimpse-edge: configuration error: {fatal}", file=sys.stderr)
+            return EXIT_CONFIG
         # Hardware that hangs (a camera that cannot be closed) would hang the
         # interpreter's exit handlers too (picamera2 closes its cameras at
         # exit): leave at once, and systemd starts a fresh process.
@@ -69,8 +72,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from .agent import load_checked
-    from .config import ConfigError
+    # Not from the agent: checking a file must not import the WebRTC stack.
+    from .config import ConfigError, load_checked
 
     try:
         config = load_checked(Path(args.path))

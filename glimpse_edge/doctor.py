@@ -40,7 +40,14 @@ from typing import Any, Final, Literal
 
 import trio
 
-from .config import Config, ConfigError, SecretFileError, check_secrets, load_config
+from .config import (
+    Config,
+    ConfigError,
+    SecretFileError,
+    check_secrets,
+    load_config,
+    read_secret_file,
+)
 
 __all__ = ["Check", "Doctor", "exit_code", "render"]
 
@@ -310,7 +317,6 @@ class Doctor:
         return None
 
     async def _token(self, config: Config, details: list[str]) -> str | None:
-        from .secretfile import read_secret_file
         from .signaling.tokens import CredentialsRejected, LoginTokenSource, TokenUnavailable
 
         auth = config.auth
@@ -528,7 +534,6 @@ class Doctor:
 
     async def check_ice(self, config: Config, secrets_ok: bool) -> None:
         from .netprobe import probe_ice_server
-        from .secretfile import read_secret_file
 
         servers = config.ice.servers
         if not servers:

@@ -6,7 +6,8 @@ waits a jittered, growing delay and starts the task again. A task that keeps
 crashing faster than its policy allows is given up on: the exception then
 propagates to the root nursery, the agent exits non-zero and systemd restarts
 the whole process fresh, which is the right cure for state we cannot repair.
-Configuration errors are never retried: they need a person.
+A :class:`~glimpse_edge.fatal.Fatal` error is never retried: a configuration
+error needs a person, hung hardware a fresh process.
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ from typing import Literal
 import structlog
 import trio
 
-from .config import ConfigError
+# Fatal lives in a leaf module so that what raises it (the configuration, a
+# camera) need not import supervise; these names stay importable from here.
+from .fatal import EXIT_FATAL as EXIT_FATAL
+from .fatal import Fatal as Fatal
+from .fatal import find_fatal as find_fatal
 
 log = structlog.get_logger(__name__)
 
@@ -144,32 +149,6 @@ class TaskGaveUp(Exception):
     """A supervised task crashed more often than its policy allows."""
 
 
-class Fatal(Exception):
-    """An error no restart inside the process can cure: the process must end.
-
-    Raised, for example, when hardware hangs in a call that cannot be
-    cancelled (a camera that cannot be closed): only a fresh process (systemd
-    restarts it) gets the device back. Never retried by :func:`supervise`;
-    ``glimpse-edge run`` exits with :data:`EXIT_FATAL` without running exit
-    handlers that could hang on the same hardware.
-    """
-
-
-EXIT_FATAL = 70  # sysexits.h EX_SOFTWARE: systemd's Restart=on-failure restarts it
-
-
-def find_fatal(exc: BaseException) -> Fatal | None:
-    """The :class:`Fatal` error in ``exc`` (an exception group, at any depth), if any."""
-    if isinstance(exc, Fatal):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = find_fatal(inner)
-            if found is not None:
-                return found
-    return None
-
-
 async def supervise(
     name: str,
     fn: Callable[[], Awaitable[object]],
@@ -191,7 +170,7 @@ async def supervise(
         t0 = trio.current_time()
         try:
             await fn()
-        except (ConfigError, Fatal):
+        except Fatal:  # a ConfigError among them: no restart can cure it
             health.set_state(name, "failed")
             raise
         except Exception as exc:

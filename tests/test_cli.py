@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import trio
 from support.agent import write_config
 
 from glimpse_edge import __version__
+from glimpse_edge.cli import main
+from glimpse_edge.config import ConfigError
 
 
 def glimpse_edge(*args: str) -> subprocess.CompletedProcess[str]:
@@ -60,3 +65,23 @@ def test_run_with_unusable_config_exits_78_with_the_reason(tmp_path: Path) -> No
 def test_run_with_missing_config_file(tmp_path: Path) -> None:
     result = glimpse_edge("run", "--config", str(tmp_path / "nope.toml"))
     assert result.returncode == 78 and "nope.toml" in result.stderr, result.stderr
+
+
+def test_run_exits_78_for_a_config_error_raised_inside_a_task_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A ConfigError is a Fatal one; found in a task group it still exits 78, not 70."""
+    import glimpse_edge.agent
+
+    async def fails_in_a_task(path: Path) -> None:
+        async def check() -> None:
+            raise ConfigError(path, "camera.af_mode", "this camera has no autofocus")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(check)
+
+    monkeypatch.setattr(glimpse_edge.agent, "run_agent", fails_in_a_task)
+    monkeypatch.setattr(faulthandler, "enable", lambda: None)  # pytest's stderr has no fd
+    assert main(["run", "--config", str(tmp_path / "config.toml")]) == 78
+    err = capsys.readouterr().err
+    assert "configuration error" in err and "camera.af_mode" in err, err

@@ -32,8 +32,8 @@ from glimpse_edge.config import (
     check_secrets,
     load_config,
     parse_listen,
+    read_secret_file,
 )
-from glimpse_edge.secretfile import read_secret_file
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "glimpse-edge.toml"
 

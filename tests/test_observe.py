@@ -39,7 +39,8 @@ from support.glimpse_client import create_room, register
 from support.rtcpeer import BrowserPeer
 from trio_asyncio import aio_as_trio
 
-from glimpse_edge.agent import Agent, build_media_hub, load_checked
+from glimpse_edge.agent import Agent, build_media_hub
+from glimpse_edge.config import load_checked
 from glimpse_edge.media.testpattern import TestPatternSource
 from glimpse_edge.observe.peerstats import PeerStatsSampler, _History
 from glimpse_edge.observe.server import create_app

@@ -73,6 +73,8 @@ async def test_config_errors_are_not_retried() -> None:
     with pytest.raises(ConfigError):
         await supervise("cfg", needs_config)
     assert calls == 1
+    # the rule is Fatal's: supervise knows nothing of the configuration
+    assert issubclass(ConfigError, Fatal)
 
 
 async def test_fatal_errors_are_not_retried_and_are_found_in_groups() -> None:

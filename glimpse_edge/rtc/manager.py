@@ -41,12 +41,11 @@ import structlog
 import trio
 from aiortc import RTCIceServer
 
-from ..config import IceConfig, PeersConfig
+from ..config import IceConfig, PeersConfig, read_secret_file
 from ..introspect import resource_counts
 from ..media.encoder import VideoCodec
 from ..media.hub import MediaHub
 from ..room import Participant, ParticipantAdded, ParticipantRemoved, Reconciled, RoomEvent
-from ..secretfile import read_secret_file
 from ..signaling.messages import IceCandidate, SessionDescription, SignalType, WebRTCSignal
 from ..signaling.session import SignalingSession
 from ..supervise import Backoff

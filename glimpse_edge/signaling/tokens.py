@@ -23,8 +23,7 @@ import jwt
 import structlog
 import trio
 
-from ..config import AuthConfig, ServerConfig
-from ..secretfile import read_secret_file
+from ..config import AuthConfig, ServerConfig, read_secret_file
 from ..supervise import Backoff
 from ..tls import client_context
 

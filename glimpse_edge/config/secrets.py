@@ -1,4 +1,4 @@
-"""Read small secret files (tokens, passwords, TURN credentials) safely.
+"""Secret files (tokens, passwords, TURN credentials): read safely, checked at start.
 
 Secrets live in their own files rather than in the config so the config can be copied
 around a fleet, checked into version control and shown in bug reports.  That only helps
@@ -10,12 +10,14 @@ warning nobody reads on an unattended device.
 import os
 import shlex
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
-from glimpse_edge.config import SecretFileError
+from .errors import ConfigError, SecretFileError
+from .schema import Config
 
-__all__ = ["MAX_SECRET_BYTES", "SecretFileError", "read_secret_file"]
+__all__ = ["MAX_SECRET_BYTES", "check_secrets", "read_secret_file"]
 
 MAX_SECRET_BYTES: Final = 64 * 1024
 """A secret larger than this is almost certainly the wrong file (e.g. a log)."""
@@ -82,3 +84,30 @@ def read_secret_file(path: str | os.PathLike[str]) -> str:
     if not secret:
         raise SecretFileError(path, None, "is empty")
     return secret
+
+
+def _secret_paths(config: Config) -> Iterable[tuple[str, Path]]:
+    if config.auth.token_file is not None:
+        yield "auth.token_file", config.auth.token_file
+    if config.auth.password_file is not None:
+        yield "auth.password_file", config.auth.password_file
+    for i, server in enumerate(config.ice.servers):
+        if server.credential_file is not None:
+            yield f"ice.servers[{i}].credential_file", server.credential_file
+
+
+def check_secrets(config: Config) -> None:
+    """Read every secret file the config points to, failing early and all at once.
+
+    Secrets are read again when used (tokens get rotated); this check exists so that a
+    missing or world-readable secret stops the service at start-up with a clear message
+    instead of surfacing later as a failed login.  Raises SecretFileError.
+    """
+    errors: list[ConfigError] = []
+    for key, path in _secret_paths(config):
+        try:
+            read_secret_file(path)
+        except SecretFileError as exc:
+            errors.append(SecretFileError(exc.file, key, exc.reason))
+    if errors:
+        raise SecretFileError.group(errors)
