@@ -39,10 +39,10 @@ from glimpse_edge.config import (
     VideoConfig,
     load_config,
 )
-from glimpse_edge.media.picamera import source as picamera
 from glimpse_edge.media.factory import make_video_source
 from glimpse_edge.media.hub import MediaHub
 from glimpse_edge.media.picamera import PiCamera2Source
+from glimpse_edge.media.picamera import source as picamera
 from glimpse_edge.media.source import SourceError
 from glimpse_edge.rtc.aio import open_aio_loop
 
