@@ -92,8 +92,8 @@ def _source_factories(
             make_audio)  # type: ignore[return-value]
 
 
-def build_media_hub(config: Config, health: HealthRegistry) -> MediaHub | None:
-    """The media hub for the configured sources, or None when both are off."""
+def build_media_hub(config: Config, health: HealthRegistry) -> MediaHub:
+    """The media hub for the configured sources (video is always on; audio may be off)."""
     make_video, make_audio = _source_factories(config)
     return MediaHub(config.video, config.audio, make_video, make_audio, health=health,
                     playback=config.playback)
@@ -147,8 +147,7 @@ class Agent:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with open_aio_loop(), trio.open_nursery() as nursery:
                 self.hub = build_media_hub(self.config, self.health)
-                if self.hub is not None:
-                    await nursery.start(self.hub.run)
+                await nursery.start(self.hub.run)
                 await nursery.start(self._run_signaling, self.config)
                 if self.config.observe.address is not None:
                     from .observe import run_observe  # its web stack only when it is on
@@ -197,8 +196,7 @@ class Agent:
                 link = self._new_link(config, room)
                 sig = _Signaling(config, room, scope, nursery, link)
                 await nursery.start(self._run_link, sig, link)
-                if self.hub is not None:
-                    await nursery.start(self._run_peers, sig)
+                await nursery.start(self._run_peers, sig)
                 self._signaling = sig
                 task_status.started()
                 async with events:
@@ -247,7 +245,7 @@ class Agent:
         A manager started while the room is already joined is told who is
         there (a Reconciled event), so it reaches them like after a re-join.
         """
-        assert self.hub is not None
+        assert self.hub is not None  # built by run() before any room
         config = sig.config
         with trio.CancelScope() as scope:
             peers = PeerManager(sig.session, self.hub, config.peers, config.ice,
@@ -319,8 +317,8 @@ class Agent:
 
     def _apply_media(self, old: Config, new: Config) -> bool:
         """New video/audio settings into the running hub; True if peers must renegotiate."""
-        if self.hub is None or (old.video == new.video and old.audio == new.audio
-                                and old.camera == new.camera):
+        assert self.hub is not None  # built by run() before any reload
+        if old.video == new.video and old.audio == new.audio and old.camera == new.camera:
             return False
         make_video, make_audio = _source_factories(new)
         self.hub.reconfigure(new.video, new.audio, make_video, make_audio)

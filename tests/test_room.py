@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, cast
 
+import pytest
 import trio
 import trio.testing
 
@@ -112,7 +113,7 @@ class _StubSession:
 
 def _manager_in(room: Room, *peers: tuple[str, str],
                 signaling: Any = None) -> tuple[PeerManager, dict[str, _Entry]]:
-    signaling = signaling or SimpleNamespace(room=room, user_id=ME)
+    signaling = signaling or SimpleNamespace(room=room, user_id=ME, connects=1)
     manager = PeerManager(signaling, cast(Any, None), PeersConfig(), IceConfig(servers=()),
                           video_codec="h264")
     for user_id, name in peers:
@@ -178,6 +179,21 @@ async def test_kept_participant_who_signals_is_back_and_can_leave(
     room.user_left(BOB, "user_offline")  # before: ignored (not in the room model)
     _pump(manager, events)
     assert entries[BOB].scope.cancel_called
+
+
+async def test_a_join_is_told_by_the_sessions_connection_count(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The manager reads SignalingSession.connects itself: a stand-in without it is
+    an error, not a quiet "never joined" that skips the rechecks after a join."""
+    room = Room("r")
+    room.reconcile(ME, "Lobby", [])
+    manager, _ = _manager_in(room, signaling=SimpleNamespace(room=room, user_id=ME))
+    with pytest.raises(AttributeError, match="connects"):
+        manager._on_room_event(Reconciled(()))
+    manager, _ = _manager_in(room)  # connects=1: the first join
+    manager._on_room_event(Reconciled(()))
+    assert manager._list_dues  # the list is asked for again after the join
 
 
 async def test_another_outage_during_the_grace_starts_it_again(

@@ -599,7 +599,6 @@ class MediaHub:
 
         def on_audio(frame: av.AudioFrame) -> None:
             # Opus at 20 ms costs ~0.1 ms: cheaper inline than a thread hop.
-            self._last_frame_at_audio = time.monotonic()
             if stream.subscribers == 0:
                 return  # nobody listens: an idle device should stay idle
             try:
@@ -612,8 +611,6 @@ class MediaHub:
 
         await source.run(on_audio)
         raise SourceError(f"audio source {source.name} ended")
-
-    _last_frame_at_audio = 0.0
 
     # -- encoded video (a camera with its own H.264 encoder) ------------------
 

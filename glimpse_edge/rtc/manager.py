@@ -202,8 +202,8 @@ class PeerManager:
             now = trio.current_time()
             # A (re-)join's list shows who had reconnected by then; members who
             # come back later are announced to nobody: ask again once, later.
-            connects = getattr(self.signaling, "connects", None)
-            new_join = connects is not None and connects != self._joined_on
+            connects = self.signaling.connects
+            new_join = connects != self._joined_on
             if new_join:
                 self._joined_on = connects
                 self._list_dues = sorted(now + d for d in (*RECHECK_AFTER_JOIN, self.kept_grace))
