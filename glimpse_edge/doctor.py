@@ -265,12 +265,13 @@ class Doctor:
     # -- server and token ----------------------------------------------------
 
     async def check_server(self, config: Config, secrets_ok: bool) -> None:
-        from .tls import client_context
+        from .tls import new_client_context
 
         server = config.server
         http_url = server.api_url or _http_url_for(server.ws_url)
         try:
-            ssl_context = client_context(server.ca_file)
+            # its own: httpx sets its ALPN protocols on the context it is given
+            ssl_context = new_client_context(server.ca_file)
         except (OSError, ValueError) as exc:
             self.add("server", "fail", f"server.ca_file {server.ca_file} cannot be loaded: "
                      f"{exc}", "point server.ca_file at the CA certificate (PEM)")

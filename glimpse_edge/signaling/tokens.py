@@ -25,7 +25,7 @@ import trio
 
 from ..config import AuthConfig, ServerConfig, read_secret_file
 from ..supervise import Backoff
-from ..tls import client_context
+from ..tls import new_client_context
 
 log = structlog.get_logger(__name__)
 
@@ -154,7 +154,8 @@ class LoginTokenSource:
         url = f"{self.api_url}/api/auth/login"
         try:
             async with httpx.AsyncClient(
-                verify=client_context(self.ca_file), timeout=self.timeout
+                # a context of its own: httpx sets its ALPN protocols on it
+                verify=new_client_context(self.ca_file), timeout=self.timeout
             ) as client:
                 resp = await client.post(
                     url, json={"username": self.username, "password": password}
