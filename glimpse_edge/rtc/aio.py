@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Final
 import structlog
 import trio_asyncio
 
+from . import compat
+
 if TYPE_CHECKING:
     from aiortc import RTCPeerConnection
 
@@ -33,35 +35,6 @@ ErrorListener = Callable[[dict[str, Any]], None]
 REAP_AFTER: Final = 2.0
 REAP_TIMEOUT: Final = 5.0
 _reaping: set[asyncio.Task[None]] = set()
-
-
-def guard_ice_connect() -> None:
-    """Make an ICE connection closed while connecting fail, instead of living on.
-
-    aioice 0.13's ``Connection.connect()`` starts the consent-freshness task
-    once its check list completed, even when ``close()`` ran after the check
-    list completed and before ``connect()`` got to read that: the task then
-    runs forever (one asyncio task and the connection's objects per peer that
-    left in those milliseconds; 19 of 120 closes at random moments of a
-    connect, measured). Wrapped here: a connect that finds its connection
-    closed closes it again (which stops that task) and raises, which also
-    stops aiortc from starting DTLS and RTP on the closed connection.
-    Installed once, for every connection made afterwards.
-    """
-    from aioice.ice import Connection
-
-    original = Connection.connect
-    if getattr(original, "_closed_while_connecting_guard", False):
-        return
-
-    async def connect(self: Connection) -> None:
-        await original(self)
-        if getattr(self, "_closing", False):
-            await self.close()
-            raise ConnectionError("ICE connection closed while connecting")
-
-    connect._closed_while_connecting_guard = True  # type: ignore[attr-defined]
-    Connection.connect = connect  # type: ignore[method-assign]
 
 
 async def close_peer_connection(pc: RTCPeerConnection) -> None:
@@ -128,9 +101,14 @@ def _describe(context: dict[str, Any]) -> dict[str, Any]:
 
 @asynccontextmanager
 async def open_aio_loop(on_error: ErrorListener | None = None) -> AsyncIterator[Any]:
-    """``trio_asyncio.open_loop()`` with an exception handler that logs, not kills
-    (and aioice's connect guarded: :func:`guard_ice_connect`)."""
-    guard_ice_connect()
+    """``trio_asyncio.open_loop()`` with an exception handler that logs, not kills.
+
+    First checks that aiortc, aioice and trio-websocket have every internal
+    the agent relies on, and applies the class-wide patches
+    (:func:`.compat.install`): an incompatible library raises
+    :class:`.compat.IncompatibleLibrary` here, when the agent starts.
+    """
+    compat.install()
     async with trio_asyncio.open_loop() as loop:
 
         def handler(_loop: Any, context: dict[str, Any]) -> None:

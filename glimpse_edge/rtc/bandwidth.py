@@ -41,7 +41,7 @@ monotonic seconds), nothing here reads a clock, does I/O or raises on odd
 input, so a recorded report sequence replays to the same estimates, and the
 RTCP hook that feeds it inside aiortc's DTLS loop cannot be broken by it.
 The helpers at the bottom pull observations out of aiortc's RTCP packet
-objects; reading aiortc's private sender state stays in ``peer.py``.
+objects; reading aiortc's private sender state is rtc/compat.py's.
 """
 
 from __future__ import annotations

@@ -52,6 +52,7 @@ from ..media.hub import MediaHub
 from ..room import Participant
 from ..signaling.messages import IceCandidate, SessionDescription, SignalType, WebRTCSignal
 from ..supervise import Backoff
+from . import compat
 from .aio import close_peer_connection
 from .bandwidth import (
     BandwidthEstimator,
@@ -380,7 +381,7 @@ class PeerSession:
                 self._restart_due = None
                 self.log.info("peer.connected", codec=conn.codec, role=conn.role,
                               ms=round((conn.connected_at - conn.since) * 1000),
-                              **selected_candidates(conn.pc))
+                              **compat.selected_candidates(conn.pc))
                 self._request_keyframe()
                 await self._drop_lingering("replaced")
             elif event.state in ("failed", "closed"):
@@ -590,13 +591,11 @@ class PeerSession:
         """Observe RTCP (liveness, bandwidth) and PLI/FIR (key frames) on a sender.
 
         aiortc has no public hook and in passthrough mode its own key-frame
-        flag is never read. Both run in aiortc's DTLS receive loop: they must
-        never raise or block.
+        flag is never read (rtc/compat.py). Both run in aiortc's DTLS receive
+        loop: they must never raise or block.
         """
-        original_rtcp = sender._handle_rtcp_packet
-        original_keyframe = sender._send_keyframe  # read only by aiortc's own encoder
 
-        async def handle_rtcp(packet: Any) -> None:
+        def on_rtcp(packet: Any) -> bool:
             conn.last_rtcp = time.monotonic()
             if conn.lingering:
                 if not conn.revived:
@@ -608,22 +607,19 @@ class PeerSession:
                     # measured) then only floods a link that just came back
                     # with video too old to show. It needs a key frame, which
                     # the revival asks for.
-                    return
+                    return False
             self._observe_rtcp(conn, sender, kind, packet)
-            try:
-                await original_rtcp(packet)
-            except Exception as exc:
-                self.log.warning("peer.rtcp_error", error=str(exc))
+            return True
 
-        def on_keyframe_request() -> None:
-            try:
-                original_keyframe()
-                self._request_keyframe(reason="pli", conn=conn)
-            except Exception as exc:
-                self.log.warning("peer.keyframe_hook_error", error=str(exc))
+        def on_rtcp_error(exc: Exception) -> None:
+            self.log.warning("peer.rtcp_error", error=str(exc))
 
-        sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
-        sender._send_keyframe = on_keyframe_request  # type: ignore[method-assign]
+        def on_keyframe_error(exc: Exception) -> None:
+            self.log.warning("peer.keyframe_hook_error", error=str(exc))
+
+        compat.hook_rtcp(sender, on_rtcp, on_rtcp_error)
+        compat.hook_keyframe_request(
+            sender, partial(self._request_keyframe, reason="pli", conn=conn), on_keyframe_error)
 
     def _observe_rtcp(self, conn: _Connection, sender: RTCRtpSender, kind: str,
                       packet: Any) -> None:
@@ -632,14 +628,15 @@ class PeerSession:
         Only the stream the estimate is for counts (video; audio when there is
         no video): the two streams' reports describe the same path, and
         counting both would double every decrease. The round trip needs the
-        NTP time of our last sender report, which aiortc keeps privately;
-        without it (another aiortc version) the estimate works from loss alone.
+        NTP time of our last sender report, which aiortc keeps privately
+        (compat.last_sender_report); without it the estimate works from loss
+        alone.
         """
         if conn is not self._conn or kind != ("video" if "video" in conn.transceivers
                                                else "audio"):
             return
         try:
-            ssrc = sender._ssrc
+            ssrc = compat.sender_ssrc(sender)
             now = time.monotonic()
             # the video we send: what a REMB (for the video SSRC) is compared with
             self._sent.add(now, conn.released_bytes + sum(
@@ -647,8 +644,7 @@ class PeerSession:
                 if stream.kind == "video"))
             seen = False
             for block in report_blocks(packet, ssrc):
-                rtt = report_rtt(block, getattr(sender, "_RTCRtpSender__lsr", None),
-                                 getattr(sender, "_RTCRtpSender__lsr_time", None), time.time())
+                rtt = report_rtt(block, *compat.last_sender_report(sender), time.time())
                 self._estimate_changed(now, self.bandwidth.on_report(now, block.loss, rtt))
                 seen = True
             remb = remb_bitrate(packet, ssrc)
@@ -829,21 +825,3 @@ class PeerSession:
         if not await self._send(kind, payload):
             self.log.warning("peer.signal_not_sent", kind=kind, reason="signaling down")
 
-
-def selected_candidates(pc: RTCPeerConnection) -> dict[str, str | None]:
-    """Types of the ICE candidate pair in use ("host", "srflx", "prflx", "relay").
-
-    aiortc does not expose the selected pair: this reads aioice's nominated
-    pair of the first transport (everything is bundled on it). Logged when a
-    connection comes up, so a relay-only deployment can be checked from the
-    journal; empty values if aiortc's internals differ.
-    """
-    try:
-        transceiver = pc.getTransceivers()[0]
-        connection = transceiver.sender.transport.transport._connection
-        pair = connection._nominated[1]
-        local, remote = pair.local_candidate, pair.remote_candidate
-        return {"ice_local": local.type, "ice_remote": remote.type,
-                "ice_protocol": local.transport.lower()}
-    except Exception:
-        return {"ice_local": None, "ice_remote": None, "ice_protocol": None}

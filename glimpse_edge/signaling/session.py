@@ -29,6 +29,7 @@ from trio_websocket import (
 
 from ..config import ServerConfig
 from ..room import Room
+from ..rtc.compat import websocket_stream
 from ..supervise import Backoff, sole_exception
 from ..tls import client_context
 from .messages import (
@@ -377,7 +378,7 @@ async def close_websocket(ws: WebSocketConnection) -> None:
     try:
         await ws.aclose()
     finally:
-        stream = getattr(ws, "_stream", None)  # no public accessor
+        stream = websocket_stream(ws)  # no public accessor
         if stream is not None:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError,
                                      OSError):

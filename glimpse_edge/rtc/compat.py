@@ -1,0 +1,418 @@
+"""Every private part of aiortc, aioice and trio-websocket the agent uses, in one place.
+
+None of these libraries offers what the agent needs through public API: a
+hook for the RTCP a sender receives, the NTP time of its last sender report,
+the ICE candidate pair in use, a connect that stops when its connection was
+closed, the TCP stream under a WebSocket. So the agent reaches into their
+internals, and does so only here: each function below says what the library
+does, why we step in, and what breaks without it.
+
+Internals change without notice between releases. Two guards:
+
+* the versions are pinned in ``pyproject.toml`` to the ones tested
+  (:data:`TESTED`; docs/decisions.md, "aiortc behind one module");
+* :func:`check` verifies at start-up (:func:`install`, run by
+  :func:`~glimpse_edge.rtc.aio.open_aio_loop` before anything else) that
+  every attribute, method and call these functions rely on is there, with
+  the signature they assume. A mismatch raises :class:`IncompatibleLibrary`
+  naming the library, the version found, the version tested and what is
+  missing, when the agent starts, instead of a hook that silently stops
+  firing, or an AttributeError deep inside one peer's task hours later.
+
+Nothing here imports the libraries at module level: signaling imports this
+module without pulling in the WebRTC stack.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib import import_module, metadata
+from typing import Any, Final, Literal
+
+from ..fatal import Fatal
+
+__all__ = [
+    "NEEDS",
+    "TESTED",
+    "IncompatibleLibrary",
+    "Need",
+    "check",
+    "guard_ice_connect",
+    "hook_keyframe_request",
+    "hook_rtcp",
+    "install",
+    "installed_version",
+    "last_sender_report",
+    "problems",
+    "selected_candidates",
+    "sender_ssrc",
+    "websocket_stream",
+]
+
+# The versions the agent is tested with; pyproject.toml pins the same ones
+# (tests/test_compat.py checks that they agree).
+TESTED: Final[dict[str, str]] = {
+    "aiortc": "1.16.0",
+    "aioice": "0.13.0",
+    "trio-websocket": "0.12.2",
+}
+
+
+class IncompatibleLibrary(Fatal):
+    """An installed library lacks an internal the agent relies on: no restart cures it.
+
+    A :class:`~glimpse_edge.fatal.Fatal`: ``glimpse-edge run`` prints it and
+    exits (70) rather than starting with hooks that would not work.
+    """
+
+
+# -- what is relied on ----------------------------------------------------------
+
+Kind = Literal["coroutine", "function", "attribute", "used_by"]
+
+
+@dataclass(frozen=True)
+class Need:
+    """One internal of one library that a function of this module relies on.
+
+    ``owner`` is ``"module:Class"``. Kinds:
+
+    * ``coroutine``/``function``: ``Class.attribute`` is an async/plain
+      method whose parameters are named ``params`` (we call it or replace it
+      with a function of the same shape);
+    * ``attribute``: ``Class.attribute`` exists (a property, a method);
+    * ``used_by``: the code of ``Class.<in_method>`` names ``attribute`` (it
+      sets it, reads it or calls it): instance attributes set in ``__init__``,
+      and the calls that make a replaced method actually run.
+    """
+
+    library: str  # the distribution, as pip names it
+    owner: str
+    attribute: str
+    kind: Kind
+    used_for: str  # the function of this module that relies on it
+    params: tuple[str, ...] = ()
+    in_method: str = ""
+
+
+NEEDS: Final[tuple[Need, ...]] = (
+    # hook_rtcp
+    Need("aiortc", "aiortc.rtcrtpsender:RTCRtpSender", "_handle_rtcp_packet", "coroutine",
+         "hook_rtcp", params=("self", "packet")),
+    Need("aiortc", "aiortc.rtcdtlstransport:RTCDtlsTransport", "_handle_rtcp_packet",
+         "used_by", "hook_rtcp", in_method="_handle_rtcp_data"),
+    # hook_keyframe_request
+    Need("aiortc", "aiortc.rtcrtpsender:RTCRtpSender", "_send_keyframe", "function",
+         "hook_keyframe_request", params=("self",)),
+    Need("aiortc", "aiortc.rtcrtpsender:RTCRtpSender", "_send_keyframe", "used_by",
+         "hook_keyframe_request", in_method="_handle_rtcp_packet"),
+    # sender_ssrc, last_sender_report
+    Need("aiortc", "aiortc.rtcrtpsender:RTCRtpSender", "_ssrc", "used_by", "sender_ssrc",
+         in_method="__init__"),
+    Need("aiortc", "aiortc.rtcrtpsender:RTCRtpSender", "_RTCRtpSender__lsr", "used_by",
+         "last_sender_report", in_method="__init__"),
+    Need("aiortc", "aiortc.rtcrtpsender:RTCRtpSender", "_RTCRtpSender__lsr_time", "used_by",
+         "last_sender_report", in_method="__init__"),
+    # selected_candidates
+    Need("aiortc", "aiortc.rtcdtlstransport:RTCDtlsTransport", "transport", "attribute",
+         "selected_candidates"),
+    Need("aiortc", "aiortc.rtcicetransport:RTCIceTransport", "_connection", "used_by",
+         "selected_candidates", in_method="__init__"),
+    Need("aioice", "aioice.ice:Connection", "_nominated", "used_by", "selected_candidates",
+         in_method="__init__"),
+    Need("aioice", "aioice.ice:CandidatePair", "local_candidate", "attribute",
+         "selected_candidates"),
+    Need("aioice", "aioice.ice:CandidatePair", "remote_candidate", "used_by",
+         "selected_candidates", in_method="__init__"),
+    # guard_ice_connect
+    Need("aioice", "aioice.ice:Connection", "connect", "coroutine", "guard_ice_connect",
+         params=("self",)),
+    Need("aioice", "aioice.ice:Connection", "close", "coroutine", "guard_ice_connect",
+         params=("self",)),
+    Need("aioice", "aioice.ice:Connection", "_closing", "used_by", "guard_ice_connect",
+         in_method="close"),
+    # websocket_stream
+    Need("trio-websocket", "trio_websocket:WebSocketConnection", "_stream", "used_by",
+         "websocket_stream", in_method="__init__"),
+)
+
+
+def installed_version(library: str) -> str:
+    """The installed version of a distribution, as its metadata says."""
+    try:
+        return metadata.version(library)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _names_in(code: types.CodeType) -> Iterator[str]:
+    """Attribute and global names a function's code uses, nested functions included."""
+    yield from code.co_names
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _names_in(const)
+
+
+def _problem(need: Need) -> str | None:
+    """What is wrong with one need, or None."""
+    module_name, _, class_name = need.owner.partition(":")
+    try:
+        owner = getattr(import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        return f"{need.owner.replace(':', '.')} is missing (needed by {need.used_for})"
+    where = f"{class_name}.{need.attribute}"
+    if need.kind == "used_by":
+        method = getattr(owner, need.in_method, None)
+        code = getattr(method, "__code__", None)
+        if code is None:
+            return f"{class_name}.{need.in_method} is missing (needed by {need.used_for})"
+        if need.attribute not in set(_names_in(code)):
+            return (f"{class_name}.{need.in_method} no longer uses {need.attribute} "
+                    f"(needed by {need.used_for})")
+        return None
+    if not hasattr(owner, need.attribute):
+        return f"{where} is missing (needed by {need.used_for})"
+    if need.kind == "attribute":
+        return None
+    value = getattr(owner, need.attribute)
+    is_coroutine = inspect.iscoroutinefunction(value)
+    if need.kind == "coroutine" and not is_coroutine:
+        return f"{where} is no longer a coroutine function (needed by {need.used_for})"
+    if need.kind == "function" and (is_coroutine or not callable(value)):
+        return f"{where} is no longer a plain method (needed by {need.used_for})"
+    try:
+        params = tuple(inspect.signature(value).parameters)
+    except (TypeError, ValueError):
+        params = ()
+    if params != need.params:
+        return (f"{where} takes ({', '.join(params)}), not ({', '.join(need.params)}) "
+                f"(needed by {need.used_for})")
+    return None
+
+
+def problems(needs: tuple[Need, ...] = NEEDS) -> dict[str, list[str]]:
+    """What the installed libraries lack, by library (empty: all is there)."""
+    found: dict[str, list[str]] = {}
+    for need in needs:
+        problem = _problem(need)
+        if problem is not None:
+            found.setdefault(need.library, []).append(problem)
+    return found
+
+
+def check(needs: tuple[Need, ...] = NEEDS) -> None:
+    """Raise :class:`IncompatibleLibrary` unless every internal we rely on is there.
+
+    The message names, per library, the version found, the version tested and
+    each missing piece, and how to install the tested version.
+    """
+    found = problems(needs)
+    if not found:
+        return
+    lines = []
+    for library, missing in found.items():
+        tested = TESTED.get(library, "?")
+        lines.append(f"{library} {installed_version(library)} (glimpse-edge is tested with "
+                     f"{library} {tested}) lacks what glimpse-edge relies on: "
+                     + "; ".join(missing)
+                     + f". Install the tested version (pip install '{library}=={tested}'), "
+                     "or adapt glimpse_edge/rtc/compat.py to the new one.")
+    raise IncompatibleLibrary(" ".join(lines))
+
+
+def install() -> None:
+    """Check every library (:func:`check`), then apply the class-wide patches.
+
+    Run once when the asyncio loop opens (:func:`~.aio.open_aio_loop`), i.e.
+    when the agent starts; idempotent. The per-sender hooks are applied to
+    each sender as it is made.
+    """
+    check()
+    guard_ice_connect()
+
+
+# -- aiortc: a sender's RTCP -----------------------------------------------------
+
+RtcpFilter = Callable[[Any], bool]
+ErrorSink = Callable[[Exception], None]
+
+
+def hook_rtcp(sender: Any, on_packet: RtcpFilter, on_error: ErrorSink) -> None:
+    """See every RTCP packet that reaches ``sender``, and decide whether aiortc does too.
+
+    aiortc: the DTLS transport's receive loop routes each RTCP packet to its
+    sender and awaits ``sender._handle_rtcp_packet(packet)`` (looked up on
+    the instance), which records receiver reports for ``getStats``, answers
+    NACKs from its history and turns PLI/FIR into ``_send_keyframe()``.
+    There is no public event for any of it.
+
+    Why: the agent needs each packet as it arrives: any RTCP is the
+    liveness signal (a connection without it for ``peers.dead_after`` is
+    dead), receiver reports and REMB feed the bandwidth estimate, and on a
+    connection whose path is being revived NACKs must *not* reach aiortc
+    (resending its stale 128-packet history floods a link that just came
+    back). ``on_packet`` runs first; when it returns False aiortc never sees
+    the packet.
+
+    Without it: no liveness (every connection declared dead after
+    ``dead_after``), no estimate, no tiers. Both callbacks run inside
+    aiortc's DTLS receive loop, where an exception would end the loop and
+    close the transport: errors of ``on_packet`` and of aiortc's own handler
+    go to ``on_error`` (which must not raise either) and the packet still
+    reaches aiortc after an ``on_packet`` error.
+    """
+    original = sender._handle_rtcp_packet
+
+    async def handle_rtcp(packet: Any) -> None:
+        try:
+            forward = on_packet(packet)
+        except Exception as exc:
+            on_error(exc)
+            forward = True
+        if not forward:
+            return
+        try:
+            await original(packet)
+        except Exception as exc:
+            on_error(exc)
+
+    sender._handle_rtcp_packet = handle_rtcp
+
+
+def hook_keyframe_request(sender: Any, on_request: Callable[[], None],
+                          on_error: ErrorSink) -> None:
+    """Call ``on_request`` whenever the receiver asks ``sender`` for a key frame.
+
+    aiortc: ``_handle_rtcp_packet`` turns a PLI or FIR into
+    ``self._send_keyframe()``, which only sets a private flag that aiortc's
+    own encoder reads on its next frame.
+
+    Why: the agent's tracks hand aiortc packets already encoded (by the
+    shared encoder of a quality tier); in that mode aiortc never reads the
+    flag, so the request would be lost. We keep aiortc's behaviour (call the
+    original, which the per-peer encoding mode still uses) and pass the
+    request on to the shared encoder, which rate-limits it.
+
+    Without it: a receiver that lost a key frame (a joiner mid-GOP, a loss
+    burst) shows a frozen or broken picture until the encoder's next
+    scheduled key frame, seconds later. Runs in aiortc's DTLS receive loop:
+    errors go to ``on_error``, never up.
+    """
+    original = sender._send_keyframe
+
+    def on_keyframe_request() -> None:
+        try:
+            original()
+            on_request()
+        except Exception as exc:
+            on_error(exc)
+
+    sender._send_keyframe = on_keyframe_request
+
+
+def sender_ssrc(sender: Any) -> int:
+    """The SSRC of ``sender``'s media stream.
+
+    aiortc draws it at random in ``RTCRtpSender.__init__`` and keeps it in
+    ``_ssrc``; its public ``getStats`` is a coroutine and too slow for every
+    RTCP packet. Why: a receiver report carries one block per stream it
+    receives, and a REMB lists the SSRCs it applies to; only ours count.
+    Without it the estimate would take other streams' reports for ours.
+    """
+    ssrc: int = sender._ssrc
+    return ssrc
+
+
+def last_sender_report(sender: Any) -> tuple[int | None, float | None]:
+    """The middle 32 bits of the NTP time of ``sender``'s last SR, and when (wall clock).
+
+    aiortc keeps both privately (``__lsr``, ``__lsr_time``, set in its RTCP
+    loop each time it sends an SR) to compute a round-trip time it exposes
+    only through ``getStats``, a coroutine. Why: a receiver report that
+    echoes our last SR (LSR, DLSR) gives the round-trip time of that moment,
+    the bandwidth estimate's early signal of a queue building up. Without
+    it (None, None) the estimate works from loss and REMB alone, and reacts
+    to a narrowing link only once packets are lost.
+    """
+    return (getattr(sender, "_RTCRtpSender__lsr", None),
+            getattr(sender, "_RTCRtpSender__lsr_time", None))
+
+
+# -- aiortc / aioice: ICE --------------------------------------------------------
+
+
+def selected_candidates(pc: Any) -> dict[str, str | None]:
+    """Types of the ICE candidate pair in use ("host", "srflx", "prflx", "relay").
+
+    aiortc does not expose the selected pair; aioice keeps the nominated pair
+    per component in ``Connection._nominated``, and aiortc's ICE transport
+    keeps aioice's connection in ``_connection``. This reads component 1 of
+    the first transport (everything is bundled on it).
+
+    Why: logged when a connection comes up, so that a relay-only deployment
+    (TURN) can be checked from the journal. Without it those fields are
+    None; nothing else depends on them, so any error gives None values.
+    """
+    try:
+        transceiver = pc.getTransceivers()[0]
+        connection = transceiver.sender.transport.transport._connection
+        pair = connection._nominated[1]
+        local, remote = pair.local_candidate, pair.remote_candidate
+        return {"ice_local": local.type, "ice_remote": remote.type,
+                "ice_protocol": local.transport.lower()}
+    except Exception:
+        return {"ice_local": None, "ice_remote": None, "ice_protocol": None}
+
+
+def guard_ice_connect() -> None:
+    """Make an ICE connection closed while connecting fail, instead of living on.
+
+    aioice (0.13): ``Connection.connect()`` starts the consent-freshness task
+    once its check list completed, even when ``close()`` ran after the check
+    list completed and before ``connect()`` got to read that: the task then
+    runs forever (one asyncio task and the connection's objects per peer that
+    left in those milliseconds; 19 of 120 closes at random moments of a
+    connect, measured). Why: the agent closes connections mid-connect all
+    the time (a viewer who leaves while connecting, a timeout, glare, a
+    restart). The wrapper: a connect that finds its connection closed
+    (``_closing``, set by ``close()``) closes it again, which stops that
+    task, and raises, which also stops aiortc from starting DTLS and RTP on
+    the closed connection. Without it: a slow leak of tasks that, in the
+    soak test, starved the other peers within minutes. Installed once on the
+    class, for every connection made afterwards.
+    """
+    from aioice.ice import Connection
+
+    original = Connection.connect
+    if getattr(original, "_closed_while_connecting_guard", False):
+        return
+
+    async def connect(self: Connection) -> None:
+        await original(self)
+        if getattr(self, "_closing", False):
+            await self.close()
+            raise ConnectionError("ICE connection closed while connecting")
+
+    connect._closed_while_connecting_guard = True  # type: ignore[attr-defined]
+    Connection.connect = connect  # type: ignore[method-assign]
+
+
+# -- trio-websocket ----------------------------------------------------------------
+
+
+def websocket_stream(ws: Any) -> Any | None:
+    """The TCP (or TLS) stream under a trio-websocket connection, if it has one.
+
+    trio-websocket (0.12) keeps it in ``WebSocketConnection._stream`` and
+    offers no public accessor. It never closes that stream when the *server*
+    ended the connection without a close handshake (a crash, a kill -9):
+    ``aclose()`` returns at once because the connection is already marked
+    closed. Why: so that :func:`~glimpse_edge.signaling.session.close_websocket`
+    can close it itself. Without it: one socket left in CLOSE_WAIT per server
+    restart until the cyclic garbage collector finds it (found by the soak
+    test: fds 14 to 19 over 10 restarts).
+    """
+    return getattr(ws, "_stream", None)

@@ -1,0 +1,124 @@
+"""rtc/compat.py: the start-up check of aiortc's, aioice's and trio-websocket's internals.
+
+The check must pass on the installed (pinned) versions, and against a
+library that lacks something it must fail when the agent starts, with a
+message naming the library, the version found, the version tested and what
+is missing.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import aioice.ice
+import aiortc.rtcrtpsender
+import pytest
+import trio_websocket
+
+from glimpse_edge.fatal import Fatal, find_fatal
+from glimpse_edge.rtc import compat
+from glimpse_edge.rtc.aio import open_aio_loop
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_installed_libraries_have_everything_compat_relies_on() -> None:
+    assert compat.problems() == {}
+    compat.check()
+    for library, tested in compat.TESTED.items():
+        assert compat.installed_version(library) == tested, (
+            f"{library}: installed {compat.installed_version(library)}, tested {tested}: "
+            "run the suite on the new version, then update compat.TESTED and the pin")
+
+
+def test_pyproject_pins_the_tested_versions() -> None:
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for library, tested in compat.TESTED.items():
+        assert f"{library}=={tested}" in deps, (library, deps)
+
+
+def test_every_compat_function_is_checked() -> None:
+    """A function reaching into a library's internals is covered by the start-up check."""
+    checked = {need.used_for for need in compat.NEEDS}
+    patches = {"hook_rtcp", "hook_keyframe_request", "sender_ssrc", "last_sender_report",
+               "selected_candidates", "guard_ice_connect", "websocket_stream"}
+    assert patches <= set(compat.__all__)
+    assert checked == patches
+
+
+def _sender_without_keyframe() -> type:
+    """A stand-in RTCRtpSender from a release that renamed ``_send_keyframe``."""
+
+    class RTCRtpSender:  # its own name: private attributes are mangled with it
+        def __init__(self) -> None:
+            self._ssrc = 1
+            self.__lsr = None
+            self.__lsr_time = None
+
+        async def _handle_rtcp_packet(self, packet: Any) -> None:
+            self._request_keyframe()
+
+        def _request_keyframe(self) -> None:
+            print(self.__lsr, self.__lsr_time)
+
+    return RTCRtpSender
+
+
+def _incompatible(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(aiortc.rtcrtpsender, "RTCRtpSender", _sender_without_keyframe())
+    monkeypatch.setattr(compat, "installed_version",
+                        lambda library: "1.99.0" if library == "aiortc" else "0")
+
+
+def test_a_missing_attribute_fails_with_library_versions_and_name(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _incompatible(monkeypatch)
+    with pytest.raises(compat.IncompatibleLibrary) as caught:
+        compat.check()
+    message = str(caught.value)
+    assert message.startswith("aiortc 1.99.0 (glimpse-edge is tested with aiortc 1.16.0)"), message
+    assert "RTCRtpSender._send_keyframe is missing (needed by hook_keyframe_request)" in message
+    assert "RTCRtpSender._handle_rtcp_packet no longer uses _send_keyframe" in message
+    assert "pip install 'aiortc==1.16.0'" in message
+    # what the stand-in still has is not reported
+    assert "_ssrc" not in message and "__lsr" not in message, message
+    assert "aioice" not in message and "trio-websocket" not in message
+    assert isinstance(caught.value, Fatal)  # glimpse-edge run exits, never retries
+
+
+def test_a_changed_signature_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Connection:
+        def __init__(self) -> None:
+            self._nominated: dict[int, Any] = {}
+
+        def connect(self, timeout: float) -> None:  # no longer a coroutine, another shape
+            pass
+
+        async def close(self) -> None:
+            self._closing = True
+
+    monkeypatch.setattr(aioice.ice, "Connection", Connection)
+    found = compat.problems()
+    assert list(found) == ["aioice"]
+    assert found["aioice"] == [
+        "Connection.connect is no longer a coroutine function (needed by guard_ice_connect)"]
+
+
+def test_a_missing_class_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(trio_websocket, "WebSocketConnection")
+    assert compat.problems() == {"trio-websocket": [
+        "trio_websocket.WebSocketConnection is missing (needed by websocket_stream)"]}
+
+
+async def test_the_agent_stops_at_start_on_an_incompatible_library(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """open_aio_loop (the agent's first step) raises before any loop or peer exists."""
+    _incompatible(monkeypatch)
+    entered = False
+    with pytest.raises(compat.IncompatibleLibrary) as caught:
+        async with open_aio_loop():
+            entered = True
+    assert not entered
+    assert find_fatal(caught.value) is caught.value
