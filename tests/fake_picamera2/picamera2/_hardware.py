@@ -13,10 +13,13 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 # What libcamera reports for the sensors a Pi room camera is likely to have.
 # camera_controls values are (min, max, default), as picamera2 presents them.
@@ -40,6 +43,9 @@ _COMMON_CONTROLS: dict[str, tuple[Any, Any, Any]] = {
     "NoiseReductionMode": (0, 4, 0),
     "FrameDurationLimits": (33333, 120000, None),
     "ScalerCrop": ((0, 0, 64, 64), (0, 0, 3280, 2464), (0, 0, 3280, 2464)),
+    # The Raspberry Pi IPA advertises HdrMode on every camera and both ISPs
+    # (ipa_base.cpp); only a tuning with an HDR algorithm (the Pi 5's) acts on it.
+    "HdrMode": (0, 4, 0),
 }
 _AF_CONTROLS: dict[str, tuple[Any, Any, Any]] = {
     "AfMode": (0, 2, 0),
@@ -51,35 +57,44 @@ _AF_CONTROLS: dict[str, tuple[Any, Any, Any]] = {
     "AfPause": (0, 2, 0),
     "LensPosition": (0.0, 15.0, 1.0),
 }
+_IMX708 = {  # Camera Module 3 (all four variants): autofocus, sensor HDR
+    "driver": "imx708", "address": "1a", "pixel_array": (4608, 2592),
+    "controls": {**_COMMON_CONTROLS, **_AF_CONTROLS},
+}
 MODELS: dict[str, dict[str, Any]] = {
-    "imx708": {  # Camera Module 3: autofocus, sensor HDR
-        "id": "/base/soc/i2c0mux/i2c@1/imx708@1a",
-        "pixel_array": (4608, 2592),
-        "controls": {**_COMMON_CONTROLS, **_AF_CONTROLS},
-    },
+    # libcamera's model names: the kernel driver is imx708 for all of them.
+    "imx708": _IMX708,
+    "imx708_wide": _IMX708,
+    "imx708_noir": _IMX708,
+    "imx708_wide_noir": _IMX708,
     "imx219": {  # Camera Module 2: fixed focus
-        "id": "/base/soc/i2c0mux/i2c@1/imx219@10",
-        "pixel_array": (3280, 2464),
+        "driver": "imx219", "address": "10", "pixel_array": (3280, 2464),
         "controls": dict(_COMMON_CONTROLS),
     },
     "imx477": {  # HQ camera: manual lenses
-        "id": "/base/soc/i2c0mux/i2c@1/imx477@1a",
-        "pixel_array": (4056, 3040),
+        "driver": "imx477", "address": "1a", "pixel_array": (4056, 3040),
         "controls": dict(_COMMON_CONTROLS),
     },
 }
-# Only the Pi 5's ISP (PiSP) has the HdrMode control.
-PISP_CONTROLS: dict[str, tuple[Any, Any, Any]] = {"HdrMode": (0, 4, 0)}
+NUM_REQUESTS_MAX = 32
+
+
+_state_dir: Path | None = None
 
 
 def state_dir() -> Path:
-    default = Path(tempfile.gettempdir()) / f"fake-picamera2-{os.getuid()}"
-    path = Path(os.environ.get("FAKE_PICAMERA2_DIR") or default)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """FAKE_PICAMERA2_DIR, as it was at first use: what this import of the stand-in
+    left running (a hung camera of an earlier test) keeps writing there."""
+    global _state_dir
+    if _state_dir is None:
+        default = Path(tempfile.gettempdir()) / f"fake-picamera2-{os.getuid()}"
+        _state_dir = Path(os.environ.get("FAKE_PICAMERA2_DIR") or default)
+    _state_dir.mkdir(parents=True, exist_ok=True)
+    return _state_dir
 
 
 def models() -> list[str]:
+    """The connected sensors, in libcamera's order: list index = the camera's 'Num'."""
     text = os.environ.get("FAKE_PICAMERA2_CAMERAS", "imx708")
     names = [m.strip() for m in text.split(",") if m.strip()]
     for name in names:
@@ -92,6 +107,30 @@ def platform_name() -> str:
     return os.environ.get("FAKE_PICAMERA2_PLATFORM", "VC4").upper()
 
 
+def camera_id(num: int, model: str) -> str:
+    """libcamera's Id of camera ``num``: its device-tree path.
+
+    Camera ``num`` sits on I2C bus ``num`` (VC4: i2c@0, i2c@1; Pi 5: the
+    RP1's i2c@80000, i2c@88000), so with two cameras the reverse sort of
+    global_camera_info() puts Num 1 first: a list position is not a Num.
+    """
+    info = MODELS[model]
+    sensor = f"{info['driver']}@{info['address']}"
+    if platform_name() == "PISP":
+        return f"/base/axi/pcie@120000/rp1/i2c@{0x80000 + 0x8000 * num:x}/{sensor}"
+    return f"/base/soc/i2c0mux/i2c@{num}/{sensor}"
+
+
+def version() -> str:
+    """The picamera2 release the stand-in behaves as (FAKE_PICAMERA2_VERSION)."""
+    return os.environ.get("FAKE_PICAMERA2_VERSION") or "0.3.36"
+
+
+def version_at_least(*wanted: int) -> bool:
+    parts = tuple(int(p) for p in version().split(".")[:3])
+    return parts >= wanted
+
+
 _events_lock = threading.Lock()
 
 
@@ -102,21 +141,126 @@ def record(event: str) -> None:
         f.write(line)
 
 
+_command_lock = threading.Lock()
+_command_seen: dict[Path, tuple[tuple[int, int, int], list[str]]] = {}
+
+
 def take_command(command: str) -> bool:
     """True (once) if the control file asks for ``command``; the line is consumed."""
     path = state_dir() / "control"
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        return False
-    if command not in lines:
-        return False
-    lines.remove(command)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(f"{line}\n" for line in lines))
-    os.replace(tmp, path)
+    with _command_lock:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return False
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        seen = _command_seen.get(path)
+        if seen is not None and seen[0] == key:
+            lines = seen[1]  # unchanged since it was last read (polled every frame)
+        else:
+            try:
+                lines = path.read_text().splitlines()
+            except FileNotFoundError:
+                return False
+            _command_seen[path] = (key, lines)
+        if command not in lines:
+            return False
+        lines = list(lines)
+        lines.remove(command)
+        tmp = path.with_name(f"control.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text("".join(f"{line}\n" for line in lines))
+        os.replace(tmp, path)
     record(f"fault {command}")
     return True
+
+
+# -- hangs (stand-in only) ------------------------------------------------------
+#
+# A real Pi never gets out of the hangs below. So that a test process does not
+# keep stuck threads, release_hangs() (the fake_camera fixture's teardown) and
+# the control command "unhang" end them: a hung codec resumes, and a wait that
+# could only end on a real Pi by rebooting raises Released.
+
+_hang_lock = threading.Lock()
+_hang_release = threading.Event()
+_waiting = 0  # threads in a wait that only release_hangs ends
+
+
+class Released(RuntimeError):
+    """The stand-in ended a wait that never ends on a real Pi (release_hangs/unhang)."""
+
+
+def release_hangs() -> None:
+    """Un-wedge every hang started so far (later faults hang again)."""
+    global _hang_release
+    with _hang_lock:
+        released, _hang_release = _hang_release, threading.Event()
+    released.set()
+    record("release_hangs")
+
+
+def hang_token() -> threading.Event:
+    """Set once the hangs that begin now are released."""
+    with _hang_lock:
+        return _hang_release
+
+
+def waiting() -> int:
+    """How many threads are in a wait that only release_hangs (or unhang) ends."""
+    return _waiting
+
+
+@contextlib.contextmanager
+def waiting_for_ever() -> Iterator[None]:
+    """Counts the calling thread in ``waiting()`` for the block."""
+    global _waiting
+    with _hang_lock:
+        _waiting += 1
+    try:
+        yield
+    finally:
+        with _hang_lock:
+            _waiting -= 1
+
+
+def wait_released(token: threading.Event, timeout: float | None = None) -> bool:
+    """Wait up to ``timeout`` (None: for ever) for ``token``; polls the control file
+    for "unhang". True once released."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with waiting_for_ever() if timeout is None else contextlib.nullcontext():
+        while True:
+            step = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+            if step <= 0:
+                return token.is_set()
+            if token.wait(step):
+                return True
+            if take_command("unhang"):
+                release_hangs()
+
+
+def wait_for_ever(done: Callable[[float], T], what: str) -> T:
+    """``done(timeout)`` repeatedly: returns what it returns, or raises TimeoutError
+    to go on waiting. A real Pi waits for ever; once the stand-in's hangs are
+    released it waits 1 s more (a resumed codec lets most waits end), then
+    raises Released."""
+    token = hang_token()
+    give_up: float | None = None
+    with waiting_for_ever():
+        while True:
+            try:
+                return done(0.2)
+            except TimeoutError:
+                pass
+            if give_up is None and (token.is_set() or take_command("unhang")):
+                if not token.is_set():
+                    release_hangs()
+                give_up = time.monotonic() + 1.0
+            if give_up is not None and time.monotonic() > give_up:
+                raise Released(f"{what}: waited for ever (a real Pi never returns); "
+                               "released by the stand-in")
+
+
+# -- the camera lock, the sensor HDR control, the picture ------------------------
 
 
 def sensor_hdr(num: int) -> bool:
@@ -134,6 +278,8 @@ class CameraLock:
     """libcamera's exclusive camera acquisition, across processes (an flock'ed file).
 
     The kernel drops the lock when the holder dies, like a camera fd closing.
+    An flock belongs to one open file, so a second acquire in the same process
+    fails too, as libcamera's does.
     """
 
     def __init__(self, num: int) -> None:
@@ -167,9 +313,14 @@ class Picture:
         self._base = ((x * 255 // max(1, width - 1) + y * 64 // max(1, height)) % 256).astype(
             np.uint8)
 
-    def render(self, n: int) -> np.ndarray:
+    def buffer(self) -> np.ndarray:
+        """An empty frame buffer of this size."""
+        return np.empty((self.height * 3 // 2, self.width), dtype=np.uint8)
+
+    def render(self, n: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Frame ``n``, written into ``out`` (a camera buffer, reused) or a new array."""
         w, h = self.width, self.height
-        frame = np.empty((h * 3 // 2, w), dtype=np.uint8)
+        frame = self.buffer() if out is None else out
         luma = frame[:h]
         np.add(self._base, np.uint8((n * 3) % 256), out=luma, casting="unsafe")
         size = max(8, min(w, h) // 5)
@@ -180,3 +331,25 @@ class Picture:
         chroma[:] = 128
         chroma[: h // 8] = 90 + (n % 60)  # a band of colour in the U plane
         return frame
+
+
+def _i420_planes(array: np.ndarray, width: int, height: int) -> list[np.ndarray]:
+    """Views of the Y, U and V planes of an I420 buffer (contiguous, as the ISP writes it)."""
+    flat = array.reshape(-1)
+    luma = width * height
+    chroma = (width // 2) * (height // 2)
+    return [flat[:luma].reshape(height, width),
+            flat[luma:luma + chroma].reshape(height // 2, width // 2),
+            flat[luma + chroma:luma + 2 * chroma].reshape(height // 2, width // 2)]
+
+
+def scale_i420(array: np.ndarray, width: int, height: int) -> np.ndarray:
+    """An I420 picture (as Picture.render makes it) at another size, nearest-neighbour."""
+    src_w, src_h = array.shape[1], array.shape[0] * 2 // 3
+    out = np.empty((height * 3 // 2, width), dtype=array.dtype)
+    for src, dst in zip(_i420_planes(array, src_w, src_h), _i420_planes(out, width, height),
+                        strict=True):
+        rows = np.arange(dst.shape[0]) * src.shape[0] // dst.shape[0]
+        cols = np.arange(dst.shape[1]) * src.shape[1] // dst.shape[1]
+        dst[:] = src[np.ix_(rows, cols)]
+    return out

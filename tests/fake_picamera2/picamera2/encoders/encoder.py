@@ -1,8 +1,7 @@
-"""Encoder base class (as picamera2's ``encoders/encoder.py``, without audio)."""
+"""Encoder base class (as picamera2's ``encoders/encoder.py``, without audio or sync)."""
 
 from __future__ import annotations
 
-import errno
 import threading
 from enum import Enum
 from typing import Any
@@ -20,6 +19,11 @@ class Quality(Enum):
 
 
 _FORMATS = ("YUV420", "YVU420", "NV12", "NV21", "XBGR8888", "XRGB8888", "RGB888", "BGR888")
+# Encoder.frame_skip_count came with 0.3.19, frames_encoded with 0.3.24; encode()
+# leaves a stopped encoder alone from 0.3.25 (before, it called _encode regardless).
+_SKIPS_FRAMES = _hardware.version_at_least(0, 3, 19)
+_COUNTS_FRAMES = _hardware.version_at_least(0, 3, 24)
+_CHECKS_RUNNING = _hardware.version_at_least(0, 3, 25)
 
 
 class Encoder:
@@ -36,11 +40,13 @@ class Encoder:
         self._framerate = framerate
         self._lock = threading.Lock()
         self.firsttimestamp: int | None = None
-        self.frame_skip_count = 1
-        self._skip_count = 0
+        if _SKIPS_FRAMES:
+            self.frame_skip_count = 1
+            self._skip_count = 0
         self._output_lock = threading.Lock()
         self.audio = False
-        self.frames_encoded = 0
+        if _COUNTS_FRAMES:
+            self.frames_encoded = 0
 
     @property
     def running(self) -> bool:
@@ -117,14 +123,20 @@ class Encoder:
         self._name = value
 
     def encode(self, stream: Any, request: Any) -> None:
-        """Called by the camera thread for every frame of the encoder's stream."""
+        """Called by the camera thread, holding the camera's lock, for every frame of the
+        encoder's stream. ``_encode`` runs with the encoder's lock held."""
+        if not _SKIPS_FRAMES:  # before 0.3.19: every frame, running or not
+            with self._lock:
+                self._encode(stream, request)
+            return
         if self._skip_count == 0:
             with self._lock:
-                if not self._running:
+                if _CHECKS_RUNNING and not self._running:
                     return
                 self._encode(stream, request)
         self._skip_count = (self._skip_count + 1) % self.frame_skip_count
-        self.frames_encoded += 1
+        if _COUNTS_FRAMES:
+            self.frames_encoded += 1
 
     def _encode(self, stream: Any, request: Any) -> None:
         raise NotImplementedError
@@ -135,12 +147,13 @@ class Encoder:
         return command if self._name in (None, "main") else f"{command}-{self._name}"
 
     def start(self, quality: Quality | None = None) -> None:
+        """Set up, mark running, start the outputs, then ``_start``: a ``_start`` that
+        raises leaves the encoder marked running (and whatever it had opened)."""
         with self._lock:
             if self._running:
                 raise RuntimeError("Encoder already running")
-            if _hardware.take_command(self._fault("refuse-start")):
-                raise OSError(errno.EBUSY, "Device or resource busy (VIDIOC_STREAMON)")
-            self.frames_encoded = 0
+            if _COUNTS_FRAMES:
+                self.frames_encoded = 0
             self._setup(quality)
             self._running = True
             self.firsttimestamp = None
@@ -152,6 +165,7 @@ class Encoder:
         pass
 
     def stop(self) -> None:
+        """Waits for the encoder's lock: for ever if the camera thread is stuck in _encode."""
         with self._lock:
             if not self._running:
                 raise RuntimeError("Encoder already stopped")

@@ -1,0 +1,3 @@
+from .null_preview import NullPreview
+
+__all__ = ["NullPreview"]
