@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -27,6 +27,7 @@ from .media.source import AnyVideoSource, AudioSource
 from .room import Reconciled, Room, RoomEvent
 from .rtc.aio import open_aio_loop
 from .rtc.manager import PeerManager
+from .rtc.peer import PeerSession
 from .signaling.messages import WebRTCSignal
 from .signaling.session import SignalingSession, hand_over
 from .signaling.tokens import LoginTokenSource, TokenSource, token_source
@@ -129,15 +130,35 @@ class Agent:
     def _publish_status(self, _text: str = "") -> None:
         self.notifier.status(self.status_line())
 
-    @property
-    def signaling(self) -> _Signaling | None:
-        """The live room, session and peers (None until first started), for observe."""
-        return self._signaling
+    # -- what observe reads (observe.view.AgentView) --------------------------
 
     @property
     def config_problem(self) -> str | None:
         """Why the last reload was refused (the previous configuration still runs)."""
         return self._config_problem
+
+    @property
+    def session(self) -> SignalingSession | None:
+        """The signaling session serving the room (None before the first one starts)."""
+        return self._signaling.session if self._signaling is not None else None
+
+    @property
+    def room(self) -> Room | None:
+        """The room model (None before the first session starts)."""
+        return self._signaling.room if self._signaling is not None else None
+
+    @property
+    def peers(self) -> Mapping[str, PeerSession]:
+        """The peer sessions, by participant id."""
+        sig = self._signaling
+        return sig.peers.sessions if sig is not None and sig.peers is not None else {}
+
+    @property
+    def peers_refused(self) -> int:
+        """Participants refused a session because ``peers.max_peers`` was reached (since
+        the peers were last rebuilt)."""
+        sig = self._signaling
+        return sig.peers.refused if sig is not None and sig.peers is not None else 0
 
     # -- lifecycle ----------------------------------------------------------
 

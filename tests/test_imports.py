@@ -200,8 +200,9 @@ def test_the_graph_sees_the_package() -> None:
     assert "glimpse_edge.config" in graph.module_level["glimpse_edge.agent"]
     assert "glimpse_edge.supervise" in graph.module_level["glimpse_edge.observe.server"]
     assert "glimpse_edge.agent" in graph.function_level["glimpse_edge.cli"]
-    # type-only imports are left out (observe.status names the Agent for mypy)
-    assert "glimpse_edge.agent" not in graph.module_level["glimpse_edge.observe.status"]
+    # type-only imports are left out (the observe package names its view for mypy only)
+    assert "glimpse_edge.observe.view" not in graph.module_level["glimpse_edge.observe"]
+    assert "glimpse_edge.observe.view" in graph.module_level["glimpse_edge.observe.status"]
     assert strongly_connected({"a": {"b"}, "b": {"c", "a"}, "c": {"c"}, "d": {"a"}}) == [
         ["a", "b"], ["c"]]
 

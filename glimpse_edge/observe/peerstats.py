@@ -33,9 +33,9 @@ import structlog
 import trio
 from trio_asyncio import aio_as_trio
 
-from ..rtc.peer import PeerSession
 from ..rtc.sdp import negotiated_codecs
 from ..rtc.tracks import PacketTrack
+from .view import PeerView
 
 log = structlog.get_logger(__name__)
 
@@ -115,7 +115,7 @@ class PeerStatsSampler:
         self._last_refresh = -float("inf")
         self._lock = trio.Lock()
 
-    async def refresh(self, sessions: Mapping[str, PeerSession], *, force: bool = False
+    async def refresh(self, sessions: Mapping[str, PeerView], *, force: bool = False
                       ) -> dict[str, PeerStats]:
         """Read every peer now, unless the last reading is recent; returns ``latest``.
 
@@ -137,14 +137,14 @@ class PeerStatsSampler:
             self._last_refresh = time.monotonic()
             return results
 
-    async def run(self, sessions: Callable[[], Mapping[str, PeerSession]],
+    async def run(self, sessions: Callable[[], Mapping[str, PeerView]],
                   interval: float = BACKGROUND_INTERVAL) -> None:
         """Refresh every ``interval`` seconds, forever (the rate history's heartbeat)."""
         while True:
             await self.refresh(sessions(), force=True)
             await trio.sleep(interval)
 
-    async def _read_peer(self, peer_id: str, session: PeerSession,
+    async def _read_peer(self, peer_id: str, session: PeerView,
                          results: dict[str, PeerStats]) -> None:
         pc = session.connection
         if pc is None or session.state == "closed":
@@ -206,7 +206,7 @@ class FanoutCounts:
     frames_dropped: int  # dropped because this peer fell behind (video: until a key frame)
 
 
-def fanout_counts(session: PeerSession) -> dict[str, FanoutCounts]:
+def fanout_counts(session: PeerView) -> dict[str, FanoutCounts]:
     """Live counters of the peer's packet queues, by kind (none in per-peer encoding).
 
     Read directly rather than through the sampler: they are plain integers,
@@ -223,7 +223,7 @@ def fanout_counts(session: PeerSession) -> dict[str, FanoutCounts]:
     return counts
 
 
-def sending_codecs(session: PeerSession) -> dict[str, str | None]:
+def sending_codecs(session: PeerView) -> dict[str, str | None]:
     """What the current connection sends, by kind ({"video": "h264", "audio": "opus"}).
 
     Read from the answer (the first codec of each m-line is the one in use),

@@ -15,9 +15,9 @@ parts (aiortc stats, JPEG) are bounded and off the media path.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from functools import partial, wraps
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import structlog
 import trio
@@ -36,10 +36,7 @@ from .peerstats import PeerStatsSampler
 from .snapshot import NoPicture, Snapshotter
 from .status import build_status, iso
 from .statusview import url_for
-
-if TYPE_CHECKING:
-    from ..agent import Agent
-    from ..rtc.peer import PeerSession
+from .view import AgentView
 
 log = structlog.get_logger(__name__)
 
@@ -57,11 +54,6 @@ INDEX = """glimpse-edge observe endpoint
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _sessions(agent: Agent) -> Mapping[str, PeerSession]:
-    sig = agent.signaling
-    return sig.peers.sessions if sig is not None and sig.peers is not None else {}
-
-
 def _guarded(handler: Handler) -> Handler:
     """A handler's bug becomes a logged 500, never a broken server."""
 
@@ -77,7 +69,7 @@ def _guarded(handler: Handler) -> Handler:
     return run
 
 
-def create_app(agent: Agent, sampler: PeerStatsSampler, snapshots: Snapshotter) -> Starlette:
+def create_app(agent: AgentView, sampler: PeerStatsSampler, snapshots: Snapshotter) -> Starlette:
     """The ASGI app: /metrics, /status, /snapshot.jpg (and an index at /)."""
     registry = build_registry(agent, sampler)
 
@@ -85,12 +77,12 @@ def create_app(agent: Agent, sampler: PeerStatsSampler, snapshots: Snapshotter) 
         return PlainTextResponse(INDEX)
 
     async def metrics(request: Request) -> Response:
-        await sampler.refresh(_sessions(agent))
+        await sampler.refresh(agent.peers)
         encode, content_type = choose_encoder(request.headers.get("accept", ""))
         return Response(encode(registry), headers={"Content-Type": content_type})
 
     async def status(_request: Request) -> Response:
-        stats = await sampler.refresh(_sessions(agent))
+        stats = await sampler.refresh(agent.peers)
         return JSONResponse(build_status(agent, stats))
 
     async def snapshot(_request: Request) -> Response:
@@ -127,7 +119,7 @@ def hypercorn_config(host: str, port: int) -> HypercornConfig:
 
 
 async def run_observe_server(
-    agent: Agent,
+    agent: AgentView,
     address: tuple[str, int],
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -137,7 +129,7 @@ async def run_observe_server(
                     health=agent.health, task_status=task_status)
 
 
-async def _serve(agent: Agent, address: tuple[str, int]) -> None:
+async def _serve(agent: AgentView, address: tuple[str, int]) -> None:
     host, port = address
     sampler = PeerStatsSampler()
     snapshots = Snapshotter(lambda: agent.hub)
@@ -151,7 +143,7 @@ async def _serve(agent: Agent, address: tuple[str, int]) -> None:
             listening = True
             actual = int(bound[0].rsplit(":", 1)[1])  # "http://127.0.0.1:9750", "http://[::1]:…"
             log.info("observe.listening", host=host, port=actual, url=url_for(host, actual))
-            nursery.start_soon(sampler.run, partial(_sessions, agent))
+            nursery.start_soon(sampler.run, lambda: agent.peers)
     except BaseExceptionGroup as group:
         # hypercorn nests nurseries: hand supervise the one real error
         error = sole_exception(group)

@@ -21,7 +21,7 @@ import structlog
 import trio
 from av.video.reformatter import VideoReformatter
 
-from ..media.hub import MediaHub
+from .view import HubView
 
 log = structlog.get_logger(__name__)
 
@@ -84,7 +84,7 @@ def keyframe_jpeg(codec: str, packet: Any, width: int, height: int,
 class Snapshotter:
     """The latest JPEG, re-encoded at most once per ``min_interval``."""
 
-    def __init__(self, hub: Callable[[], MediaHub | None], min_interval: float = MIN_INTERVAL
+    def __init__(self, hub: Callable[[], HubView | None], min_interval: float = MIN_INTERVAL
                  ) -> None:
         self._hub = hub  # looked up per request: the agent creates its hub after we start
         self.min_interval = min_interval

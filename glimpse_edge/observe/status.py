@@ -1,10 +1,11 @@
 """The agent's state as one JSON document, for ``/status`` and ``glimpse-edge status``.
 
-Built from the same live objects as the metrics, shaped for a person or a
-script asking "what is this device doing right now": who is in the room and
-how each connection is doing, whether the camera and microphone run, what
-went wrong last, which files configure it. Times are ISO 8601 UTC strings;
-durations are seconds; rates are bits per second.
+Rendered from the same reading as the metrics (:func:`.state.read_state`),
+shaped for a person or a script asking "what is this device doing right
+now": who is in the room and how each connection is doing, whether the
+camera and microphone run, what went wrong last, which files configure it.
+Times are ISO 8601 UTC strings; durations are seconds; rates are bits per
+second.
 """
 
 from __future__ import annotations
@@ -12,18 +13,12 @@ from __future__ import annotations
 import datetime
 import os
 import threading
-import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .. import __version__
-from ..introspect import resource_counts
-from .metrics import AUDIO_TIER
-from .peerstats import PeerStats, fanout_counts, sending_codecs
-
-if TYPE_CHECKING:
-    from ..agent import Agent
-    from ..rtc.peer import PeerSession
+from .peerstats import PeerStats
+from .state import AUDIO_TIER, AgentState, read_state
+from .view import AgentView
 
 STATUS_FORMAT = 1  # bumped when a field changes meaning or goes away
 
@@ -49,86 +44,84 @@ def process_usage() -> dict[str, Any]:
             "threads": threading.active_count()}
 
 
-def build_status(agent: Agent, peer_stats: Mapping[str, PeerStats]) -> dict[str, Any]:
-    """The whole document (see the module docstring; ``format`` versions its shape)."""
-    now = time.time()
-    config = agent.config
-    sig = agent.signaling
-    session, room = (sig.session, sig.room) if sig else (None, None)
-    sessions = sig.peers.sessions if sig and sig.peers else {}
-    health = agent.health.snapshot()
+def build_status(agent: AgentView, peer_stats: Mapping[str, PeerStats]) -> dict[str, Any]:
+    """The whole document for ``agent`` as of now (``peer_stats``: the sampler's)."""
+    return status_document(read_state(agent, peer_stats))
+
+
+def status_document(state: AgentState) -> dict[str, Any]:
+    """One reading as the document (see the module docstring; ``format`` versions its shape)."""
+    sig, room = state.signaling, state.room
     return {
         "format": STATUS_FORMAT,
-        "version": __version__,
+        "version": state.version,
         "pid": os.getpid(),
-        "started_at": iso(agent.started_at),
-        "uptime_s": round(now - agent.started_at, 1),
+        "started_at": iso(state.started_at),
+        "uptime_s": round(state.taken_at - state.started_at, 1),
         "config": {
-            "path": str(agent.config_path.absolute()),
-            "files": [str(f) for f in config.sources] or [str(agent.config_path.absolute())],
-            "loaded_at": iso(agent.loaded_at),
-            "reload_error": agent.config_problem,
+            "path": str(state.config_path),
+            "files": [str(f) for f in state.config_files] or [str(state.config_path)],
+            "loaded_at": iso(state.loaded_at),
+            "reload_error": state.config_problem,
         },
         "signaling": {
-            "state": session.state if session else "starting",
-            "detail": agent.status_line(),  # what systemctl status shows, kept current
-            "server": config.server.ws_url,
-            "connects": session.connects if session else 0,
-            "user_id": session.user_id if session else None,
-            "username": session.username if session else "",
+            "state": sig.state,
+            "detail": sig.detail,  # what systemctl status shows, kept current
+            "server": sig.server,
+            "connects": sig.connects,
+            "user_id": sig.user_id,
+            "username": sig.username,
         },
         "room": {
-            "id": room.room_id if room else config.room.id,
-            "name": room.name if room else "",
-            "joined": room.joined if room else False,
-            "participants": len(room.participants) if room else 0,
+            "id": room.id,
+            "name": room.name,
+            "joined": room.joined,
+            "participants": len(room.participants),
         },
-        "participants": _participants(agent, sessions, peer_stats),
-        "sources": _sources(agent),
-        "encoders": _encoders(agent),
+        "participants": _participants(state),
+        "sources": _sources(state),
+        "encoders": _encoders(state),
         "tasks": [
-            {"name": name, "state": task.state, "since": iso(task.since),
+            {"name": task.name, "state": task.state, "since": iso(task.since),
              "restarts": task.restarts, "last_error": task.last_error,
              "last_error_at": iso(task.last_error_at)}
-            for name, task in sorted(health.items())
+            for task in sorted(state.tasks, key=lambda t: t.name)
         ],
         "errors": [
-            {"task": name, "error": task.last_error, "at": iso(task.last_error_at)}
-            for name, task in sorted(health.items(), key=lambda kv: -(kv[1].last_error_at or 0))
+            {"task": task.name, "error": task.last_error, "at": iso(task.last_error_at)}
+            for task in sorted(state.tasks, key=lambda t: -(t.last_error_at or 0))
             if task.last_error
         ],
-        "resources": {**resource_counts(), **process_usage()},
+        "resources": {**state.resources, **process_usage()},
     }
 
 
-def _participants(agent: Agent, sessions: Mapping[str, PeerSession],
-                  peer_stats: Mapping[str, PeerStats]) -> list[dict[str, Any]]:
-    sig = agent.signaling
-    people = {p.user_id: p.username for p in (sig.room.participants if sig else [])}
+def _participants(state: AgentState) -> list[dict[str, Any]]:
+    people = {p.user_id: p.username for p in state.room.participants}
+    peers = {peer.peer_id: peer for peer in state.peers}
     # a session can exist for someone the room model has not listed (an early offer)
-    for peer_id, known in sessions.items():
-        people.setdefault(peer_id, known.participant.username)
+    for peer_id, known in peers.items():
+        people.setdefault(peer_id, known.username)
     out = []
     for peer_id, username in people.items():
         entry: dict[str, Any] = {"user_id": peer_id, "username": username}
-        session = sessions.get(peer_id)
-        if session is None:
+        peer = peers.get(peer_id)
+        if peer is None:
             entry.update(state="no session", tier=None, codecs={}, restarts=0, stats={},
                          stats_error=None, estimate_bps=None)
         else:
-            codecs = sending_codecs(session)
-            reading = peer_stats.get(peer_id)
+            reading = peer.stats
             stats: dict[str, dict[str, Any]] = {
                 kind: s.as_dict() for kind, s in (reading.streams if reading else {}).items()}
-            for kind, fan in fanout_counts(session).items():
+            for kind, fan in peer.fanout.items():
                 stats.setdefault(kind, {}).update(frames_sent=fan.frames_sent,
                                                   frames_dropped=fan.frames_dropped)
             entry.update(
-                state=session.state,
-                tier=session.video_tier if codecs.get("video") else None,
-                codecs=codecs,
-                restarts=session.restarts,
-                estimate_bps=session.estimate_bps,
+                state=peer.state,
+                tier=peer.video_tier if peer.codecs.get("video") else None,
+                codecs=peer.codecs,
+                restarts=peer.restarts,
+                estimate_bps=peer.estimate_bps,
                 stats=stats,
                 stats_error=reading.error if reading else None,
             )
@@ -136,45 +129,34 @@ def _participants(agent: Agent, sessions: Mapping[str, PeerSession],
     return out
 
 
-def _sources(agent: Agent) -> list[dict[str, Any]]:
-    hub = agent.hub
-    health = agent.health.snapshot()
+def _sources(state: AgentState) -> list[dict[str, Any]]:
     out = []
-    for kind in ("video", "audio"):
-        cfg = agent.config.video if kind == "video" else agent.config.audio
-        on = hub is not None and (hub.has_video if kind == "video"
-                                  else hub.audio_stream() is not None)
-        task = health.get(f"media.{kind}")
+    for source in state.sources:
+        task = source.task
         entry: dict[str, Any] = {
-            "kind": kind,
-            "source": cfg.source,
-            "name": (hub.video_source_name if kind == "video" else hub.audio_source_name)
-            if hub is not None else None,
-            "state": (task.state if task is not None else "starting") if on else "off",
+            "kind": source.kind,
+            "source": source.setting,
+            "name": source.name,
+            "state": (task.state if task is not None else "starting") if source.on else "off",
             "restarts": task.restarts if task is not None else 0,
             "last_error": task.last_error if task is not None else None,
         }
-        if kind == "video" and hub is not None:
-            video = hub.video_config
-            entry.update(width=video.width, height=video.height, framerate=video.framerate,
-                         frames=hub.frames_in)
+        if source.kind == "video" and state.has_hub:
+            entry.update(width=source.width, height=source.height,
+                         framerate=source.framerate, frames=source.frames)
         out.append(entry)
     return out
 
 
-def _encoders(agent: Agent) -> list[dict[str, Any]]:
-    hub = agent.hub
-    if hub is None:
-        return []
+def _encoders(state: AgentState) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = [
-        {"codec": codec, "tier": tier, "frames": enc.frames_encoded,
-         "keyframes": enc.keyframes_encoded, "bytes": enc.bytes_encoded,
-         "target_bitrate_bps": enc.bitrate, "width": enc.width, "height": enc.height,
-         "framerate": enc.framerate, "max_fps": getattr(enc, "max_fps", None)}
-        for codec, tier, enc in hub.encoders()
+        {"codec": enc.codec, "tier": enc.tier, "frames": enc.frames,
+         "keyframes": enc.keyframes, "bytes": enc.bytes,
+         "target_bitrate_bps": enc.target_bitrate_bps, "width": enc.width,
+         "height": enc.height, "framerate": enc.framerate, "max_fps": enc.max_fps}
+        for enc in state.encoders
     ]
-    audio = hub.audio_stream()
-    if audio is not None:
-        out.append({"codec": "opus", "tier": AUDIO_TIER, "frames": audio.published,
-                    "subscribers": audio.subscribers})
+    if state.audio_encoder is not None:
+        out.append({"codec": "opus", "tier": AUDIO_TIER, "frames": state.audio_encoder.frames,
+                    "subscribers": state.audio_encoder.subscribers})
     return out
