@@ -39,6 +39,7 @@ from glimpse_edge.config import (
     VideoConfig,
     load_config,
 )
+from glimpse_edge.media.encoder import VideoEncoder
 from glimpse_edge.media.factory import make_video_source
 from glimpse_edge.media.hub import MediaHub
 from glimpse_edge.media.picamera import PiCamera2Source
@@ -324,14 +325,10 @@ async def test_stalled_encoder_then_stalled_camera_are_restarted(
 async def test_busy_camera_names_the_cause_and_works_once_freed(fake_camera: FakeCamera) -> None:
     from picamera2 import Picamera2
 
-    holder = Picamera2(0)  # another "process" holds the camera
     source = PiCamera2Source(video(), CameraConfig())
     sink = Sink()
-    try:
-        with pytest.raises(SourceError) as err:
-            await source.run(sink)
-    finally:
-        holder.close()
+    with fake_camera.held_elsewhere(0), pytest.raises(SourceError) as err:
+        await source.run(sink)
     message = str(err.value)
     assert "camera 0 is busy: another process holds it" in message
     assert "Camera __init__ sequence did not complete" in message
@@ -340,6 +337,7 @@ async def test_busy_camera_names_the_cause_and_works_once_freed(fake_camera: Fak
         nursery.start_soon(source.run, sink)
         await sink.wait(5)
         nursery.cancel_scope.cancel()
+    assert fake_camera.count("encoder.start") == 1, "frames at once: nothing left deaf"
     assert fake_camera.count("camera.close") == 2, "the holder's, and ours on cancellation"
     Picamera2(0).close()  # and free again
 
@@ -494,8 +492,9 @@ async def test_hub_publishes_camera_packets_untouched_and_refuses_vp8(
         assert low_queue._packets[0].is_keyframe
         assert [(c, t) for c, t, _enc in hub.encoders()] == [
             ("h264", f"{WIDTH}x{HEIGHT}"), ("h264", f"{WIDTH // 2}x{HEIGHT // 2}")]
+        assert not any(isinstance(enc, VideoEncoder) for _c, _t, enc in hub.encoders()), (
+            "no software encoder was started")
         nursery.cancel_scope.cancel()
-    assert not hub._encodings, "no software encoder was started"
 
 
 async def test_new_encoder_settings_restart_the_camera_behind_the_same_stream(
