@@ -33,7 +33,7 @@ from support.tiering import climb_back
 
 from glimpse_edge.config import ConfigError, QualityTier, VideoConfig, load_config
 from glimpse_edge.media.fanout import PacketQueue, PacketStream
-from glimpse_edge.media.hub import LOWEST_FPS, lowest_tier_rate
+from glimpse_edge.media.pipeline import LOWEST_FPS, lowest_tier_rate
 from glimpse_edge.rtc.bandwidth import BandwidthEstimator, RateMeter
 from glimpse_edge.rtc.tiers import TierSelector, TierTuning, link_bps, video_budget
 from glimpse_edge.rtc.tracks import PacketTrack
