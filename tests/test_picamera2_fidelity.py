@@ -290,9 +290,11 @@ async def test_failed_lores_starts_leak_no_fd_or_thread(
 # ------------------------------------------------------------ 6. close order
 
 
+@pytest.mark.parametrize("failing", ["lores", "main"])
 async def test_close_stops_each_encoder_even_when_one_fails(
-    fake_camera: FakeCamera, monkeypatch: pytest.MonkeyPatch
+    fake_camera: FakeCamera, monkeypatch: pytest.MonkeyPatch, failing: str
 ) -> None:
+    """``stop_encoder()`` without an argument stops at the first failure, in set order."""
     from picamera2.encoders import Encoder
 
     tiers = [QualityTier(width=320, height=180, bitrate=200_000)]
@@ -301,7 +303,8 @@ async def test_close_stops_each_encoder_even_when_one_fails(
     original = Encoder.stop
 
     def stop(self: Any) -> None:
-        if self.name == "lores":
+        if self.name == failing:
+            self._running = False
             raise RuntimeError("codec error on stop")
         original(self)
 
@@ -313,7 +316,9 @@ async def test_close_stops_each_encoder_even_when_one_fails(
         monkeypatch.setattr(Encoder, "stop", stop)
         nursery.cancel_scope.cancel()
     events = fake_camera.events()
-    assert "encoder.stop stream=main" in events and events[-1].startswith("camera.close"), events
+    other = "main" if failing == "lores" else "lores"
+    assert f"encoder.stop stream={other}" in events, events
+    assert events[-1].startswith("camera.close"), events
 
 
 # --------------------------------------------- 8. buffers and the codec's rate
