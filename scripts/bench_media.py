@@ -61,6 +61,7 @@ from support.agent import AgentProcess, write_config  # noqa: E402
 from support.browser import open_browser, viewer_url  # noqa: E402
 from support.devserver import DevServer, run_devserver  # noqa: E402
 from support.glimpse_client import create_room, register  # noqa: E402
+from support.picam import FakeCamera  # noqa: E402
 from support.rtcpeer import BrowserPeer  # noqa: E402
 
 import glimpse_edge  # noqa: E402
@@ -94,12 +95,12 @@ FULL = Plan(peers=(1, 2, 4, 8), window=10.0, first_frame_runs=10, g2g_window=10.
 QUICK = Plan(peers=(1, 8), window=3.0, first_frame_runs=3, g2g_window=3.0)
 
 
-def media_config(mode: str, width: int, height: int) -> str:
+def media_config(mode: str, width: int, height: int, source: str = "testpattern") -> str:
     # dead_after is raised from the tests' 3 s: a niced receiver may answer
     # RTCP late under load, and a restart in the window would spoil it.
     return f"""
 [video]
-source = "testpattern"
+source = "{source}"
 width = {width}
 height = {height}
 framerate = 30
@@ -260,14 +261,25 @@ def workdir() -> Iterator[Path]:
 
 
 async def start_agent(server: DevServer, nursery: trio.Nursery, directory: Path, mode: str,
-                      width: int, height: int) -> tuple[AgentProcess, str, str]:
-    """A fresh room, and a fresh agent in it; returns (agent, room id, agent's user id)."""
+                      width: int, height: int, camera: str | None = None
+                      ) -> tuple[AgentProcess, str, str]:
+    """A fresh room, and a fresh agent in it; returns (agent, room id, agent's user id).
+
+    ``camera`` ("VC4" or "PISP"): the Pi camera through the picamera2 stand-in
+    (tests/fake_picamera2, which films a frame code) instead of the test pattern.
+    """
     device_id, device_token = await new_user(server, "device")
     _owner, owner_token = await new_user(server, "owner")
     room_id = await create_room(server.api_url, owner_token, "Bench")
+    env = None
+    if camera is not None:
+        env = {**FakeCamera(directory / "fake-picamera2").env(platform=camera),
+               "FAKE_PICAMERA2_FRAMECODE": "1"}
     agent = AgentProcess(write_config(directory, ws_url=server.ws_url, room_id=room_id,
                                       token=device_token, log_level="info",
-                                      extra=media_config(mode, width, height)))
+                                      extra=media_config(mode, width, height,
+                                                         "picamera2" if camera else "testpattern")),
+                         env=env)
     await agent.start(nursery)
     await agent.wait_for("room.joined", timeout=JOIN_TIMEOUT)
     return agent, room_id, device_id
@@ -440,12 +452,12 @@ class LatencyRow:
 
 
 async def glass_to_glass(server: DevServer, width: int, height: int,
-                         window: float) -> LatencyRow:
+                         window: float, camera: str | None = None) -> LatencyRow:
     await wait_for_quiet(f"(c) {width}x{height}")
     with workdir() as directory:
         async with trio.open_nursery() as nursery:
             agent, room_id, device_id = await start_agent(server, nursery, directory, "shared",
-                                                          width, height)
+                                                          width, height, camera)
             _rx_id, token = await new_user(server, "rx")
             rx = Receivers()
             # one receiver, at normal priority: the machine is far from busy
@@ -462,8 +474,8 @@ async def glass_to_glass(server: DevServer, width: int, height: int,
             await rx.stop()
             await agent.stop()
             nursery.cancel_scope.cancel()
-    return LatencyRow(f"{width}x{height}", [recv - sent for _c, sent, recv in codes],
-                      (v1 - v0) / (t1 - t0))
+    label = f"{width}x{height}" + ("" if camera is None else f" {camera} camera")
+    return LatencyRow(label, [recv - sent for _c, sent, recv in codes], (v1 - v0) / (t1 - t0))
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -546,12 +558,16 @@ async def bench_first_frame(server: DevServer, plan: Plan) -> None:
 async def bench_glass_to_glass(server: DevServer, plan: Plan) -> None:
     print(f"\n(c) glass-to-glass, capture timestamp -> frame decoded by an aiortc receiver "
           f"(window {plan.g2g_window:g} s)", flush=True)
-    head = f"{'size':<9} {'frames':>6} {'fps':>5} {'median ms':>9} {'p95 ms':>7} {'max ms':>7}"
+    head = (f"{'source':<21} {'frames':>6} {'fps':>5} {'median ms':>9} {'p95 ms':>7} "
+            f"{'max ms':>7}")
     lines = [head, "-" * len(head)]
-    for width, height in ((1280, 720), (640, 360)):
-        row = await glass_to_glass(server, width, height, plan.g2g_window)
+    # the test pattern (libx264 in the agent), then the Pi camera's two encoders
+    # through the picamera2 stand-in: VC4's V4L2 path, a Pi 5's libav one
+    for width, height, camera in ((1280, 720, None), (640, 360, None), (640, 360, "VC4"),
+                                  (640, 360, "PISP")):
+        row = await glass_to_glass(server, width, height, plan.g2g_window, camera)
         lat = row.latencies
-        lines.append(f"{row.size:<9} {len(lat):>6} {row.fps:>5.1f} "
+        lines.append(f"{row.size:<21} {len(lat):>6} {row.fps:>5.1f} "
                      f"{statistics.median(lat):>9.0f} {percentile(lat, 95):>7.0f} "
                      f"{max(lat):>7.0f}")
     print("\n".join(lines))
@@ -574,9 +590,9 @@ def main() -> None:
         return
     plan = QUICK if args.quick else FULL
     # every step is bounded; this bounds the sum, waits for a quiet machine included
-    runs = len(plan.peers) * 2 + 1 + 2
+    runs = len(plan.peers) * 2 + 1 + 4
     budget = runs * (QUIET_WAIT + 90) + len(plan.peers) * 2 * plan.window \
-        + plan.first_frame_runs * 30 + 2 * plan.g2g_window
+        + plan.first_frame_runs * 30 + 4 * plan.g2g_window
 
     async def bounded() -> None:
         with trio.fail_after(budget):

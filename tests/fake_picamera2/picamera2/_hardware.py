@@ -305,10 +305,17 @@ class CameraLock:
 
 
 class Picture:
-    """A moving test picture in I420 (YUV420 planar), rendered per frame."""
+    """A moving test picture in I420 (YUV420 planar), rendered per frame.
+
+    With FAKE_PICAMERA2_FRAMECODE=1 each frame also carries glimpse-edge's frame
+    code (glimpse_edge.media.framecode: the frame number and the wall-clock time of
+    the capture), as if the camera filmed a clock: a receiver that decodes it reads
+    the glass-to-glass delay (scripts/bench_media.py). Not part of picamera2.
+    """
 
     def __init__(self, width: int, height: int) -> None:
         self.width, self.height = width, height
+        self.framecode = os.environ.get("FAKE_PICAMERA2_FRAMECODE") == "1"
         y, x = np.mgrid[0:height, 0:width]
         self._base = ((x * 255 // max(1, width - 1) + y * 64 // max(1, height)) % 256).astype(
             np.uint8)
@@ -330,6 +337,10 @@ class Picture:
         chroma = frame[h:]  # U then V, each (h/2) x (w/2), packed as h/4 rows of w
         chroma[:] = 128
         chroma[: h // 8] = 90 + (n % 60)  # a band of colour in the U plane
+        if self.framecode:
+            from glimpse_edge.media.framecode import draw_code
+
+            draw_code(luma, n, int(time.time() * 1000))
         return frame
 
 
