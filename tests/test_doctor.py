@@ -106,6 +106,8 @@ async def test_devices_lists_what_this_machine_has(fake_camera: FakeCamera) -> N
     code, out = await glimpse_edge("devices", env=fake_camera.env(platform="PISP"))
     assert "platform PISP: no H.264 hardware (a Pi 5): software H.264 on the CPU" in out
     assert "camera.index = 0: imx708" in out
+    code, out = await glimpse_edge("devices", env=fake_camera.env(version="0.3.30"))
+    assert "; picamera2 0.3.30 (lacks force_key_frame)" in out, out
 
 
 def test_v4l2_nodes_are_queried_not_opened_for_streaming(tmp_path: Path) -> None:
@@ -148,6 +150,7 @@ async def test_doctor_passes_a_healthy_device(
     assert "token accepted: authenticated as 'device'" in out
     assert "within 30 s of the server" in out
     assert "picamera2:0 (VC4, hardware H.264) delivered 10 packets of H.264" in out
+    assert "; picamera2 0.3.36, encoder delay " in out, "doctor reports the picamera2 release"
     assert "alsa:glimpsetest delivers audio (level -12 dBFS" in out
     assert "2 of 2 STUN/TURN server URLs answered" in out
     assert "accepted the credentials of 'turnuser'" in out
