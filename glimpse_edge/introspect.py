@@ -30,10 +30,10 @@ def trio_task_count() -> int:
 def asyncio_task_count() -> int:
     """asyncio tasks alive on the running trio-asyncio loop (0 without one)."""
     try:
-        import trio_asyncio
+        from .rtc.aio import current_aio_loop  # not at import: keeps light commands light
 
-        loop = trio_asyncio.current_loop.get()
-    except (ImportError, LookupError):
+        loop = current_aio_loop()
+    except ImportError:
         return 0
     if loop is None:
         return 0

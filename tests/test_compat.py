@@ -8,6 +8,7 @@ is missing.
 
 from __future__ import annotations
 
+import asyncio
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -122,3 +123,75 @@ async def test_the_agent_stops_at_start_on_an_incompatible_library(
             entered = True
     assert not entered
     assert find_fatal(caught.value) is caught.value
+
+
+class _Sender:
+    """What the hooks touch of an aiortc sender: its RTCP handler and key-frame flag."""
+
+    def __init__(self) -> None:
+        self.handled: list[str] = []
+        self.flagged = 0
+
+    async def _handle_rtcp_packet(self, packet: str) -> None:
+        if packet == "aiortc-fails":
+            raise ValueError("aiortc failed")
+        self.handled.append(packet)
+        if packet == "pli":
+            self._send_keyframe()
+
+    def _send_keyframe(self) -> None:
+        self.flagged += 1
+
+
+def test_the_rtcp_hook_sees_first_may_withhold_and_never_raises() -> None:
+    sender = _Sender()
+    errors: list[str] = []
+    seen: list[str] = []
+
+    def on_packet(packet: str) -> bool:
+        seen.append(packet)
+        if packet == "we-fail":
+            raise RuntimeError("our bug")
+        return packet != "nack"  # withheld from aiortc
+
+    requests: list[str] = []
+    compat.hook_rtcp(sender, on_packet, lambda exc: errors.append(str(exc)))
+    compat.hook_keyframe_request(sender, lambda: requests.append("idr"),
+                                 lambda exc: errors.append(str(exc)))
+
+    async def feed() -> None:
+        for packet in ("rr", "nack", "we-fail", "aiortc-fails", "pli"):
+            await sender._handle_rtcp_packet(packet)
+
+    asyncio.run(feed())
+    assert seen == ["rr", "nack", "we-fail", "aiortc-fails", "pli"]
+    assert sender.handled == ["rr", "we-fail", "pli"]  # ours failing still lets aiortc see it
+    assert errors == ["our bug", "aiortc failed"]
+    # aiortc's own flag is still set (its encoder reads it) and ours is asked too
+    assert sender.flagged == 1 and requests == ["idr"]
+
+
+def test_the_keyframe_hook_never_raises() -> None:
+    sender = _Sender()
+    errors: list[Exception] = []
+
+    def broken() -> None:
+        raise RuntimeError("encoder gone")
+
+    compat.hook_keyframe_request(sender, broken, errors.append)
+    sender._send_keyframe()
+    assert sender.flagged == 1 and [str(e) for e in errors] == ["encoder gone"]
+
+
+def test_private_reads_of_a_sender() -> None:
+    class RTCRtpSender:  # the real name: aiortc's private attributes are mangled with it
+        def __init__(self) -> None:
+            self._ssrc = 1234
+            self.__lsr = 0x00010000
+            self.__lsr_time = 1000.0
+
+    assert compat.sender_ssrc(RTCRtpSender()) == 1234
+    assert compat.last_sender_report(RTCRtpSender()) == (0x00010000, 1000.0)
+    assert compat.last_sender_report(object()) == (None, None)
+    assert compat.selected_candidates(object()) == {
+        "ice_local": None, "ice_remote": None, "ice_protocol": None}

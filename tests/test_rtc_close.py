@@ -22,7 +22,7 @@ from av.packet import Packet
 from trio_asyncio import aio_as_trio
 
 from glimpse_edge.introspect import asyncio_task_count
-from glimpse_edge.rtc.aio import REAP_AFTER, close_peer_connection
+from glimpse_edge.rtc.closing import REAP_AFTER, close_peer_connection
 
 PAIRS = 40
 # Closes fall between the answer and this many times the time a pair takes to

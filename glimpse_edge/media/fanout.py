@@ -11,8 +11,9 @@ another peer:
 
 A new subscriber also starts at a key frame. The queue is filled from Trio
 and read by aiortc's sender from asyncio (trio-asyncio runs both on one
-thread): the reader parks on an asyncio future that the writer resolves, which
-costs far less per packet than crossing the boundary with ``trio_as_aio``.
+thread): the reader parks on an asyncio future that the writer resolves
+(:func:`~glimpse_edge.rtc.aio.aio_future`, :func:`~glimpse_edge.rtc.aio.wake_aio`),
+which costs far less per packet than crossing the boundary with ``trio_as_aio``.
 
 Raw frames (``video.encode = "per-peer"``, where aiortc encodes for every
 sender itself) go through a :class:`FrameSlot` instead: one frame deep,
@@ -31,6 +32,8 @@ import av
 import numpy as np
 import structlog
 from av.packet import Packet
+
+from ..rtc.aio import aio_future, wake_aio
 
 log = structlog.get_logger(__name__)
 
@@ -92,9 +95,7 @@ class PacketQueue:
         self._wake()
 
     def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        wake_aio(self._waiter)
 
     def close(self) -> None:
         self._closed = True
@@ -123,7 +124,7 @@ class PacketQueue:
         """Until a packet is queued or the queue closes, without taking it."""
         if self._packets or self._closed:
             return
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = aio_future()
         try:
             await self._waiter
         finally:
@@ -139,7 +140,7 @@ class PacketQueue:
                 return packet
             if self._closed:
                 raise QueueClosed(self.name)
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = aio_future()
             try:
                 await self._waiter
             finally:
@@ -245,16 +246,12 @@ class FrameSlot:
         if self._frame is not None:
             self.skipped += 1
         self._frame = frame
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        wake_aio(self._waiter)
 
     def close(self) -> None:
         self._closed = True
         self._frame = None
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        wake_aio(self._waiter)
 
     @property
     def closed(self) -> bool:
@@ -269,7 +266,7 @@ class FrameSlot:
             if frame is not None:
                 self.delivered += 1
                 return private_copy(frame)
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = aio_future()
             try:
                 await self._waiter
             finally:

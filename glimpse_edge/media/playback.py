@@ -39,6 +39,7 @@ import structlog
 from aiortc.mediastreams import MediaStreamError
 
 from ..config import PlaybackConfig
+from ..rtc.aio import spawn_aio
 from ..supervise import Backoff, HealthRegistry, RestartPolicy, supervise
 from .aec import AecUnavailable, CaptureEchoCanceller, FarEndBuffer
 from .alsa import _FORMATS, UNPACED_AHEAD, Granted, PcmConverter, _alsaaudio, _RateLimitedLog
@@ -88,11 +89,11 @@ class Speaker:
         Never raises: it runs inside aiortc's event handlers.
         """
         try:
-            task = asyncio.ensure_future(self._drain(name, track))
+            task = spawn_aio(self._drain(name, track))
         except Exception as exc:
             log.error("media.playback.attach_failed", peer=name, error=str(exc))
             return
-        self._tasks.add(task)
+        self._tasks.add(task)  # to cancel them when the speaker stops
         task.add_done_callback(self._tasks.discard)
 
     async def _drain(self, name: str, track: Any) -> None:

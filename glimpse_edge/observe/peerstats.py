@@ -31,8 +31,8 @@ from typing import Any
 
 import structlog
 import trio
-from trio_asyncio import aio_as_trio
 
+from ..rtc.aio import call_aio
 from ..rtc.sdp import negotiated_codecs
 from ..rtc.tracks import PacketTrack
 from .view import PeerView
@@ -154,7 +154,7 @@ class PeerStatsSampler:
         streams: dict[str, StreamStats] = {}
         with trio.move_on_after(self.timeout) as timer:
             try:
-                report = await aio_as_trio(pc.getStats)()
+                report = await call_aio(pc.getStats)
                 streams = self._streams(peer_id, id(pc), report.values(), time.monotonic())
             except Exception as exc:  # aiortc in any state: never the endpoint's problem
                 error = f"getStats failed: {type(exc).__name__}: {exc}"

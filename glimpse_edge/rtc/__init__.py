@@ -1,7 +1,8 @@
 """WebRTC peers: aiortc behind trio-asyncio, one PeerSession per participant.
 
-This package is the only place where Trio and asyncio meet. aiortc calls are
-made through ``trio_asyncio.aio_as_trio``; aiortc's callbacks become messages
-on Trio memory channels; its errors are logged and turned into a reset of
-the one peer they concern.
+Trio and asyncio meet in one module, :mod:`.aio` (the bridge): aiortc's
+coroutines are awaited through ``call_aio``, its events become messages for
+Trio tasks through ``on_aio_event``, packets cross on futures; its errors are
+logged and turned into a reset of the one peer they concern. Every use of
+aiortc's (and aioice's) internals is in :mod:`.compat`, checked at start-up.
 """

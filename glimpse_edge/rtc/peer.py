@@ -43,7 +43,6 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.rtp import RTCP_RTPFB_NACK, RtcpRtpfbPacket
-from trio_asyncio import aio_as_trio
 
 from ..config import PeersConfig
 from ..media.encoder import VideoCodec
@@ -53,7 +52,7 @@ from ..room import Participant
 from ..signaling.messages import IceCandidate, SessionDescription, SignalType, WebRTCSignal
 from ..supervise import Backoff
 from . import compat
-from .aio import close_peer_connection
+from .aio import call_aio, on_aio_event
 from .bandwidth import (
     BandwidthEstimator,
     ChangeGate,
@@ -63,6 +62,7 @@ from .bandwidth import (
     report_blocks,
     report_rtt,
 )
+from .closing import close_peer_connection
 from .inbox import Inbox
 from .sdp import BadSignal, check_sdp, ice_credentials, negotiated_codecs, parse_candidate
 from .tiers import TierSelector, link_bps, video_budget
@@ -460,10 +460,10 @@ class PeerSession:
     async def _renegotiate(self, conn: _Connection, sdp: str) -> None:
         self.log.info("peer.renegotiating")
         try:
-            await aio_as_trio(conn.pc.setRemoteDescription)(RTCSessionDescription(sdp, "offer"))
+            await call_aio(conn.pc.setRemoteDescription, RTCSessionDescription(sdp, "offer"))
             self._refuse_foreign_media(conn)
-            answer = await aio_as_trio(conn.pc.createAnswer)()
-            await aio_as_trio(conn.pc.setLocalDescription)(answer)
+            answer = await call_aio(conn.pc.createAnswer)
+            await call_aio(conn.pc.setLocalDescription, answer)
         except Exception as exc:  # aiortc raises many types for SDP it dislikes
             self.log.warning("peer.renegotiation_failed", error=f"{type(exc).__name__}: {exc}")
             self._conn = None
@@ -490,7 +490,7 @@ class PeerSession:
             return
         check_sdp(sdp)
         try:
-            await aio_as_trio(conn.pc.setRemoteDescription)(RTCSessionDescription(sdp, "answer"))
+            await call_aio(conn.pc.setRemoteDescription, RTCSessionDescription(sdp, "answer"))
         except Exception as exc:
             raise BadSignal(f"answer rejected: {type(exc).__name__}: {exc}") from None
         creds = ice_credentials(sdp)
@@ -516,7 +516,7 @@ class PeerSession:
     async def _add_candidate(self, conn: _Connection, candidate: IceCandidate | None) -> None:
         parsed = parse_candidate(candidate) if candidate is not None else None
         try:
-            await aio_as_trio(conn.pc.addIceCandidate)(parsed)
+            await call_aio(conn.pc.addIceCandidate, parsed)
         except Exception as exc:
             raise BadSignal(f"candidate rejected: {type(exc).__name__}: {exc}") from None
 
@@ -535,10 +535,10 @@ class PeerSession:
         self.bandwidth.set_bounds(*self._estimate_bounds())
         self.bandwidth.new_path()
 
-        def on_state() -> None:  # runs in the loop's task: must never raise
+        def on_state() -> None:
             self._post(PcStateChanged(gen, pc.connectionState))
 
-        pc.on("connectionstatechange", on_state)
+        on_aio_event(pc, "connectionstatechange", on_state)
 
         speaker = self.hub.speaker
 
@@ -557,7 +557,7 @@ class PeerSession:
             with contextlib.suppress(Exception):
                 track.stop()
 
-        pc.on("track", on_track)
+        on_aio_event(pc, "track", on_track)
 
         kinds = []
         if self.hub.has_video:
@@ -584,7 +584,7 @@ class PeerSession:
             def on_ended(kind: str = kind) -> None:
                 self._post(TrackEnded(gen, kind))
 
-            track.on("ended", on_ended)
+            on_aio_event(track, "ended", on_ended)
         return conn
 
     def _hook_sender(self, conn: _Connection, sender: RTCRtpSender, kind: str) -> None:
@@ -749,8 +749,8 @@ class PeerSession:
         conn = self._new_connection("offerer")
         self._conn = conn
         self.log.info("peer.offering", reason=reason, generation=conn.generation)
-        offer = await aio_as_trio(conn.pc.createOffer)()
-        await aio_as_trio(conn.pc.setLocalDescription)(offer)
+        offer = await call_aio(conn.pc.createOffer)
+        await call_aio(conn.pc.setLocalDescription, offer)
         conn.since = time.monotonic()
         await self._send_signal("offer", SessionDescription(type="offer",
                                                      sdp=conn.pc.localDescription.sdp))
@@ -760,7 +760,7 @@ class PeerSession:
         self._conn = conn
         self.log.info("peer.answering", generation=conn.generation)
         try:
-            await aio_as_trio(conn.pc.setRemoteDescription)(RTCSessionDescription(sdp, "offer"))
+            await call_aio(conn.pc.setRemoteDescription, RTCSessionDescription(sdp, "offer"))
         except Exception as exc:
             self._conn = None
             await self._close_connection(conn, "bad offer")
@@ -768,8 +768,8 @@ class PeerSession:
         conn.remote_ufrag = ufrag
         conn.has_remote = True
         self._refuse_foreign_media(conn)
-        answer = await aio_as_trio(conn.pc.createAnswer)()
-        await aio_as_trio(conn.pc.setLocalDescription)(answer)
+        answer = await call_aio(conn.pc.createAnswer)
+        await call_aio(conn.pc.setLocalDescription, answer)
         local_sdp = conn.pc.localDescription.sdp
         await self._send_signal("answer", SessionDescription(type="answer", sdp=local_sdp))
         await self._negotiated(conn, local_sdp)
@@ -816,7 +816,7 @@ class PeerSession:
         self.log.info("peer.connection_closed", reason=reason, generation=conn.generation)
         with trio.move_on_after(CLOSE_TIMEOUT) as timer:
             timer.shield = True
-            await aio_as_trio(close_peer_connection)(conn.pc)
+            await call_aio(close_peer_connection, conn.pc)
         if timer.cancelled_caught:
             self.log.error("peer.close_timeout", generation=conn.generation)
 

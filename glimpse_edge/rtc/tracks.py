@@ -20,6 +20,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av.packet import Packet
 
 from ..media.fanout import FrameSlot, MediaKind, PacketQueue, QueueClosed
+from .aio import aio_future, wake_aio
 
 Release = Callable[[PacketQueue], object]
 
@@ -44,7 +45,7 @@ class PacketTrack(MediaStreamTrack):
         self._queue: PacketQueue | None = None
         self._release: Release | None = None
         self._next: tuple[PacketQueue, Release] | None = None
-        self._bound: asyncio.Event | None = None
+        self._bound: asyncio.Future[None] | None = None  # recv waits for bind()
         self._last_pts: int | None = None
         self._retired_delivered = 0
         self._retired_dropped = 0
@@ -71,8 +72,7 @@ class PacketTrack(MediaStreamTrack):
         (after a :meth:`switch`), to unsubscribe it.
         """
         self._queue, self._release = queue, release
-        if self._bound is not None:
-            self._bound.set()
+        wake_aio(self._bound)
 
     def switch(self, queue: PacketQueue, release: Release) -> None:
         """Feed from ``queue`` from its first key frame on; release the old one then."""
@@ -125,9 +125,11 @@ class PacketTrack(MediaStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
         if self._queue is None:
-            if self._bound is None:
-                self._bound = asyncio.Event()
-            await self._bound.wait()
+            self._bound = aio_future()
+            try:
+                await self._bound
+            finally:
+                self._bound = None
         while True:
             if self._next is not None:
                 self._take_next()

@@ -38,7 +38,7 @@ from trio_asyncio import aio_as_trio, trio_as_aio
 from trio_websocket import ConnectionClosed, HandshakeError
 
 from glimpse_edge.media.framecode import read_code
-from glimpse_edge.rtc.aio import close_peer_connection
+from glimpse_edge.rtc.closing import close_peer_connection
 from glimpse_edge.rtc.sdp import ice_credentials
 
 from .glimpse_client import GlimpseClient
