@@ -171,8 +171,8 @@ async def test_bitrate_change_restarts_the_encoder_and_takes_effect(
         source.set_bitrate(210_000)  # within 10% of the pending change: coalesced
         await until(lambda: source.bitrate == 210_000 and len(sink.packets) >= n + 5, 5)
     assert [e for e in logs if e["event"] == "media.picamera2.bitrate"] == [
-        {"event": "media.picamera2.bitrate", "camera": 0, "old": 1_000_000, "new": 210_000,
-         "log_level": "info"}]
+        {"event": "media.picamera2.bitrate", "camera": 0, "stream": "main", "old": 1_000_000,
+         "new": 210_000, "log_level": "info"}]
     assert fake_camera.count("encoder.start bitrate=210000") == 1
     t1 = time.monotonic()
     await sink.wait(len(sink.packets) + 60)
@@ -187,9 +187,9 @@ async def test_bitrate_change_restarts_the_encoder_and_takes_effect(
     assert all(b > a for a, b in itertools.pairwise(pts)), "pts go on increasing"
     # clamped to video.min_bitrate; a change under 10% is ignored
     source.set_bitrate(1)
-    assert source._want_bitrate == 150_000
+    assert source._main.want == (150_000, 1)
     source.set_bitrate(205_000)
-    assert source._want_bitrate is None
+    assert source._main.want is None
 
 
 def decoded_sizes(packets: list[Packet]) -> set[tuple[int, int]]:
@@ -482,7 +482,7 @@ async def test_hub_publishes_camera_packets_untouched_and_refuses_vp8(
         assert (codec, tier) == ("h264", f"{cfg.width}x{cfg.height}")
         assert isinstance(encoder, PiCamera2Source) and encoder.frames_encoded >= 5
         hub.set_bitrate(300_000)
-        assert encoder._want_bitrate == 300_000
+        assert encoder._main.want == (300_000, 1)
         # a peer on the lower tier: the camera's lores encoder, listed like the main one
         low = hub.video_stream("h264", 1)
         assert low is not None and low.name == f"h264/{WIDTH // 2}x{HEIGHT // 2}"

@@ -23,7 +23,7 @@ from support.picam import FakeCamera
 from test_picamera2 import Sink, until, video
 
 from glimpse_edge.config import CameraConfig, ConfigError, QualityTier, load_config
-from glimpse_edge.media.picamera import CameraHung, PiCamera2Source
+from glimpse_edge.media.picamera import CameraHung, PiCamera2Source, calls
 from glimpse_edge.media.picamera import source as picamera
 from glimpse_edge.media.picamera.budget import (
     VC4_MACROBLOCKS_PER_SECOND,
@@ -198,7 +198,7 @@ async def test_a_hung_encoder_ends_the_process_instead_of_hanging_it(
     """A V4L2 codec whose queue call never returns blocks the camera thread inside the
     encoder's lock: stop_encoder, stop and close never return (the stand-in's
     wedge-encoder; see its README)."""
-    monkeypatch.setattr(picamera, "CALL_TIMEOUT", 1.0)
+    monkeypatch.setattr(calls, "CALL_TIMEOUT", 1.0)
     source = PiCamera2Source(video(), CameraConfig())
     sink = Sink()
 
