@@ -346,16 +346,16 @@ def test_a_peer_session_feeds_its_estimate_from_video_reports_only() -> None:
     sender = _Sender(OURS)
     with capture_logs() as logs:
         for packet in _wire(_rr(128, 50, 0, 0)):  # 50 % loss
-            session._observe_rtcp(conn, sender, "audio", packet)  # type: ignore[arg-type]
+            session.feedback.observe(conn, sender, "audio", packet)  # type: ignore[arg-type]
         assert session.estimate_bps is None, "audio reports do not count when there is video"
         for packet in _wire(_rr(128, 50, 0, 0)):
-            session._observe_rtcp(conn, sender, "video", packet)  # type: ignore[arg-type]
+            session.feedback.observe(conn, sender, "video", packet)  # type: ignore[arg-type]
         remb = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0,
                               fci=pack_remb_fci(300_000, [OURS]))
-        session._observe_rtcp(conn, sender, "video", remb)  # type: ignore[arg-type]
+        session.feedback.observe(conn, sender, "video", remb)  # type: ignore[arg-type]
         # a connection that is no longer current feeds nothing
         stale = SimpleNamespace(transceivers=conn.transceivers)
-        session._observe_rtcp(stale, sender, "video", remb)  # type: ignore[arg-type]
+        session.feedback.observe(stale, sender, "video", remb)  # type: ignore[arg-type]
     assert session.estimate_bps == 300_000
     lines = [e for e in logs if e["event"] == "peer.bandwidth"]
     # the estimate's ceiling is what the best tier needs on the wire, audio included
@@ -369,6 +369,6 @@ def test_the_rtcp_hook_never_raises_and_says_so_once() -> None:
     packet = _wire(_rr(0, 0, 0, 0))[0]
     with capture_logs() as logs:
         for _ in range(3):
-            session._observe_rtcp(conn, _BrokenSender(), "video", packet)  # type: ignore[arg-type]
+            session.feedback.observe(conn, _BrokenSender(), "video", packet)  # type: ignore[arg-type]
     assert [e["event"] for e in logs] == ["peer.bandwidth_error"]
     assert session.estimate_bps is None

@@ -17,10 +17,10 @@ What aiortc does not do, this does:
   is declared dead here.
 - Glare: when both sides offer at once, the side with the greater user id
   is polite and answers; the other ignores the incoming offer.
-- Quality tiers: the peer's bandwidth estimate (from its RTCP) picks which
-  of the hub's shared encodings it receives (rtc/tiers.py) and tells the
-  lowest one what its link can take; a change of tier moves the video
-  track to the other stream at that stream's next key frame.
+
+What the connection's RTCP says (liveness, key frame requests, the
+bandwidth estimate and the quality tier it picks) is rtc/feedback.py's: the
+session owns one :class:`~.feedback.PeerFeedback` and acts on its events.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal
 
@@ -39,33 +38,29 @@ from aiortc import (
     RTCIceServer,
     RTCPeerConnection,
     RTCRtpSender,
-    RTCRtpTransceiver,
     RTCSessionDescription,
 )
-from aiortc.rtp import RTCP_RTPFB_NACK, RtcpRtpfbPacket
 
 from ..config import PeersConfig
 from ..media.encoder import VideoCodec
-from ..media.fanout import PacketQueue, PacketStream
 from ..media.hub import MediaHub
 from ..room import Participant
 from ..signaling.messages import IceCandidate, SessionDescription, SignalType, WebRTCSignal
 from ..supervise import Backoff
 from . import compat
 from .aio import call_aio, on_aio_event
-from .bandwidth import (
-    BandwidthEstimator,
-    ChangeGate,
-    RateMeter,
-    Update,
-    remb_bitrate,
-    report_blocks,
-    report_rtt,
-)
 from .closing import close_peer_connection
+from .connection import (
+    Connection,
+    ConnectionEvent,
+    PathRevived,
+    PcStateChanged,
+    TierChosen,
+    TrackEnded,
+)
+from .feedback import PeerFeedback
 from .inbox import Inbox
 from .sdp import BadSignal, check_sdp, ice_credentials, negotiated_codecs, parse_candidate
-from .tiers import TierSelector, link_bps, video_budget
 from .tracks import FrameTrack, PacketTrack
 
 log = structlog.get_logger(__name__)
@@ -80,65 +75,13 @@ MAX_PENDING_CANDIDATES = 64
 MAX_QUEUED_SIGNALS = 256
 # A connection that stayed up this long resets the restart back-off.
 STABLE_AFTER = 10.0
-# After a move up a tier, a receiver's REMB needs this long beyond the tier's
-# trial to follow the new rate (it grows 8 % a second): see BandwidthEstimator.
-REMB_CATCH_UP = 6.0
 
 
-@dataclass(frozen=True)
-class PcStateChanged:
-    generation: int
-    state: str
-
-
-@dataclass(frozen=True)
-class TrackEnded:
-    generation: int
-    kind: str
-
-
-@dataclass(frozen=True)
-class PathRevived:
-    generation: int
-
-
-@dataclass(frozen=True)
-class TierChosen:
-    generation: int
-    tier: int
-
-
-PeerEvent = WebRTCSignal | PcStateChanged | TrackEnded | PathRevived | TierChosen
+PeerEvent = WebRTCSignal | ConnectionEvent
 
 
 class PeerGone(Exception):
     """The session's connection ended while its participant is not in the room: stop it."""
-
-ConnState = Literal["offering", "negotiated", "connected", "closed"]
-
-
-@dataclass
-class _Connection:
-    """One RTCPeerConnection and what hangs off it."""
-
-    generation: int
-    pc: RTCPeerConnection
-    role: Literal["offerer", "answerer"]
-    tracks: dict[str, PacketTrack | FrameTrack]
-    transceivers: dict[str, RTCRtpTransceiver]
-    state: ConnState = "offering"
-    since: float = field(default_factory=time.monotonic)
-    remote_ufrag: str | None = None
-    has_remote: bool = False
-    pending: list[IceCandidate | None] = field(default_factory=list)
-    last_rtcp: float = 0.0
-    connected_at: float | None = None
-    lingering: bool = False  # declared dead, kept open in case the path comes back
-    dead_at: float | None = None
-    revived: bool = False
-    codec: str | None = None
-    subscriptions: list[tuple[PacketStream, PacketQueue]] = field(default_factory=list)
-    released_bytes: int = 0  # video sent from queues no longer subscribed (tier switches)
 
 
 def codec_preferences(kind: str, preferred: VideoCodec) -> list[Any]:
@@ -179,10 +122,10 @@ class PeerSession:
         self.video_codec: VideoCodec = video_codec
         self._send = send
         self._inbox = Inbox[PeerEvent](MAX_QUEUED_SIGNALS)
-        self._conn: _Connection | None = None
+        self._conn: Connection | None = None
         # The connection whose path was declared dead, kept open beside its
         # replacement until that one is up (see _restart).
-        self._lingering: _Connection | None = None
+        self._lingering: Connection | None = None
         self._generation = 0
         self._offer_due: float | None = None
         self._restart_due: float | None = None
@@ -194,13 +137,8 @@ class PeerSession:
         # did): the connection is kept, but not rebuilt once it ends.
         self.in_room = True
         self.log = log.bind(peer=self.peer_id, username=participant.username)
-        # One estimate per participant, kept across its connections (a rebuilt
-        # connection to the same person usually crosses the same links).
-        self.bandwidth = BandwidthEstimator(*self._estimate_bounds())
-        self._bandwidth_gate = ChangeGate()
-        self._bandwidth_failed = False
-        self._sent = RateMeter()
-        self.tiers = TierSelector([t.bitrate for t in hub.tiers])
+        self.feedback = PeerFeedback(hub, name=participant.username, log=self.log,
+                                     post=self._post, current=lambda: self._conn)
 
     # -- inputs (from the manager; never block) -----------------------------
 
@@ -228,29 +166,13 @@ class PeerSession:
 
     @property
     def estimate_bps(self) -> int | None:
-        """What this peer's link is estimated to carry; None before any receiver report.
-
-        It picks the peer's quality tier; the shared encoders never follow it
-        (except the lowest tier, which follows the worst peer on it).
-        """
-        if self.bandwidth.reports == 0:
-            return None
-        return self.bandwidth.estimate_at(time.monotonic())
+        """What this peer's link is estimated to carry; None before any receiver report."""
+        return self.feedback.estimate_bps
 
     @property
     def video_tier(self) -> str | None:
         """The quality tier this peer is on (or moving to), as "WIDTHxHEIGHT"."""
-        tiers = self.hub.tiers
-        if not self.hub.has_video or not tiers:
-            return None
-        tier = tiers[min(self.tiers.tier, len(tiers) - 1)]
-        return f"{tier.width}x{tier.height}"
-
-    def _estimate_bounds(self) -> tuple[int, int]:
-        """From video.min_bitrate up to what the best tier needs on the wire with audio."""
-        video = self.hub.video_config
-        top = self.hub.tiers[0].bitrate if self.hub.has_video else video.max_bitrate
-        return video.min_bitrate, link_bps(top, self.hub.audio_stream() is not None)
+        return self.feedback.video_tier
 
     # -- the task -----------------------------------------------------------
 
@@ -369,7 +291,7 @@ class PeerSession:
             return
         if isinstance(event, TierChosen):
             if conn is not None and event.generation == conn.generation:
-                self._switch_tier(conn, event.tier)
+                self.feedback.switch_tier(conn, event.tier)
             return
         if isinstance(event, PcStateChanged):
             if conn is None or event.generation != conn.generation:
@@ -382,7 +304,7 @@ class PeerSession:
                 self.log.info("peer.connected", codec=conn.codec, role=conn.role,
                               ms=round((conn.connected_at - conn.since) * 1000),
                               **compat.selected_candidates(conn.pc))
-                self._request_keyframe()
+                self.feedback.request_keyframe(conn, "connected")
                 await self._drop_lingering("replaced")
             elif event.state in ("failed", "closed"):
                 # The remote may be rebuilding its side (Glimpse browsers do):
@@ -412,7 +334,7 @@ class PeerSession:
             assert event.signal is None or isinstance(event.signal, IceCandidate)
             await self._on_candidate(event.signal)
 
-    async def _on_lingering_event(self, conn: _Connection, event: PeerEvent) -> None:
+    async def _on_lingering_event(self, conn: Connection, event: PeerEvent) -> None:
         """Events of the connection kept after its path was declared dead."""
         if isinstance(event, PathRevived):
             # The link came back before the new connection was up: media
@@ -421,7 +343,7 @@ class PeerSession:
             self.log.info("peer.path_revived", generation=conn.generation,
                           after_s=None if conn.dead_at is None else round(
                               time.monotonic() - conn.dead_at, 2))
-            self._request_keyframe(reason="path revived", conn=conn)
+            self.feedback.request_keyframe(conn, "path revived")
         elif isinstance(event, PcStateChanged) and event.state in ("failed", "closed"):
             await self._drop_lingering(f"connection {event.state}")
         # TrackEnded: the connection is going away; its "closed" follows
@@ -457,7 +379,7 @@ class PeerSession:
         await self._drop_lingering("replaced by their offer")
         await self._answer(sdp, ufrag)
 
-    async def _renegotiate(self, conn: _Connection, sdp: str) -> None:
+    async def _renegotiate(self, conn: Connection, sdp: str) -> None:
         self.log.info("peer.renegotiating")
         try:
             await call_aio(conn.pc.setRemoteDescription, RTCSessionDescription(sdp, "offer"))
@@ -513,7 +435,7 @@ class PeerSession:
             return
         await self._add_candidate(conn, candidate)
 
-    async def _add_candidate(self, conn: _Connection, candidate: IceCandidate | None) -> None:
+    async def _add_candidate(self, conn: Connection, candidate: IceCandidate | None) -> None:
         parsed = parse_candidate(candidate) if candidate is not None else None
         try:
             await call_aio(conn.pc.addIceCandidate, parsed)
@@ -522,7 +444,7 @@ class PeerSession:
 
     # -- building connections ----------------------------------------------
 
-    def _new_connection(self, role: Literal["offerer", "answerer"]) -> _Connection:
+    def _new_connection(self, role: Literal["offerer", "answerer"]) -> Connection:
         self._generation += 1
         gen = self._generation
         config = RTCConfiguration(iceServers=list(self.ice_servers))
@@ -531,9 +453,8 @@ class PeerSession:
 
             config.iceTransportPolicy = RTCIceTransportPolicy.RELAY
         pc = RTCPeerConnection(configuration=config)
-        conn = _Connection(gen, pc, role, tracks={}, transceivers={})
-        self.bandwidth.set_bounds(*self._estimate_bounds())
-        self.bandwidth.new_path()
+        conn = Connection(gen, pc, role, tracks={}, transceivers={})
+        self.feedback.new_connection()
 
         def on_state() -> None:
             self._post(PcStateChanged(gen, pc.connectionState))
@@ -577,7 +498,7 @@ class PeerSession:
             direction = "sendrecv" if kind == "audio" and speaker is not None else "sendonly"
             transceiver = pc.addTransceiver(track, direction=direction)
             transceiver.setCodecPreferences(codec_preferences(kind, self.video_codec))
-            self._hook_sender(conn, transceiver.sender, kind)
+            self.feedback.hook(conn, transceiver.sender, kind)
             conn.tracks[kind] = track
             conn.transceivers[kind] = transceiver
 
@@ -587,158 +508,7 @@ class PeerSession:
             on_aio_event(track, "ended", on_ended)
         return conn
 
-    def _hook_sender(self, conn: _Connection, sender: RTCRtpSender, kind: str) -> None:
-        """Observe RTCP (liveness, bandwidth) and PLI/FIR (key frames) on a sender.
-
-        aiortc has no public hook and in passthrough mode its own key-frame
-        flag is never read (rtc/compat.py). Both run in aiortc's DTLS receive
-        loop: they must never raise or block.
-        """
-
-        def on_rtcp(packet: Any) -> bool:
-            conn.last_rtcp = time.monotonic()
-            if conn.lingering:
-                if not conn.revived:
-                    conn.revived = True
-                    self._post(PathRevived(conn.generation))
-                if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
-                    # After seconds of silence the receiver asks for everything
-                    # it missed; resending aiortc's 128-packet history (~140 kB
-                    # measured) then only floods a link that just came back
-                    # with video too old to show. It needs a key frame, which
-                    # the revival asks for.
-                    return False
-            self._observe_rtcp(conn, sender, kind, packet)
-            return True
-
-        def on_rtcp_error(exc: Exception) -> None:
-            self.log.warning("peer.rtcp_error", error=str(exc))
-
-        def on_keyframe_error(exc: Exception) -> None:
-            self.log.warning("peer.keyframe_hook_error", error=str(exc))
-
-        compat.hook_rtcp(sender, on_rtcp, on_rtcp_error)
-        compat.hook_keyframe_request(
-            sender, partial(self._request_keyframe, reason="pli", conn=conn), on_keyframe_error)
-
-    def _observe_rtcp(self, conn: _Connection, sender: RTCRtpSender, kind: str,
-                      packet: Any) -> None:
-        """Feed the bandwidth estimate from one RTCP packet; never raises.
-
-        Only the stream the estimate is for counts (video; audio when there is
-        no video): the two streams' reports describe the same path, and
-        counting both would double every decrease. The round trip needs the
-        NTP time of our last sender report, which aiortc keeps privately
-        (compat.last_sender_report); without it the estimate works from loss
-        alone.
-        """
-        if conn is not self._conn or kind != ("video" if "video" in conn.transceivers
-                                               else "audio"):
-            return
-        try:
-            ssrc = compat.sender_ssrc(sender)
-            now = time.monotonic()
-            # the video we send: what a REMB (for the video SSRC) is compared with
-            self._sent.add(now, conn.released_bytes + sum(
-                queue.bytes_delivered for stream, queue in conn.subscriptions
-                if stream.kind == "video"))
-            seen = False
-            for block in report_blocks(packet, ssrc):
-                rtt = report_rtt(block, *compat.last_sender_report(sender), time.time())
-                self._estimate_changed(now, self.bandwidth.on_report(now, block.loss, rtt))
-                seen = True
-            remb = remb_bitrate(packet, ssrc)
-            if remb is not None:
-                self._estimate_changed(now, self.bandwidth.on_remb(now, remb,
-                                                                   self._sent.rate_bps()))
-                seen = True
-            if seen:
-                self._choose_tier(conn, now)
-        except Exception as exc:
-            if not self._bandwidth_failed:  # once per session: this runs per packet
-                self._bandwidth_failed = True
-                self.log.warning("peer.bandwidth_error", error=f"{type(exc).__name__}: {exc}")
-
-    def _estimate_changed(self, now: float, update: Update) -> None:
-        previous = self._bandwidth_gate.logged
-        if self._bandwidth_gate.check(now, update.estimate_bps):
-            bw = self.bandwidth
-            rtt = bw.rtt_s
-            self.log.info("peer.bandwidth", estimate_bps=update.estimate_bps,
-                          previous_bps=previous, reason=update.reason,
-                          loss=None if bw.last_loss is None else round(bw.last_loss, 3),
-                          rtt_ms=None if rtt is None else round(rtt * 1000, 1),
-                          remb_bps=bw.remb_bps)
-
-    def _choose_tier(self, conn: _Connection, now: float) -> None:
-        """Tell the video queues what this link takes; ask for another tier if it
-        no longer fits (runs in aiortc's RTCP path: the switch is an event)."""
-        if conn.codec is None or not isinstance(conn.tracks.get("video"), PacketTrack):
-            return
-        before = self.tiers.tier
-        rates = [t.bitrate for t in self.hub.tiers]
-        if rates != list(self.tiers.bitrates):  # a reload changed the tiers
-            self.tiers.set_bitrates(rates)
-        budget = video_budget(self.bandwidth.estimate_at(now), "audio" in conn.tracks)
-        for stream, queue in conn.subscriptions:
-            if stream.kind == "video":
-                queue.demand_bps = budget
-        if self.tiers.update(now, budget) is not None or self.tiers.tier != before:
-            if self.tiers.tier < before:  # a try of the tier above: the REMB will lag
-                self.bandwidth.expect_rise(now, self.tiers.tuning.trial_window + REMB_CATCH_UP)
-            self.log.info("peer.tier_chosen", tier=self.tiers.tier, previous=before,
-                          budget_bps=budget, probe_wait=self.tiers.probe_wait)
-            self._post(TierChosen(conn.generation, self.tiers.tier))
-
-    def _switch_tier(self, conn: _Connection, tier: int) -> None:
-        """Subscribe the video track to ``tier``'s stream; it moves at its key frame."""
-        track = conn.tracks.get("video")
-        if not isinstance(track, PacketTrack) or conn.codec not in ("h264", "vp8"):
-            return
-        stream = self.hub.video_stream(conn.codec, tier)  # type: ignore[arg-type]
-        current = self._video_stream(conn)
-        if stream is not None and stream is current:  # back before a switch completed
-            if track.pending is not None:
-                track.cancel_switch()
-                self.log.info("peer.tier_switch_cancelled", stream=stream.name)
-            return
-        if stream is None or any(s is stream and q is track.pending
-                                 for s, q in conn.subscriptions):
-            return  # already on its way there
-        queue = stream.subscribe(f"{self.participant.username}/{stream.name}")
-        queue.demand_bps = next((q.demand_bps for s, q in conn.subscriptions
-                                 if s is current), None)
-        conn.subscriptions.append((stream, queue))
-        track.switch(queue, partial(self._release, conn))
-        self.log.info("peer.tier_changed", stream=stream.name,
-                      previous=current.name if current else None,
-                      estimate_bps=self.estimate_bps)
-
-    def _release(self, conn: _Connection, queue: PacketQueue) -> None:
-        """The track stopped reading ``queue``: unsubscribe it (never raises)."""
-        for entry in list(conn.subscriptions):
-            if entry[1] is queue:
-                conn.subscriptions.remove(entry)
-                conn.released_bytes += queue.bytes_delivered
-                entry[0].unsubscribe(queue)
-
-    def _video_stream(self, conn: _Connection) -> PacketStream | None:
-        """The stream the video track reads now."""
-        track = conn.tracks.get("video")
-        queue = track.queue if isinstance(track, PacketTrack) else None
-        return next((s for s, q in conn.subscriptions if q is queue), None)
-
-    def _request_keyframe(self, reason: str = "connected",
-                          conn: _Connection | None = None) -> None:
-        conn = conn or self._conn
-        if conn is None or conn.codec not in ("h264", "vp8"):
-            return
-        stream = self._video_stream(conn)
-        if stream is not None:
-            stream.on_need_keyframe()
-            self.log.debug("peer.keyframe_requested", reason=reason)
-
-    def _refuse_foreign_media(self, conn: _Connection) -> None:
+    def _refuse_foreign_media(self, conn: Connection) -> None:
         """Transceivers the remote added (a screen share...) are made inactive."""
         ours = {id(t) for t in conn.transceivers.values()}
         for t in conn.pc.getTransceivers():
@@ -774,7 +544,7 @@ class PeerSession:
         await self._send_signal("answer", SessionDescription(type="answer", sdp=local_sdp))
         await self._negotiated(conn, local_sdp)
 
-    async def _negotiated(self, conn: _Connection, answer_sdp: str) -> None:
+    async def _negotiated(self, conn: Connection, answer_sdp: str) -> None:
         """Both descriptions are set: bind tracks to streams, apply queued candidates."""
         conn.state = "negotiated"
         conn.since = time.monotonic()
@@ -784,11 +554,11 @@ class PeerSession:
         if isinstance(video_track, FrameTrack) and video_codec in ("h264", "vp8"):
             conn.codec = video_codec  # aiortc's encoder; the track subscribes itself
         elif isinstance(video_track, PacketTrack) and video_codec in ("h264", "vp8"):
-            stream = self.hub.video_stream(video_codec, self.tiers.tier)  # type: ignore[arg-type]
+            stream = self.hub.video_stream(video_codec, self.feedback.tier)  # type: ignore[arg-type]
             if stream is not None:
                 queue = stream.subscribe(f"{self.participant.username}/{stream.name}")
                 conn.subscriptions.append((stream, queue))
-                video_track.bind(queue, partial(self._release, conn))
+                video_track.bind(queue, conn.release)
                 conn.codec = video_codec
         elif video_track is not None:
             self.log.warning("peer.no_video_codec", negotiated=video_codec)
@@ -798,7 +568,7 @@ class PeerSession:
             queue = audio.subscribe(f"{self.participant.username}/opus")
             conn.subscriptions.append((audio, queue))
             audio_track.bind(queue)
-        self._sent.add(time.monotonic(), conn.released_bytes)  # the sending rate's zero
+        self.feedback.negotiated(conn)  # the sending rate's zero
         self.log.info("peer.negotiated", role=conn.role, video=conn.codec,
                       audio=codecs.get("audio"))
         pending, conn.pending = conn.pending, []
@@ -808,7 +578,7 @@ class PeerSession:
             except BadSignal as exc:
                 self.log.warning("peer.bad_signal", reason=str(exc), kind="ice-candidate")
 
-    async def _close_connection(self, conn: _Connection, reason: str) -> None:
+    async def _close_connection(self, conn: Connection, reason: str) -> None:
         conn.state = "closed"
         for stream, queue in conn.subscriptions:
             stream.unsubscribe(queue)
