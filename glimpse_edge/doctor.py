@@ -442,6 +442,7 @@ class Doctor:
             return
         try:
             source = make_video_source(video, config.camera)
+            await source.prepare()
         except SourceError as exc:
             self.add("camera", "fail", str(exc), _camera_fix(str(exc)))
             return

@@ -98,6 +98,7 @@ class Sink:
 async def running(fake_camera: FakeCamera) -> AsyncIterator[tuple[PiCamera2Source, Sink]]:
     """A PiCamera2Source streaming into a Sink for the test's duration."""
     source = PiCamera2Source(video(), CameraConfig())
+    await source.prepare()  # as the hub does: picamera2 imported, tiers known
     sink = Sink()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(source.run, sink)
@@ -285,11 +286,13 @@ async def test_one_lores_stream_makes_one_lower_tier(fake_camera: FakeCamera) ->
              QualityTier(width=480, height=270, bitrate=400_000)]
     with structlog.testing.capture_logs() as logs:
         source = PiCamera2Source(video(tiers=tiers), CameraConfig())
+        await source.prepare()
     assert source.tiers[1:] == (tiers[1],), "the best of the lower tiers"
     (limited,) = [e for e in logs if e["event"] == "media.picamera2.tiers_limited"]
     assert limited["left_out"] == ["320x180"]
-    assert PiCamera2Source(video(tiers=[]), CameraConfig()).tiers == (
-        QualityTier(width=WIDTH, height=HEIGHT, bitrate=1_000_000),)
+    without = PiCamera2Source(video(tiers=[]), CameraConfig())
+    await without.prepare()
+    assert without.tiers == (QualityTier(width=WIDTH, height=HEIGHT, bitrate=1_000_000),)
 
 
 async def test_stalled_encoder_then_stalled_camera_are_restarted(
@@ -358,9 +361,10 @@ async def test_missing_camera_says_what_to_check(
         await source.run(Sink())
 
 
-def test_without_picamera2_the_error_says_how_to_install_it() -> None:
+async def test_without_picamera2_the_error_says_how_to_install_it() -> None:
+    source = PiCamera2Source(video(), CameraConfig())  # reads the configuration only
     with pytest.raises(SourceError) as err:
-        PiCamera2Source(video(), CameraConfig())
+        await source.prepare()
     message = str(err.value)
     assert "No module named" in message
     assert "sudo apt install python3-picamera2" in message
@@ -439,6 +443,7 @@ async def test_pi5_encodes_in_software_and_says_so(
 ) -> None:
     monkeypatch.setenv("FAKE_PICAMERA2_PLATFORM", "PISP")
     source = PiCamera2Source(video(), CameraConfig(hdr=True))
+    await source.prepare()
     assert source.name == "picamera2:0 (PISP, software H.264: a Pi 5 has no H.264 hardware)"
     sink = Sink()
     with structlog.testing.capture_logs() as logs:

@@ -110,7 +110,7 @@ async def test_too_old_picamera2_is_refused_with_what_to_upgrade(
     monkeypatch.setenv("FAKE_PICAMERA2_PLATFORM", platform)
     fake_camera.use_version(version)
     with pytest.raises(SourceError) as err:
-        PiCamera2Source(video(), CameraConfig())
+        await PiCamera2Source(video(), CameraConfig()).prepare()
     assert expected in str(err.value) and f"picamera2 {version} is too old" in str(err.value)
     assert "sudo apt install python3-picamera2" in str(err.value)
 
@@ -121,6 +121,7 @@ async def test_picamera2_without_force_key_frame_restarts_for_an_idr(
     fake_camera.use_version("0.3.30")
     with structlog.testing.capture_logs() as logs:
         source = PiCamera2Source(video(), CameraConfig())
+        await source.prepare()
     assert any(e["event"] == "media.picamera2.idr_by_restart" for e in logs)
     sink = Sink()
     async with trio.open_nursery() as nursery:
@@ -368,6 +369,7 @@ async def test_a_lores_tier_over_the_codec_is_shrunk_and_said(fake_camera: FakeC
     with structlog.testing.capture_logs() as logs:
         source = PiCamera2Source(video(width=1920, height=1080, framerate=25,
                                        max_bitrate=4_000_000), CameraConfig())
+        await source.prepare()
     (note,) = [e for e in logs if e["event"] == "media.picamera2.lores_limited"]
     assert "the lores tier is 832x468 instead" in note["detail"]
     assert (source.tiers[1].width, source.tiers[1].height) == (832, 468)

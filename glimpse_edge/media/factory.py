@@ -1,10 +1,12 @@
 """Build the configured media sources.
 
-The agent calls these once at start-up; a source that cannot exist on this machine
-(an unknown kind, a missing optional dependency) fails here with a SourceError an
-operator can act on, before anything connects.  Device problems (no camera plugged
-in) are reported later by ``run()``, under supervision, because they can fix
-themselves.
+The hub calls these, on the Trio thread, whenever it (re)starts a source, so they
+only read the configuration.  An unknown kind fails here with a SourceError; a
+missing optional dependency when the source is prepared (picamera2: ``prepare()``,
+which imports it in a worker thread and which the hub awaits next) or run
+(pyalsaaudio), with a SourceError saying what to install.  Device problems (no
+camera plugged in) are reported by ``run()``, under supervision, because they can
+fix themselves.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ def make_video_source(cfg: VideoConfig, camera: CameraConfig | None = None) -> A
     """The video source for ``video.source``: testpattern, v4l2, file or picamera2.
 
     ``camera`` (the ``[camera]`` table) is used by picamera2 only. A picamera2
-    source imports picamera2 here, so a machine without it gets a SourceError
-    saying what to install.
+    source imports picamera2 when prepared (in a worker thread, not here on
+    the Trio thread), so a machine without it gets a SourceError saying what
+    to install from ``prepare()``.
     """
     if cfg.source == "testpattern":
         from .testpattern import TestPatternSource

@@ -338,6 +338,7 @@ class MediaHub:
     async def _run_video_source_once(self) -> None:
         assert self._make_video is not None and self._nursery is not None
         source = self._make_video()
+        await source.prepare()  # off the Trio thread (picamera2's import): name, tiers
         self.video_source_name = source.name
         log.info("media.source.started", kind="video", source=source.name,
                  width=source.width, height=source.height, framerate=source.framerate)

@@ -109,6 +109,10 @@ class VideoSource(abc.ABC):
         restarts with back-off.
         """
 
+    async def prepare(self) -> None:
+        """Blocking set-up, off the Trio thread: see :meth:`EncodedVideoSource.prepare`."""
+        return  # these sources open their devices in run()
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.width}x{self.height}@{self.framerate}>"
 
@@ -168,6 +172,17 @@ class EncodedVideoSource(abc.ABC):
         Raises :class:`SourceError` on device failure; the caller supervises and
         restarts with back-off.
         """
+
+    async def prepare(self) -> None:
+        """Blocking set-up (importing a device library), in a worker thread.
+
+        The hub awaits it after making the source and before it reads
+        ``name`` and ``tiers``, which may depend on it; a constructor runs
+        on the Trio thread and must not block. Raises :class:`SourceError`
+        like :meth:`run`; :meth:`run` prepares too if it was not done.
+        Default: nothing to do.
+        """
+        return
 
     @abc.abstractmethod
     def request_keyframe(self, urgent: bool = False, tier: int = 0) -> bool:

@@ -14,7 +14,8 @@
 * :mod:`.controls`: configuration → libcamera controls;
 * :mod:`.errors`: open errors in words that name the fix.
 
-picamera2 itself is imported only when a source is made (or ``doctor`` asks).
+picamera2 itself is imported only when a source is prepared (in a worker
+thread, :meth:`PiCamera2Source.prepare`), or ``doctor`` or ``devices`` asks.
 """
 
 from .calls import CameraHung

@@ -1,10 +1,10 @@
 """picamera2's calls, each in a worker thread: one at a time, with a deadline, abandoned on cancel.
 
-picamera2 blocks: opening a camera takes about a second, stopping an
-encoder waits for the codec, and a codec that hangs (the camera thread
-stuck inside it, holding the encoder's lock) makes some calls never
-return. So none runs on the Trio thread (but the import, for now). Each
-runs in a worker thread, one at a time (picamera2 is not reentrant), and the
+picamera2 blocks: importing it probes the camera devices, opening a camera
+takes about a second, stopping an encoder waits for the codec, and a codec
+that hangs (the camera thread stuck inside it, holding the encoder's lock)
+makes some calls never return. So none runs on the Trio thread. Each runs
+in a worker thread, one at a time (picamera2 is not reentrant), and the
 Trio side waits for it at most a deadline. The thread only makes the call
 and its result comes back to Trio, so nothing is shared with it.
 
@@ -33,6 +33,7 @@ from .opening import CameraPlan, open_camera
 
 __all__ = [
     "CALL_TIMEOUT",
+    "IMPORT_TIMEOUT",
     "OPEN_TIMEOUT",
     "CallTimedOut",
     "CameraCalls",
@@ -41,6 +42,9 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
+# Importing picamera2 loads numpy and libcamera and probes /dev/video*:
+# seconds on a Pi Zero. One that takes longer is tried again by the hub.
+IMPORT_TIMEOUT: Final = 30.0
 OPEN_TIMEOUT: Final = 15.0  # Picamera2() + configure, normally about a second
 # Any other call (start/stop an encoder, force a key frame, start/close the
 # camera) normally takes well under a second: the V4L2 poll thread gives up

@@ -25,9 +25,10 @@ one. Both encoders' packets of a camera frame carry the same ``pts``
 
 Threads. Every picamera2 call runs in a worker thread, one at a time, with
 a deadline, abandoned on cancel (:mod:`.calls`): a hung camera never holds
-up the hub. That includes ``force_key_frame()`` (the hub's request only
-sets a flag; the stream's task makes the call); only the import, in the
-constructor, does not yet. The Trio side decides
+up the hub. That includes importing picamera2 (:meth:`PiCamera2Source.prepare`,
+which the hub awaits before it reads the name and tiers; the constructor
+only reads the configuration) and ``force_key_frame()`` (the hub's request
+only sets a flag; the stream's task makes the call). The Trio side decides
 everything (which encoder, which rate) and hands the worker thread only the
 call, whose result comes back to Trio: no state is shared with it. The
 encoders hand their access units over from their own threads (:mod:`.bridge`).
@@ -70,6 +71,7 @@ from .bridge import AccessUnit, EncoderBridge
 from .budget import fit_lores
 from .calls import (
     CALL_TIMEOUT,
+    IMPORT_TIMEOUT,
     OPEN_TIMEOUT,
     CallTimedOut,
     CameraCalls,
@@ -112,9 +114,11 @@ def _lores_retry(failures: int) -> float:
 class PiCamera2Source(EncodedVideoSource):
     """The Raspberry Pi camera's own H.264 (hardware on VC4), as packets for the hub.
 
-    Constructing it imports picamera2 (SourceError with the install hint if it
-    cannot, or with what to upgrade if it is too old); :meth:`run` opens the
-    camera, streams, and closes it again on the way out, whatever the way out.
+    Constructing it reads the configuration only. :meth:`prepare` imports
+    picamera2 (SourceError with the install hint if it cannot, or with what
+    to upgrade if it is too old) and settles the name and tiers; :meth:`run`
+    prepares if that was not done, opens the camera, streams, and closes it
+    again on the way out, whatever the way out.
     """
 
     codec = "h264"
@@ -128,8 +132,8 @@ class PiCamera2Source(EncodedVideoSource):
         self.max_bitrate = max(self.min_bitrate, min(video.max_bitrate, HW_BITRATE_RANGE[1]))
         self.bitrate = self.max_bitrate
         self.gop = max(1, round(video.keyframe_interval * video.framerate))
-        self.name = f"picamera2:{camera.index}"
-        self.hardware = False
+        self.name = f"picamera2:{camera.index}"  # and the platform, once prepared
+        self.hardware = False  # the platform has H.264 hardware (known once prepared)
         self.model: str | None = None
         self.stall_after = max(STALL_MIN_SECONDS, STALL_FRAMES / video.framerate)
         # the hub's last resort, above this source's own escalation
@@ -141,28 +145,32 @@ class PiCamera2Source(EncodedVideoSource):
         self.camera_restarts = 0
         top = QualityTier(width=self.width, height=self.height, bitrate=video.max_bitrate)
         self._main = EncoderStream("main", 0, top, self, self.framerate)
-        self._lores: EncoderStream | None = None  # the lower tier
+        self._lores: EncoderStream | None = None  # the lower tier, once prepared
         self._streams: tuple[EncoderStream, ...] = (self._main,)
         self._mods: Picamera2Modules | None = None
-        self._settings: EncoderSettings | None = None  # how encoders are made
+        self._settings: EncoderSettings | None = None  # how encoders are made, once prepared
         self._clock = CameraClock(self.framerate)
         self._bridge = EncoderBridge()
         self._calls = CameraCalls(camera.index)
-        self._settle(import_picamera2())
 
     @property
     def mods(self) -> Picamera2Modules:
-        """picamera2's modules and features."""
-        assert self._mods is not None
+        """picamera2's modules and features (after :meth:`prepare`)."""
+        if self._mods is None:
+            raise RuntimeError(f"{self.name}: picamera2 is imported by prepare(), not yet run")
         return self._mods
 
-    def _settle(self, mods: Picamera2Modules) -> None:
-        """Check picamera2, and settle what depends on it.
+    async def prepare(self) -> None:
+        """Import picamera2 in a worker thread, check it, and settle what depends on it.
 
         The platform decides the name (hardware or software H.264) and the
         lores tier (VC4's codec budget); a picamera2 without
-        ``force_key_frame`` means IDRs by encoder restarts.
+        ``force_key_frame`` means IDRs by encoder restarts. Raises SourceError
+        like :meth:`run`; once it has succeeded it returns at once.
         """
+        if self._mods is not None:
+            return
+        mods = await self._calls("import picamera2", import_picamera2, timeout=IMPORT_TIMEOUT)
         check_features(mods.features)
         h264 = encoder_class(mods)
         # picamera2 before 0.3.32 cannot force an IDR in place: restart for one
@@ -278,6 +286,7 @@ class PiCamera2Source(EncodedVideoSource):
     # -- running ------------------------------------------------------------
 
     async def run(self, sink: PacketSink) -> None:
+        await self.prepare()
         self._main.sink = sink
         try:
             async with trio.open_nursery() as nursery:
