@@ -8,7 +8,6 @@ expected and the last events that were seen.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -113,15 +112,6 @@ def write_config(
     return path
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the test process dies (PR_SET_PDEATHSIG).
-
-    A test run that is killed (a timeout, ^C) never reaches its cleanup; its agents
-    would run on, orphaned, and take the CPU the next run measures with.
-    """
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-
-
 class AgentProcess:
     """One agent subprocess; ``events`` grows as it logs."""
 
@@ -147,8 +137,7 @@ class AgentProcess:
         cmd = [*self.command_prefix,
                sys.executable, "-m", "glimpse_edge", "run", "--config", str(self.config)]
         self.process = await trio.lowlevel.open_process(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env,
-            preexec_fn=_die_with_parent,
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env
         )
         nursery.start_soon(self._read_stdout)
         nursery.start_soon(self._read_stderr)
