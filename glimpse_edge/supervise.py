@@ -3,7 +3,7 @@
 A device agent runs for months with nobody watching. Every long-lived task
 therefore runs under :func:`supervise`, which logs a crash with its traceback,
 waits a jittered, growing delay and starts the task again. A task that keeps
-crashing faster than its policy allows is given up on: the exception then
+crashing (or returning) faster than its policy allows is given up on: the exception then
 propagates to the root nursery, the agent exits non-zero and systemd restarts
 the whole process fresh, which is the right cure for state we cannot repair.
 A :class:`~glimpse_edge.fatal.Fatal` error is never retried: a configuration
@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NoReturn
 
 import structlog
 import trio
@@ -98,18 +98,24 @@ class HealthRegistry:
 
 @dataclass(frozen=True)
 class RestartPolicy:
-    """How a supervised task is restarted.
+    """How a supervised task (or any retry loop) is restarted.
 
-    ``max_restarts`` crashes within ``window`` seconds exhaust the policy and
-    the crash is escalated to the caller. ``restart_on_return`` restarts a task
-    that returned normally (long-lived loops should never return).
+    ``max_restarts`` failures within ``window`` seconds exhaust the policy and
+    the failure is escalated to the caller (:class:`TaskGaveUp`); None never
+    escalates (a policy that waits forever, such as signaling's reconnect: a
+    device waits out a long server outage). ``restart_on_return`` restarts a
+    task that returned normally (long-lived loops should never return); such a
+    return counts against the same bound as a crash, so a task that keeps
+    returning at once is given up on too. A run longer than ``stable_after``
+    (default: the back-off's maximum) starts the back-off afresh.
     """
 
     name: str = "permanent"
     backoff: Backoff = Backoff()
-    max_restarts: int = 10
+    max_restarts: int | None = 10
     window: float = 60.0
     restart_on_return: bool = True
+    stable_after: float | None = None
 
 
 PERMANENT = RestartPolicy()
@@ -119,13 +125,77 @@ TRANSIENT = RestartPolicy(name="transient", restart_on_return=False)
 """Restart after a crash; a normal return ends the task."""
 
 
+class TaskGaveUp(Exception):
+    """A supervised task failed more often than its policy allows."""
+
+
+class RestartTracker:
+    """One restart loop's bookkeeping under a :class:`RestartPolicy`.
+
+    Every restart loop in the agent (:func:`supervise`, the peer manager's
+    session loop, a peer's connection restarts, signaling's reconnect, the
+    lores encoder's retry) asks this for its next delay, so that delays are
+    computed (capped, jittered) and failures counted (within the window) one
+    way. :meth:`failed` counts a failure and returns the delay before the next
+    try, or raises :class:`TaskGaveUp` once the policy is exhausted.
+    """
+
+    def __init__(self, name: str, policy: RestartPolicy,
+                 rng: random.Random | None = None) -> None:
+        self.name = name
+        self.policy = policy
+        self.rng = rng
+        self.attempt = 0  # failures since the back-off last started afresh
+        self._times: deque[float] = deque()
+
+    @property
+    def recent(self) -> int:
+        """Failures counted in the current window."""
+        return len(self._times)
+
+    def reset(self) -> None:
+        """A stable run: the next failure's back-off starts afresh."""
+        self.attempt = 0
+
+    def at_least(self, attempt: int) -> None:
+        """Jump the back-off to ``attempt`` (a failure known to last: back off far)."""
+        self.attempt = max(self.attempt, attempt)
+
+    def ran(self, seconds: float) -> None:
+        """A try that ran ``seconds`` before failing: long enough resets the back-off."""
+        stable = self.policy.stable_after
+        if seconds > (self.policy.backoff.maximum if stable is None else stable):
+            self.reset()
+
+    def failed(self, now: float, error: BaseException | None = None) -> float:
+        """Count a failure at ``now`` (trio or monotonic time: one clock per tracker);
+        the delay before the next try. Raises :class:`TaskGaveUp` (from ``error``)
+        when the policy allows no more."""
+        policy = self.policy
+        self._times.append(now)
+        while self._times and now - self._times[0] > policy.window:
+            self._times.popleft()
+        if policy.max_restarts is not None and len(self._times) > policy.max_restarts:
+            log.error("supervise.gave_up", task=self.name, policy=policy.name,
+                      failures=len(self._times), window=policy.window, exc_info=error)
+            raise TaskGaveUp(f"task {self.name!r} failed {len(self._times)} times "
+                             f"in {policy.window:.0f} s") from error
+        delay = policy.backoff.delay(self.attempt, self.rng)
+        self.attempt += 1
+        return delay
+
+
 def sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one real error in a nursery's exception group, or the group itself.
+    """The one real error in a nursery's exception group, to raise in its place.
 
     Trio wraps every error that leaves a nursery in a group; where a nursery
     exists only to host one connection, callers want that one error back to
-    handle it by type. Cancellations are not errors and are left out unless
-    they are all there is.
+    handle it by type (:func:`raise_sole`, or ``raise error from error.__cause__``:
+    never ``from None``, which would drop the siblings).
+    Cancellations are not errors and are left out unless they are all there
+    is. Several real errors: the first is returned with the whole group as its
+    ``__cause__`` (or, if it already has a cause, a note naming the others), so
+    its siblings are never lost.
     """
     leaves: list[BaseException] = []
 
@@ -138,15 +208,26 @@ def sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
     collect(group)
     real = [e for e in leaves if not isinstance(e, trio.Cancelled)]
-    if len(real) == 1:
-        return real[0]
-    if not real and leaves:
-        return leaves[0]
-    return group
+    if not real:
+        if not leaves:
+            return group
+        real = leaves[:1]
+    first = real[0]
+    if len(real) > 1:
+        if first.__cause__ is None:
+            first.__cause__ = group
+        else:
+            first.add_note("raised beside: " + "; ".join(
+                f"{type(e).__name__}: {e}" for e in real[1:]))
+    # raised in the group's except block: its context is the group, which
+    # says nothing the error does not (the cause, if any, still shows)
+    first.__suppress_context__ = True
+    return first
 
 
-class TaskGaveUp(Exception):
-    """A supervised task crashed more often than its policy allows."""
+def raise_sole(group: BaseExceptionGroup[BaseException]) -> NoReturn:
+    """Raise :func:`sole_exception` of ``group`` (in an ``except`` block for it)."""
+    raise sole_exception(group)
 
 
 async def supervise(
@@ -159,8 +240,7 @@ async def supervise(
 ) -> None:
     """Run ``fn`` under ``policy`` until it returns for good or is cancelled."""
     health = health if health is not None else HealthRegistry()
-    crashes: deque[float] = deque()
-    attempt = 0
+    tracker = RestartTracker(name, policy)
     started = False
     while True:
         health.set_state(name, "running")
@@ -178,22 +258,12 @@ async def supervise(
             h = health.get(name)
             h.last_error = f"{type(exc).__name__}: {exc}"
             h.last_error_at = time.time()
-            crashes.append(now)
-            while crashes and now - crashes[0] > policy.window:
-                crashes.popleft()
-            if len(crashes) > policy.max_restarts:
+            tracker.ran(now - t0)  # a task that ran well for a while backs off afresh
+            try:
+                delay = tracker.failed(now, exc)
+            except TaskGaveUp:
                 health.set_state(name, "failed")
-                log.error(
-                    "supervise.gave_up", task=name, policy=policy.name,
-                    crashes=len(crashes), window=policy.window, exc_info=exc,
-                )
-                raise TaskGaveUp(f"task {name!r} crashed {len(crashes)} times "
-                                 f"in {policy.window:.0f} s") from exc
-            # A task that ran well for a while starts its back-off afresh.
-            if now - t0 > policy.backoff.maximum:
-                attempt = 0
-            delay = policy.backoff.delay(attempt)
-            attempt += 1
+                raise
             h.restarts += 1
             health.set_state(name, "restarting")
             log.error(
@@ -206,5 +276,15 @@ async def supervise(
         if not policy.restart_on_return:
             health.set_state(name, "stopped")
             return
-        log.warning("supervise.task_returned", task=name, policy=policy.name)
-        await trio.sleep(policy.backoff.delay(0))
+        # A long-lived loop that returned: restarted, but a task that keeps
+        # returning at once is given up on like one that keeps crashing.
+        now = trio.current_time()
+        tracker.ran(now - t0)
+        try:
+            delay = tracker.failed(now)
+        except TaskGaveUp:
+            health.set_state(name, "failed")
+            raise
+        log.warning("supervise.task_returned", task=name, policy=policy.name,
+                    restart_in=round(delay, 2))
+        await trio.sleep(delay)

@@ -15,8 +15,11 @@ from glimpse_edge.supervise import (
     Fatal,
     HealthRegistry,
     RestartPolicy,
+    RestartTracker,
     TaskGaveUp,
     find_fatal,
+    raise_sole,
+    sole_exception,
     supervise,
 )
 
@@ -102,3 +105,75 @@ async def test_cancellation_stops_supervision(autojump_clock: trio.abc.Clock) ->
     with trio.move_on_after(5):
         await supervise("forever", forever, health=health)
     assert health.get("forever").restarts == 0
+
+
+async def test_a_task_that_keeps_returning_escalates(autojump_clock: trio.abc.Clock) -> None:
+    runs = 0
+
+    async def returns_at_once() -> None:
+        nonlocal runs
+        runs += 1
+
+    health = HealthRegistry()
+    policy = RestartPolicy(backoff=Backoff(initial=0.1, maximum=0.2), max_restarts=3, window=60)
+    with pytest.raises(TaskGaveUp):
+        await supervise("returns", returns_at_once, policy=policy, health=health)
+    assert runs == 4 and health.failed() == ["returns"]
+
+
+def test_tracker_escalates_after_the_bound_and_forgets_old_failures() -> None:
+    tracker = RestartTracker("t", RestartPolicy(max_restarts=2, window=10.0))
+    tracker.failed(0.0)
+    tracker.failed(1.0)
+    tracker.failed(20.0)  # the first two are out of the window
+    tracker.failed(21.0)
+    with pytest.raises(TaskGaveUp) as info:
+        tracker.failed(22.0, ValueError("third"))
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_tracker_without_a_bound_never_escalates_and_caps_its_delays_with_jitter() -> None:
+    policy = RestartPolicy(name="forever", backoff=Backoff(initial=1.0, maximum=8.0, floor=0.1),
+                           max_restarts=None)
+    tracker = RestartTracker("t", policy, rng=random.Random(3))
+    delays = [tracker.failed(0.0) for _ in range(500)]  # all at once: never given up
+    assert all(0.1 <= d <= 8.0 for d in delays)
+    assert len({round(d, 3) for d in delays[10:]}) > 100, "jittered"
+    assert max(delays[10:]) > 7.0
+    tracker.at_least(8)
+    assert tracker.attempt == 500
+    tracker.reset()
+    assert tracker.attempt == 0 and tracker.failed(0.0) <= 1.0
+    tracker.ran(9.0)  # longer than the back-off's maximum: afresh
+    assert tracker.attempt == 0
+
+
+def test_sole_exception_keeps_siblings_as_the_cause() -> None:
+    first, second = OSError("first"), ValueError("second")
+    group = BaseExceptionGroup("two", [first, BaseExceptionGroup("inner", [second])])
+    picked = sole_exception(group)
+    assert picked is first and picked.__cause__ is group
+    with pytest.raises(OSError) as info:
+        try:
+            raise group
+        except BaseExceptionGroup as caught:
+            raise_sole(caught)
+    assert info.value.__cause__ is group
+    # one that has its own cause keeps it; the siblings are named in a note
+    caused = RuntimeError("caused")
+    caused.__cause__ = KeyError("why")
+    picked = sole_exception(BaseExceptionGroup("two", [caused, ValueError("other")]))
+    assert isinstance(picked.__cause__, KeyError)
+    assert "ValueError: other" in "".join(getattr(picked, "__notes__", []))
+
+
+def test_sole_exception_returns_the_one_real_error_without_the_group() -> None:
+    only = OSError("only")
+    group = BaseExceptionGroup("one", [only])
+    with pytest.raises(OSError) as info:
+        try:
+            raise group
+        except BaseExceptionGroup as caught:
+            raise_sole(caught)
+    assert info.value is only and info.value.__cause__ is None
+    assert info.value.__suppress_context__

@@ -27,7 +27,7 @@ import trio
 from av.packet import Packet
 
 from ..config import QualityTier, VideoConfig
-from ..supervise import sole_exception
+from ..supervise import raise_sole
 from .encoder import VideoCodec
 from .fanout import PacketStream
 from .pipeline import (
@@ -142,7 +142,7 @@ class CameraPipeline(VideoPipeline):
                 # the last resort: the source watches itself first
                 await watch_stall(lambda: self._last_packet_at, timeout, "video")
         except BaseExceptionGroup as group:
-            raise sole_exception(group) from None
+            raise_sole(group)
 
     def _on_packet(self, packet: Packet[Any]) -> None:
         self.frames_in += 1

@@ -26,7 +26,7 @@ from av.packet import Packet
 from av.video.frame import PictureType
 
 from ..config import QualityTier, VideoConfig
-from ..supervise import sole_exception
+from ..supervise import raise_sole
 from .encoder import VideoCodec, VideoEncoder
 from .fanout import FrameSlot, PacketStream
 from .pipeline import (
@@ -144,7 +144,7 @@ class FramePipeline(VideoPipeline):
                 inner.start_soon(source.run, self._on_frame)
                 await watch_stall(lambda: self._last_frame_at, self.stall_timeout, "video")
         except BaseExceptionGroup as group:
-            raise sole_exception(group) from None
+            raise_sole(group)
 
     def _on_frame(self, frame: av.VideoFrame) -> None:
         # A decoded frame carries its picture type; the encoders, which only

@@ -149,4 +149,4 @@ async def _serve(agent: AgentView, address: tuple[str, int]) -> None:
         error = sole_exception(group)
         if not listening and isinstance(error, OSError):
             log.error("observe.bind_failed", host=host, port=port, error=str(error))
-        raise error from None
+        raise error from error.__cause__  # siblings stay (see sole_exception)

@@ -27,8 +27,10 @@ flood costs the others nothing. Drops are logged as ``peer.signal_flood``, at
 most once per ``FLOOD_LOG_INTERVAL`` per peer, with the count since the last line.
 
 Each session runs in its own task under its own cancel scope; a session
-that crashes is logged with its traceback and started again with back-off,
-and nobody else notices.
+that crashes is logged with its traceback and started again with back-off
+(``SESSION_POLICY``), and nobody else notices. One that crashes more often
+than the policy allows is given up on (``peer.gave_up``): the session ends,
+and a later offer or join of that participant starts a fresh one.
 """
 
 from __future__ import annotations
@@ -48,12 +50,15 @@ from ..media.hub import MediaHub
 from ..room import Participant, ParticipantAdded, ParticipantRemoved, Reconciled, RoomEvent
 from ..signaling.messages import IceCandidate, SessionDescription, SignalType, WebRTCSignal
 from ..signaling.session import SignalingSession
-from ..supervise import Backoff
+from ..supervise import Backoff, RestartPolicy, RestartTracker, TaskGaveUp
 from .peer import PeerGone, PeerSession, StartMode
 
 log = structlog.get_logger(__name__)
 
-SESSION_CRASH_BACKOFF = Backoff(initial=1.0, maximum=30.0)
+# A crashing session is restarted after a back-off; more than max_restarts
+# crashes within the window end it (its participant's next offer starts anew).
+SESSION_POLICY = RestartPolicy(name="peer-session", backoff=Backoff(initial=1.0, maximum=30.0),
+                               max_restarts=10, window=300.0)
 
 SIGNAL_RATE = 50.0  # signals per second and remote peer, sustained
 SIGNAL_BURST = 200  # ... and at once (a browser's ICE trickle is a few dozen)
@@ -349,7 +354,7 @@ class PeerManager:
 
     async def _run_session(self, entry: _Entry, mode: StartMode) -> None:
         session = entry.session
-        attempt = 0
+        tracker = RestartTracker(f"peer {session.peer_id}", SESSION_POLICY)
         try:
             with entry.scope:
                 while True:
@@ -359,8 +364,12 @@ class PeerManager:
                         log.info("peer.gone", peer=session.peer_id, reason=str(gone))
                         return
                     except Exception as exc:
-                        delay = SESSION_CRASH_BACKOFF.delay(attempt)
-                        attempt += 1
+                        try:
+                            delay = tracker.failed(trio.current_time(), exc)
+                        except TaskGaveUp:
+                            log.error("peer.gave_up", peer=session.peer_id,
+                                      crashes=tracker.recent, window=SESSION_POLICY.window)
+                            return
                         log.error("peer.crashed", peer=session.peer_id, restart_in=round(delay, 2),
                                   exc_info=exc)
                         with trio.CancelScope(shield=True):

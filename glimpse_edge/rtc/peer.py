@@ -46,7 +46,7 @@ from ..media.encoder import VideoCodec
 from ..media.hub import MediaHub
 from ..room import Participant
 from ..signaling.messages import IceCandidate, SessionDescription, SignalType, WebRTCSignal
-from ..supervise import Backoff
+from ..supervise import Backoff, RestartPolicy, RestartTracker
 from . import compat
 from .aio import call_aio, on_aio_event
 from .closing import close_peer_connection
@@ -129,8 +129,11 @@ class PeerSession:
         self._generation = 0
         self._offer_due: float | None = None
         self._restart_due: float | None = None
-        self._restart_attempt = 0
-        self._backoff = Backoff(initial=0.5, maximum=settings.restart_max)
+        # A connection restarts for as long as the participant is in the room
+        # (the room, not a count, ends a session): no escalation.
+        self._restarts = RestartTracker(f"peer {self.peer_id} connection", RestartPolicy(
+            name="peer-connection", backoff=Backoff(initial=0.5, maximum=settings.restart_max),
+            max_restarts=None))
         self.restarts = 0
         # False while the room does not list the participant but its media
         # still flows (we re-joined after a signaling outage before they
@@ -262,7 +265,7 @@ class PeerSession:
         if conn is not None:
             up = conn.connected_at
             if up is not None and time.monotonic() - up > STABLE_AFTER:
-                self._restart_attempt = 0
+                self._restarts.reset()
             if linger and up is not None:
                 await self._drop_lingering("superseded")
                 conn.lingering, conn.revived, conn.dead_at = True, False, time.monotonic()
@@ -270,12 +273,12 @@ class PeerSession:
                 self.log.info("peer.lingering", generation=conn.generation, reason=reason)
             else:
                 await self._close_connection(conn, reason)
-        delay = (first_delay if self._restart_attempt == 0
-                 else max(first_delay, self._backoff.delay(self._restart_attempt)))
-        self._restart_attempt += 1
+        first = self._restarts.attempt == 0
+        backoff = self._restarts.failed(trio.current_time())
+        delay = first_delay if first else max(first_delay, backoff)
         self.restarts += 1
         self.log.warning("peer.restarting", reason=reason, delay=round(delay, 2),
-                         attempt=self._restart_attempt)
+                         attempt=self._restarts.attempt)
         self._offer_due = None
         self._restart_due = trio.current_time() + delay
 

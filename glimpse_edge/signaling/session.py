@@ -30,7 +30,7 @@ from trio_websocket import (
 from ..config import ServerConfig
 from ..room import Room
 from ..rtc.compat import websocket_stream
-from ..supervise import Backoff, sole_exception
+from ..supervise import Backoff, RestartPolicy, RestartTracker, raise_sole
 from ..tls import client_context
 from .messages import (
     Authenticate,
@@ -108,7 +108,11 @@ class SignalingSession:
         self.auth_failures = 0
         self.state = "starting"
         self.state_detail = ""
-        self.backoff = Backoff(initial=server.reconnect_min, maximum=server.reconnect_max)
+        # Reconnecting never gives up: a device waits out a long server outage.
+        self.reconnects = RestartTracker("signaling", RestartPolicy(
+            name="reconnect-forever",
+            backoff=Backoff(initial=server.reconnect_min, maximum=server.reconnect_max),
+            max_restarts=None))
 
     # -- public -------------------------------------------------------------
 
@@ -160,18 +164,18 @@ class SignalingSession:
 
     async def run(self) -> None:
         """Stay joined, forever. Only cancellation ends it."""
-        attempt = 0
+        tracker = self.reconnects
         while True:
             try:
                 await self._connect_once()
                 reason = "connection closed"
             except (AuthRejected, CredentialsRejected) as exc:
                 await self._wait_after_rejection(str(exc))
-                attempt = 0
+                tracker.reset()
                 continue
             except RoomNotFound as exc:
                 reason = str(exc)
-                attempt = max(attempt, 8)  # nobody creates rooms quickly: back off far
+                tracker.at_least(8)  # nobody creates rooms quickly: back off far
             except TokenUnavailable as exc:
                 reason = f"no token: {exc}"
             except (OSError, HandshakeError, ConnectionClosed, ConnectionDead,
@@ -182,12 +186,11 @@ class SignalingSession:
             if self._stopping:
                 await trio.sleep_forever()  # leave() closed the socket; we are being stopped
             if self._was_joined:
-                attempt = 0
-            delay = self.backoff.delay(attempt)
-            attempt += 1
+                tracker.reset()
+            delay = tracker.failed(trio.current_time())
             self._set_state("reconnecting", f"reconnecting in {delay:.1f} s: {reason}")
             log.warning("signaling.reconnecting", reason=reason, delay=round(delay, 2),
-                        attempt=attempt)
+                        attempt=tracker.attempt)
             await trio.sleep(delay)
 
     # -- internals ----------------------------------------------------------
@@ -241,7 +244,7 @@ class SignalingSession:
                     self._closed.set()
                     ws_nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            raise sole_exception(group) from None
+            raise_sole(group)
 
     async def _session(self, ws: WebSocketConnection, token: str) -> None:
         """Authenticate, join, then dispatch until the connection ends."""

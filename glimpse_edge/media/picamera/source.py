@@ -65,7 +65,7 @@ import structlog
 import trio
 
 from ...config import CameraConfig, QualityTier, VideoConfig
-from ...supervise import sole_exception
+from ...supervise import Backoff, raise_sole
 from ..source import EncodedVideoSource, EncodingStats, PacketSink, SourceError
 from .bridge import AccessUnit, EncoderBridge
 from .budget import fit_lores
@@ -93,7 +93,9 @@ HW_BITRATE_RANGE: Final = (25_000, 25_000_000)  # the VC4 codec's V4L2 bitrate r
 STALL_FRAMES: Final = 15
 STALL_MIN_SECONDS: Final = 1.0
 # A lores encoder that will not start or stays silent is given up on for a
-# while (its peers keep what they had), doubling up to the maximum.
+# while (its peers keep what they had): supervise's Backoff, first try after
+# LORES_RETRY, then a jittered, doubling delay up to the maximum. No
+# escalation: the main stream serves everyone meanwhile.
 LORES_RETRY: Final = 5.0
 LORES_RETRY_MAX: Final = 60.0
 
@@ -108,7 +110,8 @@ class _CameraStalled(Exception):
 
 def _lores_retry(failures: int) -> float:
     """Seconds before the lores encoder is started again after ``failures`` in a row."""
-    return float(min(LORES_RETRY * 2 ** (failures - 1), LORES_RETRY_MAX))
+    backoff = Backoff(initial=LORES_RETRY, maximum=LORES_RETRY_MAX, floor=LORES_RETRY)
+    return backoff.delay(failures - 1)
 
 
 class PiCamera2Source(EncodedVideoSource):
@@ -293,7 +296,7 @@ class PiCamera2Source(EncodedVideoSource):
                 await nursery.start(self._bridge.pump, self._deliver, self._resync)
                 await self._sessions()
         except BaseExceptionGroup as group:
-            raise sole_exception(group) from None
+            raise_sole(group)
 
     def _deliver(self, unit: AccessUnit) -> None:
         """An access unit from an encoder thread, to its stream's sink as a packet."""
@@ -350,7 +353,7 @@ class PiCamera2Source(EncodedVideoSource):
                         nursery.start_soon(driver.drive, stream)
                     await self._watchdog()
             except BaseExceptionGroup as group:
-                raise sole_exception(group) from None
+                raise_sole(group)
         finally:
             with trio.CancelScope(shield=True):
                 await self._close(driver)
