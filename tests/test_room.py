@@ -217,3 +217,37 @@ async def test_another_outage_during_the_grace_starts_it_again(
     room.reconcile(ME, "Lobby", [])  # the recheck's answer, a grace after that
     _pump(manager, events)
     assert entries[BOB].scope.cancel_called
+
+
+def test_peer_settings_reach_every_session_through_one_call() -> None:
+    manager, entries = _manager_in(Room("r"), (CAROL, "carol"))
+    settings = PeersConfig(max_peers=3)
+    manager.apply(settings, "vp8")
+    session = entries[CAROL].session
+    assert manager.settings is settings and manager.video_codec == "vp8"
+    assert session.settings is settings and session.video_codec == "vp8"  # type: ignore[attr-defined]
+
+
+async def test_joined_state_is_awaitable_and_resets_when_the_session_drops() -> None:
+    from glimpse_edge.signaling.session import JoinedState
+
+    joined = JoinedState()
+    with trio.move_on_after(0.01) as timer:
+        await joined.wait()
+    assert timer.cancelled_caught and not joined.is_set()
+    joined.set()
+    await joined.wait()  # at once while joined
+    joined.clear()
+    assert not joined.is_set()
+    async with trio.open_nursery() as nursery:
+        woke: list[bool] = []
+
+        async def waiter() -> None:
+            await joined.wait()
+            woke.append(True)
+
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not woke
+        joined.set()
+    assert woke == [True]

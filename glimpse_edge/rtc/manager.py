@@ -156,6 +156,16 @@ class PeerManager:
         self._kept_retry_at = -math.inf  # no kept session is asked about before this
         self._joined_on: int | None = None  # signaling.connects of the last join seen
 
+    def apply(self, settings: PeersConfig, video_codec: VideoCodec) -> None:
+        """New limits and timers, from now on, for the manager and every session;
+        the codec preference for new connections (established ones keep what
+        they negotiated). ICE settings are fixed for a manager's life."""
+        self.settings = settings
+        self.video_codec = video_codec
+        for entry in self._entries.values():
+            entry.session.settings = settings
+            entry.session.video_codec = video_codec
+
     @property
     def sessions(self) -> dict[str, PeerSession]:
         return {peer_id: e.session for peer_id, e in self._entries.items()}

@@ -80,6 +80,27 @@ class ConnectionDead(Exception):
 StatusCallback = Callable[[str], None]
 
 
+class JoinedState:
+    """Whether a session is joined to its room, to await: :meth:`wait` returns
+    once it is (at once while it is); it resets when the session drops."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def clear(self) -> None:
+        if self._event.is_set():
+            self._event = trio.Event()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
 class SignalingSession:
     """One agent's presence in one room, across any number of connections."""
 
@@ -108,6 +129,7 @@ class SignalingSession:
         self.auth_failures = 0
         self.state = "starting"
         self.state_detail = ""
+        self.joined = JoinedState()
         # Reconnecting never gives up: a device waits out a long server outage.
         self.reconnects = RestartTracker("signaling", RestartPolicy(
             name="reconnect-forever",
@@ -200,6 +222,10 @@ class SignalingSession:
 
     def _set_state(self, state: str, detail: str) -> None:
         self.state, self.state_detail = state, detail
+        if state == "joined":
+            self.joined.set()
+        else:
+            self.joined.clear()
         self._on_status(detail)
 
     async def _wait_after_rejection(self, reason: str) -> None:
