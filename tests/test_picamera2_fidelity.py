@@ -51,6 +51,19 @@ async def stream(source: PiCamera2Source, sink: Sink, packets: int) -> None:
         nursery.cancel_scope.cancel()
 
 
+async def packets_after_a_forced_idr(source: PiCamera2Source, packets: int) -> list[Any]:
+    """Run ``source``, force an IDR after its first packets; the ``packets`` that follow."""
+    sink = Sink()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(source.run, sink)
+        await sink.wait(5)
+        n = len(sink.packets)
+        assert source.request_keyframe(urgent=True)
+        await sink.wait(n + packets)
+        nursery.cancel_scope.cancel()
+    return sink.packets[n:n + packets]
+
+
 # ------------------------------------------------ 1. Pi 5: forced key frames
 
 
@@ -123,15 +136,8 @@ async def test_picamera2_without_force_key_frame_restarts_for_an_idr(
         source = PiCamera2Source(video(), CameraConfig())
         await source.prepare()
     assert any(e["event"] == "media.picamera2.idr_by_restart" for e in logs)
-    sink = Sink()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(source.run, sink)
-        await sink.wait(5)
-        n = len(sink.packets)
-        assert source.request_keyframe(urgent=True)
-        await sink.wait(n + 5)
-        nursery.cancel_scope.cancel()
-    assert any(p.is_keyframe for p in sink.packets[n:n + 5])
+    after = await packets_after_a_forced_idr(source, 5)
+    assert any(p.is_keyframe for p in after), [p.is_keyframe for p in after]
     assert fake_camera.count("encoder.start") == 2, "one restart for the IDR"
 
 
@@ -141,16 +147,8 @@ async def test_pi5_with_an_old_picamera2_forces_idrs_in_place(
     """The libav fix gives even a picamera2 without force_key_frame one that works."""
     monkeypatch.setenv("FAKE_PICAMERA2_PLATFORM", "PISP")
     fake_camera.use_version("0.3.25")
-    source = PiCamera2Source(video(), CameraConfig())
-    sink = Sink()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(source.run, sink)
-        await sink.wait(5)
-        n = len(sink.packets)
-        assert source.request_keyframe(urgent=True)
-        await sink.wait(n + 3)
-        nursery.cancel_scope.cancel()
-    assert any(p.is_keyframe for p in sink.packets[n:n + 3])
+    after = await packets_after_a_forced_idr(PiCamera2Source(video(), CameraConfig()), 3)
+    assert any(p.is_keyframe for p in after), [p.is_keyframe for p in after]
     assert fake_camera.count("encoder.start") == 1
 
 
