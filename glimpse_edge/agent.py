@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 import trio
@@ -22,7 +23,7 @@ import trio
 from . import __version__, testhooks
 from .config import Config, ConfigError, load_checked
 from .logs import configure_logging
-from .media.hub import MediaHub
+from .media.hub import CaptureProcessor, MediaHub
 from .media.source import AnyVideoSource, AudioSource
 from .room import Room
 from .roomrunner import STOP_TIMEOUT, RoomRunner
@@ -31,6 +32,9 @@ from .rtc.peer import PeerSession
 from .signaling.session import SignalingSession
 from .supervise import HealthRegistry
 from .systemd import Notifier, feed_watchdog, watchdog_interval
+
+if TYPE_CHECKING:
+    from .media.playback import Speaker
 
 log = structlog.get_logger(__name__)
 
@@ -49,11 +53,29 @@ def _source_factories(
             make_audio)  # type: ignore[return-value]
 
 
-def build_media_hub(config: Config, health: HealthRegistry) -> MediaHub:
-    """The media hub for the configured sources (video is always on; audio may be off)."""
+def build_speaker(config: Config, health: HealthRegistry) -> Speaker | None:
+    """The speakerphone, if ``[playback]`` is enabled (None otherwise)."""
+    if not config.playback.enabled:
+        return None
+    from .media.playback import Speaker  # its ALSA and AEC bindings only when it is on
+
+    return Speaker(config.playback, health=health)
+
+
+def _canceller(speaker: Speaker | None) -> CaptureProcessor | None:
+    """What the hub runs on captured audio: the speaker's echo canceller, if it has one."""
+    if speaker is None or speaker.canceller is None:
+        return None
+    return speaker.process_capture
+
+
+def build_media_hub(config: Config, health: HealthRegistry,
+                    capture_processor: CaptureProcessor | None = None) -> MediaHub:
+    """The media hub for the configured sources (video is always on; audio may be off),
+    with ``capture_processor`` (the speakerphone's echo canceller) on the captured audio."""
     make_video, make_audio = _source_factories(config)
     return MediaHub(config.video, config.audio, make_video, make_audio, health=health,
-                    playback=config.playback)
+                    capture_processor=capture_processor)
 
 
 class Agent:
@@ -123,10 +145,15 @@ class Agent:
         t0 = time.monotonic()
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with open_aio_loop(), trio.open_nursery() as nursery:
-                self.hub = build_media_hub(self.config, self.health)
+                # The speakerphone: the hub gets its echo canceller, the
+                # peers hand it their remote audio.
+                speaker = build_speaker(self.config, self.health)
+                if speaker is not None:
+                    nursery.start_soon(speaker.run)
+                self.hub = build_media_hub(self.config, self.health, _canceller(speaker))
                 await nursery.start(self.hub.run)
                 self.runner = RoomRunner(self.config, self.hub, self.health,
-                                         self._publish_status)
+                                         self._publish_status, speaker=speaker)
                 await nursery.start(self.runner.run)
                 if self.config.observe.address is not None:
                     from .observe import run_observe  # its web stack only when it is on

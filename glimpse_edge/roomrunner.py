@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TYPE_CHECKING
 
 import structlog
 import trio
@@ -35,6 +36,9 @@ from .signaling.messages import WebRTCSignal
 from .signaling.session import JoinedState, SignalingSession, hand_over
 from .signaling.tokens import LoginTokenSource, TokenSource, token_source
 from .supervise import HealthRegistry, supervise
+
+if TYPE_CHECKING:
+    from .media.playback import Speaker
 
 log = structlog.get_logger(__name__)
 
@@ -64,9 +68,10 @@ class RoomRunner:
     """
 
     def __init__(self, config: Config, hub: MediaHub, health: HealthRegistry,
-                 on_status: Callable[[], None]) -> None:
+                 on_status: Callable[[], None], *, speaker: Speaker | None = None) -> None:
         self.config = config
         self._hub = hub
+        self._speaker = speaker
         self._health = health
         self._on_status = on_status
         self.room = Room(config.room.id)
@@ -280,7 +285,7 @@ class RoomRunner:
         room = self.room
         with trio.CancelScope() as scope:
             peers = PeerManager(self._link.session, self._hub, config.peers, config.ice,
-                                config.video.codec)
+                                config.video.codec, speaker=self._speaker)
             events_in, events_out = trio.open_memory_channel[RoomEvent](256)
             signals_in, signals_out = trio.open_memory_channel[WebRTCSignal](256)
             if room.joined:

@@ -14,8 +14,8 @@ encoder runs only while some peer is on it, and the lowest one follows the
 worst link among its peers.
 
 Audio: one Opus encoding of the microphone for every peer, inline (about
-0.1 ms per 20 ms frame), through the speakerphone's echo canceller when one
-runs.
+0.1 ms per 20 ms frame), through a capture processor when the agent hands one
+in (the speakerphone's echo canceller; the speaker itself is the agent's).
 
 A source that fails (SourceError) or stalls (no frame for ``stall_timeout``)
 is restarted with back-off while the rest keeps running: the room session
@@ -30,14 +30,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import av
 import structlog
 import trio
 from av.packet import Packet
 
-from ..config import AudioConfig, PlaybackConfig, QualityTier, VideoConfig
+from ..config import AudioConfig, QualityTier, VideoConfig
 from ..supervise import Backoff, HealthRegistry, RestartPolicy, supervise
 from .camerapipe import CameraPipeline
 from .encoder import OpusEncoder, VideoCodec
@@ -45,9 +45,6 @@ from .fanout import FrameSlot, PacketStream
 from .framepipe import FramePipeline
 from .pipeline import EncoderInfo, VideoPipeline
 from .source import AnyVideoSource, AudioSource, EncodedVideoSource, SourceError
-
-if TYPE_CHECKING:
-    from .playback import Speaker
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +58,8 @@ SOURCE_KEYS = ("source", "device", "path", "width", "height", "framerate")
 # Encoder settings: a change rebuilds the encoders behind the same streams.
 ENCODER_KEYS = ("width", "height", "framerate", "max_bitrate", "min_bitrate",
                 "keyframe_interval", "tiers")
+# Runs on each captured audio frame before encoding (the speakerphone's echo canceller).
+CaptureProcessor = Callable[[av.AudioFrame], av.AudioFrame]
 
 
 class MediaHub:
@@ -75,7 +74,7 @@ class MediaHub:
         *,
         health: HealthRegistry | None = None,
         stall_timeout: float = 3.0,
-        playback: PlaybackConfig | None = None,
+        capture_processor: CaptureProcessor | None = None,
     ) -> None:
         self.video_config = video
         self.audio_config = audio
@@ -97,18 +96,9 @@ class MediaHub:
         if make_audio is not None:
             self._audio_stream = PacketStream("audio", "opus", AUDIO_QUEUE_PACKETS)
             self._opus = OpusEncoder(audio.rate, audio.channels)
-        # The speakerphone (None unless [playback] is enabled): peers hand it
-        # their remote audio tracks; its echo canceller runs on every captured
-        # frame before encoding (capture_processor), with what it plays as the
-        # far-end reference.
-        self.speaker: Speaker | None = None
-        self.capture_processor: Callable[[av.AudioFrame], av.AudioFrame] | None = None
-        if playback is not None and playback.enabled:
-            from .playback import Speaker
-
-            self.speaker = Speaker(playback, health=self.health)
-            if self.speaker.canceller is not None:
-                self.capture_processor = self.speaker.process_capture
+        # Runs on every captured audio frame before encoding (the speakerphone's
+        # echo canceller, with what the speaker plays as the far-end reference).
+        self.capture_processor = capture_processor
 
     # -- for peers ----------------------------------------------------------
 
@@ -203,8 +193,6 @@ class MediaHub:
                                            policy=SOURCE_POLICY, health=self.health))
             if self._make_audio is not None:
                 self._start_audio_task()
-            if self.speaker is not None:
-                nursery.start_soon(self.speaker.run)
             task_status.started()
             await trio.sleep_forever()
 

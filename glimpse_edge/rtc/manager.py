@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TYPE_CHECKING
 
 import structlog
 import trio
@@ -52,6 +53,9 @@ from ..signaling.messages import IceCandidate, SessionDescription, SignalType, W
 from ..signaling.session import SignalingSession
 from ..supervise import Backoff, RestartPolicy, RestartTracker, TaskGaveUp
 from .peer import PeerGone, PeerSession, StartMode
+
+if TYPE_CHECKING:
+    from ..media.playback import Speaker
 
 log = structlog.get_logger(__name__)
 
@@ -136,9 +140,12 @@ class PeerManager:
         settings: PeersConfig,
         ice: IceConfig,
         video_codec: VideoCodec,
+        *,
+        speaker: Speaker | None = None,
     ) -> None:
         self.signaling = signaling
         self.hub = hub
+        self.speaker = speaker  # the speakerphone, for every session's remote audio
         self.settings = settings
         self.ice = ice
         self.video_codec: VideoCodec = video_codec
@@ -338,7 +345,8 @@ class PeerManager:
                         reason="max_peers reached", max_peers=self.settings.max_peers)
             return None
         session = PeerSession(
-            participant, self_id=self.signaling.user_id, hub=self.hub, settings=self.settings,
+            participant, self_id=self.signaling.user_id, hub=self.hub, speaker=self.speaker,
+            settings=self.settings,
             ice_servers=self._ice_servers, relay_only=self.ice.relay_only,
             video_codec=self.video_codec, send=partial(self._send, participant.user_id),
         )

@@ -29,7 +29,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 import trio
@@ -62,6 +62,9 @@ from .feedback import PeerFeedback
 from .inbox import Inbox
 from .sdp import BadSignal, check_sdp, ice_credentials, negotiated_codecs, parse_candidate
 from .tracks import FrameTrack, PacketTrack
+
+if TYPE_CHECKING:
+    from ..media.playback import Speaker
 
 log = structlog.get_logger(__name__)
 
@@ -106,6 +109,7 @@ class PeerSession:
         *,
         self_id: str,
         hub: MediaHub,
+        speaker: Speaker | None = None,
         settings: PeersConfig,
         ice_servers: list[RTCIceServer],
         relay_only: bool,
@@ -116,6 +120,8 @@ class PeerSession:
         self.peer_id = participant.user_id
         self.self_id = self_id
         self.hub = hub
+        # The speakerphone (None unless [playback] is on): remote audio goes to it.
+        self.speaker = speaker
         self.settings = settings
         self.ice_servers = ice_servers
         self.relay_only = relay_only
@@ -464,7 +470,7 @@ class PeerSession:
 
         on_aio_event(pc, "connectionstatechange", on_state)
 
-        speaker = self.hub.speaker
+        speaker = self.speaker
 
         def on_track(track: Any) -> None:
             # With the speakerphone on, the remote audio on *our* audio
