@@ -20,8 +20,12 @@ EXTRAS="${GLIMPSE_EXTRAS:-dev}"
 #     service provisioned and supervised for real inside it (tests/test_systemd_boot.py)
 #   iproute2, nftables, coturn: the network fault tests (tests/faults, as root: network
 #     namespaces, links cut or lossy via nftables, a real TURN relay the tests start)
+#   qemu-user-static, binfmt-support: arm64 (Raspberry Pi) roots built with debootstrap
+#     and run under qemu-user through binfmt_misc, the service provisioned and streaming
+#     in them (tests/test_arm64.py); binfmt-support registers qemu's handler (update-binfmts)
 APT_PACKAGES=(python3 python3-venv python3-dev gcc libasound2-dev chromium alsa-utils
-              systemd shellcheck debootstrap systemd-container iproute2 nftables coturn)
+              systemd shellcheck debootstrap systemd-container iproute2 nftables coturn
+              qemu-user-static binfmt-support)
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then

@@ -27,9 +27,11 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -90,11 +92,60 @@ def host_runs_systemd() -> bool:
     return os.path.isdir("/run/systemd/system")
 
 
-def ensure_root(timeout: float = BUILD_TIMEOUT) -> tuple[Path, float]:
-    """The cached bookworm root (built now if needed) and how long that took in seconds."""
+# pip settings a root needs to reach the index the way the host does (a mirror, a
+# proxy, a longer timeout). Local indexes, find-links and the host's cert path are
+# the host's own files: they stay out (the host's extra CAs go into the root's store).
+_PIP_NETWORK_KEYS = ("index-url", "extra-index-url", "trusted-host", "proxy", "timeout",
+                     "default-timeout", "retries")
+_PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+
+
+def pip_network_env() -> dict[str, str]:
+    """``PIP_*`` (and proxy) variables for pip in a root, from the host's pip config and
+    environment (``pip config list``: its files and its ``PIP_*`` variables)."""
+    try:
+        out = subprocess.run([sys.executable, "-m", "pip", "config", "list"],
+                             capture_output=True, text=True, timeout=60, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    env: dict[str, str] = {}
+    for line in out.splitlines():  # global.index-url='https://...', :env:.timeout='60'
+        m = re.fullmatch(r"\S*?\.([a-z-]+)='(.*)'", line.strip())
+        if not m or m[1] not in _PIP_NETWORK_KEYS:
+            continue
+        value = m[2]
+        if m[1].endswith("index-url"):
+            value = " ".join(u for u in value.split() if u.startswith(("http://", "https://")))
+        if value:
+            env["PIP_" + m[1].upper().replace("-", "_")] = value
+    env.update({k: os.environ[k] for k in _PROXY_VARS if os.environ.get(k)})
+    return env
+
+
+class CannotEmulate(Exception):
+    """This host cannot run the root's architecture (no qemu-user through binfmt_misc)."""
+
+
+def ensure_root(timeout: float = BUILD_TIMEOUT, *, suite: str | None = None,
+                arch: str | None = None) -> tuple[Path, float]:
+    """The cached root (built now if needed) and how long that took in seconds.
+
+    By default this machine's bookworm root (what the boot test boots); ``suite``
+    and ``arch`` (e.g. "trixie", "arm64") name another, cached beside it as
+    ``[ARCH-]SUITE-root``. Raises :class:`CannotEmulate` when ``arch`` cannot run here.
+    """
+    argv = [str(BUILD_ROOT)]
+    if suite is None and arch is None:
+        argv.append(str(ROOT_CACHE))
+    else:
+        argv += ["--suite", suite or "bookworm"]
+        if arch is not None:
+            argv += ["--arch", arch]
+        argv.append(str(CACHE / f"{arch + '-' if arch else ''}{suite or 'bookworm'}-root"))
     t0 = time.monotonic()
-    proc = subprocess.run([str(BUILD_ROOT), str(ROOT_CACHE)], capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    if proc.returncode == 3:
+        raise CannotEmulate(proc.stderr.strip().splitlines()[-1])
     if proc.returncode != 0:
         raise RuntimeError(f"{BUILD_ROOT.name} failed (exit {proc.returncode}):\n"
                            f"{proc.stderr[-4000:]}")
