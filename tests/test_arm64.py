@@ -55,10 +55,9 @@ from support.nspawn import (
     CACHE,
     MACHINE_ENV,
     PIP_CACHE,
-    REPO,
-    SOURCE_FILES,
     SOURCE_IN_MACHINE,
     CannotEmulate,
+    copy_root_and_project,
     ensure_root,
     host_runs_systemd,
     pip_network_env,
@@ -147,17 +146,7 @@ class EmulatedRoot:
 
     def prepare(self, cached: Path) -> None:
         """Copy the root, the project's files and the host's extra CAs into place."""
-        subprocess.run(["cp", "-a", "--reflink=auto", str(cached), str(self.root)],
-                       check=True, timeout=600)
-        dest = self.path(SOURCE_IN_MACHINE)
-        dest.mkdir(parents=True)
-        ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build")
-        for name in SOURCE_FILES:
-            src = REPO / name
-            if src.is_dir():
-                shutil.copytree(src, dest / name, ignore=ignore, symlinks=True)
-            else:
-                shutil.copy2(src, dest / name)
+        copy_root_and_project(cached, self.root, timeout=600)
         # A TLS-intercepting proxy's CA (CI runners, sandboxes): pip inside must trust
         # what the host trusts. Appended to the bundle pip and OpenSSL read, which is
         # what update-ca-certificates would do (it takes half a minute emulated).

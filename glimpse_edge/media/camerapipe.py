@@ -45,6 +45,7 @@ __all__ = ["CameraPipeline"]
 
 log = structlog.get_logger(__name__)
 
+
 @dataclass
 class _LowerTier:
     """A lower tier's stream, fed by the source's own second encoder."""

@@ -254,6 +254,22 @@ class Journal:
         self._thread.join(5)
 
 
+def copy_root_and_project(cached_root: Path, root: Path, timeout: float) -> None:
+    """A copy of ``cached_root`` at ``root`` (never the cache itself), with the project's
+    files in it at SOURCE_IN_MACHINE, where provision.sh runs from."""
+    subprocess.run(["cp", "-a", "--reflink=auto", str(cached_root), str(root)],
+                   check=True, timeout=timeout)
+    dest = root / SOURCE_IN_MACHINE.lstrip("/")
+    dest.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build")
+    for name in SOURCE_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=ignore, symlinks=True)
+        else:
+            shutil.copy2(src, dest / name)
+
+
 class Container:
     """One booted copy of the cached root; use as a context manager."""
 
@@ -271,17 +287,7 @@ class Container:
     def prepare(self, cached_root: Path) -> None:
         """Copy the cached root, the project's files and the host's extra CAs into place."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["cp", "-a", "--reflink=auto", str(cached_root), str(self.root)],
-                       check=True, timeout=300)
-        dest = self.root / SOURCE_IN_MACHINE.lstrip("/")
-        dest.mkdir(parents=True)
-        ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build")
-        for name in SOURCE_FILES:
-            src = REPO / name
-            if src.is_dir():
-                shutil.copytree(src, dest / name, ignore=ignore, symlinks=True)
-            else:
-                shutil.copy2(src, dest / name)
+        copy_root_and_project(cached_root, self.root, timeout=300)
         # A TLS-intercepting proxy's CA (CI runners, sandboxes): pip inside must trust
         # what the host trusts. Debian keeps local additions here; none on a plain host.
         extra = sorted(Path("/usr/local/share/ca-certificates").glob("**/*.crt"))
