@@ -5,7 +5,7 @@ Per scenario it prints how long the agent took to notice, how long media took
 to come back, what the affected peer decoded (frames, longest freeze) and
 its received bitrate before, during and after the fault. The numbers come
 from the receiving peers (burned-in frame codes, transport bytes), the same
-measurements tests/faults asserts on (tests/support/faultlab.py).
+measurements tests/system/faults asserts on (tests/support/faultlab.py).
 
 Scenarios (the letters of issue 5):
   a  one peer's link cut for --cut seconds, then restored

@@ -4,10 +4,10 @@
 #   sudo scripts/build-test-root.sh [--suite SUITE] [--arch ARCH] [DIR]
 #
 # The default is the bookworm root of this machine's architecture that
-# tests/test_systemd_boot.py boots with systemd-nspawn, in
+# tests/system/test_systemd_boot.py boots with systemd-nspawn, in
 # /var/cache/glimpse-edge-test/bookworm-root. --suite trixie, --arch arm64 (a
 # Raspberry Pi OS base, run under qemu-user through binfmt_misc:
-# tests/test_arm64.py) build others, by default in
+# tests/system/test_arm64.py) build others, by default in
 # /var/cache/glimpse-edge-test/[ARCH-]SUITE-root (no prefix for this machine's arch).
 #
 # Prints DIR. A root that is already built (its stamp matches this script's suite,

@@ -15,14 +15,14 @@ EXTRAS="${GLIMPSE_EXTRAS:-dev}"
 #   chromium: the browser tier of the tests (Playwright drives Debian's build)
 #   alsa-utils: aplay/arecord, for looking at devices by hand
 #   systemd, shellcheck: systemd-analyze verify/security on the units, shellcheck
-#     on scripts/provision.sh (tests/test_provision.py)
+#     on scripts/provision.sh (tests/integration/test_provision.py)
 #   debootstrap, systemd-container: a Debian root booted with systemd-nspawn, the
-#     service provisioned and supervised for real inside it (tests/test_systemd_boot.py)
-#   iproute2, nftables, coturn: the network fault tests (tests/faults, as root: network
+#     service provisioned and supervised for real inside it (tests/system/test_systemd_boot.py)
+#   iproute2, nftables, coturn: the network fault tests (tests/system/faults, as root: network
 #     namespaces, links cut or lossy via nftables, a real TURN relay the tests start)
 #   qemu-user-static, binfmt-support: arm64 (Raspberry Pi) roots built with debootstrap
 #     and run under qemu-user through binfmt_misc, the service provisioned and streaming
-#     in them (tests/test_arm64.py); binfmt-support registers qemu's handler (update-binfmts)
+#     in them (tests/system/test_arm64.py); binfmt-support registers qemu's handler (update-binfmts)
 APT_PACKAGES=(python3 python3-venv python3-dev gcc libasound2-dev chromium alsa-utils
               systemd shellcheck debootstrap systemd-container iproute2 nftables coturn
               qemu-user-static binfmt-support)

@@ -1,4 +1,4 @@
-"""Fault scenarios over real network namespaces, shared by tests/faults and the benchmark.
+"""Fault scenarios over real network namespaces, shared by tests/system/faults and the benchmark.
 
 A :func:`fault_lab` is a room with the agent and two receiving peers, each
 in its own namespace on one bridge (:mod:`support.netns`), the dev server as

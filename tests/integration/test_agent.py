@@ -15,6 +15,7 @@ from support.agent import LIGHT_MEDIA, AgentProcess, write_config, write_secret
 from support.devserver import DevServer, devserver_process
 from support.glimpse_client import GlimpseClient, create_room, register
 from support.netproxy import FreezableProxy, SilentListener
+from support.notify import NotifySocket
 from support.rtcpeer import BrowserPeer
 
 from glimpse_edge.rtc.manager import KEPT_GRACE
@@ -293,55 +294,27 @@ async def test_notify_socket_ready_status_watchdog_and_clean_stop(
     devserver: DevServer, tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     scene = await make_scene(devserver)
-    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_DGRAM)
-    sock_path = str(tmp_path / "notify.sock")
-    await sock.bind(sock_path)
-    received: list[str] = []
-    changed = trio.Condition()
-
-    async def collect() -> None:
-        while True:
-            data = await sock.recv(4096)
-            received.extend(data.decode().split("\n"))
-            async with changed:
-                changed.notify_all()
-
-    async def wait_line(pred: str, timeout: float = JOIN_TIMEOUT) -> str:
-        with trio.move_on_after(timeout):
-            while True:
-                hits = [ln for ln in received if re.fullmatch(pred, ln)]
-                if hits:
-                    return hits[-1]
-                async with changed:
-                    await changed.wait()
-        raise AssertionError(f"expected a notify line matching {pred!r}; got {received}")
-
-    with sock:
-        async with trio.open_nursery() as local:
-            local.start_soon(collect)
-            agent = AgentProcess(
-                write_config(tmp_path, ws_url=devserver.ws_url, room_id=scene.room_id,
-                             token=scene.device_token, log_level="info"),
-                env={"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "400000"})
-            t0 = trio.current_time()
-            await agent.start(nursery)
-            await wait_line("READY=1")
-            print(f"start to READY=1: {trio.current_time() - t0:.3f} s")
-            await wait_line(r"STATUS=joined room Meeting room 1 with 0 participants")
-            await wait_line("WATCHDOG=1")
-            n_watchdog = received.count("WATCHDOG=1")
-            while received.count("WATCHDOG=1") < n_watchdog + 2:
-                async with changed:
-                    with trio.fail_after(5):
-                        await changed.wait()
-            t_term = trio.current_time()
-            agent.signal(signal.SIGTERM)
-            await wait_line("STOPPING=1", timeout=5)
-            code = await agent.wait_exit(timeout=5)
-            assert code == 0, f"exit code {code}; stderr: {agent.stderr.decode()}"
-            assert trio.current_time() - t_term < 5
-            assert agent.find("room.left"), "expected the agent to leave the room on SIGTERM"
-            local.cancel_scope.cancel()
+    notify = NotifySocket(tmp_path / "notify.sock")
+    await nursery.start(notify.run)
+    agent = AgentProcess(
+        write_config(tmp_path, ws_url=devserver.ws_url, room_id=scene.room_id,
+                     token=scene.device_token, log_level="info"),
+        env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "400000"})
+    t0 = trio.current_time()
+    await agent.start(nursery)
+    await notify.wait_line("READY=1", timeout=JOIN_TIMEOUT)
+    print(f"start to READY=1: {trio.current_time() - t0:.3f} s")
+    await notify.wait_line(r"STATUS=joined room Meeting room 1 with 0 participants",
+                           timeout=JOIN_TIMEOUT)
+    await notify.wait_line("WATCHDOG=1", timeout=JOIN_TIMEOUT)
+    await notify.wait_count("WATCHDOG=1", notify.lines.count("WATCHDOG=1") + 2, timeout=10)
+    t_term = trio.current_time()
+    agent.signal(signal.SIGTERM)
+    await notify.wait_line("STOPPING=1", timeout=5)
+    code = await agent.wait_exit(timeout=5)
+    assert code == 0, f"exit code {code}; stderr: {agent.stderr.decode()}"
+    assert trio.current_time() - t_term < 5
+    assert agent.find("room.left"), "expected the agent to leave the room on SIGTERM"
 
 
 async def test_sighup_keeps_running_on_bad_config_and_applies_good_one(

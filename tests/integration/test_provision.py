@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PROVISION = REPO / "scripts" / "provision.sh"
 UNITS = ("glimpse-edge.service", "glimpse-edge-reload.path", "glimpse-edge-reload.service")
 MAX_EXPOSURE = 2.5

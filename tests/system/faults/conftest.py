@@ -14,5 +14,5 @@ _REASON = unavailable_reason()
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if _REASON is not None and "tests/faults/" in str(item.path).replace("\\", "/"):
+        if _REASON is not None and "tests/system/faults/" in str(item.path).replace("\\", "/"):
             item.add_marker(pytest.mark.skip(reason=_REASON))

@@ -87,7 +87,7 @@ FRAMES_TIMEOUT = 240.0
 STOP_TIMEOUT = 60.0
 
 SITE_DROPIN = f"""\
-# Written by tests/test_arm64.py before provisioning, as fleet tooling would.
+# Written by tests/system/test_arm64.py before provisioning, as fleet tooling would.
 [video]
 source = "testpattern"
 width = {WIDTH}

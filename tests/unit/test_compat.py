@@ -22,7 +22,7 @@ from glimpse_edge.fatal import Fatal, find_fatal
 from glimpse_edge.rtc import compat
 from glimpse_edge.rtc.aio import open_aio_loop
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_installed_libraries_have_everything_compat_relies_on() -> None:

@@ -35,7 +35,7 @@ from glimpse_edge.config import (
     read_secret_file,
 )
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "glimpse-edge.toml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "glimpse-edge.toml"
 
 MINIMAL = """
 [server]

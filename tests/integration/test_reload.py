@@ -12,7 +12,6 @@ every wait with a timeout.
 from __future__ import annotations
 
 import itertools
-import re
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from support.agent import STREAMING_MEDIA, AgentProcess, write_config, write_sec
 from support.devserver import DevServer
 from support.glimpse_client import create_room, register
 from support.netproxy import FreezableProxy
+from support.notify import NotifySocket
 from support.rtcpeer import BrowserPeer
 
 from glimpse_edge.config import AudioConfig, VideoConfig
@@ -36,36 +36,6 @@ from glimpse_edge.media.source import AudioSource
 JOIN_TIMEOUT = 20.0
 
 MEDIA = STREAMING_MEDIA  # 640x360 H.264 and a tone
-
-
-class NotifySocket:
-    """A stand-in for systemd's $NOTIFY_SOCKET that records what the agent says."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.lines: list[str] = []
-        self._changed = trio.Condition()
-        self._sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_DGRAM)
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with self._sock:
-            await self._sock.bind(str(self.path))
-            task_status.started()
-            while True:
-                data = await self._sock.recv(65536)
-                self.lines.extend(data.decode().split("\n"))
-                async with self._changed:
-                    self._changed.notify_all()
-
-    async def wait_line(self, pattern: str, since: int = 0, timeout: float = 10.0) -> str:
-        with trio.move_on_after(timeout):
-            while True:
-                hits = [ln for ln in self.lines[since:] if re.fullmatch(pattern, ln)]
-                if hits:
-                    return hits[-1]
-                async with self._changed:
-                    await self._changed.wait()
-        raise AssertionError(f"no notify line matching {pattern!r}; got {self.lines[-10:]}")
 
 
 @dataclass

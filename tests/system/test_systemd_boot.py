@@ -72,7 +72,7 @@ RESTART_TIMEOUT = 60.0
 # What the machine's agent should not do on a shared host: bind 127.0.0.1:9750 (the
 # observe endpoint) or spend a core on a 720p test pattern nobody watches.
 SITE_DROPIN = """\
-# Written by tests/test_systemd_boot.py before provisioning, as fleet tooling would.
+# Written by tests/system/test_systemd_boot.py before provisioning, as fleet tooling would.
 [video]
 source = "testpattern"
 width = 320
@@ -507,5 +507,5 @@ def test_the_block_loop_hook_is_off_unless_its_variable_is_set(
     assert testhooks.block_loop_file() is None
     monkeypatch.setenv(testhooks.BLOCK_LOOP_ENV, str(tmp_path / "hang"))
     assert testhooks.block_loop_file() == tmp_path / "hang"
-    shipped = (Path(__file__).parent.parent / "systemd" / SERVICE).read_text()
+    shipped = (Path(__file__).parents[2] / "systemd" / SERVICE).read_text()
     assert testhooks.BLOCK_LOOP_ENV not in shipped

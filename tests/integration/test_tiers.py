@@ -4,7 +4,7 @@ The end-to-end test runs the real agent, the dev server and two aiortc
 receivers; one of them says its link is slow the way a browser does, with
 REMB (its receiver's estimate is capped), and must get the lower tier while
 the other keeps the full picture. The same under a real token-bucket cap is
-tests/faults (scenario b).
+tests/system/faults (scenario b).
 """
 
 from __future__ import annotations

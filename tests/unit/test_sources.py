@@ -327,7 +327,7 @@ def test_factory_builds_the_configured_sources(tmp_path: Path) -> None:
     assert isinstance(cam, V4l2Source) and cam.name == "v4l2:/dev/video3"
     clip = make_video_source(VideoConfig(source="file", path=tmp_path / "a.mp4"))
     assert isinstance(clip, FileSource) and clip.name == f"file:{tmp_path / 'a.mp4'}"
-    # not installed here (tests/test_picamera2.py runs it against a stand-in): said
+    # not installed here (tests/integration/test_picamera2.py runs it against a stand-in): said
     # when the source is prepared, which imports picamera2 in a worker thread
     picam = make_video_source(VideoConfig(source="picamera2"))
     with pytest.raises(SourceError, match="apt install python3-picamera2"):
