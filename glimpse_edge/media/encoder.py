@@ -14,6 +14,7 @@ none of them writes to it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from fractions import Fraction
 from typing import Any, Literal
 
@@ -52,9 +53,11 @@ class VideoEncoder:
         bitrate: int,
         keyframe_interval: float = 2.0,
         preset: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``preset``: libx264's, instead of the size-based default (ultrafast above
-        640x480, veryfast up to it); lower quality tiers take a cheaper one."""
+        640x480, veryfast up to it); lower quality tiers take a cheaper one.
+        ``clock`` times the key-frame and bitrate intervals (tests pass their own)."""
         self.codec: VideoCodec = codec
         self.width = width
         self.height = height
@@ -71,9 +74,10 @@ class VideoEncoder:
         self._context: av.VideoCodecContext | None = None
         self._want_keyframe = True
         self._urgent_keyframe = False
-        self._last_keyframe = 0.0
+        self._clock = clock
+        self._last_keyframe = -KEYFRAME_MIN_INTERVAL
         self._want_bitrate: int | None = None
-        self._last_bitrate_change = 0.0
+        self._last_bitrate_change = -BITRATE_MIN_INTERVAL
         self._reformatter = VideoReformatter()
         self.max_fps: float | None = None  # below ``framerate``: frames are skipped
         self.frames_skipped = 0
@@ -92,7 +96,7 @@ class VideoEncoder:
         """
         self._want_keyframe = True
         self._urgent_keyframe = self._urgent_keyframe or urgent
-        return urgent or time.monotonic() - self._last_keyframe >= KEYFRAME_MIN_INTERVAL
+        return urgent or self._clock() - self._last_keyframe >= KEYFRAME_MIN_INTERVAL
 
     def set_bitrate(self, bitrate: int) -> None:
         """Change the target bitrate (applied at the next frame, rate-limited)."""
@@ -171,10 +175,10 @@ class VideoEncoder:
 
     def _apply_bitrate(self) -> None:
         want = self._want_bitrate
-        if want is None or time.monotonic() - self._last_bitrate_change < BITRATE_MIN_INTERVAL:
+        if want is None or self._clock() - self._last_bitrate_change < BITRATE_MIN_INTERVAL:
             return
         self._want_bitrate = None
-        self._last_bitrate_change = time.monotonic()
+        self._last_bitrate_change = self._clock()
         log.info("media.encoder.bitrate", codec=self.codec, old=self.bitrate, new=want,
                  max_fps=self.max_fps)
         self.bitrate = want
@@ -221,7 +225,7 @@ class VideoEncoder:
                                                format="yuv420p")
             shared = False
         if self._want_keyframe and (
-            self._urgent_keyframe or time.monotonic() - self._last_keyframe >= KEYFRAME_MIN_INTERVAL
+            self._urgent_keyframe or self._clock() - self._last_keyframe >= KEYFRAME_MIN_INTERVAL
         ):
             if shared:  # another encoder may be reading it: mark a copy
                 frame = private_copy(frame)
@@ -236,7 +240,7 @@ class VideoEncoder:
             self.bytes_encoded += packet.size
             if packet.is_keyframe:
                 self.keyframes_encoded += 1
-                self._last_keyframe = time.monotonic()
+                self._last_keyframe = self._clock()
                 # a GOP key frame serves a pending request too
                 self._want_keyframe = self._urgent_keyframe = False
         return packets

@@ -188,9 +188,9 @@ async def test_bitrate_change_restarts_the_encoder_and_takes_effect(
     assert all(b > a for a, b in itertools.pairwise(pts)), "pts go on increasing"
     # clamped to video.min_bitrate; a change under 10% is ignored
     source.set_bitrate(1)
-    assert source._main.want == (150_000, 1)
+    assert source.pending_bitrate == 150_000
     source.set_bitrate(205_000)
-    assert source._main.want is None
+    assert source.pending_bitrate is None
 
 
 def decoded_sizes(packets: list[Packet]) -> set[tuple[int, int]]:
@@ -480,21 +480,22 @@ async def test_hub_publishes_camera_packets_untouched_and_refuses_vp8(
         queue = stream.subscribe("peer")
         forced = fake_camera.count("encoder.force_key_frame")
         await until(lambda: len(queue) > 0, 5)
-        first = queue._packets[0]
+        first = queue.peek()
+        assert first is not None
         assert first.is_keyframe, "a new subscriber starts at an IDR"
         assert fake_camera.count("encoder.force_key_frame") == forced + 1, "asked for at once"
         ((codec, tier, encoder),) = hub.encoders()
         assert (codec, tier) == ("h264", f"{cfg.width}x{cfg.height}")
         assert isinstance(encoder, PiCamera2Source) and encoder.frames_encoded >= 5
         hub.set_bitrate(300_000)
-        assert encoder._main.want == (300_000, 1)
+        assert encoder.pending_bitrate == 300_000
         # a peer on the lower tier: the camera's lores encoder, listed like the main one
         low = hub.video_stream("h264", 1)
         assert low is not None and low.name == f"h264/{WIDTH // 2}x{HEIGHT // 2}"
         assert hub.video_stream("h264", 5) is low, "a tier that does not exist: the lowest"
         low_queue = low.subscribe("slow peer")
         await until(lambda: len(low_queue) > 0, 5)
-        assert low_queue._packets[0].is_keyframe
+        assert (low_first := low_queue.peek()) is not None and low_first.is_keyframe
         assert [(c, t) for c, t, _enc in hub.encoders()] == [
             ("h264", f"{WIDTH}x{HEIGHT}"), ("h264", f"{WIDTH // 2}x{HEIGHT // 2}")]
         assert not any(isinstance(enc, VideoEncoder) for _c, _t, enc in hub.encoders()), (

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from types import SimpleNamespace
 
+import structlog
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTCP_PSFB_PLI,
@@ -25,8 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from glimpse_edge.config import PeersConfig, VideoConfig
-from glimpse_edge.room import Participant
+from glimpse_edge.config import VideoConfig
 from glimpse_edge.rtc.bandwidth import (
     BandwidthEstimator,
     ChangeGate,
@@ -36,7 +36,7 @@ from glimpse_edge.rtc.bandwidth import (
     report_blocks,
     report_rtt,
 )
-from glimpse_edge.rtc.peer import PeerSession
+from glimpse_edge.rtc.feedback import PeerFeedback
 from glimpse_edge.rtc.tiers import link_bps
 
 MIN, MAX = 150_000, 2_500_000
@@ -325,38 +325,35 @@ class _BrokenSender:
         raise RuntimeError("aiortc changed")
 
 
-def _session() -> tuple[PeerSession, SimpleNamespace]:
+def _feedback() -> tuple[PeerFeedback, SimpleNamespace]:
+    """A peer's feedback half, whose current connection is a stand-in."""
     video = VideoConfig(min_bitrate=MIN, max_bitrate=MAX)
     hub = SimpleNamespace(video_config=video, tiers=video.quality_tiers(), has_video=True,
                           audio_stream=lambda: object())
-    session = PeerSession(
-        Participant("u1", "alice"), self_id="u0", hub=hub,  # type: ignore[arg-type]
-        settings=PeersConfig(), ice_servers=[], relay_only=False, video_codec="h264",
-        send=None,  # type: ignore[arg-type]
-    )
     conn = SimpleNamespace(transceivers={"video": object(), "audio": object()},
                            subscriptions=[], released_bytes=0, codec=None, tracks={})
-    session._conn = conn  # type: ignore[assignment]
-    return session, conn
+    feedback = PeerFeedback(hub, name="alice", log=structlog.get_logger().bind(peer="u1"),  # type: ignore[arg-type]
+                            post=lambda event: None, current=lambda: conn)  # type: ignore[arg-type,return-value]
+    return feedback, conn
 
 
 def test_a_peer_session_feeds_its_estimate_from_video_reports_only() -> None:
-    session, conn = _session()
-    assert session.estimate_bps is None  # nothing known before a report
+    feedback, conn = _feedback()
+    assert feedback.estimate_bps is None  # nothing known before a report
     sender = _Sender(OURS)
     with capture_logs() as logs:
         for packet in _wire(_rr(128, 50, 0, 0)):  # 50 % loss
-            session.feedback.observe(conn, sender, "audio", packet)  # type: ignore[arg-type]
-        assert session.estimate_bps is None, "audio reports do not count when there is video"
+            feedback.observe(conn, sender, "audio", packet)  # type: ignore[arg-type]
+        assert feedback.estimate_bps is None, "audio reports do not count when there is video"
         for packet in _wire(_rr(128, 50, 0, 0)):
-            session.feedback.observe(conn, sender, "video", packet)  # type: ignore[arg-type]
+            feedback.observe(conn, sender, "video", packet)  # type: ignore[arg-type]
         remb = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0,
                               fci=pack_remb_fci(300_000, [OURS]))
-        session.feedback.observe(conn, sender, "video", remb)  # type: ignore[arg-type]
+        feedback.observe(conn, sender, "video", remb)  # type: ignore[arg-type]
         # a connection that is no longer current feeds nothing
         stale = SimpleNamespace(transceivers=conn.transceivers)
-        session.feedback.observe(stale, sender, "video", remb)  # type: ignore[arg-type]
-    assert session.estimate_bps == 300_000
+        feedback.observe(stale, sender, "video", remb)  # type: ignore[arg-type]
+    assert feedback.estimate_bps == 300_000
     lines = [e for e in logs if e["event"] == "peer.bandwidth"]
     # the estimate's ceiling is what the best tier needs on the wire, audio included
     assert lines[0]["estimate_bps"] == int(link_bps(MAX, True) * 0.75)
@@ -365,10 +362,10 @@ def test_a_peer_session_feeds_its_estimate_from_video_reports_only() -> None:
 
 
 def test_the_rtcp_hook_never_raises_and_says_so_once() -> None:
-    session, conn = _session()
+    feedback, conn = _feedback()
     packet = _wire(_rr(0, 0, 0, 0))[0]
     with capture_logs() as logs:
         for _ in range(3):
-            session.feedback.observe(conn, _BrokenSender(), "video", packet)  # type: ignore[arg-type]
+            feedback.observe(conn, _BrokenSender(), "video", packet)  # type: ignore[arg-type]
     assert [e["event"] for e in logs] == ["peer.bandwidth_error"]
-    assert session.estimate_bps is None
+    assert feedback.estimate_bps is None

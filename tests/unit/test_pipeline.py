@@ -12,7 +12,12 @@ from av.packet import Packet
 from trio_asyncio import aio_as_trio
 
 from glimpse_edge.config import AudioConfig, VideoConfig
-from glimpse_edge.media.encoder import KEYFRAME_MIN_INTERVAL, OpusEncoder, VideoEncoder
+from glimpse_edge.media.encoder import (
+    BITRATE_MIN_INTERVAL,
+    KEYFRAME_MIN_INTERVAL,
+    OpusEncoder,
+    VideoEncoder,
+)
 from glimpse_edge.media.fanout import FrameSlot, PacketStream, QueueClosed
 from glimpse_edge.media.framecode import read_code
 from glimpse_edge.media.hub import MediaHub
@@ -31,12 +36,24 @@ def nal_types(packet: Packet) -> list[int]:
     return [data[i + 3] & 0x1F for i in range(len(data) - 3) if data[i:i + 3] == b"\0\0\1"]
 
 
+class StepClock:
+    """A clock the test moves: the encoder's intervals without waiting for them."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_h264_starts_with_idr_and_headers_and_honours_keyframe_requests() -> None:
-    enc = VideoEncoder("h264", 320, 180, 30, 300_000, keyframe_interval=10.0)
+    clock = StepClock()
+    enc = VideoEncoder("h264", 320, 180, 30, 300_000, keyframe_interval=10.0, clock=clock)
     packets = [p for f in frames(20) for p in enc.encode(f)]
     assert packets[0].is_keyframe and {7, 8, 5} <= set(nal_types(packets[0]))
     assert not any(p.is_keyframe for p in packets[1:]), "no key frame without a request"
-    enc._last_keyframe -= KEYFRAME_MIN_INTERVAL  # the first one is long past
+    assert not enc.request_keyframe(), "rate-limited right after the first key frame"
+    clock.now += KEYFRAME_MIN_INTERVAL  # the first one is long past
     assert enc.request_keyframe()
     (p,) = enc.encode(frames(1)[0])
     assert p.is_keyframe and {7, 8, 5} <= set(nal_types(p)), "SPS/PPS with every IDR"
@@ -46,12 +63,13 @@ def test_h264_starts_with_idr_and_headers_and_honours_keyframe_requests() -> Non
 
 def test_keyframe_request_too_soon_is_deferred_not_dropped() -> None:
     """A second peer joining just after a first one must not wait a whole GOP."""
-    enc = VideoEncoder("h264", 320, 180, 30, 300_000, keyframe_interval=10.0)
+    clock = StepClock()
+    enc = VideoEncoder("h264", 320, 180, 30, 300_000, keyframe_interval=10.0, clock=clock)
     f = frames(5)
     assert enc.encode(f[0])[0].is_keyframe  # a key frame was just made
     assert not enc.request_keyframe(), "too soon: deferred"
     assert not enc.encode(f[1])[0].is_keyframe
-    enc._last_keyframe -= KEYFRAME_MIN_INTERVAL  # the interval is over
+    clock.now += KEYFRAME_MIN_INTERVAL  # the interval is over
     assert enc.encode(f[2])[0].is_keyframe, "the deferred request was kept"
     assert not enc.encode(f[3])[0].is_keyframe, "and answered once"
     # a new viewer's request is not held back by the interval
@@ -78,10 +96,11 @@ def test_new_video_subscriber_is_new_until_its_first_keyframe() -> None:
 
 
 def test_bitrate_change_rebuilds_with_a_keyframe() -> None:
-    enc = VideoEncoder("vp8", 320, 180, 30, 300_000)
+    clock = StepClock()
+    enc = VideoEncoder("vp8", 320, 180, 30, 300_000, clock=clock)
     for f in frames(5):
         enc.encode(f)
-    enc._last_bitrate_change = 0.0
+    clock.now += BITRATE_MIN_INTERVAL
     enc.set_bitrate(150_000)
     (p,) = enc.encode(frames(1)[0])
     assert enc.bitrate == 150_000 and p.is_keyframe
@@ -123,7 +142,7 @@ async def test_slow_video_subscriber_skips_to_next_keyframe_others_unaffected() 
 
 
 def await_first(queue):  # type: ignore[no-untyped-def]
-    return queue._packets[0] if len(queue) else None
+    return queue.peek()
 
 
 async def trio_asyncio_get(queue):  # type: ignore[no-untyped-def]

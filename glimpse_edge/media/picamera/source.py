@@ -252,6 +252,16 @@ class PiCamera2Source(EncodedVideoSource):
         self._main.aim(min(max(int(bitrate), self.min_bitrate), self.max_bitrate))
 
     @property
+    def pending_bitrate(self) -> int | None:
+        """The main encoder's rate for its next start (None: no change pending).
+
+        A change waits for the restart :meth:`set_bitrate` explains; this is what
+        status and tests see of it before the encoder restarts.
+        """
+        want = self._main.want
+        return None if want is None else want[0]
+
+    @property
     def tiers(self) -> tuple[QualityTier, ...]:
         return tuple(stream.spec for stream in self._streams)
 
