@@ -36,6 +36,7 @@ and a later offer or join of that participant starts a fresh one.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING
@@ -52,7 +53,7 @@ from ..room import Participant, ParticipantAdded, ParticipantRemoved, Reconciled
 from ..signaling.messages import IceCandidate, SessionDescription, SignalType, WebRTCSignal
 from ..signaling.session import SignalingSession
 from ..supervise import Backoff, RestartPolicy, RestartTracker, TaskGaveUp
-from .peer import PeerGone, PeerSession, StartMode
+from .peer import PeerGone, PeerSession, SendSignal, StartMode
 
 if TYPE_CHECKING:
     from ..media.playback import Speaker
@@ -78,6 +79,11 @@ KEPT_GRACE = 15.0
 # announced to nobody. Measured in the soak: a viewer whose connection was being
 # rebuilt at our re-join went 20 s without video when only KEPT_GRACE was asked.
 RECHECK_AFTER_JOIN = (2.0, 5.0)
+
+# Makes the session for one participant; ``send`` signals that participant.
+# PeerManager's default builds a real PeerSession on the manager's current
+# settings; tests pass stand-ins, created through the same start path.
+SessionFactory = Callable[[Participant, SendSignal], PeerSession]
 
 
 class TokenBucket:
@@ -142,6 +148,7 @@ class PeerManager:
         video_codec: VideoCodec,
         *,
         speaker: Speaker | None = None,
+        session_factory: SessionFactory | None = None,
     ) -> None:
         self.signaling = signaling
         self.hub = hub
@@ -150,6 +157,7 @@ class PeerManager:
         self.ice = ice
         self.video_codec: VideoCodec = video_codec
         self._ice_servers = ice_servers(ice)
+        self._new_session: SessionFactory = session_factory or self._peer_session
         self._entries: dict[str, _Entry] = {}
         self._nursery: trio.Nursery | None = None
         self.refused = 0
@@ -176,6 +184,18 @@ class PeerManager:
     @property
     def sessions(self) -> dict[str, PeerSession]:
         return {peer_id: e.session for peer_id, e in self._entries.items()}
+
+    def is_kept(self, peer_id: str) -> bool:
+        """Whether ``peer_id``'s session is *kept*: connected, but not listed by the
+        room since our last re-join (it ends if a list after the grace omits them)."""
+        entry = self._entries.get(peer_id)
+        return entry is not None and entry.kept_at is not None
+
+    @property
+    def metered_peers(self) -> int:
+        """How many remote peers have a signal bucket: bounded, since idle
+        buckets of peers without a session are forgotten (MAX_IDLE_BUCKETS)."""
+        return len(self._buckets)
 
     async def run(
         self,
@@ -344,18 +364,23 @@ class PeerManager:
             log.warning("peer.refused", peer=participant.user_id, username=participant.username,
                         reason="max_peers reached", max_peers=self.settings.max_peers)
             return None
-        session = PeerSession(
-            participant, self_id=self.signaling.user_id, hub=self.hub, speaker=self.speaker,
-            settings=self.settings,
-            ice_servers=self._ice_servers, relay_only=self.ice.relay_only,
-            video_codec=self.video_codec, send=partial(self._send, participant.user_id),
-        )
+        session = self._new_session(participant, partial(self._send, participant.user_id))
         entry = _Entry(session)
         self._entries[participant.user_id] = entry
         log.info("peer.added", peer=participant.user_id, username=participant.username,
                  mode=mode, peers=len(self._entries))
         self._nursery.start_soon(self._run_session, entry, mode)
         return entry
+
+    def _peer_session(self, participant: Participant, send: SendSignal) -> PeerSession:
+        """The real session (the default SessionFactory), on the current settings."""
+        assert self.signaling.user_id is not None  # _start checked it
+        return PeerSession(
+            participant, self_id=self.signaling.user_id, hub=self.hub, speaker=self.speaker,
+            settings=self.settings,
+            ice_servers=self._ice_servers, relay_only=self.ice.relay_only,
+            video_codec=self.video_codec, send=send,
+        )
 
     def _back_in_room(self, entry: _Entry, how: str) -> None:
         entry.session.in_room = True

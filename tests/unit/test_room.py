@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any, cast
 
 import pytest
 import trio
 import trio.testing
+from support.stubpeers import TEST_TIMEOUT, StubSignaling, new_manager, running_manager
 
-from glimpse_edge.config import IceConfig, PeersConfig
+from glimpse_edge.config import PeersConfig
 from glimpse_edge.room import (
-    Participant,
     ParticipantAdded,
     ParticipantRemoved,
     Reconciled,
     Room,
     RoomEvent,
 )
-from glimpse_edge.rtc.manager import PeerManager, _Entry
-from glimpse_edge.rtc.peer import PeerSession
+from glimpse_edge.rtc.manager import RECHECK_AFTER_JOIN
 from glimpse_edge.signaling.messages import RoomUser, WebRTCSignal
 
 ME, ALICE, BOB, CAROL = "me", "alice-id", "bob-id", "carol-id"
@@ -96,64 +93,37 @@ def test_a_participant_known_only_from_signals_can_leave() -> None:
 # -- what the room's events do to peer sessions (PeerManager, stub sessions) --
 
 
-@dataclass
-class _StubSession:
-    participant: Participant
-    state: str = "connected"
-    in_room: bool = True
-    delivered: list[WebRTCSignal] = field(default_factory=list)
-
-    @property
-    def peer_id(self) -> str:
-        return self.participant.user_id
-
-    def deliver(self, signal: WebRTCSignal) -> None:
-        self.delivered.append(signal)
-
-
-def _manager_in(room: Room, *peers: tuple[str, str],
-                signaling: Any = None) -> tuple[PeerManager, dict[str, _Entry]]:
-    signaling = signaling or SimpleNamespace(room=room, user_id=ME, connects=1)
-    manager = PeerManager(signaling, cast(Any, None), PeersConfig(), IceConfig(servers=()),
-                          video_codec="h264")
-    for user_id, name in peers:
-        manager._entries[user_id] = _Entry(cast(PeerSession, _StubSession(
-            Participant(user_id, name))))
-    return manager, manager._entries
-
-
-def _pump(manager: PeerManager, events: trio.MemoryReceiveChannel[RoomEvent]) -> None:
-    for event in drain(events):
-        manager._on_room_event(event)
-
-
 async def test_kept_session_ends_when_a_later_list_still_omits_them(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     """Issue 9: connected but not listed after a re-join is kept for the grace, not forever."""
     room = Room("r")
-    room.reconcile(ME, "Lobby", [RoomUser(ALICE, "alice", True), RoomUser(BOB, "bob", True)])
-    manager, entries = _manager_in(room, (ALICE, "alice"), (BOB, "bob"))
-    events = room.subscribe()
-    room.reconcile(ME, "Lobby", [])  # a server restart, and we were back first
-    _pump(manager, events)
-    for entry in entries.values():
-        assert entry.kept_at is not None and not entry.session.in_room
-        assert not entry.scope.cancel_called
-    await trio.sleep(manager.kept_grace / 2)
-    room.reconcile(ME, "Lobby", [])  # within the grace: still kept
-    _pump(manager, events)
-    assert not any(e.scope.cancel_called for e in entries.values())
-    await trio.sleep(manager.kept_grace / 2)
-    room.reconcile(ME, "Lobby", [RoomUser(ALICE, "alice", True)])  # the recheck's answer
-    _pump(manager, events)
-    assert entries[ALICE].session.in_room and entries[ALICE].kept_at is None
-    assert not entries[ALICE].scope.cancel_called
-    assert entries[BOB].scope.cancel_called  # gone for good: ended
-    # alice is a participant again: her user_offline ends her session
-    room.user_left(ALICE, "user_offline")
-    _pump(manager, events)
-    assert entries[ALICE].scope.cancel_called
+    signaling = StubSignaling(room)
+    async with running_manager(room, signaling) as run:
+        room.reconcile(ME, "Lobby", [RoomUser(ALICE, "alice", True), RoomUser(BOB, "bob", True)])
+        await run.settle()
+        assert run.live() == {ALICE, BOB}
+        signaling.connects = 2
+        room.reconcile(ME, "Lobby", [])  # a server restart, and we were back first
+        await run.settle()
+        manager = run.manager
+        for peer in (ALICE, BOB):
+            assert manager.is_kept(peer) and not run.sessions[peer].in_room
+        assert run.live() == {ALICE, BOB}
+        await trio.sleep(manager.kept_grace / 2)
+        room.reconcile(ME, "Lobby", [])  # within the grace: still kept
+        await run.settle()
+        assert run.live() == {ALICE, BOB}
+        await trio.sleep(manager.kept_grace / 2)
+        room.reconcile(ME, "Lobby", [RoomUser(ALICE, "alice", True)])  # the recheck's answer
+        await run.settle()
+        assert run.sessions[ALICE].in_room and not manager.is_kept(ALICE)
+        assert run.live() == {ALICE}  # bob: gone for good, ended
+        assert run.sessions[BOB].closed and not run.sessions[ALICE].closed
+        # alice is a participant again: her user_offline ends her session
+        room.user_left(ALICE, "user_offline")
+        await run.settle()
+        assert run.live() == set() and run.sessions[ALICE].closed
 
 
 async def test_kept_participant_who_signals_is_back_and_can_leave(
@@ -161,24 +131,27 @@ async def test_kept_participant_who_signals_is_back_and_can_leave(
 ) -> None:
     """A kept member who returns gets no user_joined; their signal makes them known."""
     room = Room("r")
-    room.reconcile(ME, "Lobby", [RoomUser(BOB, "bob", True)])
-    manager, entries = _manager_in(room, (BOB, "bob"))
-    events = room.subscribe()
-    room.reconcile(ME, "Lobby", [])
-    _pump(manager, events)
-    assert entries[BOB].kept_at is not None
-    send, receive = trio.open_memory_channel[WebRTCSignal](10)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(manager._route_signals, receive)
-        await send.send(WebRTCSignal(signal_type="ice-candidate", peer_id=BOB, signal=None))
-        await trio.testing.wait_all_tasks_blocked()
-        nursery.cancel_scope.cancel()
-    assert entries[BOB].session.in_room and entries[BOB].kept_at is None
-    assert room.get(BOB) is not None
-    _pump(manager, events)
-    room.user_left(BOB, "user_offline")  # before: ignored (not in the room model)
-    _pump(manager, events)
-    assert entries[BOB].scope.cancel_called
+    signaling = StubSignaling(room)
+    async with running_manager(room, signaling) as run:
+        room.reconcile(ME, "Lobby", [RoomUser(BOB, "bob", True)])
+        await run.settle()
+        signaling.connects = 2
+        room.reconcile(ME, "Lobby", [])
+        await run.settle()
+        assert run.manager.is_kept(BOB)
+        room.user_left(BOB, "user_offline")  # not in the room model: changes nothing yet
+        await run.settle()
+        assert run.live() == {BOB}
+        candidate = WebRTCSignal(signal_type="ice-candidate", peer_id=BOB, signal=None)
+        await run.signals.send(candidate)
+        await run.settle()
+        bob = run.sessions[BOB]
+        assert bob.in_room and not run.manager.is_kept(BOB)
+        assert bob.delivered == [candidate]
+        assert room.get(BOB) is not None
+        room.user_left(BOB, "user_offline")  # now it ends the session
+        await run.settle()
+        assert run.live() == set() and bob.closed
 
 
 async def test_a_join_is_told_by_the_sessions_connection_count(
@@ -187,13 +160,21 @@ async def test_a_join_is_told_by_the_sessions_connection_count(
     """The manager reads SignalingSession.connects itself: a stand-in without it is
     an error, not a quiet "never joined" that skips the rechecks after a join."""
     room = Room("r")
+    manager = new_manager(SimpleNamespace(room=room, user_id=ME), {})
+    events = room.subscribe()
+    _, signals = trio.open_memory_channel[WebRTCSignal](1)
     room.reconcile(ME, "Lobby", [])
-    manager, _ = _manager_in(room, signaling=SimpleNamespace(room=room, user_id=ME))
-    with pytest.raises(AttributeError, match="connects"):
-        manager._on_room_event(Reconciled(()))
-    manager, _ = _manager_in(room)  # connects=1: the first join
-    manager._on_room_event(Reconciled(()))
-    assert manager._list_dues  # the list is asked for again after the join
+    with trio.fail_after(TEST_TIMEOUT), pytest.raises(ExceptionGroup) as info:
+        await manager.run(events, signals)
+    assert info.group_contains(AttributeError, match="connects")
+
+    signaling = StubSignaling(room)  # connects=1: the first join
+    async with running_manager(room, signaling):
+        room.reconcile(ME, "Lobby", [])
+        await trio.sleep(RECHECK_AFTER_JOIN[0] - 0.1)
+        assert signaling.asked == 0
+        await trio.sleep(0.2)
+        assert signaling.asked == 1  # the list is asked for again after the join
 
 
 async def test_another_outage_during_the_grace_starts_it_again(
@@ -201,31 +182,42 @@ async def test_another_outage_during_the_grace_starts_it_again(
 ) -> None:
     """After each re-join everyone reconnects in their own time: the grace restarts."""
     room = Room("r")
-    room.reconcile(ME, "Lobby", [RoomUser(BOB, "bob", True)])
-    signaling = SimpleNamespace(room=room, user_id=ME, connects=1)
-    manager, entries = _manager_in(room, (BOB, "bob"), signaling=signaling)
-    events = room.subscribe()
-    room.reconcile(ME, "Lobby", [])  # re-join after the first outage
-    _pump(manager, events)
-    assert entries[BOB].kept_at is not None
-    await trio.sleep(manager.kept_grace)
-    signaling.connects = 2
-    room.reconcile(ME, "Lobby", [])  # re-join after a second outage: not yet
-    _pump(manager, events)
-    assert not entries[BOB].scope.cancel_called
-    await trio.sleep(manager.kept_grace)
-    room.reconcile(ME, "Lobby", [])  # the recheck's answer, a grace after that
-    _pump(manager, events)
-    assert entries[BOB].scope.cancel_called
+    signaling = StubSignaling(room)
+    async with running_manager(room, signaling) as run:
+        room.reconcile(ME, "Lobby", [RoomUser(BOB, "bob", True)])
+        await run.settle()
+        signaling.connects = 2
+        room.reconcile(ME, "Lobby", [])  # re-join after the first outage
+        await run.settle()
+        assert run.manager.is_kept(BOB)
+        grace = run.manager.kept_grace
+        await trio.sleep(grace)
+        signaling.connects = 3
+        room.reconcile(ME, "Lobby", [])  # re-join after a second outage: not yet
+        await run.settle()
+        assert run.live() == {BOB}
+        await trio.sleep(grace / 2)
+        room.reconcile(ME, "Lobby", [])  # a list within the new grace: still kept
+        await run.settle()
+        assert run.live() == {BOB} and run.manager.is_kept(BOB)
+        await trio.sleep(grace / 2)
+        room.reconcile(ME, "Lobby", [])  # the recheck's answer, a grace after that
+        await run.settle()
+        assert run.live() == set() and run.sessions[BOB].closed
 
 
-def test_peer_settings_reach_every_session_through_one_call() -> None:
-    manager, entries = _manager_in(Room("r"), (CAROL, "carol"))
-    settings = PeersConfig(max_peers=3)
-    manager.apply(settings, "vp8")
-    session = entries[CAROL].session
-    assert manager.settings is settings and manager.video_codec == "vp8"
-    assert session.settings is settings and session.video_codec == "vp8"  # type: ignore[attr-defined]
+async def test_peer_settings_reach_every_session_through_one_call(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    room = Room("r")
+    async with running_manager(room) as run:
+        room.reconcile(ME, "Lobby", [RoomUser(CAROL, "carol", True)])
+        await run.settle()
+        settings = PeersConfig(max_peers=3)
+        run.manager.apply(settings, "vp8")
+        session = run.sessions[CAROL]
+        assert run.manager.settings is settings and run.manager.video_codec == "vp8"
+        assert session.settings is settings and session.video_codec == "vp8"
 
 
 async def test_joined_state_is_awaitable_and_resets_when_the_session_drops() -> None:
