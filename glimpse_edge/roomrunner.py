@@ -34,7 +34,7 @@ from .room import Reconciled, Room, RoomEvent
 from .rtc.manager import PeerManager
 from .signaling.messages import WebRTCSignal
 from .signaling.session import JoinedState, SignalingSession, hand_over
-from .signaling.tokens import LoginTokenSource, TokenSource, token_source
+from .signaling.tokens import LoginTokenSource, token_source
 from .supervise import HealthRegistry, supervise
 
 if TYPE_CHECKING:
@@ -47,13 +47,18 @@ STOP_TIMEOUT = 4.0
 # before the old one is dropped anyway (at least twice its connect_timeout).
 HANDOVER_TIMEOUT = 15.0
 
+# Makes the signaling session of one link: ``config``'s server and credentials,
+# serving ``room``, its WebRTC signals to ``signals``. The runner's default is a
+# real SignalingSession; unit tests pass stand-ins they join and drop at will.
+SignalingFactory = Callable[[Config, Room, trio.MemorySendChannel[WebRTCSignal]],
+                            SignalingSession]
+
 
 @dataclass
 class _Link:
-    """One signaling session and what it needs: its token source, its signals, its scope."""
+    """One signaling session and what it needs: its signals, its scope."""
 
     session: SignalingSession
-    tokens: TokenSource
     signals: trio.MemoryReceiveChannel[WebRTCSignal]
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
@@ -68,8 +73,10 @@ class RoomRunner:
     """
 
     def __init__(self, config: Config, hub: MediaHub, health: HealthRegistry,
-                 on_status: Callable[[], None], *, speaker: Speaker | None = None) -> None:
+                 on_status: Callable[[], None], *, speaker: Speaker | None = None,
+                 signaling_factory: SignalingFactory | None = None) -> None:
         self.config = config
+        self._new_signaling: SignalingFactory = signaling_factory or self._signaling
         self._hub = hub
         self._speaker = speaker
         self._health = health
@@ -243,12 +250,14 @@ class RoomRunner:
     # -- internals ------------------------------------------------------------
 
     def _new_link(self, config: Config, room: Room) -> _Link:
-        tokens = token_source(config.server, config.auth)
         signals_in, signals_out = trio.open_memory_channel[WebRTCSignal](256)
-        session = SignalingSession(config.server, room, tokens,
-                                   on_status=lambda _text: self._on_status(),
-                                   signals=signals_in)
-        return _Link(session, tokens, signals_out)
+        return _Link(self._new_signaling(config, room, signals_in), signals_out)
+
+    def _signaling(self, config: Config, room: Room,
+                   signals: trio.MemorySendChannel[WebRTCSignal]) -> SignalingSession:
+        """The real session (the default SignalingFactory)."""
+        return SignalingSession(config.server, room, token_source(config.server, config.auth),
+                                on_status=lambda _text: self._on_status(), signals=signals)
 
     async def _run_link(
         self, link: _Link, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -263,9 +272,10 @@ class RoomRunner:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(partial(supervise, "signaling", link.session.run,
                                            health=self._health))
-                if isinstance(link.tokens, LoginTokenSource):
+                tokens = link.session.tokens
+                if isinstance(tokens, LoginTokenSource):
                     nursery.start_soon(partial(supervise, "auth.refresh",
-                                               link.tokens.refresh_loop, health=self._health))
+                                               tokens.refresh_loop, health=self._health))
                 task_status.started()
                 async with link.signals:
                     async for signal in link.signals:
