@@ -35,6 +35,7 @@ from .systemd import Notifier, feed_watchdog, watchdog_interval
 
 if TYPE_CHECKING:
     from .media.playback import Speaker
+    from .rtc.uplink import UplinkState
 
 log = structlog.get_logger(__name__)
 
@@ -130,6 +131,12 @@ class Agent:
         """The peer sessions, by participant id."""
         peers = self.runner.peers if self.runner is not None else None
         return peers.sessions if peers is not None else {}
+
+    @property
+    def uplink(self) -> UplinkState | None:
+        """The device's upload as the peers see it together (None without peers)."""
+        peers = self.runner.peers if self.runner is not None else None
+        return peers.uplink.state(time.monotonic()) if peers is not None else None
 
     @property
     def peers_refused(self) -> int:

@@ -39,6 +39,17 @@ KEYFRAME_MIN_INTERVAL = 0.5
 # Rebuilding an encoder for a new bitrate implies a key frame: not too often.
 # (libx264 takes a new rate in place, without a key frame; libvpx is rebuilt.)
 BITRATE_MIN_INTERVAL = 1.0
+# libx264's VBV buffer, in seconds of its ceiling: no frame (an IDR above all)
+# is much bigger than this, so the pacer (2.5 x the rate, rtc/pacer.py) sends
+# a key frame in a few frame intervals rather than a burst a Wi-Fi queue drops.
+VBV_SECONDS = 1 / 3
+# At a key frame due anyway, an encoder whose ceiling is this far above its
+# rate is reopened at the rate, so that the key frame is sized for the link.
+VBV_RESIZE_RATIO = 2.0
+VBV_HEADROOM = 1.5  # ... with this much room above the rate for it to climb in place
+# libvpx's cap on a key frame, in % of an average frame: libwebrtc's rule
+# (half the optimal buffer, 600 ms, in frames).
+VP8_OPTIMAL_BUFFER_MS = 600
 
 
 class VideoEncoder:
@@ -82,6 +93,8 @@ class VideoEncoder:
         self.max_fps: float | None = None  # below ``framerate``: frames are skipped
         self.frames_skipped = 0
         self._last_time: float | None = None  # source time of the last frame encoded
+        self._since_keyframe = 0  # frames encoded since the last key frame
+        self.keyframes_resized = 0  # reopened at a key frame to size it for the rate
 
     # -- requests (any thread) ---------------------------------------------
 
@@ -134,7 +147,7 @@ class VideoEncoder:
             # frame from bursting far above the target (no pacing in aiortc).
             # VBV given as codec options (not x264-params): then a new
             # bit_rate on the open context is applied by libx264 in place.
-            buf = max(self.ceiling // 2, 50_000)
+            buf = max(round(self.ceiling * VBV_SECONDS), 50_000)
             ctx.options = {
                 "preset": self.preset,
                 "tune": "zerolatency",
@@ -159,6 +172,7 @@ class VideoEncoder:
                 "buf-initial-sz": "500",
                 "buf-optimal-sz": "600",
                 "buf-sz": "1000",
+                "max-intra-rate": str(VP8_OPTIMAL_BUFFER_MS * self.framerate // 20),
             }
             ctx.gop_size = self.gop
         ctx.width = self.width
@@ -211,6 +225,8 @@ class VideoEncoder:
             self._context.bit_rate = round(self.bitrate * self._rate_factor)
             self._opened_factor = self._rate_factor
         self._apply_bitrate()
+        if self._keyframe_due() or self._since_keyframe + 1 >= self.gop:
+            self._resize_for_keyframe()
         if self._context is None:
             self._context = self._open()
             self._opened_factor = self._rate_factor
@@ -224,9 +240,7 @@ class VideoEncoder:
             frame = self._reformatter.reformat(frame, width=self.width, height=self.height,
                                                format="yuv420p")
             shared = False
-        if self._want_keyframe and (
-            self._urgent_keyframe or self._clock() - self._last_keyframe >= KEYFRAME_MIN_INTERVAL
-        ):
+        if self._keyframe_due():
             if shared:  # another encoder may be reading it: mark a copy
                 frame = private_copy(frame)
             frame.pict_type = PictureType.I
@@ -238,12 +252,35 @@ class VideoEncoder:
             packet.time_base = VIDEO_TIME_BASE
             self.frames_encoded += 1
             self.bytes_encoded += packet.size
+            self._since_keyframe += 1
             if packet.is_keyframe:
+                self._since_keyframe = 0
                 self.keyframes_encoded += 1
                 self._last_keyframe = self._clock()
                 # a GOP key frame serves a pending request too
                 self._want_keyframe = self._urgent_keyframe = False
         return packets
+
+    def _keyframe_due(self) -> bool:
+        """A key frame was asked for, and may be made now."""
+        return self._want_keyframe and (
+            self._urgent_keyframe or self._clock() - self._last_keyframe >= KEYFRAME_MIN_INTERVAL)
+
+    def _resize_for_keyframe(self) -> None:
+        """Reopen libx264 at the current rate when its VBV still fits a higher one.
+
+        A rate lowered in place (no key frame on a bad link) keeps the VBV
+        ceiling of the rate it was opened with, and an IDR may fill that
+        buffer: a 31 kB IDR on a 150 kbit/s link. At a key frame that is
+        coming anyway (asked for, or the GOP's), reopening costs nothing
+        more, and the new buffer sizes the IDR for the rate.
+        """
+        if (self.codec != "h264" or self._context is None
+                or self.ceiling <= VBV_RESIZE_RATIO * self.bitrate):
+            return
+        self.ceiling = round(self.bitrate * VBV_HEADROOM)
+        self.keyframes_resized += 1
+        self.close()  # reopened by encode(): its first frame is the key frame
 
     def close(self) -> None:
         self._context = None

@@ -24,6 +24,7 @@ work through a backlog.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Literal, cast
@@ -38,6 +39,10 @@ from ..rtc.aio import aio_future, wake_aio
 log = structlog.get_logger(__name__)
 
 MediaKind = Literal["audio", "video"]
+
+
+# A key frame asked for and not published within this long is asked for again.
+KEYFRAME_ASK_EXPIRY = 1.0
 
 
 class QueueClosed(Exception):
@@ -70,6 +75,10 @@ class PacketQueue:
         # peer from its bandwidth estimate; an adaptive encoder follows the
         # lowest demand among its queues (None: no opinion).
         self.demand_bps: int | None = None
+        self.overflows = 0  # times the reader fell a whole queue behind (skipped to a key frame)
+        self.keyframe_taken_at: float | None = None  # when the reader last took a key frame
+        self.keyframe_asks = 0  # PLI/FIR from this queue's receiver (:meth:`ask_keyframe`)
+        self.keyframe_asks_coalesced = 0  # ... answered by a key frame already on its way
 
     def put(self, packet: Packet[Any], keyframe: bool) -> None:
         """Called by the stream for every packet (never blocks, never raises)."""
@@ -84,6 +93,7 @@ class PacketQueue:
         if len(self._packets) >= self.maxlen:
             if self.kind == "video":
                 self.dropped += len(self._packets) + 1
+                self.overflows += 1
                 self._packets.clear()
                 self._need_keyframe = True
                 log.debug("media.fanout.overflow", queue=self.name, kind=self.kind)
@@ -113,6 +123,25 @@ class PacketQueue:
     def closed(self) -> bool:
         return self._closed
 
+    def ask_keyframe(self, window: float, now: float | None = None) -> bool:
+        """The receiver asks for a key frame (PLI, FIR); False if one already answers it.
+
+        Coalesced when a key frame is on its way to this receiver: the queue
+        waits for one (its first, or after an overflow), or the reader took
+        one less than ``window`` seconds ago (the request left the receiver
+        before that one arrived; it decodes from it, and NACKs repair what of
+        it was lost). Otherwise the stream is asked, which coalesces the
+        requests of all its readers (:meth:`PacketStream.keyframe_wanted`).
+        """
+        self.keyframe_asks += 1
+        now = time.monotonic() if now is None else now
+        taken = self.keyframe_taken_at
+        if self._need_keyframe or (taken is not None and now - taken < window):
+            self.keyframe_asks_coalesced += 1
+            return False
+        self._on_need_keyframe()
+        return True
+
     def peek(self) -> Packet[Any] | None:
         """The packet :meth:`get_aio` would return next, without taking it."""
         return self._packets[0] if self._packets else None
@@ -137,6 +166,8 @@ class PacketQueue:
                 self.delivered += 1
                 packet = self._packets.popleft()
                 self.bytes_delivered += packet.size
+                if packet.is_keyframe:
+                    self.keyframe_taken_at = time.monotonic()
                 return packet
             if self._closed:
                 raise QueueClosed(self.name)
@@ -158,6 +189,9 @@ class PacketStream:
         self.on_need_keyframe: Callable[[], object] = lambda: None
         self.published = 0
         self.last_keyframe: Packet[Any] | None = None
+        self.keyframe_requests = 0  # asks from readers (joins, overflows, PLIs passed on)
+        self.keyframe_requests_coalesced = 0  # ... served by a key frame already asked for
+        self._keyframe_asked_at: float | None = None  # asked, and none published since
 
     @property
     def subscribers(self) -> int:
@@ -181,7 +215,26 @@ class PacketStream:
             self._queues.remove(queue)
 
     def _need_keyframe(self) -> None:
+        self.keyframe_wanted()
+
+    def keyframe_wanted(self, now: float | None = None) -> bool:
+        """A reader needs a key frame; False if one asked for is still to come.
+
+        One key frame serves every reader that asks before it is published:
+        three viewers losing the same burst send three PLIs, and three IDRs
+        back to back on a congested uplink are how the key-frame spiral
+        starts. An ask older than :data:`KEYFRAME_ASK_EXPIRY` is not waited
+        on (an encoder that restarted may have forgotten it).
+        """
+        now = time.monotonic() if now is None else now
+        self.keyframe_requests += 1
+        asked = self._keyframe_asked_at
+        if asked is not None and now - asked < KEYFRAME_ASK_EXPIRY:
+            self.keyframe_requests_coalesced += 1
+            return False
+        self._keyframe_asked_at = now
         self.on_need_keyframe()
+        return True
 
     def lowest_demand(self) -> int | None:
         """The least any subscriber's link can carry (None: nobody said)."""
@@ -193,6 +246,7 @@ class PacketStream:
         keyframe = bool(packet.is_keyframe)
         if keyframe:
             self.last_keyframe = packet  # for snapshots where there is no raw frame
+            self._keyframe_asked_at = None
         for queue in self._queues:
             queue.put(packet, keyframe)
 

@@ -130,6 +130,22 @@ def _peers(agent: AgentState) -> Iterator[Metric]:
     yield CounterMetricFamily("glimpse_edge_peers_refused",
                               "Participants refused a session because max_peers was reached.",
                               value=agent.peers_refused)
+    uplink = agent.uplink
+    if uplink is not None:
+        if uplink.estimate_bps is not None:
+            yield GaugeMetricFamily("glimpse_edge_uplink_estimate_bps",
+                                    "The device's upload as the peers' reports show it "
+                                    "together, shared out over them (absent: no shared "
+                                    "bottleneck seen lately).", value=uplink.estimate_bps)
+        yield GaugeMetricFamily("glimpse_edge_uplink_congested",
+                                "1 while the peers see a shared bottleneck (the uplink).",
+                                value=1.0 if uplink.congested else 0.0)
+        yield CounterMetricFamily("glimpse_edge_uplink_congestion_episodes",
+                                  "Times a shared bottleneck was detected.",
+                                  value=uplink.episodes)
+        yield GaugeMetricFamily("glimpse_edge_uplink_sent_bps",
+                                "What the agent sends all peers, on the wire, as of their "
+                                "latest reports.", value=uplink.sent_bps)
 
     state = GaugeMetricFamily("glimpse_edge_peer_state",
                               "1 for each peer's current connection state.",
@@ -174,9 +190,46 @@ def _peers(agent: AgentState) -> Iterator[Metric]:
                                  "and REMB), from video.min_bitrate up to what the top "
                                  "tier needs on the wire; it picks the peer's tier. "
                                  "Absent before the first report.", labels=_PEER)
+    keyframe_requests = CounterMetricFamily(
+        "glimpse_edge_peer_keyframe_requests",
+        "Key frames the peer asked for (PLI, FIR), over all its connections.", labels=_PEER)
+    keyframe_coalesced = CounterMetricFamily(
+        "glimpse_edge_peer_keyframe_requests_coalesced",
+        "Key-frame requests answered by a key frame already on its way (no new IDR).",
+        labels=_PEER)
+    pacer_rate = GaugeMetricFamily("glimpse_edge_peer_pacer_rate_bps",
+                                   "Rate the peer's video is paced at (2.5 x its target).",
+                                   labels=_PEER)
+    pacer_delay = GaugeMetricFamily("glimpse_edge_peer_pacer_queue_delay_seconds",
+                                    "How long a video packet handed to the pacer now would "
+                                    "wait.", labels=_PEER)
+    pacer_wait_avg = GaugeMetricFamily("glimpse_edge_peer_pacer_wait_avg_seconds",
+                                       "Running average of a video packet's wait in the "
+                                       "pacer.", labels=_PEER)
+    pacer_packets = CounterMetricFamily("glimpse_edge_peer_pacer_packets",
+                                        "New video packets through the pacer on the current "
+                                        "connection.", labels=_PEER)
+    pacer_delayed = CounterMetricFamily("glimpse_edge_peer_pacer_delayed_packets",
+                                        "... of which waited.", labels=_PEER)
+    pacer_wait = CounterMetricFamily("glimpse_edge_peer_pacer_wait_seconds",
+                                     "Total time video packets waited in the pacer.",
+                                     labels=_PEER)
+    pacer_rtx = CounterMetricFamily("glimpse_edge_peer_pacer_retransmissions",
+                                    "NACKed packets resent (sent at once, charged to the "
+                                    "pacer).", labels=_PEER)
+    pacing: tuple[GaugeMetricFamily | CounterMetricFamily, ...] = (
+        pacer_rate, pacer_delay, pacer_wait_avg, pacer_packets, pacer_delayed,
+        pacer_wait, pacer_rtx)
     for peer in agent.peers:
         who = (peer.peer_id, peer.username)
         state.add_metric((*who, peer.state), 1.0)
+        keyframe_requests.add_metric(who, peer.keyframe_requests)
+        keyframe_coalesced.add_metric(who, peer.keyframe_requests_coalesced)
+        if (pace := peer.pacing) is not None:
+            for family, value in zip(pacing, (
+                pace.rate_bps, pace.queue_delay_s, pace.wait_avg_s, pace.packets,
+                pace.delayed, pace.wait_s, pace.retransmissions), strict=True):
+                family.add_metric(who, value)
         restarts.add_metric(who, peer.restarts)
         if peer.estimate_bps is not None:
             estimate.add_metric(who, peer.estimate_bps)
@@ -205,7 +258,8 @@ def _peers(agent: AgentState) -> Iterator[Metric]:
             if s.jitter_s is not None:
                 jitter.add_metric(labels, s.jitter_s)
     yield from (state, tier, restarts, estimate, stats_up, bitrate, sent_bytes, sent_packets,
-                frames, dropped, rtt, loss, lost, jitter)
+                frames, dropped, rtt, loss, lost, jitter, keyframe_requests,
+                keyframe_coalesced, *pacing)
 
 
 def _media(agent: AgentState) -> Iterator[Metric]:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..introspect import resource_counts
@@ -23,6 +24,10 @@ from ..room import Participant
 from ..supervise import TaskHealth
 from .peerstats import FanoutCounts, PeerStats, fanout_counts, sending_codecs
 from .view import AgentView
+
+if TYPE_CHECKING:
+    from ..rtc.pacer import PacingState
+    from ..rtc.uplink import UplinkState
 
 # The "tier" of the audio encoder (a video tier is its picture size, "1280x720").
 AUDIO_TIER = "audio"
@@ -60,6 +65,9 @@ class PeerState:
     video_tier: str | None
     codecs: dict[str, str | None]  # what the current connection sends, by kind
     fanout: dict[str, FanoutCounts]  # by kind
+    pacing: PacingState | None  # the video pacer, once negotiated
+    keyframe_requests: int  # PLI/FIR from the peer
+    keyframe_requests_coalesced: int  # ... answered by a key frame already on its way
     stats: PeerStats | None  # the sampler's latest reading, if any
 
 
@@ -113,6 +121,7 @@ class AgentState:
     room: RoomState
     peers: tuple[PeerState, ...]
     peers_refused: int
+    uplink: UplinkState | None
     has_hub: bool
     sources: tuple[SourceState, ...]  # video, audio
     encoders: tuple[EncoderState, ...]
@@ -161,11 +170,15 @@ def read_state(agent: AgentView, peer_stats: Mapping[str, PeerStats]) -> AgentSt
                 video_tier=peer.video_tier,
                 codecs=sending_codecs(peer),
                 fanout=fanout_counts(peer),
+                pacing=peer.pacing,
+                keyframe_requests=peer.keyframe_requests[0],
+                keyframe_requests_coalesced=peer.keyframe_requests[1],
                 stats=peer_stats.get(peer_id),
             )
             for peer_id, peer in agent.peers.items()
         ),
         peers_refused=agent.peers_refused,
+        uplink=agent.uplink,
         has_hub=hub is not None,
         sources=_sources(agent, health),
         encoders=tuple(

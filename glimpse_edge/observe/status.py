@@ -78,6 +78,10 @@ def status_document(state: AgentState) -> dict[str, Any]:
             "joined": room.joined,
             "participants": len(room.participants),
         },
+        "uplink": None if (up := state.uplink) is None else {
+            "estimate_bps": up.estimate_bps, "congested": up.congested,
+            "episodes": up.episodes, "peers": up.peers, "sent_bps": up.sent_bps,
+            "shares_bps": dict(up.shares)},
         "participants": _participants(state),
         "sources": _sources(state),
         "encoders": _encoders(state),
@@ -108,7 +112,8 @@ def _participants(state: AgentState) -> list[dict[str, Any]]:
         peer = peers.get(peer_id)
         if peer is None:
             entry.update(state="no session", tier=None, codecs={}, restarts=0, stats={},
-                         stats_error=None, estimate_bps=None)
+                         stats_error=None, estimate_bps=None, pacing=None,
+                         keyframe_requests={"received": 0, "coalesced": 0})
         else:
             reading = peer.stats
             stats: dict[str, dict[str, Any]] = {
@@ -122,6 +127,15 @@ def _participants(state: AgentState) -> list[dict[str, Any]]:
                 codecs=peer.codecs,
                 restarts=peer.restarts,
                 estimate_bps=peer.estimate_bps,
+                pacing=None if (pace := peer.pacing) is None else {
+                    "rate_bps": pace.rate_bps,
+                    "queue_delay_ms": round(pace.queue_delay_s * 1000, 1),
+                    "wait_avg_ms": round(pace.wait_avg_s * 1000, 2),
+                    "wait_max_ms": round(pace.wait_max_s * 1000, 1),
+                    "packets": pace.packets, "delayed": pace.delayed,
+                    "retransmissions": pace.retransmissions},
+                keyframe_requests={"received": peer.keyframe_requests,
+                                   "coalesced": peer.keyframe_requests_coalesced},
                 stats=stats,
                 stats_error=reading.error if reading else None,
             )

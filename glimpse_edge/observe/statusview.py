@@ -106,6 +106,15 @@ def render(status: dict[str, Any]) -> str:
                  f"{room.get('participants', 0)} other participant"
                  f"{'' if room.get('participants') == 1 else 's'}")
 
+    uplink = status.get("uplink")
+    if uplink:
+        estimate = uplink.get("estimate_bps")
+        lines.append(f"uplink      sending {kbits(uplink.get('sent_bps'))} kbit/s; "
+                     + (f"estimate {kbits(estimate)} kbit/s shared out"
+                        if estimate is not None else "no shared limit")
+                     + (", congested" if uplink.get("congested") else "")
+                     + f" ({uplink.get('episodes', 0)} episode"
+                     + f"{'' if uplink.get('episodes') == 1 else 's'})")
     people = status.get("participants") or []
     lines.append("")
     if people:
@@ -119,11 +128,15 @@ def render(status: dict[str, Any]) -> str:
                 p.get("tier") or "-", (p.get("codecs") or {}).get("video") or "-",
                 kbits(video.get("bitrate_bps")), kbits(audio.get("bitrate_bps")),
                 number(video.get("rtt_ms"), 1), number(None if loss is None else loss * 100, 1),
-                number(video.get("frames_sent")), str(p.get("restarts", 0)),
+                number(video.get("frames_sent")),
+                number((p.get("pacing") or {}).get("queue_delay_ms"), 1),
+                "{received}/{coalesced}".format(**(p.get("keyframe_requests")
+                                                   or {"received": 0, "coalesced": 0})),
+                str(p.get("restarts", 0)),
             ])
         lines += table(["PARTICIPANT", "STATE", "TIER", "CODEC", "VIDEO kbit/s",
-                        "AUDIO kbit/s", "RTT ms", "LOSS %", "FRAMES", "RESTARTS"], rows,
-                       right_from=4)
+                        "AUDIO kbit/s", "RTT ms", "LOSS %", "FRAMES", "PACER ms",
+                        "PLI/COALESCED", "RESTARTS"], rows, right_from=4)
         errors = [f"  {p.get('username') or p.get('user_id')}: {p['stats_error']}"
                   for p in people if p.get("stats_error")]
         if errors:

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
     from ..config import Config, VideoConfig
     from ..room import Participant
+    from ..rtc.pacer import PacingState
+    from ..rtc.uplink import UplinkState
     from ..supervise import HealthRegistry
 
 
@@ -92,6 +94,14 @@ class PeerView(Protocol):
     @property
     def video_tier(self) -> str | None:
         """The quality tier the peer is on, as "WIDTHxHEIGHT" (None without video)."""
+
+    @property
+    def pacing(self) -> PacingState | None:
+        """The current connection's video pacer (None before negotiation)."""
+
+    @property
+    def keyframe_requests(self) -> tuple[int, int]:
+        """Key frames the participant asked for (PLI, FIR), and how many were coalesced."""
 
     @property
     def connection(self) -> RTCPeerConnection | None:
@@ -213,6 +223,10 @@ class AgentView(Protocol):
     @property
     def peers(self) -> Mapping[str, PeerView]:
         """The peer sessions, by participant id."""
+
+    @property
+    def uplink(self) -> UplinkState | None:
+        """The shared uplink estimate (rtc/uplink.py); None without a peer manager."""
 
     @property
     def peers_refused(self) -> int:

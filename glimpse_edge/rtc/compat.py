@@ -30,9 +30,12 @@ import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import import_module, metadata
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from ..fatal import Fatal
+
+if TYPE_CHECKING:
+    from .pacer import Pacer
 
 __all__ = [
     "NEEDS",
@@ -46,9 +49,11 @@ __all__ = [
     "install",
     "installed_version",
     "last_sender_report",
+    "pace_rtp",
     "problems",
     "selected_candidates",
     "sender_ssrc",
+    "size_rtp_history",
     "websocket_stream",
 ]
 
@@ -71,7 +76,7 @@ class IncompatibleLibrary(Fatal):
 
 # -- what is relied on ----------------------------------------------------------
 
-Kind = Literal["coroutine", "function", "attribute", "used_by"]
+Kind = Literal["coroutine", "function", "attribute", "used_by", "global"]
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,9 @@ class Need:
     * ``attribute``: ``Class.attribute`` exists (a property, a method);
     * ``used_by``: the code of ``Class.<in_method>`` names ``attribute`` (it
       sets it, reads it or calls it): instance attributes set in ``__init__``,
-      and the calls that make a replaced method actually run.
+      and the calls that make a replaced method actually run;
+    * ``global``: the module of ``owner`` has an int ``attribute`` (a
+      module constant we change).
     """
 
     library: str  # the distribution, as pip names it
@@ -134,6 +141,19 @@ NEEDS: Final[tuple[Need, ...]] = (
          params=("self",)),
     Need("aioice", "aioice.ice:Connection", "_closing", "used_by", "guard_ice_connect",
          in_method="close"),
+    # pace_rtp
+    Need("aiortc", "aiortc.rtcdtlstransport:RTCDtlsTransport", "_send_rtp", "coroutine",
+         "pace_rtp", params=("self", "data")),
+    Need("aiortc", "aiortc.rtcrtpsender:RTCRtpSender", "_send_rtp", "used_by", "pace_rtp",
+         in_method="_run_rtp"),
+    Need("aiortc", "aiortc.rtcrtpsender:RTCRtpSender", "transport", "attribute", "pace_rtp"),
+    # size_rtp_history
+    Need("aiortc", "aiortc.rtcrtpsender:RTCRtpSender", "RTP_HISTORY_SIZE", "global",
+         "size_rtp_history"),
+    Need("aiortc", "aiortc.rtcrtpsender:RTCRtpSender", "RTP_HISTORY_SIZE", "used_by",
+         "size_rtp_history", in_method="_run_rtp"),
+    Need("aiortc", "aiortc.rtcrtpsender:RTCRtpSender", "RTP_HISTORY_SIZE", "used_by",
+         "size_rtp_history", in_method="_retransmit"),
     # websocket_stream
     Need("trio-websocket", "trio_websocket:WebSocketConnection", "_stream", "used_by",
          "websocket_stream", in_method="__init__"),
@@ -160,9 +180,15 @@ def _problem(need: Need) -> str | None:
     """What is wrong with one need, or None."""
     module_name, _, class_name = need.owner.partition(":")
     try:
-        owner = getattr(import_module(module_name), class_name)
+        module = import_module(module_name)
+        owner = getattr(module, class_name)
     except (ImportError, AttributeError):
         return f"{need.owner.replace(':', '.')} is missing (needed by {need.used_for})"
+    if need.kind == "global":
+        if not isinstance(getattr(module, need.attribute, None), int):
+            return (f"{module_name}.{need.attribute} is no longer a module constant "
+                    f"(needed by {need.used_for})")
+        return None
     where = f"{class_name}.{need.attribute}"
     if need.kind == "used_by":
         method = getattr(owner, need.in_method, None)
@@ -232,6 +258,7 @@ def install() -> None:
     """
     check()
     guard_ice_connect()
+    size_rtp_history()
 
 
 # -- aiortc: a sender's RTCP -----------------------------------------------------
@@ -339,6 +366,64 @@ def last_sender_report(sender: Any) -> tuple[int | None, float | None]:
     """
     return (getattr(sender, "_RTCRtpSender__lsr", None),
             getattr(sender, "_RTCRtpSender__lsr_time", None))
+
+
+# -- aiortc: a sender's RTP ---------------------------------------------------------
+
+RTP_HISTORY: Final = 512  # packets a sender keeps for NACKs (aiortc: 128)
+
+
+def size_rtp_history(size: int = RTP_HISTORY) -> None:
+    """Keep ``size`` sent packets per sender for retransmission, instead of 128.
+
+    aiortc: every RTP packet a sender sends is kept in a dict keyed by
+    ``sequence number % RTP_HISTORY_SIZE`` (a module constant of
+    ``aiortc.rtcrtpsender``, read on each send and each NACK); a NACK for a
+    packet no longer there is ignored. Why: under congestion a NACK's
+    answer is far cheaper than the key frame a receiver asks for once
+    retransmission fails, and with pacing (rtc/pacer.py) a packet is NACKed
+    later after it was handed to the sender: 128 packets are ~0.4 s of a
+    720p stream, shorter than a congested round trip plus a paced key
+    frame. 512 (a power of two, so the ring survives the sequence number's
+    wrap) hold ~1.5 s of 720p, 2+ s of the lower tiers, ~600 kB per sender
+    at most. Without it: lost packets older than 128 are never resent, and
+    each such loss costs an IDR. Process-wide; idempotent.
+    """
+    import aiortc.rtcrtpsender as sender_module
+
+    if 65536 % size:
+        raise ValueError(f"the RTP history must divide 65536, not {size}")
+    sender_module.RTP_HISTORY_SIZE = size  # type: ignore[attr-defined]
+
+
+def pace_rtp(sender: Any, pacer: Pacer) -> None:
+    """Send ``sender``'s RTP through ``pacer`` (rtc/pacer.py).
+
+    aiortc: a sender's task awaits ``self.transport._send_rtp(data)`` for
+    each packet (``_run_rtp``; ``_retransmit`` for NACKs); the DTLS
+    transport protects it with SRTP and sends it. With BUNDLE, audio, video
+    and RTCP of a connection share one transport. Why: aiortc has no pacer,
+    and a key frame leaves back to back (rtc/pacer.py). The transport's
+    ``_send_rtp`` is wrapped on the instance, once; the pacer delays only
+    packets of the SSRCs registered with it (the video sender's), so audio
+    and RTCP pass straight on. Call once both descriptions are set (the
+    transport is then the bundled one). Without it: no pacing, nothing
+    else changes. A second call for another sender on the same transport
+    adds its SSRC to the pacer installed first.
+    """
+    transport = sender.transport
+    installed: Pacer | None = getattr(transport, "_glimpse_pacer", None)
+    if installed is not None:
+        installed.ssrcs.add(sender_ssrc(sender))
+        return
+    pacer.ssrcs.add(sender_ssrc(sender))
+    original = transport._send_rtp
+
+    async def send_rtp(data: bytes) -> None:
+        await pacer.send(data, original)
+
+    transport._send_rtp = send_rtp
+    transport._glimpse_pacer = pacer
 
 
 # -- aiortc / aioice: ICE --------------------------------------------------------

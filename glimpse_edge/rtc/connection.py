@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Literal
 
 from ..media.fanout import PacketQueue, PacketStream
 from ..signaling.messages import IceCandidate
+from .pacer import Pacer
 from .tracks import FrameTrack, PacketTrack
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ class Connection:
     codec: str | None = None
     subscriptions: list[tuple[PacketStream, PacketQueue]] = field(default_factory=list)
     released_bytes: int = 0  # video sent from queues no longer subscribed (tier switches)
+    pacer: Pacer | None = None  # paces the video sender once negotiated (rtc/pacer.py)
 
     def video_stream(self) -> PacketStream | None:
         """The stream the video track reads now."""

@@ -42,8 +42,11 @@ from .bandwidth import (
     report_rtt,
 )
 from .connection import Connection, ConnectionEvent, PathRevived, TierChosen
-from .tiers import TierSelector, link_bps, video_budget
+from .pacer import ABS_SEND_TIME_URI, Pacer
+from .sdp import header_extension_id
+from .tiers import AUDIO_ON_WIRE_BPS, TierSelector, link_bps, video_budget
 from .tracks import PacketTrack
+from .uplink import Uplink
 
 if TYPE_CHECKING:
     from aiortc import RTCRtpSender
@@ -56,6 +59,12 @@ __all__ = ["REMB_CATCH_UP", "PeerFeedback"]
 # After a move up a tier, a receiver's REMB needs this long beyond the tier's
 # trial to follow the new rate (it grows 8 % a second): see BandwidthEstimator.
 REMB_CATCH_UP = 6.0
+# A PLI within this long (plus two round trips and the pacer's queue) after a
+# key frame was sent to the peer is answered by that key frame.
+KEYFRAME_WINDOW = 0.3
+# Under this much loss a PLI is coalesced for at least this long: NACKs repair.
+CONGESTED_LOSS = 0.02
+CONGESTED_KEYFRAME_WINDOW = 1.0
 
 
 class PeerFeedback:
@@ -74,7 +83,10 @@ class PeerFeedback:
         log: FilteringBoundLogger,
         post: Callable[[ConnectionEvent], None],
         current: Callable[[], Connection | None],
+        uplink: Uplink | None = None,
+        peer_id: str = "",
     ) -> None:
+        """``uplink``: the device's upload shared with other peers (None: this peer's own)."""
         self.hub = hub
         self.name = name  # the participant, in queue names
         self.log = log
@@ -87,6 +99,10 @@ class PeerFeedback:
         self._failed = False
         self._sent = RateMeter()
         self.tiers = TierSelector([t.bitrate for t in hub.tiers])
+        self.uplink = uplink if uplink is not None else Uplink()
+        self.peer_id = peer_id or name
+        self.keyframe_requests = 0  # PLI/FIR received (and other reasons to ask)
+        self.keyframe_requests_coalesced = 0  # ... answered by a key frame on its way
 
     # -- what it knows ------------------------------------------------------------
 
@@ -128,9 +144,25 @@ class PeerFeedback:
         self.bandwidth.set_bounds(*self._estimate_bounds())
         self.bandwidth.new_path()
 
-    def negotiated(self, conn: Connection) -> None:
-        """``conn``'s tracks are bound: the zero of the rate we send it."""
+    def negotiated(self, conn: Connection, sdp: str) -> None:
+        """``conn``'s tracks are bound: the zero of the rate we send it; its video paced.
+
+        ``sdp``: either description (both carry the header extensions' ids).
+        """
         self._sent.add(time.monotonic(), conn.released_bytes)
+        transceiver = conn.transceivers.get("video")
+        if transceiver is not None and conn.codec is not None:
+            conn.pacer = Pacer(self._pacing_target(conn, None), abs_send_time_id=(
+                header_extension_id(sdp, "video", ABS_SEND_TIME_URI)))
+            compat.pace_rtp(transceiver.sender, conn.pacer)
+
+    def _pacing_target(self, conn: Connection, budget: int | None) -> int:
+        """What the pacer paces for: the nominal rate of the peer's tier, or its budget
+        if higher (the pacer smooths bursts; it must never be the bottleneck)."""
+        tiers = self.hub.tiers
+        if not self.hub.has_video or not tiers:
+            return max(self.hub.video_config.max_bitrate, budget or 0)
+        return max(tiers[min(self.tiers.tier, len(tiers) - 1)].bitrate, budget or 0)
 
     def hook(self, conn: Connection, sender: RTCRtpSender, kind: str) -> None:
         """Observe RTCP (liveness, bandwidth) and PLI/FIR (key frames) on a sender.
@@ -167,13 +199,36 @@ class PeerFeedback:
             sender, partial(self.request_keyframe, conn, "pli"), on_keyframe_error)
 
     def request_keyframe(self, conn: Connection, reason: str) -> None:
-        """Ask the encoder of the stream ``conn``'s video reads for a key frame."""
+        """The receiver asks for a key frame: pass it on unless one answers it already.
+
+        Coalesced (media/fanout.py) when a key frame is on its way to this
+        peer or already asked for by another reader of the same encoding.
+        The window grows with the path's round trip and the pacer's queue
+        (the time a key frame takes to arrive), and under loss to at least
+        :data:`CONGESTED_KEYFRAME_WINDOW`: then the lost packets are NACKed
+        and resent (from aiortc's history, sized for it in rtc/compat.py)
+        rather than answered with an IDR that the congested link loses too.
+        """
         if conn.codec not in ("h264", "vp8"):
             return
-        stream = conn.video_stream()
-        if stream is not None:
-            stream.on_need_keyframe()
+        track = conn.tracks.get("video")
+        queue = track.queue if isinstance(track, PacketTrack) else None
+        if queue is None:
+            return
+        self.keyframe_requests += 1
+        if queue.ask_keyframe(self.keyframe_window(conn)):
             self.log.debug("peer.keyframe_requested", reason=reason)
+        else:
+            self.keyframe_requests_coalesced += 1
+
+    def keyframe_window(self, conn: Connection) -> float:
+        """How long after a key frame was sent a PLI is taken to predate its arrival."""
+        rtt = self.bandwidth.rtt_s or 0.0
+        window = KEYFRAME_WINDOW + 2 * rtt + (conn.pacer.queue_delay_s if conn.pacer else 0.0)
+        loss = self.bandwidth.last_loss
+        if loss is not None and loss >= CONGESTED_LOSS:
+            window = max(window, CONGESTED_KEYFRAME_WINDOW)
+        return window
 
     # -- estimate -> tier -----------------------------------------------------------
 
@@ -198,12 +253,18 @@ class PeerFeedback:
                 queue.bytes_delivered for stream, queue in conn.subscriptions
                 if stream.kind == "video"))
             seen = False
+            uplink = self.uplink
             for block in report_blocks(packet, ssrc):
                 rtt = report_rtt(block, *compat.last_sender_report(sender), time.time())
-                self._estimate_changed(now, self.bandwidth.on_report(now, block.loss, rtt))
+                self._report_uplink(conn, now, block.loss, rtt)
+                # a shared bottleneck's loss and queue are the uplink's to answer
+                self._estimate_changed(now, self.bandwidth.on_report(
+                    now, uplink.own_loss(block.loss), None if uplink.congested else rtt))
                 seen = True
             remb = remb_bitrate(packet, ssrc)
-            if remb is not None:
+            if remb is not None and uplink.congested:
+                seen = True  # it follows the share the uplink gave: no news of this link
+            elif remb is not None:
                 self._estimate_changed(now, self.bandwidth.on_remb(now, remb,
                                                                    self._sent.rate_bps()))
                 seen = True
@@ -213,6 +274,29 @@ class PeerFeedback:
             if not self._failed:  # once per session: this runs per packet
                 self._failed = True
                 self.log.warning("peer.bandwidth_error", error=f"{type(exc).__name__}: {exc}")
+
+    def _report_uplink(self, conn: Connection, now: float, loss: float,
+                       rtt: float | None) -> None:
+        """Tell the shared uplink what this peer's report says (rtc/uplink.py)."""
+        base = self.bandwidth.base_rtt_s
+        audio = "audio" in conn.tracks
+        video_sent = self._sent.rate_bps()
+        was = self.uplink.congested
+        self.uplink.report(
+            self.peer_id, now, loss=loss,
+            queue_s=None if rtt is None or base is None else max(rtt - base, 0.0),
+            sent_bps=None if video_sent is None else link_bps(int(video_sent), audio),
+            wants_bps=self.bandwidth.estimate_at(now),
+            audio_bps=AUDIO_ON_WIRE_BPS if audio else 0)
+        if self.uplink.congested != was:
+            state = self.uplink.state(now)
+            self.log.info("uplink.congested" if state.congested else "uplink.clear",
+                          estimate_bps=state.estimate_bps, sent_bps=state.sent_bps,
+                          peers=state.peers, episodes=state.episodes)
+
+    def leave_uplink(self) -> None:
+        """The session ends: its share of the uplink goes to the others."""
+        self.uplink.forget(self.peer_id)
 
     def _estimate_changed(self, now: float, update: Update) -> None:
         previous = self._gate.logged
@@ -234,10 +318,15 @@ class PeerFeedback:
         rates = [t.bitrate for t in self.hub.tiers]
         if rates != list(self.tiers.bitrates):  # a reload changed the tiers
             self.tiers.set_bitrates(rates)
-        budget = video_budget(self.bandwidth.estimate_at(now), "audio" in conn.tracks)
+        estimate = self.bandwidth.estimate_at(now)
+        share = self.uplink.share(self.peer_id, now)
+        budget = video_budget(estimate if share is None else min(estimate, share),
+                              "audio" in conn.tracks)
         for stream, queue in conn.subscriptions:
             if stream.kind == "video":
                 queue.demand_bps = budget
+        if conn.pacer is not None:
+            conn.pacer.set_target(self._pacing_target(conn, budget))
         if self.tiers.update(now, budget) is not None or self.tiers.tier != before:
             if self.tiers.tier < before:  # a try of the tier above: the REMB will lag
                 self.bandwidth.expect_rise(now, self.tiers.tuning.trial_window + REMB_CATCH_UP)

@@ -54,6 +54,7 @@ from ..signaling.messages import IceCandidate, SessionDescription, SignalType, W
 from ..signaling.session import SignalingSession
 from ..supervise import Backoff, RestartPolicy, RestartTracker, TaskGaveUp
 from .peer import PeerGone, PeerSession, SendSignal, StartMode
+from .uplink import Uplink
 
 if TYPE_CHECKING:
     from ..media.playback import Speaker
@@ -153,6 +154,8 @@ class PeerManager:
         self.signaling = signaling
         self.hub = hub
         self.speaker = speaker  # the speakerphone, for every session's remote audio
+        # the device's upload, one estimate shared by every session (rtc/uplink.py)
+        self.uplink = Uplink()
         self.settings = settings
         self.ice = ice
         self.video_codec: VideoCodec = video_codec
@@ -379,7 +382,7 @@ class PeerManager:
             participant, self_id=self.signaling.user_id, hub=self.hub, speaker=self.speaker,
             settings=self.settings,
             ice_servers=self._ice_servers, relay_only=self.ice.relay_only,
-            video_codec=self.video_codec, send=send,
+            video_codec=self.video_codec, send=send, uplink=self.uplink,
         )
 
     def _back_in_room(self, entry: _Entry, how: str) -> None:

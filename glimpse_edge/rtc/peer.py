@@ -60,8 +60,10 @@ from .connection import (
 )
 from .feedback import PeerFeedback
 from .inbox import Inbox
+from .pacer import PacingState
 from .sdp import BadSignal, check_sdp, ice_credentials, negotiated_codecs, parse_candidate
 from .tracks import FrameTrack, PacketTrack
+from .uplink import Uplink
 
 if TYPE_CHECKING:
     from ..media.playback import Speaker
@@ -115,7 +117,9 @@ class PeerSession:
         relay_only: bool,
         video_codec: VideoCodec,
         send: SendSignal,
+        uplink: Uplink | None = None,
     ) -> None:
+        """``uplink``: the device's upload, shared with the other sessions (rtc/uplink.py)."""
         self.participant = participant
         self.peer_id = participant.user_id
         self.self_id = self_id
@@ -147,7 +151,8 @@ class PeerSession:
         self.in_room = True
         self.log = log.bind(peer=self.peer_id, username=participant.username)
         self.feedback = PeerFeedback(hub, name=participant.username, log=self.log,
-                                     post=self._post, current=lambda: self._conn)
+                                     post=self._post, current=lambda: self._conn,
+                                     uplink=uplink, peer_id=self.peer_id)
 
     # -- inputs (from the manager; never block) -----------------------------
 
@@ -172,6 +177,17 @@ class PeerSession:
     @property
     def connection(self) -> RTCPeerConnection | None:
         return self._conn.pc if self._conn else None
+
+    @property
+    def pacing(self) -> PacingState | None:
+        """The current connection's pacer, as of now (None before its negotiation)."""
+        conn = self._conn
+        return conn.pacer.snapshot() if conn is not None and conn.pacer is not None else None
+
+    @property
+    def keyframe_requests(self) -> tuple[int, int]:
+        """Key frames this participant asked for, and how many of those were coalesced."""
+        return self.feedback.keyframe_requests, self.feedback.keyframe_requests_coalesced
 
     @property
     def estimate_bps(self) -> int | None:
@@ -211,6 +227,7 @@ class PeerSession:
     async def close(self) -> None:
         """Close whatever connection is open (safe to call from a shielded finally)."""
         conn, self._conn = self._conn, None
+        self.feedback.leave_uplink()
         if conn is not None:
             await self._close_connection(conn, "session closed")
         await self._drop_lingering("session closed")
@@ -577,7 +594,7 @@ class PeerSession:
             queue = audio.subscribe(f"{self.participant.username}/opus")
             conn.subscriptions.append((audio, queue))
             audio_track.bind(queue)
-        self.feedback.negotiated(conn)  # the sending rate's zero
+        self.feedback.negotiated(conn, answer_sdp)  # the sending rate's zero; pacing
         self.log.info("peer.negotiated", role=conn.role, video=conn.codec,
                       audio=codecs.get("audio"))
         pending, conn.pending = conn.pending, []

@@ -80,6 +80,28 @@ def negotiated_codecs(sdp: str) -> dict[str, str | None]:
     return result
 
 
+def header_extension_id(sdp: str, kind: str, uri: str) -> int | None:
+    """The id ``a=extmap`` gives ``uri`` in the first m-line of ``kind`` (None: not there).
+
+    Both descriptions of a negotiation carry the same ids (the answer takes
+    the offer's), so either one tells what the packets carry.
+    """
+    in_kind = False
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            if in_kind:
+                return None
+            in_kind = line[2:].split(" ", 1)[0] == kind
+        elif in_kind and line.startswith("a=extmap:"):
+            head, _, rest = line[len("a=extmap:"):].partition(" ")
+            if rest.split(" ", 1)[0].strip() == uri:
+                try:
+                    return int(head.split("/", 1)[0])
+                except ValueError:
+                    return None
+    return None
+
+
 def parse_candidate(c: IceCandidate) -> RTCIceCandidate | None:
     """A browser's trickled candidate as aiortc's type; None means end of candidates."""
     text = c.candidate.strip()

@@ -81,6 +81,18 @@ class ToneTrack(MediaStreamTrack):
         return frame
 
 
+@dataclass(frozen=True)
+class RtpArrival:
+    """One RTP packet of the remote's video as it arrived (``record_rtp``)."""
+
+    at: float  # wall seconds
+    sequence: int
+    timestamp: int  # RTP: one value per frame
+    marker: bool
+    abs_send_time: int | None  # 6.18 fixed point seconds, 24 bits
+    size: int  # payload bytes
+
+
 @dataclass
 class Received:
     """What one peer received from one remote participant."""
@@ -96,6 +108,7 @@ class Received:
     # (wall ms, width, height) of the first frame and of every change of size
     size_changes: list[tuple[float, int, int]] = field(default_factory=list)
     frame_times: list[float] = field(default_factory=list)  # wall ms of each video frame
+    rtp: list[RtpArrival] = field(default_factory=list)  # video packets, with ``record_rtp``
 
     def fps_since(self, t_ms: float) -> float:
         """Video frames a second decoded from ``t_ms`` (wall ms) on."""
@@ -114,13 +127,18 @@ class BrowserPeer:
     def __init__(
         self, name: str, *, read_codes: bool = False, keep_audio: int = 0,
         video_codecs: list[str] | None = None, send_tone: float | None = None,
+        record_rtp: bool = False,
     ) -> None:
         """``video_codecs`` (e.g. ["VP8"]) limits what this peer offers, like an old browser.
+
+        ``record_rtp``: note every video RTP packet as it arrives
+        (:attr:`Received.rtp`), to see how the sender spaced them.
 
         ``send_tone`` (Hz): send a sine as this participant's microphone
         (sendrecv audio) instead of only receiving.
         """
         self.send_tone = send_tone
+        self.record_rtp = record_rtp
         self.name = name
         self.video_codecs = video_codecs
         self.client = GlimpseClient(name)
@@ -186,6 +204,8 @@ class BrowserPeer:
                 for transceiver in pc.getTransceivers():
                     if transceiver.receiver.track is track:
                         self._cap_remb(transceiver.receiver)
+                        if self.record_rtp:
+                            self._record_rtp(transceiver.receiver, rec)
             task = asyncio.ensure_future(self._consume(peer_id, track, rec))
             self._consumers.add(task)
             task.add_done_callback(self._consumers.discard)
@@ -214,6 +234,20 @@ class BrowserPeer:
             return min(remb[0], self.remb_cap), remb[1]
 
         estimator.add = capped_add
+
+    @staticmethod
+    def _record_rtp(receiver: Any, rec: Received) -> None:
+        """Note each video packet before aiortc's receiver handles it (its private
+        ``_handle_rtp_packet``, called per packet by the DTLS transport's router)."""
+        handle = receiver._handle_rtp_packet
+
+        async def recording(packet: Any, arrival_time_ms: int) -> None:
+            rec.rtp.append(RtpArrival(time.time(), packet.sequence_number, packet.timestamp,
+                                      bool(packet.marker), packet.extensions.abs_send_time,
+                                      len(packet.payload)))
+            await handle(packet, arrival_time_ms)
+
+        receiver._handle_rtp_packet = recording
 
     async def _consume(self, peer_id: str, track: Any, rec: Received) -> None:
         while True:

@@ -44,9 +44,31 @@ def test_every_compat_function_is_checked() -> None:
     """A function reaching into a library's internals is covered by the start-up check."""
     checked = {need.used_for for need in compat.NEEDS}
     patches = {"hook_rtcp", "hook_keyframe_request", "sender_ssrc", "last_sender_report",
-               "selected_candidates", "guard_ice_connect", "websocket_stream"}
+               "selected_candidates", "guard_ice_connect", "websocket_stream", "pace_rtp",
+               "size_rtp_history"}
     assert patches <= set(compat.__all__)
     assert checked == patches
+
+
+def test_a_module_constant_that_became_something_else_is_named() -> None:
+    need = compat.Need("aiortc", "aiortc.rtcrtpsender:RTCRtpSender", "RTP_HISTORY_SIZE",
+                       "global", "size_rtp_history")
+    assert compat.problems((need,)) == {}
+    gone = compat.Need("aiortc", "aiortc.rtcrtpsender:RTCRtpSender", "RTP_HISTORY_LENGTH",
+                       "global", "size_rtp_history")
+    assert compat.problems((gone,)) == {"aiortc": [
+        "aiortc.rtcrtpsender.RTP_HISTORY_LENGTH is no longer a module constant "
+        "(needed by size_rtp_history)"]}
+
+
+def test_the_rtp_history_holds_what_a_paced_link_needs() -> None:
+    import aiortc.rtcrtpsender as sender_module
+
+    compat.install()
+    assert sender_module.RTP_HISTORY_SIZE == compat.RTP_HISTORY
+    assert 65536 % compat.RTP_HISTORY == 0, "the ring must survive the sequence number's wrap"
+    with pytest.raises(ValueError, match="divide 65536"):
+        compat.size_rtp_history(500)
 
 
 def _sender_without_keyframe() -> type:

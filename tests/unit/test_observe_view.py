@@ -34,6 +34,8 @@ from glimpse_edge.observe.statusview import render
 from glimpse_edge.observe.view import AgentView
 from glimpse_edge.room import Participant
 from glimpse_edge.rtc.aio import open_aio_loop
+from glimpse_edge.rtc.pacer import PacingState
+from glimpse_edge.rtc.uplink import UplinkState
 from glimpse_edge.supervise import HealthRegistry
 
 OBSERVE = Path(glimpse_edge.observe.__file__).resolve().parent
@@ -104,6 +106,10 @@ class Peer:
     estimate_bps: int | None = 900_000
     video_tier: str | None = "640x360"
     connection: Any = None
+    pacing: PacingState | None = field(default_factory=lambda: PacingState(
+        rate_bps=1_500_000, queue_delay_s=0.012, packets=900, delayed=300, retransmissions=4,
+        wait_s=1.5, wait_avg_s=0.002, wait_max_s=0.04))
+    keyframe_requests: tuple[int, int] = (7, 5)
 
 
 @dataclass
@@ -146,6 +152,7 @@ class StandIn:
     loaded_at: float = field(default_factory=time.time)
     config_problem: str | None = None
     peers_refused: int = 0
+    uplink: UplinkState | None = None
 
     def status_line(self) -> str:
         return "joined room Lobby with 2 participants"
@@ -166,6 +173,8 @@ def stand_in(tmp_path: Path) -> StandIn:
     view = StandIn(
         config=config, config_path=tmp_path / "config.toml", session=Session(),
         room=Room([ALICE, BOB]), hub=hub, peers_refused=4,
+        uplink=UplinkState(estimate_bps=900_000, congested=True, episodes=2, peers=2,
+                           sent_bps=1_000_000, shares={ALICE.user_id: 450_000}),
         config_problem="config.toml: video.width: must be even",
         peers={ALICE.user_id: Peer(ALICE, connection=Connection()),
                # an early offer: a session before the room lists them
@@ -208,6 +217,9 @@ async def test_the_endpoint_serves_a_stand_in_for_the_agent(tmp_path: Path) -> N
     assert value(samples, "glimpse_edge_peers", state="connected") == 1
     assert value(samples, "glimpse_edge_peers", state="offering") == 1
     assert value(samples, "glimpse_edge_peers_refused_total") == 4
+    assert value(samples, "glimpse_edge_uplink_estimate_bps") == 900_000
+    assert value(samples, "glimpse_edge_uplink_congested") == 1
+    assert value(samples, "glimpse_edge_uplink_congestion_episodes_total") == 2
     alice = {"peer": ALICE.user_id, "username": "alice"}
     assert value(samples, "glimpse_edge_peer_state", state="connected", **alice) == 1
     assert value(samples, "glimpse_edge_peer_tier", tier="640x360", codec="h264", **alice) == 1
@@ -217,6 +229,12 @@ async def test_the_endpoint_serves_a_stand_in_for_the_agent(tmp_path: Path) -> N
     assert value(samples, "glimpse_edge_peer_sent_bytes_total", kind="video", **alice) == 100_000
     assert value(samples, "glimpse_edge_peer_rtt_seconds", kind="video", **alice) == 0.05
     assert value(samples, "glimpse_edge_peer_loss_ratio", kind="video", **alice) == 0.25
+    assert value(samples, "glimpse_edge_peer_keyframe_requests_total", **alice) == 7
+    assert value(samples, "glimpse_edge_peer_keyframe_requests_coalesced_total", **alice) == 5
+    assert value(samples, "glimpse_edge_peer_pacer_rate_bps", **alice) == 1_500_000
+    assert value(samples, "glimpse_edge_peer_pacer_queue_delay_seconds", **alice) == 0.012
+    assert value(samples, "glimpse_edge_peer_pacer_delayed_packets_total", **alice) == 300
+    assert value(samples, "glimpse_edge_peer_pacer_retransmissions_total", **alice) == 4
     assert value(samples, "glimpse_edge_peer_state", state="offering", peer=CAROL.user_id) == 1
     assert not [s for s in samples if s.labels.get("peer") == BOB.user_id]  # no session
     assert value(samples, "glimpse_edge_encoder_frames_total", codec="h264", tier="320x180") == 20
@@ -240,6 +258,16 @@ async def test_the_endpoint_serves_a_stand_in_for_the_agent(tmp_path: Path) -> N
     assert people["alice"]["codecs"] == {"audio": "opus", "video": "h264"}
     assert people["alice"]["stats"]["video"]["bytes_sent"] == 100_000
     assert people["alice"]["stats"]["video"]["rtt_ms"] == 50.0
+    assert people["alice"]["keyframe_requests"] == {"received": 7, "coalesced": 5}
+    assert people["alice"]["pacing"] == {"rate_bps": 1_500_000, "queue_delay_ms": 12.0,
+                                         "wait_avg_ms": 2.0, "wait_max_ms": 40.0,
+                                         "packets": 900, "delayed": 300, "retransmissions": 4}
+    assert people["bob"]["pacing"] is None
+    assert status["uplink"] == {"estimate_bps": 900_000, "congested": True, "episodes": 2,
+                                "peers": 2, "sent_bps": 1_000_000,
+                                "shares_bps": {ALICE.user_id: 450_000}}
+    assert "uplink      sending 1000.0 kbit/s; estimate 900.0 kbit/s shared out, congested" in (
+        render(status))
     assert people["bob"]["state"] == "no session" and people["bob"]["stats"] == {}
     assert people["carol"]["state"] == "offering" and people["carol"]["tier"] is None
     sources = {s["kind"]: s for s in status["sources"]}
@@ -253,6 +281,7 @@ async def test_the_endpoint_serves_a_stand_in_for_the_agent(tmp_path: Path) -> N
     assert status["errors"] == [{"task": "media.audio", "error": "SourceError: no mic",
                                  "at": "2001-09-09T01:46:40Z"}]
     assert "alice" in render(status) and "1h 02m" in render(status)
+    assert "PLI/COALESCED" in render(status) and " 7/5 " in render(status)
 
     assert shot.status_code == 200
     with av.open(io.BytesIO(shot.content)) as container:

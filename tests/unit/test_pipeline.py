@@ -15,6 +15,7 @@ from glimpse_edge.config import AudioConfig, VideoConfig
 from glimpse_edge.media.encoder import (
     BITRATE_MIN_INTERVAL,
     KEYFRAME_MIN_INTERVAL,
+    VBV_HEADROOM,
     OpusEncoder,
     VideoEncoder,
 )
@@ -238,3 +239,32 @@ async def test_frame_slot_hands_out_the_newest_frame_once_as_a_private_copy() ->
         slot.close()
         with pytest.raises(QueueClosed):
             await aio_as_trio(slot.get_aio)()
+
+
+def test_a_key_frame_after_a_big_rate_drop_is_sized_for_the_new_rate() -> None:
+    """The VBV ceiling follows the rate down at a key frame that comes anyway."""
+    clock = StepClock()
+    enc = VideoEncoder("h264", 320, 180, 30, 600_000, keyframe_interval=100.0, clock=clock)
+    source = TestPatternSource(320, 180, 30, noise=8)
+    encoded = [p for i in range(5) for p in enc.encode(source.render(i, 0, i * 3000))]
+    clock.now += BITRATE_MIN_INTERVAL
+    enc.set_bitrate(200_000)  # a third: applied in place, no key frame
+    encoded += [p for i in range(5, 10) for p in enc.encode(source.render(i, 0, i * 3000))]
+    assert enc.ceiling == 600_000 and enc.keyframes_resized == 0
+    assert sum(p.is_keyframe for p in encoded) == 1, "lowering the rate made no key frame"
+    clock.now += KEYFRAME_MIN_INTERVAL
+    enc.request_keyframe()  # a PLI: the key frame is made by the reopened encoder
+    (key,) = enc.encode(source.render(10, 0, 30_000))
+    assert key.is_keyframe and enc.keyframes_resized == 1
+    assert enc.ceiling == round(200_000 * VBV_HEADROOM)
+    assert enc.keyframes_encoded == 2, "one key frame for the request, none extra"
+    more = [p for i in range(11, 20) for p in enc.encode(source.render(i, 0, i * 3000))]
+    assert not any(p.is_keyframe for p in more)
+    # a small drop keeps the encoder open through the next key frame
+    clock.now += BITRATE_MIN_INTERVAL
+    enc.set_bitrate(150_000)
+    enc.encode(source.render(20, 0, 60_000))
+    clock.now += KEYFRAME_MIN_INTERVAL
+    enc.request_keyframe()
+    enc.encode(source.render(21, 0, 63_000))
+    assert enc.keyframes_resized == 1 and enc.keyframes_encoded == 3

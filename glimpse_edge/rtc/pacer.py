@@ -1,0 +1,210 @@
+"""Pacing: a peer's video leaves at a steady rate, not a frame at a time.
+
+aiortc sends every RTP packet of a frame back to back (the shared brief,
+"No pacing"): a 720p key frame is tens of kilobytes handed to a Wi-Fi queue
+in one go. A queue of a few frames' worth (a tbf's 16 kB, a home router's)
+drops the tail, the receiver loses the key frame it asked for and asks
+again: the key-frame spiral of issue 15. libwebrtc never does this: its
+pacer releases packets at a multiple (2.5) of the target rate, in 5 ms
+steps, audio first.
+
+:class:`Pacer` is that leaky bucket for one connection's video. It sits
+where aiortc's sender task awaits each packet's send (rtc/compat.py,
+:func:`~.compat.pace_rtp`), so a packet that must wait holds the video
+sender, and nothing else: audio has its own sender task and SSRC and is
+never delayed behind video; RTCP is never paced. While the sender waits,
+later frames wait in the peer's bounded video queue
+(:class:`~glimpse_edge.media.fanout.PacketQueue`), which skips to the next
+key frame if it overflows: the pacer holds at most one packet, and memory
+stays bounded.
+
+Retransmissions (a NACK's answer: a sequence number not newer than the
+last one sent) go at once, as libwebrtc's pacer sends them first, but are
+charged to the bucket, so new video yields to them.
+
+A packet that waited gets a new abs-send-time (aiortc stamps it before the
+send): a receiver's delay-based estimate must see when a packet really
+left, or the pacer's own delay looks like a congested path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = [
+    "ABS_SEND_TIME_URI",
+    "BURST_S",
+    "PACING_FACTOR",
+    "Pacer",
+    "PacerStats",
+    "PacingState",
+    "abs_send_time_now",
+    "rtp_sequence",
+    "rtp_ssrc",
+    "set_abs_send_time",
+]
+
+PACING_FACTOR: Final = 2.5  # libwebrtc's: the pacer runs at 2.5 x the target rate
+BURST_S: Final = 0.005  # credit the bucket keeps: 5 ms of the rate (libwebrtc's step)
+MIN_RATE_BPS: Final = 200_000  # never slower than this (a key frame at the lowest rates)
+ABS_SEND_TIME_URI: Final = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+NTP_EPOCH_OFFSET: Final = 2_208_988_800  # seconds from 1900 (NTP) to 1970 (Unix)
+_ONE_BYTE_PROFILE: Final = 0xBEDE
+_WAIT_SMOOTHING: Final = 1 / 16  # weight of a packet's wait in the running average
+
+
+def rtp_ssrc(data: bytes) -> int | None:
+    """The SSRC of an RTP packet (None for RTCP or a runt)."""
+    if len(data) < 12 or 192 <= data[1] <= 223:  # RTCP's packet types 192..223
+        return None
+    return int.from_bytes(data[8:12], "big")
+
+
+def rtp_sequence(data: bytes) -> int:
+    return int.from_bytes(data[2:4], "big")
+
+
+def abs_send_time_now(now: float | None = None) -> int:
+    """abs-send-time for ``now`` (Unix seconds): NTP seconds, 6.18 fixed point, 24 bits."""
+    ntp = (time.time() if now is None else now) + NTP_EPOCH_OFFSET
+    return int(ntp * (1 << 18)) & 0xFFFFFF
+
+
+def set_abs_send_time(data: bytes, ext_id: int, value: int) -> bytes:
+    """``data`` with its abs-send-time header extension (``ext_id``) set to ``value``.
+
+    aiortc writes RFC 8285 one-byte-header extensions (ids up to 14, values
+    up to 16 bytes); a packet without the extension, or with two-byte
+    headers, comes back unchanged.
+    """
+    first = data[0]
+    if not first & 0x10:  # no extension
+        return data
+    offset = 12 + 4 * (first & 0x0F)
+    if len(data) < offset + 4 or int.from_bytes(data[offset:offset + 2], "big") != (
+        _ONE_BYTE_PROFILE
+    ):
+        return data
+    end = offset + 4 + 4 * int.from_bytes(data[offset + 2:offset + 4], "big")
+    pos = offset + 4
+    while pos < min(end, len(data)):
+        header = data[pos]
+        if header == 0:  # padding
+            pos += 1
+            continue
+        element_id, length = header >> 4, (header & 0x0F) + 1
+        if element_id == 15:
+            break
+        if element_id == ext_id and length == 3 and pos + 4 <= len(data):
+            out = bytearray(data)
+            out[pos + 1:pos + 4] = value.to_bytes(3, "big")
+            return bytes(out)
+        pos += 1 + length
+    return data
+
+
+@dataclass
+class PacerStats:
+    """What the pacer did, for /metrics and /status."""
+
+    packets: int = 0  # new video packets through the pacer
+    delayed: int = 0  # ... of which waited
+    retransmissions: int = 0  # NACK answers (sent at once, charged)
+    wait_s: float = 0.0  # total time packets waited
+    wait_avg_s: float = 0.0  # running average of a packet's wait (recent packets)
+    wait_max_s: float = 0.0  # the longest wait of a packet so far
+
+
+@dataclass(frozen=True)
+class PacingState:
+    """A pacer as of one moment (observe/)."""
+
+    rate_bps: int
+    queue_delay_s: float
+    packets: int
+    delayed: int
+    retransmissions: int
+    wait_s: float
+    wait_avg_s: float
+    wait_max_s: float
+
+
+class Pacer:
+    """A leaky bucket for one connection's video packets.
+
+    ``rate_bps`` is the pacing rate (:meth:`set_target` sets it from the
+    video's target rate). Virtual time: ``_free_at`` is when the link the
+    bucket models is free again; a packet may start up to :data:`BURST_S`
+    before that (so packets go in small bursts, one timer per few packets
+    at high rates), and waits otherwise.
+    """
+
+    def __init__(self, target_bps: int, *, abs_send_time_id: int | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate_bps = 0.0
+        self.set_target(target_bps)
+        self.abs_send_time_id = abs_send_time_id
+        self.ssrcs: set[int] = set()
+        self.stats = PacerStats()
+        self._clock = clock
+        self._free_at = clock() - BURST_S  # idle: the burst credit is there
+        self._last_sequence: dict[int, int] = {}
+
+    def set_target(self, target_bps: float) -> None:
+        """Pace at :data:`PACING_FACTOR` x ``target_bps`` (the video's target rate)."""
+        self.rate_bps = max(MIN_RATE_BPS, PACING_FACTOR * float(target_bps))
+
+    @property
+    def queue_delay_s(self) -> float:
+        """How long a packet handed over now would wait (the bucket's backlog)."""
+        return max(0.0, self._free_at - BURST_S - self._clock())
+
+    def snapshot(self) -> PacingState:
+        stats = self.stats
+        return PacingState(round(self.rate_bps), self.queue_delay_s, stats.packets,
+                           stats.delayed, stats.retransmissions, stats.wait_s,
+                           stats.wait_avg_s, stats.wait_max_s)
+
+    def _is_new(self, ssrc: int, sequence: int) -> bool:
+        last = self._last_sequence.get(ssrc)
+        if last is None or 0 < (sequence - last) % 65536 < 32768:
+            self._last_sequence[ssrc] = sequence
+            return True
+        return False
+
+    def admit(self, data: bytes) -> float:
+        """Charge one packet to the bucket; how long it must wait before it goes (s).
+
+        Packets of other SSRCs (audio, RTX) and RTCP pass at once, free.
+        """
+        ssrc = rtp_ssrc(data)
+        if ssrc is None or ssrc not in self.ssrcs:
+            return 0.0
+        now = self._clock()
+        start = max(self._free_at, now - BURST_S)
+        self._free_at = start + len(data) * 8 / self.rate_bps
+        if not self._is_new(ssrc, rtp_sequence(data)):
+            self.stats.retransmissions += 1
+            return 0.0
+        wait = max(0.0, start - now)
+        stats = self.stats
+        stats.packets += 1
+        if wait > 0.0:
+            stats.delayed += 1
+            stats.wait_s += wait
+            stats.wait_max_s = max(stats.wait_max_s, wait)
+        stats.wait_avg_s += (wait - stats.wait_avg_s) * _WAIT_SMOOTHING
+        return wait
+
+    async def send(self, data: bytes, send: Callable[[bytes], Awaitable[None]]) -> None:
+        """Send ``data`` with ``send`` once the bucket allows (from aiortc's sender task)."""
+        wait = self.admit(data)
+        if wait > 0.0:
+            await asyncio.sleep(wait)
+            if self.abs_send_time_id is not None:
+                data = set_abs_send_time(data, self.abs_send_time_id, abs_send_time_now())
+        await send(data)

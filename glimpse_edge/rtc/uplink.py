@@ -1,0 +1,196 @@
+"""The device's own uplink: the one link every viewer's video crosses first.
+
+Each peer's estimate (rtc/bandwidth.py) sees the path to one viewer as if it
+were that viewer's alone. When the bottleneck is the device's own upload (a
+Pi on weak Wi-Fi, the common case) that is wrong for all of them at once:
+three estimates each grow into what is left, the sum overshoots the link,
+all three see loss together, all three back off, and the lowest tier's rate
+saw-tooths (issue 15 measured 150 -> 346 -> 150 kbit/s, twice in 25 s).
+
+:class:`Uplink` keeps one estimate for the device's upload, from every
+peer's receiver reports:
+
+- **detect** a shared bottleneck: at least two peers, and at least half of
+  those reporting, see loss or a queue (RTT above its base) at the same
+  time. One peer alone behind a bad downlink is not shared, and its own
+  estimate handles it (scenario (b)).
+- **estimate** its capacity when it is seen: what got through (the rate we
+  sent all peers, less what they lost), backed off a little so the queue in
+  front of the link drains; then, after a hold, grow slowly (a few percent a
+  second, where a peer's own estimate grows 8 %), so that the total creeps
+  up to the link instead of overshooting it (the link took 1 / backoff of
+  the estimate, reached again within ``gentle`` seconds; then faster, as
+  the link may have grown). Clear for ``release_after`` seconds (longer
+  than a capped link stays clear between two episodes), the limit is
+  dropped and each peer's own estimate rules again.
+- **allocate** it: audio first (every peer's Opus), then video by max-min
+  fairness (water-filling): a peer whose own link takes less than an equal
+  share keeps its own budget, and what it leaves goes to the others. So the
+  sum of the budgets never exceeds the estimate, and one viewer behind its
+  own bad downlink affects only itself.
+
+While the bottleneck is shared, a peer's own estimator only hears the part of
+its loss above the others' (:meth:`Uplink.own_loss`): losses the uplink
+causes are the uplink's to answer, once, rather than every peer's.
+
+Pure, like the per-peer estimator: time comes in as ``now``; nothing here
+reads a clock or does I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+
+__all__ = ["PeerReport", "Uplink", "UplinkState", "UplinkTuning"]
+
+
+@dataclass(frozen=True)
+class UplinkTuning:
+    window: float = 3.0  # a peer's last report counts this long
+    congested_loss: float = 0.02  # a peer with this much loss in its report is congested
+    congested_queue: float = 0.05  # ... or this much queueing delay (seconds of RTT above base)
+    shared_share: float = 0.5  # at least this share of reporting peers (and two) congested
+    backoff: float = 0.85  # the estimate on congestion: this times what got through
+    decrease_interval: float = 1.0  # between two decreases (plus a round trip)
+    hold: float = 2.0  # no increase this long after a decrease
+    increase_per_s: float = 0.03  # then this much a second, for ``gentle`` seconds
+    gentle: float = 6.0  # (back to the rate the link took, 1 / backoff, within it)
+    fast_increase_per_s: float = 0.08  # then faster: the link may have grown
+    max_increase_span: float = 1.0  # an increase never counts more than this many seconds
+    release_after: float = 10.0  # no congestion this long: no limit (the link has room)
+
+
+@dataclass(frozen=True)
+class PeerReport:
+    """What one peer's last receiver report said."""
+
+    at: float
+    loss: float  # 0..1
+    queue_s: float | None  # RTT above the path's base RTT
+    sent_bps: float | None  # what we send the peer now, on the wire (video and audio)
+    wants_bps: int  # what the peer's own estimate says its link takes, on the wire
+    audio_bps: int  # what its audio takes on the wire (0 without audio)
+
+    def congested(self, tuning: UplinkTuning) -> bool:
+        return self.loss >= tuning.congested_loss or (
+            self.queue_s is not None and self.queue_s >= tuning.congested_queue)
+
+
+@dataclass(frozen=True)
+class UplinkState:
+    """The uplink as of one moment (observe/)."""
+
+    estimate_bps: int | None  # None: no shared limit seen (or released)
+    congested: bool  # the peers see a shared bottleneck now
+    episodes: int  # times a shared bottleneck was detected
+    peers: int  # peers reporting within the window
+    sent_bps: int  # what we send them all, on the wire
+    shares: dict[str, int] = field(default_factory=dict)  # per peer, on the wire
+
+
+class Uplink:
+    """One estimate of the device's upload, shared by every peer's feedback."""
+
+    def __init__(self, tuning: UplinkTuning | None = None) -> None:
+        self.tuning = tuning or UplinkTuning()
+        self.estimate_bps: float | None = None
+        self.congested = False
+        self.episodes = 0
+        self._reports: dict[str, PeerReport] = {}
+        self._last_decrease = -math.inf
+        self._last_congested = -math.inf
+        self._last_update: float | None = None
+        self._shared_loss = 0.0
+
+    # -- inputs -------------------------------------------------------------------
+
+    def report(self, peer: str, now: float, *, loss: float, queue_s: float | None,
+               sent_bps: float | None, wants_bps: int, audio_bps: int) -> None:
+        """One receiver report block of ``peer``'s main stream."""
+        loss = min(max(loss, 0.0), 1.0) if math.isfinite(loss) else 0.0
+        self._reports[peer] = PeerReport(now, loss, queue_s, sent_bps, wants_bps, audio_bps)
+        self._update(now)
+
+    def forget(self, peer: str) -> None:
+        """``peer`` left: its reports no longer count, its share goes to the others."""
+        self._reports.pop(peer, None)
+
+    # -- what it says -----------------------------------------------------------
+
+    def live(self, now: float) -> dict[str, PeerReport]:
+        window = self.tuning.window
+        return {p: r for p, r in self._reports.items() if now - r.at <= window}
+
+    def own_loss(self, loss: float) -> float:
+        """The part of a peer's reported loss that is its own (not the uplink's)."""
+        if not self.congested:
+            return loss
+        return max(0.0, loss - self._shared_loss)
+
+    def shares(self, now: float) -> dict[str, int]:
+        """Each reporting peer's budget on the wire (bits/s); empty without a limit.
+
+        Max-min fair: audio first for everyone, then video split equally,
+        except that a peer wanting less than its equal share gets what it
+        wants, and the rest is split among the others.
+        """
+        live = self.live(now)
+        if self.estimate_bps is None or not live:
+            return {}
+        left = self.estimate_bps - sum(r.audio_bps for r in live.values())
+        video = {p: max(r.wants_bps - r.audio_bps, 0) for p, r in live.items()}
+        out: dict[str, int] = {}
+        for n, peer in enumerate(sorted(video, key=video.__getitem__)):
+            fair = max(left, 0.0) / (len(video) - n)
+            give = min(float(video[peer]), fair)
+            out[peer] = int(give) + live[peer].audio_bps
+            left -= give
+        return out
+
+    def share(self, peer: str, now: float) -> int | None:
+        """``peer``'s budget on the wire, or None when the uplink sets no limit."""
+        return self.shares(now).get(peer)
+
+    def state(self, now: float) -> UplinkState:
+        estimate = None if self.estimate_bps is None else int(self.estimate_bps)
+        live = self.live(now)
+        return UplinkState(estimate, self.congested, self.episodes, len(live),
+                           int(sum(r.sent_bps or 0.0 for r in live.values())), self.shares(now))
+
+    # -- the controller ----------------------------------------------------------
+
+    def _update(self, now: float) -> None:
+        t = self.tuning
+        live = self.live(now)
+        congested = [r for r in live.values() if r.congested(t)]
+        shared = len(congested) >= 2 and len(congested) >= t.shared_share * len(live)
+        span = 0.0 if self._last_update is None else min(max(now - self._last_update, 0.0),
+                                                         t.max_increase_span)
+        self._last_update = now
+        if shared:
+            if not self.congested:
+                self.episodes += 1
+            self.congested = True
+            self._last_congested = now
+            self._shared_loss = statistics.median(r.loss for r in live.values())
+            rtt = max((r.queue_s or 0.0) for r in live.values())
+            if now - self._last_decrease >= t.decrease_interval + rtt:
+                through = sum((r.sent_bps or 0.0) * (1.0 - r.loss) for r in live.values())
+                if through > 0:
+                    target = t.backoff * through
+                    if self.estimate_bps is None or target < self.estimate_bps:
+                        self.estimate_bps = target
+                        self._last_decrease = now
+            return
+        self.congested = False
+        self._shared_loss = 0.0
+        if self.estimate_bps is None:
+            return
+        since = now - self._last_decrease
+        if since > t.hold:
+            rate = t.increase_per_s if since - t.hold <= t.gentle else t.fast_increase_per_s
+            self.estimate_bps *= (1.0 + rate) ** span
+        if now - self._last_congested >= t.release_after:
+            self.estimate_bps = None

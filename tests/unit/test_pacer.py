@@ -1,0 +1,141 @@
+"""The pacer's bucket (rtc/pacer.py) on a clock the test moves, and the abs-send-time rewrite."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters
+from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+
+from glimpse_edge.rtc.pacer import (
+    ABS_SEND_TIME_URI,
+    BURST_S,
+    MIN_RATE_BPS,
+    PACING_FACTOR,
+    Pacer,
+    abs_send_time_now,
+    set_abs_send_time,
+)
+from glimpse_edge.rtc.sdp import header_extension_id
+
+VIDEO, AUDIO = 0x1111, 0x2222
+ABS_ID = 2
+EXTENSIONS = HeaderExtensionsMap()
+EXTENSIONS.configure(type("Params", (), {"headerExtensions": [
+    RTCRtpHeaderExtensionParameters(id=1, uri="urn:ietf:params:rtp-hdrext:sdes:mid"),
+    RTCRtpHeaderExtensionParameters(id=ABS_ID, uri=ABS_SEND_TIME_URI),
+]})())
+
+
+class StepClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def rtp(ssrc: int, sequence: int, size: int = 1200, abs_send_time: int | None = 0x123456,
+        mid: str | None = "0") -> bytes:
+    packet = RtpPacket(payload_type=96, sequence_number=sequence, timestamp=9000, ssrc=ssrc,
+                       payload=bytes(size - 12 - 12))
+    packet.extensions.abs_send_time = abs_send_time
+    packet.extensions.mid = mid
+    return packet.serialize(EXTENSIONS)
+
+
+def pacer(target_bps: int = 400_000) -> tuple[Pacer, StepClock]:
+    clock = StepClock()
+    p = Pacer(target_bps, abs_send_time_id=ABS_ID, clock=clock)
+    p.ssrcs.add(VIDEO)
+    return p, clock
+
+
+def test_a_key_frame_leaves_at_the_pacing_rate_not_at_once() -> None:
+    p, clock = pacer(400_000)
+    assert p.rate_bps == PACING_FACTOR * 400_000
+    frame = [rtp(VIDEO, n) for n in range(40)]  # a 48 kB key frame, handed over at once
+    waits = [p.admit(packet) for packet in frame]
+    per_packet = len(frame[0]) * 8 / p.rate_bps
+    assert waits[0] == 0.0, "the first packet goes at once"
+    # each later one a packet's time after the one before (less the burst credit)
+    assert waits[-1] == pytest.approx(39 * per_packet - BURST_S)
+    assert all(b - a == pytest.approx(per_packet) for a, b in itertools.pairwise(waits[5:]))
+    assert p.stats.packets == 40 and p.stats.delayed >= 35
+    assert p.queue_delay_s == pytest.approx(40 * per_packet - 2 * BURST_S)
+    # once the link is free again, packets go at once
+    clock.now += 1.0
+    assert p.admit(rtp(VIDEO, 40)) == 0.0 and p.queue_delay_s == 0.0
+
+
+def test_audio_and_rtcp_pass_free_and_take_nothing_from_video() -> None:
+    p, _clock = pacer(400_000)
+    for n in range(10):
+        p.admit(rtp(VIDEO, n))
+    backlog = p.queue_delay_s
+    assert backlog > 0
+    assert p.admit(rtp(AUDIO, 7, size=120)) == 0.0
+    rtcp_rr = bytes([0x80, 201, 0, 1]) + bytes(4)
+    assert p.admit(rtcp_rr) == 0.0
+    assert p.queue_delay_s == backlog, "neither audio nor RTCP is charged"
+    assert p.stats.packets == 10
+
+
+def test_a_retransmission_goes_at_once_and_new_video_yields_to_it() -> None:
+    p, _clock = pacer(400_000)
+    for n in range(1000, 1010):
+        p.admit(rtp(VIDEO, n))
+    backlog = p.queue_delay_s
+    assert p.admit(rtp(VIDEO, 1003)) == 0.0, "a NACK's answer is not held"
+    assert p.stats.retransmissions == 1
+    assert p.queue_delay_s == pytest.approx(backlog + 1200 * 8 / p.rate_bps)
+
+
+def test_sequence_numbers_wrap() -> None:
+    p, _clock = pacer()
+    p.admit(rtp(VIDEO, 65535))
+    p.admit(rtp(VIDEO, 0))
+    p.admit(rtp(VIDEO, 1))
+    assert p.stats.packets == 3 and p.stats.retransmissions == 0
+    p.admit(rtp(VIDEO, 65534))
+    assert p.stats.retransmissions == 1
+
+
+def test_the_rate_follows_the_target_with_a_floor() -> None:
+    p, _clock = pacer()
+    p.set_target(1_500_000)
+    assert p.rate_bps == PACING_FACTOR * 1_500_000
+    p.set_target(10_000)
+    assert p.rate_bps == MIN_RATE_BPS
+
+
+def test_a_packet_that_waited_gets_the_time_it_really_left() -> None:
+    data = rtp(VIDEO, 5, abs_send_time=0x010203)
+    later = set_abs_send_time(data, ABS_ID, 0xABCDEF)
+    parsed = RtpPacket.parse(later, EXTENSIONS)
+    assert parsed.extensions.abs_send_time == 0xABCDEF
+    assert parsed.extensions.mid == "0", "the other extensions are untouched"
+    assert parsed.payload == RtpPacket.parse(data, EXTENSIONS).payload
+    assert len(later) == len(data)
+    # no such extension, another id, no extensions at all: unchanged
+    assert set_abs_send_time(data, 9, 0xABCDEF) == data
+    bare = rtp(VIDEO, 6, abs_send_time=None, mid=None)
+    assert set_abs_send_time(bare, ABS_ID, 0xABCDEF) == bare
+    assert set_abs_send_time(data[:14], ABS_ID, 0xABCDEF) == data[:14], "a runt"
+
+
+def test_abs_send_time_is_ntp_seconds_in_6_18_fixed_point() -> None:
+    assert abs_send_time_now(0.0) == (2_208_988_800 % 64) << 18
+    assert abs_send_time_now(0.5) - abs_send_time_now(0.0) == 1 << 17
+
+
+def test_the_extension_id_is_read_from_the_video_section() -> None:
+    sdp = ("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
+           f"a=extmap:3 {ABS_SEND_TIME_URI}\r\n"
+           "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=extmap:1 urn:ietf:params:rtp-hdrext:sdes:mid\r\n"
+           f"a=extmap:4/sendonly {ABS_SEND_TIME_URI}\r\n")
+    assert header_extension_id(sdp, "video", ABS_SEND_TIME_URI) == 4
+    assert header_extension_id(sdp, "audio", ABS_SEND_TIME_URI) == 3
+    assert header_extension_id(sdp, "video", "urn:nothing") is None
+    assert header_extension_id("v=0\r\n", "video", ABS_SEND_TIME_URI) is None

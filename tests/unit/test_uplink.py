@@ -1,0 +1,176 @@
+"""The shared-uplink estimate and its allocation (rtc/uplink.py), on time the test passes in."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from glimpse_edge.rtc.uplink import Uplink, UplinkTuning
+
+AUDIO = 64_000
+TOP = 2_000_000  # what a peer's own estimate says when its own link is fine
+
+
+def report(up: Uplink, peer: str, now: float, *, loss: float = 0.0, queue: float | None = 0.0,
+           sent: float = 500_000, wants: int = TOP) -> None:
+    up.report(peer, now, loss=loss, queue_s=queue, sent_bps=sent, wants_bps=wants,
+              audio_bps=AUDIO)
+
+
+def test_loss_on_all_peers_together_is_the_uplink() -> None:
+    up = Uplink()
+    for peer in ("a", "b", "c"):
+        report(up, peer, 9.0, sent=400_000)
+    assert not up.congested and up.estimate_bps is None
+    for peer in ("a", "b", "c"):
+        report(up, peer, 10.0, loss=0.1, sent=400_000)
+    assert up.congested and up.episodes == 1
+    # seen at b's report (two of three): what got through by the latest reports, backed off
+    assert up.estimate_bps == pytest.approx(up.tuning.backoff * (2 * 400_000 * 0.9 + 400_000))
+    assert up.own_loss(0.1) == 0.0, "the shared loss is not the peers' own"
+    assert up.own_loss(0.4) == pytest.approx(0.3), "a peer losing more has its own problem"
+
+
+def test_one_bad_downlink_among_three_is_not_the_uplink() -> None:
+    up = Uplink()
+    report(up, "a", 10.0, loss=0.3)
+    report(up, "b", 10.0)
+    report(up, "c", 10.0)
+    assert not up.congested and up.estimate_bps is None
+    assert up.shares(10.0) == {} and up.share("a", 10.0) is None
+    assert up.own_loss(0.3) == 0.3
+
+
+def test_a_queue_without_loss_counts_and_stale_reports_do_not() -> None:
+    up = Uplink()
+    report(up, "a", 10.0, queue=0.08)
+    report(up, "b", 10.0 + up.tuning.window + 0.1, queue=0.08)  # a's report is stale by now
+    assert not up.congested
+    report(up, "a", 14.0, queue=0.08)
+    assert up.congested, "two peers queueing within the window"
+
+
+def test_after_a_decrease_it_holds_then_grows_slowly_then_lets_go() -> None:
+    t = UplinkTuning()
+    up = Uplink(t)
+    for peer in ("a", "b"):
+        report(up, peer, 0.0, loss=0.05, sent=500_000)
+    first = up.estimate_bps
+    assert first is not None
+    now = 0.0
+    for _ in range(int(t.hold)):  # clear reports within the hold: no increase yet
+        now += 1.0
+        for peer in ("a", "b"):
+            report(up, peer, now, sent=first / 2)
+    assert not up.congested and up.estimate_bps == first
+    for _ in range(5):
+        now += 1.0
+        for peer in ("a", "b"):
+            report(up, peer, now, sent=first / 2)
+    assert up.estimate_bps == pytest.approx(first * (1 + t.increase_per_s) ** 5, rel=0.01)
+    # clear for long enough: no limit
+    while up.estimate_bps is not None and now < 200:
+        now += 1.0
+        for peer in ("a", "b"):
+            report(up, peer, now, sent=first / 2)
+    assert up.estimate_bps is None and now == t.release_after
+
+
+def test_decreases_are_spaced_and_only_go_down() -> None:
+    t = UplinkTuning()
+    up = Uplink(t)
+    for peer in ("a", "b"):
+        report(up, peer, 0.0, loss=0.2, sent=500_000)
+    first = up.estimate_bps
+    for peer in ("a", "b"):  # the same congestion seen again at once: one decrease
+        report(up, peer, 0.2, loss=0.2, sent=300_000)
+    assert up.estimate_bps == first
+    for peer in ("a", "b"):  # what got through is above the estimate: no raise
+        report(up, peer, 1.5, loss=0.05, sent=2_000_000)
+    assert up.estimate_bps == first
+
+
+def test_a_peer_that_leaves_gives_its_share_to_the_others() -> None:
+    up = Uplink()
+    for peer in ("a", "b", "c"):
+        report(up, peer, 0.0, loss=0.1, sent=400_000)
+    before = up.shares(0.0)
+    up.forget("c")
+    after = up.shares(0.0)
+    assert set(after) == {"a", "b"} and after["a"] > before["a"]
+
+
+def test_max_min_fair_shares() -> None:
+    up = Uplink()
+    for peer in ("slow", "b", "c"):
+        report(up, peer, 0.0, loss=0.1, sent=500_000)
+    up.estimate_bps = 1_200_000.0
+    report(up, "slow", 0.1, wants=300_000)  # its own downlink takes 300k
+    shares = up.shares(0.1)
+    assert shares["slow"] == 300_000, "less than an equal share: what it wants"
+    assert shares["b"] == shares["c"] == pytest.approx((1_200_000 - 300_000) / 2, abs=1)
+    assert sum(shares.values()) <= 1_200_000
+
+
+@given(estimate=st.integers(100_000, 10_000_000),
+       wants=st.lists(st.integers(AUDIO, 5_000_000), min_size=1, max_size=9))
+def test_shares_never_overshoot_and_never_exceed_what_a_peer_wants(
+    estimate: int, wants: list[int],
+) -> None:
+    up = Uplink()
+    for n, want in enumerate(wants):
+        report(up, f"p{n}", 0.0, wants=want)
+    up.estimate_bps = float(estimate)
+    shares = up.shares(0.0)
+    assert len(shares) == len(wants)
+    video = sum(s - AUDIO for s in shares.values())
+    assert video <= max(estimate - AUDIO * len(wants), 0) + len(wants)  # rounding
+    for n, want in enumerate(wants):
+        assert shares[f"p{n}"] <= max(want, AUDIO)
+
+
+def simulate(link_bps: float, peers: int, seconds: float = 60.0,
+             latency: float = 0.15) -> list[float]:
+    """Peers sending their shares through one capped uplink (a fluid tbf).
+
+    Each peer's budget is the uplink's share (own links are fine); the
+    queue in front of the link fills when the total exceeds the link and
+    overflows into loss past ``latency``. Returns the total sent, every half
+    second.
+    """
+    up = Uplink()
+    dt, queue, now = 0.5, 0.0, 0.0
+    rate = {f"p{n}": 1_500_000.0 for n in range(peers)}  # everyone starts at the top
+    totals = []
+    while now < seconds:
+        now += dt
+        total = sum(rate.values())
+        queue = max(0.0, queue + (total - link_bps) * dt / link_bps)
+        loss = 0.0
+        if queue > latency:
+            loss = min(1.0, (queue - latency) * link_bps / dt / total)
+            queue = latency
+        for peer in rate:
+            report(up, peer, now, loss=loss, queue=queue, sent=rate[peer])
+        shares = up.shares(now)
+        for peer in rate:
+            rate[peer] = float(shares.get(peer, 1_500_000))
+        totals.append(sum(rate.values()))
+    return totals
+
+
+@pytest.mark.parametrize(("link_bps", "peers"), [(600_000, 2), (1_000_000, 3),
+                                                 (2_000_000, 5), (1_500_000, 4)])
+def test_the_total_settles_under_the_link_without_a_saw_tooth(link_bps: int,
+                                                              peers: int) -> None:
+    totals = simulate(link_bps, peers)
+    settled = totals[len(totals) // 2:]  # the second half
+    assert max(settled) <= link_bps * 1.1, (
+        f"the total should settle under the {link_bps} link; max {max(settled):.0f}")
+    middle = statistics.median(settled)
+    assert middle >= link_bps * 0.7, f"and use most of it; median {middle:.0f}"
+    swing = (max(settled) - min(settled)) / middle
+    assert swing <= 0.4, f"within +-20 % once settled; swing {swing:.2f} of {middle:.0f}"
