@@ -49,7 +49,15 @@ __all__ = [
 ]
 
 PACING_FACTOR: Final = 2.5  # libwebrtc's: the pacer runs at 2.5 x the target rate
-BURST_S: Final = 0.005  # credit the bucket keeps: 5 ms of the rate (libwebrtc's step)
+# Credit the bucket keeps: 20 ms at the pacing rate (50 ms of the target), so a
+# frame of an ordinary size leaves at once and only a key frame (or a stream
+# above its target) is spread out. Every wait is a timer, and a timer costs
+# ~0.2 ms of CPU on a small machine (scripts/bench_pacer.py): the pacer must
+# wait rarely, not for every packet.
+BURST_S: Final = 0.020
+# A packet due less than this from now goes now (libwebrtc's pacer works in
+# 5 ms steps too): one timer per step, not per packet.
+STEP_S: Final = 0.005
 MIN_RATE_BPS: Final = 200_000  # never slower than this (a key frame at the lowest rates)
 ABS_SEND_TIME_URI: Final = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 NTP_EPOCH_OFFSET: Final = 2_208_988_800  # seconds from 1900 (NTP) to 1970 (Unix)
@@ -138,9 +146,8 @@ class Pacer:
 
     ``rate_bps`` is the pacing rate (:meth:`set_target` sets it from the
     video's target rate). Virtual time: ``_free_at`` is when the link the
-    bucket models is free again; a packet may start up to :data:`BURST_S`
-    before that (so packets go in small bursts, one timer per few packets
-    at high rates), and waits otherwise.
+    bucket models is free again; an idle bucket holds :data:`BURST_S` of
+    credit, and a packet due within :data:`STEP_S` goes at once.
     """
 
     def __init__(self, target_bps: int, *, abs_send_time_id: int | None = None,
@@ -190,7 +197,9 @@ class Pacer:
         if not self._is_new(ssrc, rtp_sequence(data)):
             self.stats.retransmissions += 1
             return 0.0
-        wait = max(0.0, start - now)
+        wait = start - now
+        if wait < STEP_S:
+            wait = 0.0
         stats = self.stats
         stats.packets += 1
         if wait > 0.0:

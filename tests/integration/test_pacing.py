@@ -1,9 +1,11 @@
 """The agent's video leaves paced (rtc/pacer.py), seen from a real aiortc receiver.
 
 Without a pacer aiortc sends a frame's packets back to back: on loopback they
-arrive within a fraction of a millisecond. Paced, they arrive one packet's
-time at 2.5 x the rate apart, and each carries the abs-send-time of the
-moment it really left (a receiver's delay-based estimate reads it).
+arrive within a fraction of a millisecond. Paced, a frame bigger than the
+bucket's credit (a key frame: VP8's are several frames' worth) arrives spread
+over its time at 2.5 x the rate. (That a packet which waited carries the
+abs-send-time of its departure is tests/unit/test_pacer.py's: here the
+receiver's own scheduling blurs arrival times by more than a pacer step.)
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from support.devserver import DevServer
 from support.glimpse_client import create_room, register
 from support.rtcpeer import BrowserPeer, RtpArrival
 
-from glimpse_edge.rtc.pacer import PACING_FACTOR
+from glimpse_edge.rtc.pacer import BURST_S, PACING_FACTOR
 
 MAX_BITRATE = 1_000_000
 MEDIA = f"""
@@ -27,8 +29,9 @@ source = "testpattern"
 width = 640
 height = 360
 framerate = 30
-codec = "h264"
+codec = "vp8"
 max_bitrate = {MAX_BITRATE}
+keyframe_interval = 1.0
 pattern_noise = 12
 
 [audio]
@@ -36,6 +39,8 @@ source = "tone"
 
 {FAST_PEERS}"""
 ABS_SEND_TIME_UNIT = 1 / (1 << 18)  # seconds
+PACING_BPS = PACING_FACTOR * MAX_BITRATE
+CREDIT_BYTES = BURST_S * PACING_BPS / 8  # what may leave at once
 
 
 def frames_of(packets: list[RtpArrival]) -> list[list[RtpArrival]]:
@@ -56,35 +61,28 @@ async def test_a_frames_packets_leave_paced_and_stamped_when_they_left(
         await agent.start(nursery)
         got = await alice.wait_frames(device_id, video=30, audio=20)
         mark = len(got.rtp)
-        await alice.wait_frames(device_id, video=got.video_frames + 90, timeout=30)
-    packets = got.rtp[mark:]
-    frames = [f for f in frames_of(packets) if len(f) >= 3]
-    assert len(frames) >= 20, (
-        f"expected >= 20 frames of 3+ packets (grain makes them big); saw "
-        f"{len(frames)} of {len(frames_of(packets))} frames")
-    # within a frame, packets are spaced by the pacer: a 1200-byte packet at
-    # 2.5 x the top rate takes ~3.8 ms; back to back on loopback it is ~0.05 ms
-    spacing = [b.at - a.at for f in frames for a, b in itertools.pairwise(f)]
-    sizes = [p.size for f in frames for p in f[1:]]
-    paced = statistics.median(sizes) * 8 / (PACING_FACTOR * MAX_BITRATE)
-    assert statistics.median(spacing) >= paced / 2, (
-        f"expected a frame's packets about {paced * 1000:.1f} ms apart; median "
-        f"{statistics.median(spacing) * 1000:.2f} ms")
-    # each packet carries the time it left: arrival minus abs-send-time (the
-    # transit, on loopback) is the same for a frame's first packet, which went
-    # at once, and for the ones after it, which waited in the pacer. aiortc
-    # stamps a packet before handing it over: without the rewrite the later
-    # ones would show their wait on top of the transit
-    lateness = []
+        await alice.wait_until(lambda: len(big_frames(got.rtp[mark:])) >= 5,
+                               "five frames bigger than twice the pacer's credit", 40)
+        assert got.codec in (None, "vp8") or "vp8" in str(got.codec).lower()
+    frames = big_frames(got.rtp[mark:])
+    # past the credit, the packets leave at the pacing rate: the frame's span
+    # is about its size at 2.5 x the top rate, where back to back on loopback
+    # it is a millisecond or two
+    # (the median over frames: a receiver that was busy reads a few packets
+    # at once, and their arrival times bunch)
+    ratios = []
     for f in frames:
-        if any(p.abs_send_time is None for p in f):
-            raise AssertionError(f"a video packet without abs-send-time: {f}")
-        transit = [(p.at - (p.abs_send_time or 0) * ABS_SEND_TIME_UNIT) % 64 for p in f]
-        lateness += [t - transit[0] for t in transit[1:]]
-    assert abs(statistics.median(lateness)) < paced / 3, (
-        f"expected abs-send-time to be the time of departure; a frame's later packets "
-        f"arrive {statistics.median(lateness) * 1000:.2f} ms later than stamped, "
-        f"relative to its first (median over {len(lateness)} packets)")
-    print(f"paced spacing median {statistics.median(spacing) * 1000:.2f} ms "
-          f"(expected ~{paced * 1000:.2f}); stamp lateness median "
-          f"{statistics.median(lateness) * 1000:.3f} ms")
+        size = sum(p.size for p in f)
+        expected = (size - CREDIT_BYTES) * 8 / PACING_BPS
+        ratios.append((f[-1].at - f[0].at) / expected)
+    assert statistics.median(ratios) >= 0.5, (
+        f"expected frames to take about their size at the pacing rate; they took "
+        f"{[round(r, 2) for r in ratios]} of it")
+    spans = [round((f[-1].at - f[0].at) * 1000) for f in frames]
+    print(f"big frames {[sum(p.size for p in f) for f in frames]} B over {spans} ms")
+
+
+def big_frames(packets: list[RtpArrival]) -> list[list[RtpArrival]]:
+    """Whole frames (marker seen) bigger than twice what may leave at once."""
+    return [f for f in frames_of(packets)
+            if f[-1].marker and sum(p.size for p in f) > 2 * CREDIT_BYTES]

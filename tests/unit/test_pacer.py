@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import time
 
 import pytest
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters
@@ -13,6 +15,7 @@ from glimpse_edge.rtc.pacer import (
     BURST_S,
     MIN_RATE_BPS,
     PACING_FACTOR,
+    STEP_S,
     Pacer,
     abs_send_time_now,
     set_abs_send_time,
@@ -58,10 +61,12 @@ def test_a_key_frame_leaves_at_the_pacing_rate_not_at_once() -> None:
     frame = [rtp(VIDEO, n) for n in range(40)]  # a 48 kB key frame, handed over at once
     waits = [p.admit(packet) for packet in frame]
     per_packet = len(frame[0]) * 8 / p.rate_bps
-    assert waits[0] == 0.0, "the first packet goes at once"
-    # each later one a packet's time after the one before (less the burst credit)
+    credit = int(BURST_S / per_packet) + 1
+    assert waits[:credit] == [0.0] * credit, "the bucket's credit goes at once"
+    # each later one a packet's time after the one before (less the credit)
     assert waits[-1] == pytest.approx(39 * per_packet - BURST_S)
-    assert all(b - a == pytest.approx(per_packet) for a, b in itertools.pairwise(waits[5:]))
+    assert all(b - a == pytest.approx(per_packet)
+               for a, b in itertools.pairwise(waits[credit + 1:]))
     assert p.stats.packets == 40 and p.stats.delayed >= 35
     assert p.queue_delay_s == pytest.approx(40 * per_packet - 2 * BURST_S)
     # once the link is free again, packets go at once
@@ -90,6 +95,25 @@ def test_a_retransmission_goes_at_once_and_new_video_yields_to_it() -> None:
     assert p.admit(rtp(VIDEO, 1003)) == 0.0, "a NACK's answer is not held"
     assert p.stats.retransmissions == 1
     assert p.queue_delay_s == pytest.approx(backlog + 1200 * 8 / p.rate_bps)
+
+
+def test_an_ordinary_frame_leaves_at_once_and_waits_come_in_steps() -> None:
+    """Every wait is a timer: a frame within the credit needs none, and a big one
+    needs about one per STEP_S of its sending time, not one per packet."""
+    p, clock = pacer(1_500_000)
+    ordinary = [rtp(VIDEO, n) for n in range(5)]  # a 6 kB frame of a 1.5 Mbit/s stream
+    assert [p.admit(packet) for packet in ordinary] == [0.0] * 5
+    clock.now += 1 / 30
+    start, sleeps = clock.now, []
+    for n in range(5, 65):  # a 72 kB key frame, sent as aiortc does: one after the other
+        wait = p.admit(rtp(VIDEO, n))
+        if wait:
+            sleeps.append(wait)
+            clock.now += wait
+    assert all(w >= STEP_S for w in sleeps)
+    span = 60 * 1200 * 8 / p.rate_bps - BURST_S
+    assert span - 1.1 * STEP_S <= clock.now - start <= span, "paced at the rate"
+    assert len(sleeps) <= span / STEP_S + 1, f"{len(sleeps)} timers for {span:.3f} s"
 
 
 def test_sequence_numbers_wrap() -> None:
@@ -123,6 +147,30 @@ def test_a_packet_that_waited_gets_the_time_it_really_left() -> None:
     bare = rtp(VIDEO, 6, abs_send_time=None, mid=None)
     assert set_abs_send_time(bare, ABS_ID, 0xABCDEF) == bare
     assert set_abs_send_time(data[:14], ABS_ID, 0xABCDEF) == data[:14], "a runt"
+
+
+def test_a_packet_sent_after_a_wait_carries_its_departure_time() -> None:
+    """Pacer.send on a real asyncio loop: what reaches the transport is stamped when sent."""
+    p = Pacer(80_000, abs_send_time_id=ABS_ID)  # 200 kbit/s: 48 ms a packet
+    p.ssrcs.add(VIDEO)
+    sent: list[tuple[bytes, float]] = []
+
+    async def transport(data: bytes) -> None:
+        sent.append((data, time.time()))
+
+    async def frame() -> None:
+        for n in range(6):
+            await p.send(rtp(VIDEO, n, abs_send_time=0), transport)
+
+    asyncio.run(frame())
+    assert p.stats.delayed >= 4
+    for data, at in sent[1:]:
+        stamp = RtpPacket.parse(data, EXTENSIONS).extensions.abs_send_time
+        if stamp == 0:
+            continue  # went at once: aiortc's own stamp stands
+        assert abs(((abs_send_time_now(at) - stamp) % (1 << 24)) / (1 << 18)) < 0.002
+    assert sum(RtpPacket.parse(d, EXTENSIONS).extensions.abs_send_time != 0
+               for d, _ in sent) == p.stats.delayed, "every packet that waited is restamped"
 
 
 def test_abs_send_time_is_ntp_seconds_in_6_18_fixed_point() -> None:
