@@ -217,3 +217,83 @@ def test_private_reads_of_a_sender() -> None:
     assert compat.last_sender_report(object()) == (None, None)
     assert compat.selected_candidates(object()) == {
         "ice_local": None, "ice_remote": None, "ice_protocol": None}
+
+
+class _Transport:
+    """What an RTCRtpSender asks of its DTLS transport: registration and _send_rtp."""
+
+    state = "connected"
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def _register_rtp_sender(self, sender: object, parameters: object) -> None:
+        pass
+
+    def _unregister_rtp_sender(self, sender: object) -> None:
+        pass
+
+    async def _send_rtp(self, data: bytes) -> None:
+        self.sent.append(data)
+
+
+def test_a_nack_for_a_packet_a_paced_key_frame_ago_is_answered_from_the_history() -> None:
+    """aiortc answers NACKs from its history: 128 packets, too short once paced (rtc/pacer.py);
+    with compat's 512 a packet 400 back is still resent."""
+    import asyncio
+    import os
+    from fractions import Fraction
+
+    import av
+    from aiortc import RTCRtpSender
+    from aiortc.mediastreams import MediaStreamTrack
+    from aiortc.rtcrtpparameters import (
+        RTCRtcpParameters,
+        RTCRtpCodecParameters,
+        RTCRtpSendParameters,
+    )
+    from aiortc.rtp import RTCP_RTPFB_NACK, RtcpRtpfbPacket, is_rtcp
+
+    frames = 15
+
+    class KeyFrames(MediaStreamTrack):
+        kind = "video"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.n = 0
+            self.all_sent = asyncio.Event()
+
+        async def recv(self) -> av.Packet:
+            if self.n >= frames:  # asked for the next: every frame before is sent
+                self.all_sent.set()
+                await asyncio.Event().wait()
+            packet = av.Packet(b"\0\0\0\1\x65" + os.urandom(60_000))  # ~46 FU-A packets
+            packet.pts, packet.time_base = self.n * 3000, Fraction(1, 90_000)
+            self.n += 1
+            return packet
+
+    async def run() -> tuple[list[int], list[int]]:
+        compat.install()
+        transport = _Transport()
+        track = KeyFrames()
+        sender = RTCRtpSender(track, transport)  # type: ignore[arg-type]
+        await sender.send(RTCRtpSendParameters(
+            codecs=[RTCRtpCodecParameters(mimeType="video/H264", clockRate=90000,
+                                          payloadType=102)],
+            rtcp=RTCRtcpParameters(cname="test"), muxId="0"))
+        await asyncio.wait_for(track.all_sent.wait(), timeout=10)
+        sent = [int.from_bytes(d[2:4], "big") for d in transport.sent if not is_rtcp(d)]
+        before = len(transport.sent)
+        lost = [sent[-400], sent[-600]]  # within 512 packets, and beyond
+        await sender._handle_rtcp_packet(RtcpRtpfbPacket(
+            fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=compat.sender_ssrc(sender), lost=lost))
+        resent = [int.from_bytes(d[2:4], "big") for d in transport.sent[before:]
+                  if not is_rtcp(d)]
+        await sender.stop()
+        return lost, resent
+
+    lost, resent = asyncio.run(run())
+    assert len(resent) == 1 and resent[0] == lost[0], (
+        f"expected only {lost[0]} (400 packets back) to be resent, not {lost[1]} (600 back); "
+        f"resent {resent}")
