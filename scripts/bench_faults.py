@@ -17,6 +17,25 @@ Scenarios (the letters of issue 5):
   r  reference for b: a Chromium-to-Chromium call (no agent), c2's downlink
      capped the same way (--cap-kbit, --capped), then lifted
 
+The device's own uplink (issue 15): the agent at 1280x720 with its default
+quality tiers and a grainy pattern, its namespace's egress capped (tc tbf,
+burst 16 kB, latency 150 ms: a weak Wi-Fi uplink) for --uplink-seconds while
+every viewer watches, then lifted:
+  f   --uplink-kbit with --viewers viewers
+  g1  --g1 KBIT:VIEWERS (600:2);  g2  --g2 KBIT:VIEWERS (2000:5)
+  h   as f, and one viewer also behind its own --downlink-kbit downlink cap
+  rf  reference for f: one Chromium sending its fake camera to --viewers
+      Chromium viewers (the dev server's viewer page, a mesh) through the
+      same uplink cap on the sender's namespace
+Their table, per scenario: the lowest decoded fps over the viewers and the
+longest freeze over the settled part of the cap (its last --uplink-seconds
+minus --settle seconds), the longest freeze over the whole cap, the lowest
+audio frames/s (settled), the tier changes (agent) or resolution changes
+(Chromium's senders), the swing of the lowest tier's rate (agent) or of each
+connection's targetBitrate (Chromium, the worst), (max - min) / median while
+settled, and the recovery: the cap lifted -> every viewer decodes the top size
+again.
+
 Needs root, ``ip netns``, nftables and (for e) coturn. Traffic stays inside
 namespaces this script creates (10.77.N.0/24) and the root namespace's veth
 to them; everything is removed at the end.
@@ -24,6 +43,7 @@ to them; everything is removed at the end.
     sudo .venv/bin/python scripts/bench_faults.py              # all, once
     sudo .venv/bin/python scripts/bench_faults.py -s a --runs 5 --dead-after 3
     sudo .venv/bin/python scripts/bench_faults.py -s b,r     # the agent's tiers vs Chromium
+    sudo .venv/bin/python scripts/bench_faults.py -s f,g1,g2,h,rf --runs 3   # issue 15
 
 For b, "detect" is the cap's start -> the peer moved to a lower tier, and
 "recover" the cap lifted -> the peer decodes the top tier's size again.
@@ -51,9 +71,12 @@ from support.faultlab import (  # noqa: E402
     bandwidth_cap,
     fault_lab,
     link_cut,
+    media_section,
     random_loss,
     relay,
     signaling_outage,
+    uplink_and_downlink_cap,
+    uplink_cap,
 )
 from support.netns import unavailable_reason  # noqa: E402
 
@@ -66,9 +89,19 @@ def peers_config(args: argparse.Namespace) -> str:
     return "\n[peers]\n" + "\n".join(lines) + "\n" if lines else ""
 
 
+def _figures(text: str) -> tuple[int, int]:
+    """"KBIT:VIEWERS" -> (kbit, viewers)."""
+    kbit, _, viewers = text.partition(":")
+    return int(kbit), int(viewers)
+
+
 async def run_one(letter: str, args: argparse.Namespace, directory: Path) -> Outcome:
     if letter == "r":
         return await reference(args, directory)
+    if letter == "rf":
+        return await mesh_reference(args, directory)
+    if letter in ("f", "g1", "g2", "h"):
+        return await uplink(letter, args, directory)
     scenario: Callable[[Lab], Awaitable[Outcome]]
     options: dict[str, Any] = {"peers_config": peers_config(args)}
     if letter == "a":
@@ -94,6 +127,57 @@ async def run_one(letter: str, args: argparse.Namespace, directory: Path) -> Out
         raise SystemExit(f"unknown scenario {letter!r}")
     async with fault_lab(directory, **options) as lab:
         return await scenario(lab)
+
+
+# -- f, g, h: the device's own uplink capped (issue 15) ----------------------------
+
+
+async def uplink(letter: str, args: argparse.Namespace, directory: Path) -> Outcome:
+    kbit, viewers = {"f": (args.uplink_kbit, args.viewers), "h": (args.uplink_kbit, args.viewers),
+                     "g1": _figures(args.g1), "g2": _figures(args.g2)}[letter]
+    peers = tuple(f"p{i + 1}" for i in range(viewers))
+    async with fault_lab(directory, peers=peers, media=media_section(), observe=True,
+                         peers_config=peers_config(args)) as lab:
+        if letter == "h":
+            out = await uplink_and_downlink_cap(
+                lab, slow=peers[-1], kbit=kbit, downlink_kbit=args.downlink_kbit,
+                seconds=args.uplink_seconds, settle_s=args.settle)
+        else:
+            out = await uplink_cap(lab, kbit=kbit, seconds=args.uplink_seconds,
+                                   settle_s=args.settle)
+    out.scenario = f"{letter}: {out.scenario}"
+    return out
+
+
+async def mesh_reference(args: argparse.Namespace, directory: Path) -> Outcome:
+    """rf: the Chromium mesh under the same uplink cap, as an :class:`Outcome`."""
+    from support.chromiumcall import chromium_mesh_uplink_reference
+
+    r = await chromium_mesh_uplink_reference(
+        directory, cap_kbit=args.uplink_kbit, seconds=args.uplink_seconds,
+        settle_s=args.settle, viewers=args.viewers)
+    viewers: dict[str, dict[str, Any]] = r["viewers"]
+    sender: dict[str, dict[str, Any]] = r["sender"]
+    recoveries = [v["recover_s"] for v in viewers.values()]
+    swings = [c["swing"] for c in sender.values() if c["swing"] is not None]
+
+    def worst(key: str, pick: Callable[[list[float]], float]) -> float | None:
+        got = [float(v[key]) for v in viewers.values() if v[key] is not None]
+        return pick(got) if got else None
+
+    return Outcome(
+        f"rf: chromium mesh, uplink {r['cap_kbit']} kbit/s, {len(viewers)} viewers, "
+        f"{args.uplink_seconds:g} s",
+        recover_s=None if None in recoveries else max(recoveries),
+        longest_freeze_s=worst("freeze_cap_s", max) or 0.0,
+        extra={"cap_kbit": r["cap_kbit"], "fps_min": worst("fps", min),
+               "freeze_settled_s": worst("freeze_settled_s", max),
+               "freeze_cap_s": worst("freeze_cap_s", max),
+               "audio_fps_min": worst("audio_fps", min),
+               "tier_changes": sum(c["size_changes"] for c in sender.values()),
+               "rate_swing": max(swings) if swings else None, "keyframes": None,
+               "keyframe_requests": None, "top": r["top"], "warmup_s": r["warmup_s"],
+               "chromium": r["chromium"], "sender": sender, "viewers": viewers})
 
 
 # -- r: the Chromium-to-Chromium reference (tests/support/chromiumcall.py) ---------
@@ -176,6 +260,74 @@ def table(outcomes: list[Outcome]) -> str:
     return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
 
 
+# The uplink table (f, g, h, rf): heading, extra key (None: recover_s), digits,
+# and which end is the worse one.
+UPLINK_COLUMNS: list[tuple[str, str | None, int, Callable[[list[float]], float]]] = [
+    ("fps min", "fps_min", 1, min), ("freeze s", "freeze_settled_s", 2, max),
+    ("freeze cap s", "freeze_cap_s", 2, max), ("audio fps", "audio_fps_min", 1, min),
+    ("tier changes", "tier_changes", 0, max), ("rate swing", "rate_swing", 2, max),
+    ("recover s", None, 1, max), ("key frames", "keyframes", 0, max),
+    ("PLIs", "keyframe_requests", 0, max),
+]
+
+
+def _uplink_value(o: Outcome, key: str | None) -> float | None:
+    value = o.recover_s if key is None else o.extra.get(key)
+    return None if value is None else float(value)
+
+
+def _aligned(head: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                       for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+             for r in [head, *rows]]
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
+
+
+def uplink_table(outcomes: list[Outcome]) -> str:
+    """One row per run: the worst viewer's figures (see the module's docstring)."""
+    head = ["scenario", *(c[0] for c in UPLINK_COLUMNS)]
+    rows = [[o.scenario, *(fmt(_uplink_value(o, key), 1, digits)
+                           for _h, key, digits, _w in UPLINK_COLUMNS)] for o in outcomes]
+    return _aligned(head, rows)
+
+
+def viewers_table(outcomes: list[Outcome]) -> str:
+    """One row per viewer and run: what each one got during the cap."""
+    head = ["scenario / viewer", "fps", "freeze s", "freeze cap s", "audio fps", "kbit/s",
+            "top share", "size", "at lift", "recover s"]
+    rows = []
+    for o in outcomes:
+        for name, v in o.extra["viewers"].items():
+            down = v.get("downlink_kbit")
+            rows.append([f"{o.scenario.split(':')[0]} {name}" + (f" (down {down})" if down else ""),
+                         fmt(v["fps"], 1, 1), fmt(v["freeze_settled_s"]),
+                         fmt(v["freeze_cap_s"]), fmt(v["audio_fps"], 1, 1),
+                         fmt(v["kbps"], 1, 0), fmt(v["top_share"]), str(v["size"]),
+                         str(v["size_at_lift"]), fmt(v["recover_s"], 1, 1)])
+    return _aligned(head, rows)
+
+
+def uplink_summary(outcomes: list[Outcome]) -> str:
+    """Per scenario with several runs: the median and the worst of each column."""
+    out = []
+    for name in dict.fromkeys(o.scenario for o in outcomes):
+        runs = [o for o in outcomes if o.scenario == name]
+        if len(runs) < 2:
+            continue
+        parts = []
+        for heading, key, digits, worse in UPLINK_COLUMNS:
+            values = [_uplink_value(o, key) for o in runs]
+            got = [v for v in values if v is not None]
+            missing = len(values) - len(got)
+            if got:
+                parts.append(f"{heading} median {statistics.median(got):.{digits}f}, worst "
+                             f"{worse(got):.{digits}f}"
+                             + (f" ({missing} none)" if missing else ""))
+        out.append(f"{name} ({len(runs)} runs): " + "; ".join(parts))
+    return "\n".join(out)
+
+
 def summary(outcomes: list[Outcome]) -> str:
     """Median and worst of detect/recover/freeze per scenario, when there are several runs."""
     out = []
@@ -211,11 +363,22 @@ async def main(args: argparse.Namespace) -> int:
                 outcomes.append(outcome)
                 print(f"{outcome.scenario} run {run + 1}: {json.dumps(outcome.extra)}",
                       flush=True)
-    print()
-    print(table(outcomes))
-    if text := summary(outcomes):
+    uplinks = [o for o in outcomes if "viewers" in o.extra]
+    others = [o for o in outcomes if "viewers" not in o.extra]
+    if others:
         print()
-        print(text)
+        print(table(others))
+        if text := summary(others):
+            print()
+            print(text)
+    if uplinks:
+        print()
+        print(uplink_table(uplinks))
+        print()
+        print(viewers_table(uplinks))
+        if text := uplink_summary(uplinks):
+            print()
+            print(text)
     if args.json:
         await trio.Path(args.json).write_text(json.dumps([o.__dict__ for o in outcomes],
                                                          indent=1))
@@ -225,7 +388,8 @@ async def main(args: argparse.Namespace) -> int:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("-s", "--scenarios", default="a,b,c,d,e",
-                   help="comma-separated letters: a, b, c, d, e, r (see above)")
+                   help="comma-separated letters: a, b, c, d, e, r, f, g1, g2, h, rf "
+                        "(see above)")
     p.add_argument("--runs", type=int, default=1, help="repetitions of each scenario")
     p.add_argument("--cut", type=float, default=5.0, help="(a) link cut, seconds")
     p.add_argument("--cap-kbit", type=int, default=500, help="(b, r) the cap, kbit/s")
@@ -239,6 +403,17 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--restart-max", type=float, help="peers.restart_max")
     p.add_argument("--ref-before", type=float, default=10.0, help="(r) uncapped, seconds")
     p.add_argument("--ref-after", type=float, default=20.0, help="(r) after the cap, seconds")
+    p.add_argument("--uplink-kbit", type=int, default=1000,
+                   help="(f, h, rf) the agent's (the sender's) uplink cap, kbit/s")
+    p.add_argument("--viewers", type=int, default=3, help="(f, h, rf) viewers")
+    p.add_argument("--g1", default="600:2", help="(g1) KBIT:VIEWERS")
+    p.add_argument("--g2", default="2000:5", help="(g2) KBIT:VIEWERS")
+    p.add_argument("--uplink-seconds", type=float, default=40.0,
+                   help="(f, g, h, rf) capped, seconds")
+    p.add_argument("--settle", type=float, default=15.0,
+                   help="(f, g, h, rf) seconds into the cap before 'settled' starts")
+    p.add_argument("--downlink-kbit", type=int, default=300,
+                   help="(h) the last viewer's own downlink cap, kbit/s")
     p.add_argument("--json", help="also write every outcome to this file")
     p.add_argument("--keep", help="keep the agent's, peers' and coturn's logs in this directory")
     return p.parse_args()

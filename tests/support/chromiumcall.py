@@ -8,6 +8,12 @@ c2 receives (``tc tbf``, :meth:`FaultNet.cap`) for a while. It returns what
 Chromium's own congestion controller made of that, per phase (before /
 during / after the cap), measured from both ends' ``getStats()``.
 
+:func:`chromium_mesh_uplink_reference` is issue 15's reference: one Chromium
+("c0") sends its fake camera to several Chromium viewers ("v1".."vN"), each in
+its own namespace, through the same viewer page (a mesh: c0 holds one
+connection per viewer), and c0's own egress is capped
+(:meth:`FaultNet.cap_uplink`), as the agent's is in faultlab's scenario (f).
+
 How Chromium gets into a namespace: Playwright launches a small shell script
 that execs ``ip netns exec <ns> /usr/bin/chromium "$@"``. Playwright talks to
 the browser over inherited pipes (``--remote-debugging-pipe``), which the
@@ -30,7 +36,7 @@ import json
 import statistics
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -139,9 +145,10 @@ def _wrapper(directory: Path, net: FaultNet, host: str) -> str:
     return str(path)
 
 
-async def _join(page: ViewerPage, user: str, room_id: str, send: bool) -> None:
+async def _join(page: ViewerPage, user: str, room_id: str, send: bool,
+                instrument: str = _INSTRUMENT) -> None:
     """Instrument the (idle) page, then join through its form."""
-    await page.evaluate(_INSTRUMENT)
+    await page.evaluate(instrument)
     form = json.dumps({"user": user, "password": PASSWORD, "room": room_id, "send": send})
     await page.evaluate(
         f"(() => {{ const f = {form};"
@@ -388,3 +395,272 @@ def _first_size(samples: list[dict[str, Any]], a: float, b: float,
     """Seconds from ``a`` until the receiver decodes ``size`` frames again."""
     return next((s["t"] - a for s in samples if "rx" in s and a <= s["t"] < b
                  and f"{s['rx']['w']}x{s['rx']['h']}" == size), None)
+
+
+# -- the mesh under an uplink cap (issue 15's reference) ---------------------------
+
+MESH_SENDER = "c0"
+
+# Evaluated in each page of the mesh before it joins; idempotent. A viewer of a
+# mesh holds a connection to every participant (the other viewers send nothing),
+# so every connection is polled: a frame is stamped whenever any connection's
+# framesDecoded grew.
+_MESH_INSTRUMENT = """(() => {
+  if (window.__gm) return true;
+  const Original = window.RTCPeerConnection;
+  const pcs = [];
+  const frames = [];  // wall ms of each poll in which some connection decoded a frame
+  const last = new Map();
+  const now = () => performance.timeOrigin + performance.now();
+  window.RTCPeerConnection = class extends Original {
+    constructor(...args) { super(...args); pcs.push(this); }
+  };
+  const live = () => pcs.filter((pc) => pc.signalingState !== "closed");
+  let busy = false;
+  setInterval(async () => {
+    if (busy) return;
+    busy = true;
+    try {
+      let grew = false;
+      for (const pc of live()) {
+        const report = await pc.getStats();
+        report.forEach((s) => {
+          if (s.type === "inbound-rtp" && s.kind === "video") {
+            const n = s.framesDecoded || 0;
+            if (n > (last.get(pc) || 0)) grew = true;
+            last.set(pc, n);
+          }
+        });
+      }
+      if (grew) frames.push(now());
+    } catch (e) { /* a connection went away: the next poll sees the rest */ }
+    finally { busy = false; }
+  }, 100);
+  window.__gm = { pcs, frames, live, now };
+  return true;
+})()"""
+
+# One sample of every live connection: the inbound video with the most decoded
+# frames (a viewer's connection to the sender), audio packets received, and
+# each connection's outbound video (the sender's encoders, one per viewer).
+_MESH_SAMPLE = """(async () => {
+  const gm = window.__gm;
+  const out = { t: gm.now() / 1000, frames: gm.frames.splice(0), tx: [], audio: 0 };
+  let i = 0;
+  for (const pc of gm.live()) {
+    const report = await pc.getStats();
+    const id = gm.pcs.indexOf(pc);
+    report.forEach((s) => {
+      if (s.type === "inbound-rtp" && s.kind === "video") {
+        const rx = { frames: s.framesDecoded || 0, w: s.frameWidth || 0,
+          h: s.frameHeight || 0, fps: s.framesPerSecond ?? null, bytes: s.bytesReceived || 0,
+          freezes: s.freezeCount ?? null, pc: id };
+        if (!out.rx || rx.frames > out.rx.frames) out.rx = rx;
+      } else if (s.type === "inbound-rtp" && s.kind === "audio") {
+        out.audio += s.packetsReceived || 0;
+      } else if (s.type === "outbound-rtp" && s.kind === "video") {
+        out.tx.push({ pc: id, target: s.targetBitrate ?? null, w: s.frameWidth || 0,
+          h: s.frameHeight || 0, bytes: s.bytesSent || 0, fps: s.framesPerSecond ?? null,
+          qlr: s.qualityLimitationReason ?? null });
+      }
+    });
+    i += 1;
+  }
+  out.connections = i;
+  return out;
+})()"""
+
+
+async def _sample_pages(pages: dict[str, ViewerPage], until: float,
+                        log: dict[str, list[dict[str, Any]]],
+                        done: Any = None) -> None:
+    """Sample every page every :data:`SAMPLE_INTERVAL` until wall time ``until``
+    (or until ``done()`` is true)."""
+    while time.time() < until and not (done is not None and done()):
+        tick = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            for name, page in pages.items():
+                async def one(name: str = name, page: ViewerPage = page) -> None:
+                    try:
+                        log[name].append(await page.evaluate(_MESH_SAMPLE, timeout=5))
+                    except Exception as exc:  # a stalled page: a gap in its samples
+                        log[name].append({"t": time.time(), "frames": [],
+                                          "error": str(exc)[:200]})
+                nursery.start_soon(one)
+        await trio.sleep_until(tick + SAMPLE_INTERVAL)
+
+
+def _size_of(sample: dict[str, Any]) -> str | None:
+    rx = sample.get("rx")
+    return f"{rx['w']}x{rx['h']}" if rx and rx["w"] else None
+
+
+def _back_to(samples: list[dict[str, Any]], t_free: float, size: str | None,
+             stay: int = 4) -> float | None:
+    """Seconds from ``t_free`` until the viewer decodes ``size`` for good (``stay`` samples)."""
+    after = [s for s in samples if s["t"] >= t_free and "rx" in s]
+    if size is None or len(after) < stay or any(_size_of(s) != size for s in after[-stay:]):
+        return None
+    i = len(after) - 1
+    while i > 0 and _size_of(after[i - 1]) == size:
+        i -= 1
+    return float(after[i]["t"]) - t_free
+
+
+def _counter_rate(samples: list[dict[str, Any]], a: float, b: float,
+                  value: Any) -> float | None:
+    """Increase per second of a counter (``value(sample)``) over [a, b], restarts skipped."""
+    inside = [(s["t"], v) for s in samples if a <= s["t"] <= b and (v := value(s)) is not None]
+    if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+        return None
+    grown = sum(max(0, v2 - v1) for (_t1, v1), (_t2, v2) in pairwise(inside))
+    return float(grown / (inside[-1][0] - inside[0][0]))
+
+
+def _mesh_viewer(samples: list[dict[str, Any]], top: str | None, marks: dict[str, float],
+                 ) -> dict[str, Any]:
+    t_cap, t_settle, t_free = marks["cap"], marks["settle"], marks["free"]
+    frames = [(t / 1000, 0) for s in samples for t in s.get("frames", [])]
+    fps = _counter_rate(samples, t_settle, t_free,
+                        lambda s: s["rx"]["frames"] if "rx" in s else None)
+    audio = _counter_rate(samples, t_settle, t_free, lambda s: s.get("audio"))
+    audio_cap = _counter_rate(samples, t_cap, t_free, lambda s: s.get("audio"))
+    kbps = _counter_rate(samples, t_settle, t_free,
+                         lambda s: s["rx"]["bytes"] if "rx" in s else None)
+    sizes = [_size_of(s) for s in samples if t_settle <= s["t"] < t_free and _size_of(s)]
+    recover = _back_to(samples, t_free, top)
+    return {
+        "fps": None if fps is None else round(fps, 1),
+        "freeze_settled_s": round(_longest_gap(frames, t_settle, t_free), 2),
+        "freeze_cap_s": round(_longest_gap(frames, t_cap, t_free), 2),
+        "audio_fps": None if audio is None else round(audio, 1),
+        "audio_fps_cap": None if audio_cap is None else round(audio_cap, 1),
+        "kbps": None if kbps is None else round(kbps * 8 / 1000),
+        "top_share": round(sum(1 for s in sizes if s == top) / len(sizes), 2) if sizes else None,
+        "size": statistics.mode(sizes) if sizes else None,
+        "size_at_lift": next((_size_of(s) for s in reversed(samples)
+                              if s["t"] < t_free and _size_of(s)), None),
+        "recover_s": None if recover is None else round(recover, 2),
+    }
+
+
+def _sender_numbers(tx: list[dict[str, Any]], marks: dict[str, float]) -> dict[str, Any]:
+    """Per sending connection: its size changes during the cap and its targetBitrate
+    over the settled part (min / median / max, swing = (max - min) / median)."""
+    t_cap, t_settle, t_free = marks["cap"], marks["settle"], marks["free"]
+    per: dict[str, dict[str, Any]] = {}
+    for s in tx:
+        for o in s.get("tx", []):
+            entry = per.setdefault(str(o["pc"]), {"heights": [], "targets": []})
+            if t_cap <= s["t"] < t_free and o["h"]:
+                entry["heights"].append(o["h"])
+            if t_settle <= s["t"] < t_free and o["target"] is not None:
+                entry["targets"].append(float(o["target"]))
+    out: dict[str, Any] = {}
+    for pc, entry in per.items():
+        heights, targets = entry["heights"], entry["targets"]
+        if not heights and not targets:
+            continue
+        med = statistics.median(targets) if targets else None
+        out[pc] = {"size_changes": sum(1 for a, b in pairwise(heights) if a != b),
+                   "target_min": min(targets, default=None), "target_median": med,
+                   "target_max": max(targets, default=None),
+                   "swing": round((max(targets) - min(targets)) / med, 3) if med else None}
+    return out
+
+
+async def chromium_mesh_uplink_reference(
+    directory: Path, cap_kbit: int = 1000, seconds: float = 40.0, settle_s: float = 15.0,
+    viewers: int = 3, before_s: float = 5.0, warmup_s: float = 10.0,
+    warmup_max_s: float = 40.0, climb_timeout: float = 60.0, fake_fps: int = 30,
+    burst_bytes: int = 16_000, latency_ms: int = 150,
+) -> dict[str, Any]:
+    """One Chromium sending its fake camera to ``viewers`` Chromiums through one capped
+    uplink (issue 15's reference for scenarios f/g).
+
+    Each Chromium runs in its own namespace of a :class:`FaultNet` and joins
+    the dev server's viewer page (the mesh: the sender holds one connection,
+    one encoder and one congestion controller per viewer). After a warm-up
+    (until every viewer decodes the camera's full size, ``warmup_max_s`` at
+    most) and ``before_s``, the sender's egress is capped
+    (:meth:`FaultNet.cap_uplink`) for ``seconds``, then lifted. Per viewer,
+    with the agent's windows (settled = the cap's last ``seconds -
+    settle_s``): decoded fps, longest freeze (100 ms resolution), audio
+    packets/s (Opus: 50), received kbit/s, the share of the pre-cap size,
+    and the recovery (the cap lifted -> decoding the pre-cap size for good;
+    None: not within ``climb_timeout``). Per sending connection: size
+    changes during the cap and its targetBitrate's spread while settled.
+    Samples go to ``directory/mesh-samples.json``.
+    """
+    await trio.Path(directory).mkdir(parents=True, exist_ok=True)
+    args = [a for a in CHROMIUM_ARGS if a != "--use-fake-device-for-media-stream"]
+    args.append(f"--use-fake-device-for-media-stream=fps={fake_fps}")
+    names = [f"v{i + 1}" for i in range(viewers)]
+    log: dict[str, list[dict[str, Any]]] = {n: [] for n in [MESH_SENDER, *names]}
+    marks: dict[str, float] = {}
+    async with fault_net([MESH_SENDER, *names]) as net, \
+            devserver_process(directory / "glimpse.db", host=net.root_address) as server, \
+            AsyncExitStack() as stack:
+        api = server.api_url
+        _owner, owner_token = await register(api, "owner", PASSWORD)
+        for user in (MESH_SENDER, *names):
+            await register(api, user, PASSWORD)
+        room_id = await create_room(api, owner_token, "Chromium mesh reference")
+        args.append(f"--unsafely-treat-insecure-origin-as-secure={api}")
+        url = viewer_url(server.server)
+        pages: dict[str, ViewerPage] = {}
+        agent = ""
+        for name in [*names, MESH_SENDER]:  # the viewers first: each calls the sender
+            browser = await stack.enter_async_context(
+                open_browser(executable=_wrapper(directory, net, name), args=args))
+            pages[name] = await browser.open_viewer(url, name)
+        for name in [*names, MESH_SENDER]:
+            await _join(pages[name], name, room_id, send=name == MESH_SENDER,
+                        instrument=_MESH_INSTRUMENT)
+        for name in names:
+            await pages[name].wait_for(
+                "s => Object.values(s.peers).some(p => p.video.framesDecoded > 30)",
+                MEDIA_TIMEOUT, what=f"{name} to decode {MESH_SENDER}'s camera")
+        agent = str(await pages[MESH_SENDER].evaluate("navigator.userAgent"))
+        t_media = time.time()
+        await _sample_pages(pages, t_media + warmup_s, log)
+        full = _sender_full_size(log[MESH_SENDER])
+        with trio.move_on_after(warmup_max_s - warmup_s):
+            while not all(_size_of(log[n][-1]) == full for n in names if log[n]):
+                await _sample_pages(pages, time.time() + SAMPLE_INTERVAL, log)
+                full = _sender_full_size(log[MESH_SENDER]) or full
+        marks["start"] = time.time()
+        await _sample_pages(pages, marks["start"] + before_s, log)
+        tops = {n: _size_of(log[n][-1]) if log[n] else None for n in names}
+        marks["cap"] = time.time()
+        await net.cap_uplink(MESH_SENDER, cap_kbit, burst_bytes=burst_bytes,
+                             latency_ms=latency_ms)
+        try:
+            marks["settle"] = marks["cap"] + settle_s
+            await _sample_pages(pages, marks["cap"] + seconds, log)
+        finally:
+            with trio.CancelScope(shield=True):
+                await net.uncap_uplink(MESH_SENDER)
+        marks["free"] = time.time()
+        await _sample_pages(
+            pages, marks["free"] + climb_timeout, log,
+            done=lambda: all(_back_to(log[n], marks["free"], tops[n]) is not None
+                             for n in names))
+        await _sample_pages(pages, time.time() + 2, log)
+        marks["end"] = time.time()
+    await trio.Path(directory / "mesh-samples.json").write_text(
+        json.dumps({"marks": marks, **log}))
+    per_viewer = {n: _mesh_viewer(log[n], tops[n], marks) for n in names}
+    sender = _sender_numbers(log[MESH_SENDER], marks)
+    return {"cap_kbit": cap_kbit, "seconds": seconds, "settle_s": settle_s,
+            "chromium": agent, "warmup_s": round(marks["start"] - t_media, 1),
+            "top": tops, "viewers": per_viewer, "sender": sender}
+
+
+def _sender_full_size(tx: list[dict[str, Any]]) -> str | None:
+    """The largest frame size any of the sender's connections encoded so far."""
+    sizes = [(o["w"], o["h"]) for s in tx for o in s.get("tx", []) if o["h"]]
+    if not sizes:
+        return None
+    w, h = max(sizes, key=lambda wh: wh[0] * wh[1])
+    return f"{w}x{h}"

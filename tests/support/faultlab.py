@@ -8,6 +8,12 @@ one fault each and return an :class:`Outcome` measured from what the
 receiving peers decoded (frame codes and their receive times, transport
 bytes) plus the agent's log for the moment it noticed.
 
+The uplink scenarios (issue 15: :func:`uplink_cap`, :func:`uplink_and_downlink_cap`)
+run the agent at 1280x720 with its default quality tiers (:func:`media_section`)
+and any number of viewers, and cap the agent's own egress
+(:meth:`FaultNet.cap_uplink`); they also read the agent's /status over its
+namespace's loopback (``observe=True``) for key frames and key-frame requests.
+
 Times are wall-clock seconds (``time.time()``): the peers stamp decoded
 frames with the wall clock of the same machine, so a fault's start and end
 compare with them directly.
@@ -15,11 +21,12 @@ compare with them directly.
 
 from __future__ import annotations
 
+import json
 import secrets
 import subprocess
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -53,6 +60,26 @@ source = "tone"
 """
 TURN_USER, TURN_REALM = "edge", "glimpse.test"
 
+# The uplink scenarios (f, g, h): the agent's shipped picture size and quality
+# tiers (no max_bitrate, no tiers: the defaults), grain on the test pattern.
+TOP_WIDTH, TOP_HEIGHT = 1280, 720
+UPLINK_NOISE = 4
+# Where the agent's observe endpoint listens inside its own namespace: the tests
+# read /status over the namespace's loopback, so it never crosses a capped link.
+OBSERVE_LISTEN = "127.0.0.1:9750"
+
+
+def media_section(width: int = TOP_WIDTH, height: int = TOP_HEIGHT, framerate: int = FPS,
+                  codec: str = "h264", noise: int = UPLINK_NOISE) -> str:
+    """A [video]/[audio] section setting only size, rate, codec and grain.
+
+    max_bitrate, min_bitrate and tiers stay the agent's defaults, so the
+    scenario runs the quality tiers a user gets out of the box.
+    """
+    return (f'\n[video]\nsource = "testpattern"\nwidth = {width}\nheight = {height}\n'
+            f'framerate = {framerate}\ncodec = "{codec}"\npattern_noise = {noise}\n\n'
+            '[audio]\nsource = "tone"\n')
+
 
 @dataclass
 class Turn:
@@ -82,10 +109,32 @@ class Lab:
     room_id: str
     turn: Turn | None = None
     peer_ids: dict[str, str] = field(default_factory=dict)
+    observe: bool = False
 
     def view(self, peer: str) -> RemoteView:
         """What ``peer`` received from the agent."""
         return self.peers[peer].remote(self.device_id)
+
+    async def status(self) -> dict[str, Any] | None:
+        """The agent's /status JSON (read inside its namespace), or None when unavailable.
+
+        None when the lab was made without ``observe=True``, or the endpoint
+        did not answer within a few seconds: callers report what is missing
+        rather than fail on it.
+        """
+        if not self.observe:
+            return None
+        result = await trio.run_process(
+            [*self.net.exec_prefix("agent"), "curl", "-s", "--max-time", "5",
+             f"http://{OBSERVE_LISTEN}/status"],
+            capture_stdout=True, capture_stderr=True, check=False)
+        if result.returncode != 0:
+            return None
+        try:
+            doc = json.loads(result.stdout)
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) else None
 
 
 @dataclass
@@ -148,12 +197,18 @@ async def _start_turn(nursery: trio.Nursery, net: FaultNet, host: str,
 async def fault_lab(
     directory: Path, *, peers: tuple[str, ...] = ("p1", "p2"), peers_config: str = "",
     relay_only: bool = False, peer_args: dict[str, list[str]] | None = None, noise: int = 0,
+    media: str | None = None, observe: bool = False,
 ) -> AsyncIterator[Lab]:
     """The whole set-up, torn down (processes, namespaces) however the block ends.
 
-    ``noise``: grain on the test pattern (video.pattern_noise), so that the
-    encoders spend their whole bitrate as with a camera (the plain pattern
-    needs a third of it, too little to fill a capped link).
+    ``peers``: the receiving peers' names, any number (each one a process in
+    its own namespace). ``noise``: grain on the test pattern
+    (video.pattern_noise), so that the encoders spend their whole bitrate as
+    with a camera (the plain pattern needs a third of it, too little to fill
+    a capped link). ``media``: the [video]/[audio] sections to use instead of
+    the 640x360 ones (``noise`` is then ignored; see :func:`media_section`).
+    ``observe``: turn on the agent's observe endpoint on its namespace's
+    loopback (:meth:`Lab.status`).
     """
     hosts = ["agent", *peers] + (["turn"] if relay_only else [])
     try:
@@ -181,12 +236,18 @@ async def fault_lab(
                 agent_dir = directory / "agent"
                 config = write_config(agent_dir, ws_url=server.ws_url, room_id=room_id,
                                       token=device_token, log_level="info",
-                                      extra=MEDIA.format(noise=noise) + peers_config,
+                                      extra=(media if media is not None
+                                             else MEDIA.format(noise=noise)) + peers_config,
                                       ice=ice)
+                if observe:
+                    text = config.read_text()
+                    config.write_text(text.replace('[observe]\nlisten = ""',
+                                                   f'[observe]\nlisten = "{OBSERVE_LISTEN}"'))
                 agent = AgentProcess(config, command_prefix=net.exec_prefix("agent"))
                 await agent.start(nursery)
                 await agent.wait_for("room.joined", timeout=30)
-                lab = Lab(net, server, agent, procs, device_id, room_id, turn)
+                lab = Lab(net, server, agent, procs, device_id, room_id, turn,
+                          observe=observe)
                 for name in peers:
                     proc = PeerProcess(name, ws_url=server.ws_url, token=tokens[name],
                                        room_id=room_id, command_prefix=net.exec_prefix(name),
@@ -412,3 +473,318 @@ async def bandwidth_cap(lab: Lab, peer: str = "p2", other: str = "p1", kbit: int
                "switches": [(round(e["_t"] - trio_cap, 1), e["stream"]) for e in switches],
                "tier_decision_after_free_s": round(back["_t"] - trio_free, 2),
                "restarts": len(lab.agent.find("peer.restarting", since=mark, peer=pid))})
+
+
+# -- the device's own uplink (issue 15) -------------------------------------------
+
+
+def lowest_tier_rate(width: int = TOP_WIDTH, height: int = TOP_HEIGHT) -> int:
+    """The lowest quality tier's configured bitrate, with the agent's default tiers."""
+    from glimpse_edge.config import VideoConfig
+
+    return VideoConfig(width=width, height=height).quality_tiers()[-1].bitrate
+
+
+def held(changes: list[tuple[float, float]], start: float | None, a: float,
+         b: float) -> list[tuple[float, float]]:
+    """(value, seconds held) of a step series within [a, b).
+
+    ``changes``: (time, new value), in time order, only those within the
+    window count; ``start``: the value held at ``a`` (None: nothing until
+    the first change).
+    """
+    out: list[tuple[float, float]] = []
+    value, since = start, a
+    for t, new in changes:
+        if not a <= t < b:
+            continue
+        if value is not None and t > since:
+            out.append((value, t - since))
+        value, since = new, t
+    if value is not None and b > since:
+        out.append((value, b - since))
+    return out
+
+
+def spread(values: list[tuple[float, float]]) -> dict[str, float | None]:
+    """min, time-weighted median, max and swing ((max - min) / median) of held values."""
+    if not values:
+        return {"min": None, "median": None, "max": None, "swing": None}
+    ordered = sorted(values)
+    total = sum(d for _v, d in ordered)
+    acc, median = 0.0, ordered[-1][0]
+    for v, d in ordered:
+        acc += d
+        if acc >= total / 2:
+            median = v
+            break
+    lo, hi = ordered[0][0], max(v for v, _d in ordered)
+    return {"min": lo, "median": median, "max": hi,
+            "swing": round((hi - lo) / median, 3) if median else None}
+
+
+def frame_sizes(view: RemoteView, a: float, b: float) -> list[tuple[int, int]]:
+    """The size of each frame decoded within [a, b] (a frozen picture counts for nothing)."""
+    # a size change is stamped with its first frame's decode time, a hair after the code's
+    return [size for t in view.frame_times(a, b) if (size := view.size_at(t + 0.01))]
+
+
+async def _all_decode_size(lab: Lab, names: list[str], size: tuple[int, int],
+                           timeout: float, since: float = 0.0,
+                           frames: int = 10) -> dict[str, float | None]:
+    """Until every viewer in ``names`` decodes ``size`` again, all at the same time.
+
+    "Again": its last size change (or ``since``, whichever is later) was to
+    ``size`` and ``frames`` frames were decoded after it, so a picture frozen
+    at that size does not count. Returns, per viewer, when its current
+    stretch of ``size`` began (:func:`_back_at`) at the first moment all of
+    them were there; after ``timeout`` without that moment, the same at the
+    end (None for those not there).
+    """
+    def now() -> dict[str, float | None]:
+        return {n: _back_at(lab.view(n), size, since, frames) for n in names}
+
+    # every peer reports every 0.2 s: the first one's reports pace the check
+    with suppress(AssertionError):
+        await lab.peers[names[0]].wait_until(lambda: None not in now().values(),
+                                             f"every viewer on {size[0]}x{size[1]}",
+                                             timeout=timeout)
+    return now()
+
+
+def _back_at(view: RemoteView, size: tuple[int, int], since: float,
+             frames: int = 1) -> float | None:
+    """When ``view`` began its current stretch of ``size`` frames after ``since``.
+
+    The wall time of the first frame decoded after ``since`` and after its
+    last size change, if that change was to ``size`` (or it had ``size``
+    already) and ``frames`` frames followed; None otherwise.
+    """
+    if view.size_at(float("inf")) != size:
+        return None
+    changes = [at for at, _w, _h in view.sizes if at > since]
+    start = changes[-1] if changes else since
+    after = view.frame_times(start - 0.05)  # a change is stamped with its frame's decode time
+    return after[0] if len(after) >= frames else None
+
+
+def _counter_delta(before: int | None, after: int | None) -> int | None:
+    if after is None:
+        return None
+    if before is None or after < before:  # absent before, or restarted (a new encoder)
+        return after
+    return after - before
+
+
+def _status_numbers(lab: Lab, before: dict[str, Any] | None,
+                    after: dict[str, Any] | None) -> dict[str, Any]:
+    """Key frames encoded, key-frame requests (and coalesced) and pacing, over the cap.
+
+    Read from /status (``encoders``, ``participants``, ``uplink``); each
+    figure is None when the agent does not report it (an older agent, or the
+    endpoint off).
+    """
+    out: dict[str, Any] = {"keyframes": None, "keyframes_by_encoder": None,
+                           "keyframe_requests": None, "coalesced": None,
+                           "requests_by_viewer": None, "pacing": None, "uplink": None}
+    if after is None:
+        return out
+
+    def encoders(doc: dict[str, Any] | None) -> dict[str, int]:
+        return {f"{e.get('codec')}/{e.get('tier')}": int(e["keyframes"])
+                for e in (doc or {}).get("encoders", []) if e.get("keyframes") is not None}
+
+    enc_before, enc_after = encoders(before), encoders(after)
+    if enc_after:
+        by = {k: _counter_delta(enc_before.get(k), v) for k, v in enc_after.items()}
+        out["keyframes_by_encoder"] = by
+        out["keyframes"] = sum(v or 0 for v in by.values())
+    names = {pid: name for name, pid in lab.peer_ids.items()}
+
+    def requests(doc: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+        entries = (doc or {}).get("participants") or (doc or {}).get("peers") or []
+        return {names[p["user_id"]]: p for p in entries
+                if isinstance(p, dict) and p.get("user_id") in names}
+
+    req_before, req_after = requests(before), requests(after)
+    per: dict[str, Any] = {}
+    pacing: dict[str, Any] = {}
+    for name, entry in req_after.items():
+        kf = entry.get("keyframe_requests")
+        if isinstance(kf, dict):
+            old = (req_before.get(name) or {}).get("keyframe_requests") or {}
+            per[name] = {k: _counter_delta(old.get(k), kf.get(k))
+                         for k in ("received", "coalesced")}
+        if entry.get("pacing") is not None:
+            pacing[name] = entry["pacing"]
+    if per:
+        out["requests_by_viewer"] = per
+        out["keyframe_requests"] = sum(v.get("received") or 0 for v in per.values())
+        out["coalesced"] = sum(v.get("coalesced") or 0 for v in per.values())
+    out["pacing"] = pacing or None
+    # the agent's estimate of its whole uplink, when it keeps one
+    out["uplink"] = after.get("uplink")
+    return out
+
+
+async def _uplink_run(lab: Lab, label: str, kbit: int, seconds: float, settle_s: float,
+                      downlinks: dict[str, int], top: tuple[int, int],
+                      climb_timeout: float, burst_bytes: int, latency_ms: int) -> Outcome:
+    """The agent's uplink capped at ``kbit`` for ``seconds`` (and ``downlinks``: viewer ->
+    kbit/s caps on their own downlinks, for the same time), then lifted.
+
+    Per viewer (``extra["viewers"]``): over the settled part of the cap (its
+    last ``seconds - settle_s``) decoded fps, longest freeze, audio frames/s,
+    received kbit/s, the share of time on the top size and the size decoded
+    most; over the whole cap the longest freeze and the tier changes; after
+    it, the recovery (the cap lifted -> decoding ``top`` again). For the
+    agent: the lowest tier's rate while settled (``media.tier.adapted``,
+    time-weighted min/median/max and swing), encoder rate changes, key
+    frames encoded and key-frame requests during the cap (/status).
+    """
+    names = list(lab.peers)
+    ready = None not in (await _all_decode_size(lab, names, top, 30)).values()
+    b0, b1 = await _steady(lab, 3.0)
+    before = await lab.status()
+    mark = len(lab.agent.events)
+    t_cap, trio_cap = time.time(), trio.current_time()
+    audio_cap = {n: lab.view(n).audio for n in names}
+    await lab.net.cap_uplink("agent", kbit, burst_bytes=burst_bytes, latency_ms=latency_ms)
+    try:
+        for name, down in downlinks.items():
+            await lab.net.cap(name, down)
+        await trio.sleep_until(trio_cap + settle_s)  # the fault's length
+        t_settle, trio_settle = time.time(), trio.current_time()
+        audio_settle = {n: lab.view(n).audio for n in names}
+        await trio.sleep_until(trio_cap + seconds)
+        t_free, trio_free = time.time(), trio.current_time()
+        audio_free = {n: lab.view(n).audio for n in names}
+        end = await lab.status()  # over the namespace's loopback: not through the cap
+    finally:
+        with trio.CancelScope(shield=True):
+            await lab.net.uncap_uplink("agent")
+            for name in downlinks:
+                await lab.net.uncap(name)
+    back_at = await _all_decode_size(lab, names, top, climb_timeout, since=t_free)
+    recovered = None not in back_at.values()
+    await trio.sleep(2.0)  # the after window (a viewer that did not recover has no frames)
+    a1 = time.time()
+
+    switches = [e for e in lab.agent.find("peer.tier_changed", since=mark)
+                if e["_t"] < trio_free]
+    first_switch = min((e["_t"] for e in switches), default=None)
+    # the lowest tier's rate: set when its encoder starts, then each adaptation
+    lowest = lowest_tier_rate(*top)
+    adapted = sorted((e["_t"], float(e["bitrate"])) for e in lab.agent.events
+                     if e.get("bitrate") is not None and (
+                         e.get("event") == "media.tier.adapted"
+                         or (e.get("event") == "media.tier.started" and e.get("tier"))))
+    start_rate = next((r for t, r in reversed(adapted) if t < trio_settle), None)
+    # in use while settled: some viewer was on a lower tier then
+    on_lower: dict[str, bool] = {}
+    for e in lab.agent.find("peer.tier_changed"):
+        if e["_t"] < trio_free:
+            on_lower[str(e.get("peer"))] = "/" in str(e.get("stream", ""))
+    low_used = any(on_lower.values()) or bool(
+        [t for t, _r in adapted if trio_settle <= t < trio_free])
+    if start_rate is None and low_used:
+        start_rate = float(lowest)
+    low_rate = spread(held(adapted, start_rate, trio_settle, trio_free)) if low_used \
+        else spread([])
+    encoder_rates = [(round(e["_t"] - trio_cap, 1), e.get("new"))
+                     for e in lab.agent.find("media.encoder.bitrate", since=mark)
+                     if e["_t"] < trio_free]
+
+    viewers: dict[str, dict[str, Any]] = {}
+    for name in names:
+        view, pid = lab.view(name), lab.peer_ids[name]
+        back = back_at[name]
+        recover = None if back is None else back - t_free
+        rate = view.bitrate(t_settle, t_free)
+        sizes = frame_sizes(view, t_settle, t_free)
+        dominant = max(set(sizes), key=sizes.count) if sizes else None
+        viewers[name] = {
+            "fps": round(view.frames_between(t_settle, t_free) / (t_free - t_settle), 1),
+            "freeze_settled_s": round(view.longest_gap(t_settle, t_free), 3),
+            "freeze_cap_s": round(view.longest_gap(t_cap, t_free), 3),
+            "audio_fps": round((audio_free[name] - audio_settle[name]) / (t_free - t_settle), 1),
+            "audio_fps_cap": round((audio_free[name] - audio_cap[name]) / (t_free - t_cap), 1),
+            "kbps": None if rate is None else round(rate / 1000),
+            # of the frames decoded while settled, the share at the top size
+            "top_share": round(sizes.count(top) / len(sizes), 2) if sizes else None,
+            "size": None if dominant is None else f"{dominant[0]}x{dominant[1]}",
+            "size_at_lift": "x".join(map(str, view.size_at(t_free) or (0, 0))),
+            "tier_changes": sum(1 for e in switches if e.get("peer") == pid),
+            "recover_s": None if recover is None else round(recover, 2),
+            # back at the top size, then moved down again before the last viewer got there
+            "size_at_end": "x".join(map(str, view.size_at(float("inf")) or (0, 0))),
+            "downlink_kbit": downlinks.get(name),
+        }
+    recoveries = [v["recover_s"] for v in viewers.values()]
+    status = _status_numbers(lab, before, end)
+    missing = [what for what, ok in (("/status", end is not None),
+                                     ("encoder keyframes", status["keyframes"] is not None),
+                                     ("keyframe_requests", status["keyframe_requests"]
+                                      is not None),
+                                     ("pacing", status["pacing"] is not None)) if not ok]
+
+    def total(a: float, b: float) -> float | None:
+        """What all viewers received together over [a, b], bit/s."""
+        rates = [r for n in names if (r := lab.view(n).bitrate(a, b)) is not None]
+        return sum(rates) if rates else None
+
+    return Outcome(
+        label, detect_s=None if first_switch is None else round(first_switch - trio_cap, 2),
+        recover_s=None if None in recoveries else max(r for r in recoveries if r is not None),
+        frames=min(lab.view(n).frames_between(t_settle, t_free) for n in names),
+        longest_freeze_s=max(v["freeze_cap_s"] for v in viewers.values()),
+        other_freeze_s=max((v["freeze_cap_s"] for n, v in viewers.items()
+                            if n not in downlinks), default=None) if downlinks else None,
+        bitrate_before=total(b0, b1), bitrate_during=total(t_settle, t_free),
+        bitrate_after=total(a1 - 2.0, a1),
+        extra={"cap_kbit": kbit, "seconds": seconds, "settle_s": settle_s,
+               "n_viewers": len(names), "top_before_cap": ready, "recovered": recovered,
+               "fps_min": min(v["fps"] for v in viewers.values()),
+               "freeze_settled_s": max(v["freeze_settled_s"] for v in viewers.values()),
+               "freeze_cap_s": max(v["freeze_cap_s"] for v in viewers.values()),
+               "audio_fps_min": min(v["audio_fps"] for v in viewers.values()),
+               "tier_changes": len(switches), "low_rate": low_rate,
+               "rate_swing": low_rate["swing"], "encoder_rates": encoder_rates,
+               **status, "missing": missing,
+               "restarts": len(lab.agent.find("peer.restarting", since=mark)),
+               "viewers": viewers})
+
+
+async def uplink_cap(lab: Lab, kbit: int = 1000, seconds: float = 40.0, settle_s: float = 15.0,
+                     *, top: tuple[int, int] = (TOP_WIDTH, TOP_HEIGHT),
+                     climb_timeout: float = 60.0, burst_bytes: int = 16_000,
+                     latency_ms: int = 150) -> Outcome:
+    """(f, g) the agent's uplink capped at ``kbit`` kbit/s for ``seconds``, every lab
+    peer watching, then lifted (tc tbf on the agent's egress: a weak Wi-Fi uplink).
+
+    "Settled" is the cap's last ``seconds - settle_s``. See :func:`_uplink_run`
+    for what is measured; ``recover_s`` is the cap lifted -> the last viewer
+    decodes ``top`` again (None: not within ``climb_timeout``).
+    """
+    return await _uplink_run(
+        lab, f"uplink {kbit} kbit/s, {len(lab.peers)} viewers, {seconds:g} s", kbit, seconds,
+        settle_s, {}, top, climb_timeout, burst_bytes, latency_ms)
+
+
+async def uplink_and_downlink_cap(
+    lab: Lab, slow: str = "p3", kbit: int = 1000, downlink_kbit: int = 300,
+    seconds: float = 40.0, settle_s: float = 15.0, *,
+    top: tuple[int, int] = (TOP_WIDTH, TOP_HEIGHT), climb_timeout: float = 60.0,
+    burst_bytes: int = 16_000, latency_ms: int = 150,
+) -> Outcome:
+    """(h) the agent's uplink capped at ``kbit`` while viewer ``slow`` is also behind its
+    own ``downlink_kbit`` cap; the other viewers must not be dragged down to it.
+
+    As :func:`uplink_cap`; ``other_freeze_s`` is the longest freeze of the
+    viewers other than ``slow`` during the cap, and each viewer's settled
+    size, top share and rate are in ``extra["viewers"]``.
+    """
+    return await _uplink_run(
+        lab, f"uplink {kbit} kbit/s + {slow} down {downlink_kbit}, {len(lab.peers)} viewers",
+        kbit, seconds, settle_s, {slow: downlink_kbit}, top, climb_timeout, burst_bytes,
+        latency_ms)

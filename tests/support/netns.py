@@ -194,6 +194,30 @@ class FaultNet:
         await _run("ip", "netns", "exec", self.bridge_ns, "tc", "qdisc", "del", "dev", host,
                    "root", check=False)
 
+    async def cap_uplink(self, host: str, kbit: int, burst_bytes: int = 16_000,
+                         latency_ms: int = 150) -> None:
+        """Limit what ``host`` sends to ``kbit`` kbit/s: a weak Wi-Fi uplink.
+
+        :meth:`cap` shapes a host's downlink on the bridge's end of its
+        cable, which models one viewer's slow access link. A device on weak
+        Wi-Fi is limited the other way round: its *upload* is the
+        bottleneck, and every viewer's stream queues in the same transmit
+        queue of the same radio. So this puts ``tc qdisc tbf`` on the egress
+        of the host's own ``eth0``, inside its namespace: every packet the
+        host sends, to any peer, shares one bucket (``burst_bytes`` deep)
+        and waits at most ``latency_ms`` in its queue before it is dropped,
+        as in a Wi-Fi driver's queue in front of a slow link. What the host
+        receives is untouched.
+        """
+        await _run(*self.exec_prefix(host), "tc", "qdisc", "replace", "dev", "eth0", "root",
+                   "tbf", "rate", f"{int(kbit)}kbit", "burst", str(int(burst_bytes)),
+                   "latency", f"{int(latency_ms)}ms")
+
+    async def uncap_uplink(self, host: str) -> None:
+        """Lift :meth:`cap_uplink` (nothing happens if the uplink was not capped)."""
+        await _run(*self.exec_prefix(host), "tc", "qdisc", "del", "dev", "eth0", "root",
+                   check=False)
+
     async def clear(self, host: str) -> None:
         """Back to a clean link (drop rules; a :meth:`cap` stays until :meth:`uncap`)."""
         await self._nft("flush", "chain", "bridge", TABLE, f"h_{host}")
