@@ -23,9 +23,12 @@ EXTRAS="${GLIMPSE_EXTRAS:-dev}"
 #   qemu-user-static, binfmt-support: arm64 (Raspberry Pi) roots built with debootstrap
 #     and run under qemu-user through binfmt_misc, the service provisioned and streaming
 #     in them (tests/system/test_arm64.py); binfmt-support registers qemu's handler (update-binfmts)
+#   libsdl2-2.0-0, libsdl2-ttf-2.0-0, fonts-dejavu-core: the kiosk display (PySDL2 loads the
+#     system's SDL2: KMS/DRM, X11, Wayland); xvfb: an X server for its tests (test_display_screen.py)
 APT_PACKAGES=(python3 python3-venv python3-dev gcc libasound2-dev chromium alsa-utils
               systemd shellcheck debootstrap systemd-container iproute2 nftables coturn
-              qemu-user-static binfmt-support)
+              qemu-user-static binfmt-support libsdl2-2.0-0 libsdl2-ttf-2.0-0 fonts-dejavu-core
+              xvfb)
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
