@@ -78,6 +78,7 @@ class VideoEncoder:
         # libx264's VBV ceiling (maxrate): the first bitrate, or a higher one asked for
         # later; lower rates are applied in place beneath it
         self.ceiling = bitrate
+        self.nominal = bitrate  # the rate it was made for: the ceiling's upper bound
         self.gop = max(1, round(framerate * keyframe_interval))
         self.frames_encoded = 0
         self.keyframes_encoded = 0
@@ -196,12 +197,18 @@ class VideoEncoder:
         log.info("media.encoder.bitrate", codec=self.codec, old=self.bitrate, new=want,
                  max_fps=self.max_fps)
         self.bitrate = want
-        if self._context is not None and self.codec == "h264" and want <= self.ceiling:
-            # in place, no key frame (a bad link is the last place to send one)
-            self._context.bit_rate = round(want * self._rate_factor)
+        if self._context is not None and self.codec == "h264":
+            # In place, no key frame (a bad link is the last place to send one),
+            # up to the VBV ceiling: a rate above it waits for the next key
+            # frame that is due anyway (_resize_for_keyframe), so a link that
+            # recovers step by step costs no IDR per step.
+            self._context.bit_rate = self._in_place_rate()
         else:
             self.ceiling = max(self.ceiling, want)
             self.close()  # reopened below with the new rate; starts with a key frame
+
+    def _in_place_rate(self) -> int:
+        return round(min(self.bitrate, self.ceiling) * self._rate_factor)
 
     _opened_factor = 1.0
 
@@ -222,7 +229,7 @@ class VideoEncoder:
         if self._skip(frame):
             return []
         if self._rate_factor != self._opened_factor and self._context is not None:
-            self._context.bit_rate = round(self.bitrate * self._rate_factor)
+            self._context.bit_rate = self._in_place_rate()
             self._opened_factor = self._rate_factor
         self._apply_bitrate()
         if self._keyframe_due() or self._since_keyframe + 1 >= self.gop:
@@ -267,18 +274,19 @@ class VideoEncoder:
             self._urgent_keyframe or self._clock() - self._last_keyframe >= KEYFRAME_MIN_INTERVAL)
 
     def _resize_for_keyframe(self) -> None:
-        """Reopen libx264 at the current rate when its VBV still fits a higher one.
+        """At a key frame due anyway, reopen libx264 with a VBV fitted to the rate.
 
         A rate lowered in place (no key frame on a bad link) keeps the VBV
         ceiling of the rate it was opened with, and an IDR may fill that
-        buffer: a 31 kB IDR on a 150 kbit/s link. At a key frame that is
-        coming anyway (asked for, or the GOP's), reopening costs nothing
-        more, and the new buffer sizes the IDR for the rate.
+        buffer: a 31 kB IDR on a 150 kbit/s link. A rate raised above the
+        ceiling is held at it until now. At a key frame that is coming
+        anyway (asked for, or the GOP's), reopening costs nothing more, and
+        the new buffer sizes the IDR for the rate.
         """
-        if (self.codec != "h264" or self._context is None
-                or self.ceiling <= VBV_RESIZE_RATIO * self.bitrate):
+        if self.codec != "h264" or self._context is None or (
+                self.bitrate <= self.ceiling <= VBV_RESIZE_RATIO * self.bitrate):
             return
-        self.ceiling = round(self.bitrate * VBV_HEADROOM)
+        self.ceiling = min(round(self.bitrate * VBV_HEADROOM), max(self.nominal, self.bitrate))
         self.keyframes_resized += 1
         self.close()  # reopened by encode(): its first frame is the key frame
 

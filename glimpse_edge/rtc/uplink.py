@@ -12,17 +12,16 @@ peer's receiver reports:
 
 - **detect** a shared bottleneck: at least two peers, and at least half of
   those reporting, see loss or a queue (RTT above its base) at the same
-  time. One peer alone behind a bad downlink is not shared, and its own
-  estimate handles it (scenario (b)).
+  time. One peer alone behind a bad
+  downlink is not shared, and its own estimate handles it (scenario (b)).
 - **estimate** its capacity when it is seen: what got through (the rate we
   sent all peers, less what they lost), backed off a little so the queue in
   front of the link drains; then, after a hold, grow slowly (a few percent a
   second, where a peer's own estimate grows 8 %), so that the total creeps
-  up to the link instead of overshooting it (the link took 1 / backoff of
-  the estimate, reached again within ``gentle`` seconds; then faster, as
-  the link may have grown). Clear for ``release_after`` seconds (longer
-  than a capped link stays clear between two episodes), the limit is
-  dropped and each peer's own estimate rules again.
+  up to the link instead of overshooting it, ever faster the longer the
+  link stays clear (back to where it was within seconds; beyond, the link
+  has grown). Clear for ``release_after`` seconds with every peer getting
+  what it wants, the limit is dropped and each peer's own estimate rules.
 - **allocate** it: audio first (every peer's Opus), then video by max-min
   fairness (water-filling): a peer whose own link takes less than an equal
   share keeps its own budget, and what it leaves goes to the others. So the
@@ -53,13 +52,20 @@ class UplinkTuning:
     congested_queue: float = 0.05  # ... or this much queueing delay (seconds of RTT above base)
     shared_share: float = 0.5  # at least this share of reporting peers (and two) congested
     backoff: float = 0.85  # the estimate on congestion: this times what got through
+    max_cut: float = 0.5  # ... but one decrease never goes below this share of the last
+    comply_share: float = 0.9  # decrease only if we send at least this share of the estimate
+    stuck: float = 3.0  # ... or the congestion lasted this long since the last decrease
     decrease_interval: float = 1.0  # between two decreases (plus a round trip)
     hold: float = 2.0  # no increase this long after a decrease
-    increase_per_s: float = 0.03  # then this much a second, for ``gentle`` seconds
-    gentle: float = 6.0  # (back to the rate the link took, 1 / backoff, within it)
-    fast_increase_per_s: float = 0.08  # then faster: the link may have grown
+    # then this much a second, doubling every ``double_every`` seconds without
+    # congestion (up to ``max_increase_per_s``): back to the rate the link took
+    # within ~4 s, and from there a link that has grown (a cap lifted) is found
+    # within seconds, not the half minute a steady 8 % needs
+    increase_per_s: float = 0.03
+    double_every: float = 3.0
+    max_increase_per_s: float = 0.5
     max_increase_span: float = 1.0  # an increase never counts more than this many seconds
-    release_after: float = 10.0  # no congestion this long: no limit (the link has room)
+    release_after: float = 10.0  # no congestion this long, and all get what they want
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,10 @@ class PeerReport:
     def congested(self, tuning: UplinkTuning) -> bool:
         return self.loss >= tuning.congested_loss or (
             self.queue_s is not None and self.queue_s >= tuning.congested_queue)
+
+    def through_bps(self) -> float:
+        """What reached the peer: what we sent, less what it lost."""
+        return (self.sent_bps or 0.0) * (1.0 - self.loss)
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,7 @@ class Uplink:
         self._reports: dict[str, PeerReport] = {}
         self._last_decrease = -math.inf
         self._last_congested = -math.inf
+        self._congested_since = -math.inf
         self._last_update: float | None = None
         self._shared_loss = 0.0
 
@@ -108,7 +119,7 @@ class Uplink:
 
     def report(self, peer: str, now: float, *, loss: float, queue_s: float | None,
                sent_bps: float | None, wants_bps: int, audio_bps: int) -> None:
-        """One receiver report block of ``peer``'s main stream."""
+        """What ``peer``'s latest receiver report says."""
         loss = min(max(loss, 0.0), 1.0) if math.isfinite(loss) else 0.0
         self._reports[peer] = PeerReport(now, loss, queue_s, sent_bps, wants_bps, audio_bps)
         self._update(now)
@@ -172,17 +183,13 @@ class Uplink:
         if shared:
             if not self.congested:
                 self.episodes += 1
+                self._congested_since = now
             self.congested = True
             self._last_congested = now
             self._shared_loss = statistics.median(r.loss for r in live.values())
             rtt = max((r.queue_s or 0.0) for r in live.values())
             if now - self._last_decrease >= t.decrease_interval + rtt:
-                through = sum((r.sent_bps or 0.0) * (1.0 - r.loss) for r in live.values())
-                if through > 0:
-                    target = t.backoff * through
-                    if self.estimate_bps is None or target < self.estimate_bps:
-                        self.estimate_bps = target
-                        self._last_decrease = now
+                self._decrease(now, live)
             return
         self.congested = False
         self._shared_loss = 0.0
@@ -190,7 +197,39 @@ class Uplink:
             return
         since = now - self._last_decrease
         if since > t.hold:
-            rate = t.increase_per_s if since - t.hold <= t.gentle else t.fast_increase_per_s
+            rate = min(t.increase_per_s * 2.0 ** ((since - t.hold) / t.double_every),
+                       t.max_increase_per_s)
             self.estimate_bps *= (1.0 + rate) ** span
-        if now - self._last_congested >= t.release_after:
+        wanted = sum(r.wants_bps for r in live.values())
+        if now - self._last_congested >= t.release_after and self.estimate_bps >= wanted:
             self.estimate_bps = None
+
+    def _decrease(self, now: float, live: dict[str, PeerReport]) -> None:
+        """Congested: set the estimate from what got through, if that is news.
+
+        What got through measures the link only while we send more than it
+        takes. Once we send less (the peers follow their shares), the
+        reports still show the queue draining for a while: a decrease then
+        would chase our own rate down. So: the first estimate is what got
+        through (backed off); later ones only while we send about the
+        estimate, between a ``backoff`` and a ``max_cut`` of it (what a
+        report right after an overload shows is far too low); and if
+        congestion goes on for ``stuck`` seconds though we send less, the
+        link shrank: back off.
+        """
+        t = self.tuning
+        through = sum(r.through_bps() for r in live.values())
+        sent = sum(r.sent_bps or 0.0 for r in live.values())
+        estimate = self.estimate_bps
+        if estimate is None:
+            if through <= 0:
+                return
+            target = t.backoff * through
+        elif sent >= t.comply_share * estimate:
+            target = min(max(t.backoff * through, t.max_cut * estimate), t.backoff * estimate)
+        elif now - max(self._last_decrease, self._congested_since) >= t.stuck:
+            target = t.backoff * estimate
+        else:
+            return
+        self.estimate_bps = target
+        self._last_decrease = now

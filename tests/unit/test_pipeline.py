@@ -268,3 +268,14 @@ def test_a_key_frame_after_a_big_rate_drop_is_sized_for_the_new_rate() -> None:
     enc.request_keyframe()
     enc.encode(source.render(21, 0, 63_000))
     assert enc.keyframes_resized == 1 and enc.keyframes_encoded == 3
+    # a raise above the ceiling is held at it until a key frame is due anyway:
+    # a link recovering step by step costs no IDR per step
+    clock.now += BITRATE_MIN_INTERVAL
+    enc.set_bitrate(500_000)
+    held = [p for i in range(22, 30) for p in enc.encode(source.render(i, 0, i * 3000))]
+    assert not any(p.is_keyframe for p in held) and enc.ceiling == round(200_000 * VBV_HEADROOM)
+    clock.now += KEYFRAME_MIN_INTERVAL
+    enc.request_keyframe()
+    (key,) = enc.encode(source.render(30, 0, 90_000))
+    assert key.is_keyframe and enc.keyframes_resized == 2 and enc.keyframes_encoded == 4
+    assert enc.ceiling == 600_000, "up to the rate it was made for"
