@@ -56,7 +56,7 @@ import json
 import statistics
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -308,13 +308,18 @@ def viewers_table(outcomes: list[Outcome]) -> str:
     return _aligned(head, rows)
 
 
+def repeated(outcomes: list[Outcome]) -> Iterator[tuple[str, list[Outcome]]]:
+    """(scenario, its runs) for each scenario run more than once, in order."""
+    for name in dict.fromkeys(o.scenario for o in outcomes):
+        runs = [o for o in outcomes if o.scenario == name]
+        if len(runs) >= 2:
+            yield name, runs
+
+
 def uplink_summary(outcomes: list[Outcome]) -> str:
     """Per scenario with several runs: the median and the worst of each column."""
     out = []
-    for name in dict.fromkeys(o.scenario for o in outcomes):
-        runs = [o for o in outcomes if o.scenario == name]
-        if len(runs) < 2:
-            continue
+    for name, runs in repeated(outcomes):
         parts = []
         for heading, key, digits, worse in UPLINK_COLUMNS:
             values = [_uplink_value(o, key) for o in runs]
@@ -331,10 +336,7 @@ def uplink_summary(outcomes: list[Outcome]) -> str:
 def summary(outcomes: list[Outcome]) -> str:
     """Median and worst of detect/recover/freeze per scenario, when there are several runs."""
     out = []
-    for name in dict.fromkeys(o.scenario for o in outcomes):
-        runs = [o for o in outcomes if o.scenario == name]
-        if len(runs) < 2:
-            continue
+    for name, runs in repeated(outcomes):
         parts = []
         for label, values in (("detect", [o.detect_s for o in runs]),
                               ("recover", [o.recover_s for o in runs]),
