@@ -26,6 +26,7 @@ module without pulling in the WebRTC stack.
 from __future__ import annotations
 
 import inspect
+import threading
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ __all__ = [
     "selected_candidates",
     "sender_ssrc",
     "size_rtp_history",
+    "tap_encoded_video",
     "websocket_stream",
 ]
 
@@ -154,6 +156,13 @@ NEEDS: Final[tuple[Need, ...]] = (
          "size_rtp_history", in_method="_run_rtp"),
     Need("aiortc", "aiortc.rtcrtpsender:RTCRtpSender", "RTP_HISTORY_SIZE", "used_by",
          "size_rtp_history", in_method="_retransmit"),
+    # tap_encoded_video
+    Need("aiortc", "aiortc.rtcrtpreceiver:RTCRtpReceiver", "_RTCRtpReceiver__decoder_queue",
+         "used_by", "tap_encoded_video", in_method="__init__"),
+    Need("aiortc", "aiortc.rtcrtpreceiver:RTCRtpReceiver", "_RTCRtpReceiver__decoder_queue",
+         "used_by", "tap_encoded_video", in_method="_handle_rtp_packet"),
+    Need("aiortc", "aiortc.rtcrtpreceiver:RTCRtpReceiver", "_RTCRtpReceiver__decoder_queue",
+         "used_by", "tap_encoded_video", in_method="_RTCRtpReceiver__stop_decoder"),
     # websocket_stream
     Need("trio-websocket", "trio_websocket:WebSocketConnection", "_stream", "used_by",
          "websocket_stream", in_method="__init__"),
@@ -424,6 +433,58 @@ def pace_rtp(sender: Any, pacer: Pacer) -> None:
 
     transport._send_rtp = send_rtp
     transport._glimpse_pacer = pacer
+
+
+# -- aiortc: a receiver's encoded video -------------------------------------------
+
+EncodedSink = Callable[[str, bytes, int], None]
+
+
+class _EncodedTap:
+    """Stands where aiortc's receiver keeps its decoder's input queue.
+
+    ``put((codec, frame))`` hands the frame to the sink instead; aiortc's
+    decoder thread, which reads this queue, waits in :meth:`get` until the
+    receiver stops (``put(None)``), and ends without decoding anything.
+    """
+
+    def __init__(self, sink: EncodedSink, on_error: ErrorSink) -> None:
+        self._sink = sink
+        self._on_error = on_error
+        self._stopped = threading.Event()
+
+    def put(self, task: Any) -> None:
+        if task is None:
+            self._stopped.set()
+            return
+        codec, frame = task
+        try:
+            self._sink(codec.mimeType.split("/", 1)[-1].lower(), bytes(frame.data),
+                       int(frame.timestamp))
+        except Exception as exc:
+            self._on_error(exc)
+
+    def get(self) -> None:
+        self._stopped.wait()
+
+
+def tap_encoded_video(receiver: Any, sink: EncodedSink, on_error: ErrorSink) -> None:
+    """Hand ``receiver``'s encoded video frames to ``sink(codec, data, timestamp)``.
+
+    aiortc: the receiver reassembles each frame from RTP in its jitter buffer
+    and puts ``(codec, frame)`` on ``__decoder_queue``, an unbounded
+    ``queue.Queue`` that a thread of its own decodes (always in software,
+    into another unbounded queue, whether or not anyone reads the track).
+    Why: the kiosk display decodes what it shows, with a hardware decoder
+    where the board has one, bounded, and drops to the next key frame when
+    behind (display/decode.py). Call before the receiver starts (before the
+    descriptions are set): the tap replaces the queue, so aiortc's decoder
+    thread starts, waits, and ends when the receiver stops. Without it:
+    every remote video is decoded twice, and a slow screen grows aiortc's
+    queues without limit. ``sink`` runs in aiortc's RTP path (asyncio):
+    errors go to ``on_error``, never up.
+    """
+    receiver._RTCRtpReceiver__decoder_queue = _EncodedTap(sink, on_error)
 
 
 # -- aiortc / aioice: ICE --------------------------------------------------------
