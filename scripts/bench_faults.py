@@ -27,6 +27,8 @@ every viewer watches, then lifted:
   rf  reference for f: one Chromium sending its fake camera to --viewers
       Chromium viewers (the dev server's viewer page, a mesh) through the
       same uplink cap on the sender's namespace
+  fc  f with Chromium viewers instead of aiortc peers (the viewer page), to
+      tell what the agent sends apart from how aiortc's receivers cope
 Their table, per scenario: the lowest decoded fps over the viewers and the
 longest freeze over the settled part of the cap (its last --uplink-seconds
 minus --settle seconds), the longest freeze over the whole cap, the lowest
@@ -100,6 +102,8 @@ async def run_one(letter: str, args: argparse.Namespace, directory: Path) -> Out
         return await reference(args, directory)
     if letter == "rf":
         return await mesh_reference(args, directory)
+    if letter == "fc":
+        return await agent_chromium(args, directory)
     if letter in ("f", "g1", "g2", "h"):
         return await uplink(letter, args, directory)
     scenario: Callable[[Lab], Awaitable[Outcome]]
@@ -149,6 +153,26 @@ async def uplink(letter: str, args: argparse.Namespace, directory: Path) -> Outc
     return out
 
 
+def browser_outcome(name: str, r: dict[str, Any], **extra: Any) -> Outcome:
+    """The per-viewer numbers of Chromium pages (chromiumcall) as an :class:`Outcome`."""
+    viewers: dict[str, dict[str, Any]] = r["viewers"]
+    recoveries = [v["recover_s"] for v in viewers.values()]
+
+    def worst(key: str, pick: Callable[[list[float]], float]) -> float | None:
+        got = [float(v[key]) for v in viewers.values() if v[key] is not None]
+        return pick(got) if got else None
+
+    return Outcome(
+        name, recover_s=None if None in recoveries else max(recoveries),
+        longest_freeze_s=worst("freeze_cap_s", max) or 0.0,
+        extra={"cap_kbit": r["cap_kbit"], "fps_min": worst("fps", min),
+               "freeze_settled_s": worst("freeze_settled_s", max),
+               "freeze_cap_s": worst("freeze_cap_s", max),
+               "audio_fps_min": worst("audio_fps", min), "keyframes": None,
+               "keyframe_requests": None, "top": r["top"], "warmup_s": r["warmup_s"],
+               "viewers": viewers, **extra})
+
+
 async def mesh_reference(args: argparse.Namespace, directory: Path) -> Outcome:
     """rf: the Chromium mesh under the same uplink cap, as an :class:`Outcome`."""
     from support.chromiumcall import chromium_mesh_uplink_reference
@@ -156,28 +180,26 @@ async def mesh_reference(args: argparse.Namespace, directory: Path) -> Outcome:
     r = await chromium_mesh_uplink_reference(
         directory, cap_kbit=args.uplink_kbit, seconds=args.uplink_seconds,
         settle_s=args.settle, viewers=args.viewers)
-    viewers: dict[str, dict[str, Any]] = r["viewers"]
     sender: dict[str, dict[str, Any]] = r["sender"]
-    recoveries = [v["recover_s"] for v in viewers.values()]
     swings = [c["swing"] for c in sender.values() if c["swing"] is not None]
-
-    def worst(key: str, pick: Callable[[list[float]], float]) -> float | None:
-        got = [float(v[key]) for v in viewers.values() if v[key] is not None]
-        return pick(got) if got else None
-
-    return Outcome(
-        f"rf: chromium mesh, uplink {r['cap_kbit']} kbit/s, {len(viewers)} viewers, "
+    return browser_outcome(
+        f"rf: chromium mesh, uplink {r['cap_kbit']} kbit/s, {len(r['viewers'])} viewers, "
         f"{args.uplink_seconds:g} s",
-        recover_s=None if None in recoveries else max(recoveries),
-        longest_freeze_s=worst("freeze_cap_s", max) or 0.0,
-        extra={"cap_kbit": r["cap_kbit"], "fps_min": worst("fps", min),
-               "freeze_settled_s": worst("freeze_settled_s", max),
-               "freeze_cap_s": worst("freeze_cap_s", max),
-               "audio_fps_min": worst("audio_fps", min),
-               "tier_changes": sum(c["size_changes"] for c in sender.values()),
-               "rate_swing": max(swings) if swings else None, "keyframes": None,
-               "keyframe_requests": None, "top": r["top"], "warmup_s": r["warmup_s"],
-               "chromium": r["chromium"], "sender": sender, "viewers": viewers})
+        r, tier_changes=sum(c["size_changes"] for c in sender.values()),
+        rate_swing=max(swings) if swings else None, chromium=r["chromium"], sender=sender)
+
+
+async def agent_chromium(args: argparse.Namespace, directory: Path) -> Outcome:
+    """fc: the agent, as in f, watched by Chromium viewers, as an :class:`Outcome`."""
+    from support.chromiumcall import agent_chromium_uplink
+    from support.faultlab import media_section
+
+    r = await agent_chromium_uplink(
+        directory, media_section(), cap_kbit=args.uplink_kbit, seconds=args.uplink_seconds,
+        settle_s=args.settle, viewers=args.viewers)
+    return browser_outcome(
+        f"fc: agent to chromium, uplink {r['cap_kbit']} kbit/s, {len(r['viewers'])} viewers, "
+        f"{args.uplink_seconds:g} s", r, tier_changes=None, rate_swing=None)
 
 
 # -- r: the Chromium-to-Chromium reference (tests/support/chromiumcall.py) ---------
@@ -390,7 +412,7 @@ async def main(args: argparse.Namespace) -> int:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("-s", "--scenarios", default="a,b,c,d,e",
-                   help="comma-separated letters: a, b, c, d, e, r, f, g1, g2, h, rf "
+                   help="comma-separated letters: a, b, c, d, e, r, f, g1, g2, h, rf, fc "
                         "(see above)")
     p.add_argument("--runs", type=int, default=1, help="repetitions of each scenario")
     p.add_argument("--cut", type=float, default=5.0, help="(a) link cut, seconds")

@@ -664,3 +664,88 @@ def _sender_full_size(tx: list[dict[str, Any]]) -> str | None:
         return None
     w, h = max(sizes, key=lambda wh: wh[0] * wh[1])
     return f"{w}x{h}"
+
+
+async def agent_chromium_uplink(
+    directory: Path, media: str, cap_kbit: int = 1000, seconds: float = 40.0,
+    settle_s: float = 15.0, viewers: int = 3, before_s: float = 5.0,
+    warmup_max_s: float = 40.0, climb_timeout: float = 60.0, burst_bytes: int = 16_000,
+    latency_ms: int = 150,
+) -> dict[str, Any]:
+    """The agent sending to ``viewers`` Chromiums through its capped uplink (scenario f,
+    with browsers watching instead of aiortc peers).
+
+    The same namespaces, cap, windows and per-viewer numbers as
+    :func:`chromium_mesh_uplink_reference`, with the agent (``media``: its
+    [video]/[audio] sections) as the sender: it tells what the agent sends
+    apart from how aiortc's own receivers cope with loss (their jitter
+    buffer waits for a lost packet until 512 more have come; a browser's
+    asks for a key frame).
+    """
+    from .agent import AgentProcess, write_config
+
+    await trio.Path(directory).mkdir(parents=True, exist_ok=True)
+    names = [f"v{i + 1}" for i in range(viewers)]
+    log: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    marks: dict[str, float] = {}
+    async with fault_net(["agent", *names]) as net, \
+            devserver_process(directory / "glimpse.db", host=net.root_address) as server, \
+            AsyncExitStack() as stack, trio.open_nursery() as nursery:
+        api = server.api_url
+        _owner, owner_token = await register(api, "owner", PASSWORD)
+        for user in names:
+            await register(api, user, PASSWORD)
+        _device_id, device_token = await register(api, "device", "device-password")
+        room_id = await create_room(api, owner_token, "Agent to Chromium")
+        config = write_config(directory / "agent", ws_url=server.ws_url, room_id=room_id,
+                              token=device_token, log_level="info", extra=media,
+                              ice="[ice]\nservers = []\n")
+        agent = AgentProcess(config, command_prefix=net.exec_prefix("agent"))
+        await agent.start(nursery)
+        try:
+            await agent.wait_for("room.joined", timeout=30)
+            args = [*CHROMIUM_ARGS, f"--unsafely-treat-insecure-origin-as-secure={api}"]
+            url = viewer_url(server.server)
+            pages: dict[str, ViewerPage] = {}
+            for name in names:
+                browser = await stack.enter_async_context(
+                    open_browser(executable=_wrapper(directory, net, name), args=args))
+                pages[name] = await browser.open_viewer(url, name)
+                await _join(pages[name], name, room_id, send=False, instrument=_MESH_INSTRUMENT)
+            for name in names:
+                await pages[name].wait_for(
+                    "s => Object.values(s.peers).some(p => p.video.framesDecoded > 30)",
+                    MEDIA_TIMEOUT, what=f"{name} to decode the agent's video")
+            top = "x".join(str(v) for v in (1280, 720))
+            t_media = time.time()
+            with trio.move_on_after(warmup_max_s):
+                while not all(log[n] and _size_of(log[n][-1]) == top for n in names):
+                    await _sample_pages(pages, time.time() + SAMPLE_INTERVAL, log)
+            marks["start"] = time.time()
+            await _sample_pages(pages, marks["start"] + before_s, log)
+            tops = {n: _size_of(log[n][-1]) if log[n] else None for n in names}
+            marks["cap"] = time.time()
+            await net.cap_uplink("agent", cap_kbit, burst_bytes=burst_bytes,
+                                 latency_ms=latency_ms)
+            try:
+                marks["settle"] = marks["cap"] + settle_s
+                await _sample_pages(pages, marks["cap"] + seconds, log)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await net.uncap_uplink("agent")
+            marks["free"] = time.time()
+            await _sample_pages(
+                pages, marks["free"] + climb_timeout, log,
+                done=lambda: all(_back_to(log[n], marks["free"], tops[n]) is not None
+                                 for n in names))
+            await _sample_pages(pages, time.time() + 2, log)
+            marks["end"] = time.time()
+        finally:
+            with trio.CancelScope(shield=True):
+                await agent.stop()
+            nursery.cancel_scope.cancel()
+    await trio.Path(directory / "agent-chromium-samples.json").write_text(
+        json.dumps({"marks": marks, **log}))
+    return {"cap_kbit": cap_kbit, "seconds": seconds, "settle_s": settle_s,
+            "warmup_s": round(marks["start"] - t_media, 1), "top": tops,
+            "viewers": {n: _mesh_viewer(log[n], tops[n], marks) for n in names}}
