@@ -30,17 +30,24 @@ from .roomrunner import STOP_TIMEOUT, RoomRunner
 from .rtc.aio import open_aio_loop
 from .rtc.peer import PeerSession
 from .signaling.session import SignalingSession
-from .supervise import HealthRegistry
+from .supervise import Backoff, HealthRegistry, RestartPolicy, supervise
 from .systemd import Notifier, feed_watchdog, watchdog_interval
 
 if TYPE_CHECKING:
+    from .display.state import DisplayState
     from .media.playback import Speaker
     from .rtc.uplink import UplinkState
 
 log = structlog.get_logger(__name__)
 
 # What reload() can apply by itself; anything else needs a restart (logged).
-_APPLIED = ("server", "auth", "room", "video", "camera", "audio", "ice", "peers", "log")
+_APPLIED = ("server", "auth", "room", "video", "camera", "audio", "display", "ice", "peers",
+            "log")
+
+# The kiosk display's tasks: restarted for as long as the agent runs (the call
+# goes on without a screen; kiosk.run_screen retries a screen that will not open).
+DISPLAY_POLICY = RestartPolicy(name="display", backoff=Backoff(initial=1.0, maximum=60.0),
+                               max_restarts=None)
 
 
 def _source_factories(
@@ -61,6 +68,15 @@ def build_speaker(config: Config, health: HealthRegistry) -> Speaker | None:
     from .media.playback import Speaker  # its ALSA and AEC bindings only when it is on
 
     return Speaker(config.playback, health=health)
+
+
+def build_display(config: Config) -> DisplayState | None:
+    """What the kiosk's screen shows, if ``[display]`` is enabled (None otherwise)."""
+    if not config.display.enabled:
+        return None
+    from .display.state import DisplayState
+
+    return DisplayState(config.room.id)
 
 
 def _canceller(speaker: Speaker | None) -> CaptureProcessor | None:
@@ -92,6 +108,10 @@ class Agent:
         self.runner: RoomRunner | None = None  # the room, once run() has the hub
         self._config_problem: str | None = None
         self.hub: MediaHub | None = None
+        # The kiosk display (None while [display] is off) and its tasks' scope.
+        self.display: DisplayState | None = None
+        self._display_scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
 
     # -- status -------------------------------------------------------------
 
@@ -159,9 +179,14 @@ class Agent:
                     nursery.start_soon(speaker.run)
                 self.hub = build_media_hub(self.config, self.health, _canceller(speaker))
                 await nursery.start(self.hub.run)
+                # The kiosk display: the peers put remote video in its tiles.
+                self._nursery = nursery
+                self.display = build_display(self.config)
                 self.runner = RoomRunner(self.config, self.hub, self.health,
-                                         self._publish_status, speaker=speaker)
+                                         self._publish_status, speaker=speaker,
+                                         display=self.display)
                 await nursery.start(self.runner.run)
+                self._start_display()
                 if self.config.observe.address is not None:
                     from .observe import run_observe  # its web stack only when it is on
 
@@ -188,6 +213,34 @@ class Agent:
                     nursery.cancel_scope.cancel()
                     break
         log.info("agent.stopped")
+
+    # -- the kiosk display ------------------------------------------------------
+
+    def _start_display(self) -> None:
+        """Run the display's tasks (screen, room state) for the current [display], if on."""
+        if self._display_scope is not None:
+            self._display_scope.cancel()
+            self._display_scope = None
+        if self.display is None or self._nursery is None:
+            return
+        scope = self._display_scope = trio.CancelScope()
+        self._nursery.start_soon(self._run_display, self.display, self.config, scope)
+
+    async def _run_display(self, state: DisplayState, config: Config,
+                           scope: trio.CancelScope) -> None:
+        from .kiosk import follow_room, run_screen, screen_settings
+
+        with scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(
+                    supervise, "display.screen",
+                    partial(run_screen, state, screen_settings(config.display)),
+                    policy=DISPLAY_POLICY, health=self.health))
+                nursery.start_soon(partial(
+                    supervise, "display.room",
+                    partial(follow_room, state, lambda: self.room, lambda: self.session,
+                            lambda: self.peers),
+                    policy=DISPLAY_POLICY, health=self.health))
 
     async def _stop(self) -> None:
         with trio.move_on_after(STOP_TIMEOUT):
@@ -225,8 +278,15 @@ class Agent:
         if "log" in changed:
             configure_logging(new.log.level, new.log.format)
         new_tracks = self._apply_media(old, new)
+        if old.display.enabled != new.display.enabled:
+            # a new state for the peers the runner rebuilds (the video's direction changes)
+            self.display = build_display(new)
+            if self.runner is not None:
+                self.runner.display = self.display
         if self.runner is not None:
             await self.runner.apply(old, new, new_tracks=new_tracks)
+        if old.display != new.display:
+            self._start_display()  # the screen reopens with the new settings
         if "observe" in changed:
             log.warning("config.restart_required", keys=["observe"],
                         reason="the observe endpoint is set up at start")

@@ -38,6 +38,7 @@ from .signaling.tokens import LoginTokenSource, token_source
 from .supervise import HealthRegistry, supervise
 
 if TYPE_CHECKING:
+    from .display.state import DisplayState
     from .media.playback import Speaker
 
 log = structlog.get_logger(__name__)
@@ -74,11 +75,15 @@ class RoomRunner:
 
     def __init__(self, config: Config, hub: MediaHub, health: HealthRegistry,
                  on_status: Callable[[], None], *, speaker: Speaker | None = None,
+                 display: DisplayState | None = None,
                  signaling_factory: SignalingFactory | None = None) -> None:
         self.config = config
         self._new_signaling: SignalingFactory = signaling_factory or self._signaling
         self._hub = hub
         self._speaker = speaker
+        # The kiosk display the peers show remote video on (None: [display] off).
+        # The agent replaces it before an apply() that turns the display on or off.
+        self.display = display
         self._health = health
         self._on_status = on_status
         self.room = Room(config.room.id)
@@ -160,7 +165,9 @@ class RoomRunner:
         """What a reload from ``old`` to ``new`` changes for the room.
 
         ``new_tracks``: the connections must carry other tracks (the media
-        changed), so every peer is negotiated afresh.
+        changed), so every peer is negotiated afresh; so must they when the
+        display is turned on or off (the video's direction changes; the agent
+        has set :attr:`display` already).
         """
         if old.room.id != new.room.id:
             await self.rebuild(new)
@@ -170,11 +177,13 @@ class RoomRunner:
         self.config = new
         if self.peers is None:
             return
-        if new_tracks or old.ice != new.ice:
+        display = old.display.enabled != new.display.enabled
+        if new_tracks or display or old.ice != new.ice:
             # ICE servers and relay policy are fixed for a connection's life,
-            # and so are its tracks: new connections for everyone.
-            log.info("peers.rebuilding", reason="ice" if old.ice != new.ice else "tracks",
-                     peers=len(self.peers.sessions))
+            # and so are its tracks and their directions (the display
+            # receives video): new connections for everyone.
+            reason = "ice" if old.ice != new.ice else "display" if display else "tracks"
+            log.info("peers.rebuilding", reason=reason, peers=len(self.peers.sessions))
             assert self._peers_scope is not None and self._nursery is not None
             self._peers_scope.cancel()
             self._to_peers = None
@@ -295,7 +304,8 @@ class RoomRunner:
         room = self.room
         with trio.CancelScope() as scope:
             peers = PeerManager(self._link.session, self._hub, config.peers, config.ice,
-                                config.video.codec, speaker=self._speaker)
+                                config.video.codec, speaker=self._speaker,
+                                display=self.display)
             events_in, events_out = trio.open_memory_channel[RoomEvent](256)
             signals_in, signals_out = trio.open_memory_channel[WebRTCSignal](256)
             if room.joined:

@@ -25,6 +25,7 @@ __all__ = [
     "AuthConfig",
     "CameraConfig",
     "Config",
+    "DisplayConfig",
     "IceConfig",
     "IceServer",
     "LogConfig",
@@ -368,6 +369,22 @@ class PlaybackConfig(_Section, frozen=True, kw_only=True):
     echo_cancellation: bool = True
 
 
+class DisplayConfig(_Section, frozen=True, kw_only=True):
+    """Kiosk display: the remote participants' video on the device's own screen.
+
+    Off by default: a camera in a corridor has no screen, and receiving video
+    costs a decoder per participant. When on, every connection's video is
+    ``sendrecv`` and the participants are shown in a grid (glimpse_edge/display/).
+    """
+
+    enabled: bool = False
+    # "auto": Wayland (if WAYLAND_DISPLAY), X11 (if DISPLAY), then KMS/DRM (the console)
+    driver: Literal["auto", "kmsdrm", "x11", "wayland"] = "auto"
+    self_view: bool = False
+    max_tiles: Annotated[int, msgspec.Meta(ge=1, le=9)] = 9
+    show_names: bool = True
+
+
 class IceServer(_Section, frozen=True, kw_only=True):
     """One STUN or TURN server, as in WebRTC's RTCIceServer."""
 
@@ -471,6 +488,7 @@ class Config(_Section, frozen=True, kw_only=True):
     camera: CameraConfig = msgspec.field(default_factory=CameraConfig)
     audio: AudioConfig = msgspec.field(default_factory=AudioConfig)
     playback: PlaybackConfig = msgspec.field(default_factory=PlaybackConfig)
+    display: DisplayConfig = msgspec.field(default_factory=DisplayConfig)
     ice: IceConfig = msgspec.field(default_factory=IceConfig)
     peers: PeersConfig = msgspec.field(default_factory=PeersConfig)
     observe: ObserveConfig = msgspec.field(default_factory=ObserveConfig)
@@ -516,6 +534,7 @@ _SECTIONS: Final[dict[str, type[_Section]]] = {
     "camera": CameraConfig,
     "audio": AudioConfig,
     "playback": PlaybackConfig,
+    "display": DisplayConfig,
     "ice": IceConfig,
     "peers": PeersConfig,
     "observe": ObserveConfig,

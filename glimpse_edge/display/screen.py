@@ -132,6 +132,11 @@ class Screen:
             self._thread.join()
             raise self._open_error
 
+    @property
+    def running(self) -> bool:
+        """True while the screen's thread paints (False before open, after close or a crash)."""
+        return self._thread is not None and self._thread.is_alive() and self._opened.is_set()
+
     def close(self, timeout: float = 5.0) -> None:
         """Stop painting and free the window, textures and SDL itself. Idempotent."""
         self._stop.set()

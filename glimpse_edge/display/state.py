@@ -140,6 +140,22 @@ class DisplayState:
             self._changed()
             return True
 
+    def show_frame(self, key: str, frame: av.VideoFrame) -> bool:
+        """A decoded frame of a tile that is there, which makes it ``live`` (a decoder's thread).
+
+        The first picture of a connecting (or reconnecting, or "no video") participant
+        turns its tile live. A tile that is gone stays gone (returns False): a decoder
+        still draining after its participant left must not bring the tile back.
+        """
+        with self._cond:
+            old = self._data.tiles.get(key)
+            if old is None:
+                return False
+            self._data.tiles[key] = replace(old, state="live", frame=frame,
+                                            frame_seq=old.frame_seq + 1)
+            self._changed()
+            return True
+
     def set_self_view(self, frame: av.VideoFrame | None) -> None:
         """The device's own picture for the self-view tile (None: no self-view)."""
         with self._cond:

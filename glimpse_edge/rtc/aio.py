@@ -58,6 +58,7 @@ __all__ = [
     "on_aio_event",
     "open_aio_loop",
     "spawn_aio",
+    "spawn_aio_threadsafe",
     "wake_aio",
 ]
 
@@ -147,6 +148,23 @@ def spawn_aio(coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
     _running.add(task)
     task.add_done_callback(_running.discard)
     return task
+
+
+def spawn_aio_threadsafe(loop: asyncio.AbstractEventLoop,
+                         make: Callable[[], Coroutine[Any, Any, object]]) -> bool:
+    """From any thread: run ``make()`` on ``loop`` as a :func:`spawn_aio` task.
+
+    For work a thread of our own (a display decoder) asks of aiortc, whose
+    objects belong to the loop: the coroutine is made and started on the
+    loop's thread, never on the caller's. Never blocks; an error in the task
+    goes to :func:`open_aio_loop`'s handler (logged). Returns False, and does
+    nothing, when the loop is closed (the agent is stopping).
+    """
+    try:
+        loop.call_soon_threadsafe(lambda: spawn_aio(make()))
+    except RuntimeError:  # the loop is closed
+        return False
+    return True
 
 
 # -- the loop --------------------------------------------------------------------

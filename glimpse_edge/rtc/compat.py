@@ -53,6 +53,7 @@ __all__ = [
     "pace_rtp",
     "problems",
     "selected_candidates",
+    "send_pli",
     "sender_ssrc",
     "size_rtp_history",
     "tap_encoded_video",
@@ -163,6 +164,11 @@ NEEDS: Final[tuple[Need, ...]] = (
          "used_by", "tap_encoded_video", in_method="_handle_rtp_packet"),
     Need("aiortc", "aiortc.rtcrtpreceiver:RTCRtpReceiver", "_RTCRtpReceiver__decoder_queue",
          "used_by", "tap_encoded_video", in_method="_RTCRtpReceiver__stop_decoder"),
+    # send_pli
+    Need("aiortc", "aiortc.rtcrtpreceiver:RTCRtpReceiver", "_send_rtcp_pli", "coroutine",
+         "send_pli", params=("self", "media_ssrc")),
+    Need("aiortc", "aiortc.rtcrtpreceiver:RTCRtpReceiver", "getSynchronizationSources",
+         "attribute", "send_pli"),
     # websocket_stream
     Need("trio-websocket", "trio_websocket:WebSocketConnection", "_stream", "used_by",
          "websocket_stream", in_method="__init__"),
@@ -485,6 +491,29 @@ def tap_encoded_video(receiver: Any, sink: EncodedSink, on_error: ErrorSink) -> 
     errors go to ``on_error``, never up.
     """
     receiver._RTCRtpReceiver__decoder_queue = _EncodedTap(sink, on_error)
+
+
+async def send_pli(receiver: Any) -> bool:
+    """Ask the sender of ``receiver``'s newest stream for a key frame (an RTCP PLI).
+
+    aiortc: ``RTCRtpReceiver._send_rtcp_pli(media_ssrc)`` sends one (aiortc
+    calls it itself when its jitter buffer gives up on a frame); there is no
+    public API for it. The media SSRC is the stream that sent last, from the
+    public ``getSynchronizationSources()`` (the streams heard in the last 10 s).
+    Why: with :func:`tap_encoded_video` the display's decoder decodes the
+    frames itself, and asks for a key frame when it starts mid-GOP, falls
+    behind, is shown again or hits a broken frame. Without it: that tile
+    stays blank or broken until the sender's next scheduled key frame, which
+    a browser may not send for a long time. Runs on the asyncio loop (cross
+    to it from another thread with ``aio.spawn_aio_threadsafe``). Returns
+    False when no stream has been heard yet (nobody to ask).
+    """
+    sources = receiver.getSynchronizationSources()
+    if not sources:
+        return False
+    newest = max(sources, key=lambda s: s.timestamp)
+    await receiver._send_rtcp_pli(newest.source)
+    return True
 
 
 # -- aiortc / aioice: ICE --------------------------------------------------------

@@ -25,6 +25,8 @@ from .tracks import FrameTrack, PacketTrack
 if TYPE_CHECKING:
     from aiortc import RTCPeerConnection, RTCRtpTransceiver
 
+    from ..display.decode import VideoDecoder
+
 __all__ = [
     "ConnState",
     "Connection",
@@ -95,6 +97,10 @@ class Connection:
     subscriptions: list[tuple[PacketStream, PacketQueue]] = field(default_factory=list)
     released_bytes: int = 0  # video sent from queues no longer subscribed (tier switches)
     pacer: Pacer | None = None  # paces the video sender once negotiated (rtc/pacer.py)
+    # the display's decoders of the remote video, by codec, made on its first frame
+    decoders: dict[str, VideoDecoder] = field(default_factory=dict)
+    shown_at: float | None = None  # the last decoded frame (monotonic; set by a decoder)
+    no_video_at: float | None = None  # the shown_at/connected_at "no video" was said for
 
     def video_stream(self) -> PacketStream | None:
         """The stream the video track reads now."""

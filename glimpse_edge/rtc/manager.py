@@ -57,6 +57,7 @@ from .peer import PeerGone, PeerSession, SendSignal, StartMode
 from .uplink import Uplink
 
 if TYPE_CHECKING:
+    from ..display.state import DisplayState
     from ..media.playback import Speaker
 
 log = structlog.get_logger(__name__)
@@ -149,11 +150,13 @@ class PeerManager:
         video_codec: VideoCodec,
         *,
         speaker: Speaker | None = None,
+        display: DisplayState | None = None,
         session_factory: SessionFactory | None = None,
     ) -> None:
         self.signaling = signaling
         self.hub = hub
         self.speaker = speaker  # the speakerphone, for every session's remote audio
+        self.display = display  # the kiosk display, for every session's remote video
         # the device's upload, one estimate shared by every session (rtc/uplink.py)
         self.uplink = Uplink()
         self.settings = settings
@@ -380,6 +383,7 @@ class PeerManager:
         assert self.signaling.user_id is not None  # _start checked it
         return PeerSession(
             participant, self_id=self.signaling.user_id, hub=self.hub, speaker=self.speaker,
+            display=self.display,
             settings=self.settings,
             ice_servers=self._ice_servers, relay_only=self.ice.relay_only,
             video_codec=self.video_codec, send=send, uplink=self.uplink,

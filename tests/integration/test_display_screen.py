@@ -18,13 +18,15 @@ from collections.abc import Iterator
 import numpy as np
 import numpy.typing as npt
 import pytest
-from PIL import Image, ImageGrab
+from PIL import ImageGrab
+from support import screenshot
+from support.screenshot import label_bar, text_pixels
 from support.xvfb import xvfb
 
 from glimpse_edge.display.layout import Rect, fit, grid
 from glimpse_edge.display.screen import DisplayOpenError, Screen, ScreenSettings
 from glimpse_edge.display.state import DisplayState
-from glimpse_edge.media.framecode import FrameCode, read_luma_code
+from glimpse_edge.media.framecode import FrameCode
 from glimpse_edge.media.testpattern import TestPatternSource
 
 W, H = 1280, 720
@@ -61,28 +63,9 @@ def shot(scr: Screen, state: DisplayState, display: str) -> npt.NDArray[np.uint8
     return np.asarray(image)
 
 
-def luma(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
-    """BT.601 limited-range luma: black 16, white 235, as the frame code was drawn."""
-    r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
-    y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
-    return np.clip(np.rint(y), 0, 255).astype(np.uint8)
-
-
 def code_in(rgb: npt.NDArray[np.uint8], rect: Rect) -> FrameCode | None:
     """The frame code read from the picture shown in ``rect``, scaled back to the frame's size."""
-    crop = Image.fromarray(rgb[rect.y:rect.bottom, rect.x:rect.right])
-    return read_luma_code(luma(np.asarray(crop.resize((FW, FH), Image.Resampling.BILINEAR))))
-
-
-def text_pixels(rgb: npt.NDArray[np.uint8], rect: Rect) -> int:
-    """How many near-white pixels (label text) lie in ``rect``."""
-    area = rgb[rect.y:rect.bottom, rect.x:rect.right]
-    return int((area.min(axis=2) > 200).sum())
-
-
-def label_bar(tile: Rect) -> Rect:
-    """The bottom strip of a tile where its name is written (the lowest eighth)."""
-    return Rect(tile.x, tile.bottom - tile.h // 8, tile.w // 2, tile.h // 8)
+    return screenshot.code_in(rgb, rect, (FW, FH))
 
 
 def test_two_tiles_show_their_frames_and_names(

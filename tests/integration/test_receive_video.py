@@ -96,3 +96,49 @@ def test_remote_video_reaches_our_decoder_and_not_aiortcs(codec: str) -> None:
     assert aiortc_decoded == 0, f"aiortc decoded {aiortc_decoded} frames itself"
     assert not errors, errors
     assert not leftover, "aiortc's decoder thread should end with the connection"
+
+
+def test_a_keyframe_request_from_a_decoder_thread_reaches_the_sender_as_a_pli() -> None:
+    """compat.send_pli on the real receiver, crossed from another thread like a decoder's."""
+    from glimpse_edge.rtc.aio import spawn_aio_threadsafe
+
+    async def run() -> tuple[int, list[str]]:
+        compat.check()
+        loop = asyncio.get_running_loop()
+        errors: list[str] = []
+        frames = asyncio.Event()
+        asked = asyncio.Event()
+        requests = 0
+
+        def on_request() -> None:
+            nonlocal requests
+            requests += 1
+            asked.set()
+
+        sender_pc, viewer_pc = RTCPeerConnection(), RTCPeerConnection()
+        sending = sender_pc.addTransceiver(Pattern(), direction="sendonly")
+        compat.hook_keyframe_request(sending.sender, on_request, lambda e: errors.append(str(e)))
+        viewing = viewer_pc.addTransceiver("video", direction="recvonly")
+        compat.tap_encoded_video(viewing.receiver, lambda *_: loop.call_soon(frames.set),
+                                 lambda exc: errors.append(str(exc)))
+        try:
+            await sender_pc.setLocalDescription(await sender_pc.createOffer())
+            await viewer_pc.setRemoteDescription(sender_pc.localDescription)
+            await viewer_pc.setLocalDescription(await viewer_pc.createAnswer())
+            await sender_pc.setRemoteDescription(viewer_pc.localDescription)
+            await asyncio.wait_for(frames.wait(), timeout=20)
+            before = requests
+            thread = threading.Thread(target=spawn_aio_threadsafe, args=(
+                loop, lambda: compat.send_pli(viewing.receiver)))
+            asked.clear()
+            thread.start()
+            await asyncio.wait_for(asked.wait(), timeout=10)
+            thread.join()
+            return requests - before, errors
+        finally:
+            await sender_pc.close()
+            await viewer_pc.close()
+
+    asked, errors = asyncio.run(run())
+    assert asked >= 1, "the sender got no PLI"
+    assert not errors, errors

@@ -237,6 +237,51 @@ async def test_audio_off_renegotiates_every_peer_without_audio(
         assert not agent.find("room.joined", since=mark)
 
 
+async def test_display_on_and_off_rebuilds_the_peers_and_the_call_goes_on(
+    devserver: DevServer, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """[display] enabled changes the video's direction: new connections for everyone.
+
+    No X server here (DISPLAY is empty): the screen does not open, which is
+    logged and retried, and the call goes on; alice's video is still received
+    and decoded (for the screen that may open later).
+    """
+    scene = await make_scene(devserver, "alice")
+    room_id = await scene.room()
+    config = scene.config(tmp_path, room_id)
+    with config.open("a") as f:
+        f.write('\n[display]\nenabled = false\ndriver = "x11"\n')
+    agent = AgentProcess(config, env={"DISPLAY": "", "WAYLAND_DISPLAY": ""})
+    await start_joined(agent, nursery)
+    alice = BrowserPeer("alice", send_video=(320, 180))
+    async with alice.joined(devserver.ws_url, scene.tokens["alice"], room_id):
+        await alice.wait_frames(scene.device_id, video=30)
+        for enabled in ("true", "false"):
+            pc = alice.pc_for(scene.device_id)
+            mark = len(agent.events)
+            edit(config, (f"enabled = {'false' if enabled == 'true' else 'true'}\n"
+                          'driver = "x11"', f'enabled = {enabled}\ndriver = "x11"'))
+            reloaded = await reload(agent)
+            assert reloaded["changed"] == ["display"], reloaded
+            rebuilding = await agent.wait_for("peers.rebuilding", since=mark)
+            assert rebuilding["reason"] == "display", rebuilding
+            await agent.wait_for("peer.connected", since=mark, peer=alice.user_id,
+                                 timeout=JOIN_TIMEOUT)
+            await alice.wait_until(lambda pc=pc: alice.pcs.get(scene.device_id) not in (None, pc),
+                                   "a new connection")
+            await keeps_receiving(alice, scene.device_id)
+            if enabled == "true":
+                await agent.wait_for("display.open_failed", since=mark, driver="x11")
+                await agent.wait_for("display.decoder.opened", since=mark)
+                # her video is ours to show now, not a track to refuse
+                assert not agent.find("peer.unwanted_track", since=mark)
+            else:
+                closed = await agent.wait_for("display.decoder.closed", since=mark)
+                assert closed["decoded"] > 0, closed
+                assert not agent.find("display.decoder.opened", since=mark)
+        assert not agent.find("room.joined", since=mark)
+
+
 async def test_room_change_leaves_one_room_and_streams_in_the_other(
     devserver: DevServer, tmp_path: Path, nursery: trio.Nursery
 ) -> None:

@@ -81,6 +81,38 @@ class ToneTrack(MediaStreamTrack):
         return frame
 
 
+class PatternTrack(MediaStreamTrack):
+    """A camera that films the test pattern with its frame code, at 30 fps in real time.
+
+    What a browser sends when its camera is on, for tests of the agent's display.
+    The code carries the frame's counter and the wall-clock ms it was made.
+    """
+
+    kind = "video"
+    FPS = 30
+
+    def __init__(self, width: int = 640, height: int = 360) -> None:
+        from glimpse_edge.media.testpattern import TestPatternSource
+
+        super().__init__()
+        self.source = TestPatternSource(width, height, self.FPS)
+        self.n = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        due = self._start + self.n / self.FPS
+        await asyncio.sleep(max(0.0, due - time.monotonic()))  # real-time pacing
+        pts = self.n * 90_000 // self.FPS
+        frame = self.source.render(self.n, int(time.time() * 1000), pts)
+        frame.pts, frame.time_base = pts, Fraction(1, 90_000)
+        self.n += 1
+        return frame
+
+
 @dataclass(frozen=True)
 class RtpArrival:
     """One RTP packet of the remote's video as it arrived (``record_rtp``)."""
@@ -127,7 +159,7 @@ class BrowserPeer:
     def __init__(
         self, name: str, *, read_codes: bool = False, keep_audio: int = 0,
         video_codecs: list[str] | None = None, send_tone: float | None = None,
-        record_rtp: bool = False,
+        record_rtp: bool = False, send_video: tuple[int, int] | None = None,
     ) -> None:
         """``video_codecs`` (e.g. ["VP8"]) limits what this peer offers, like an old browser.
 
@@ -136,8 +168,12 @@ class BrowserPeer:
 
         ``send_tone`` (Hz): send a sine as this participant's microphone
         (sendrecv audio) instead of only receiving.
+
+        ``send_video`` (width, height): send the test pattern as this
+        participant's camera (sendrecv video) instead of only receiving.
         """
         self.send_tone = send_tone
+        self.send_video = send_video
         self.record_rtp = record_rtp
         self.name = name
         self.video_codecs = video_codecs
@@ -290,7 +326,10 @@ class BrowserPeer:
         if old is not None and close_old_first:
             await aio_as_trio(close_peer_connection)(old)
         pc = self._new_pc(peer_id)
-        video = pc.addTransceiver("video", direction="recvonly")
+        if self.send_video is not None:
+            video = pc.addTransceiver(PatternTrack(*self.send_video), direction="sendrecv")
+        else:
+            video = pc.addTransceiver("video", direction="recvonly")
         if self.video_codecs is not None:
             wanted = {f"video/{c}".lower() for c in [*self.video_codecs, "rtx"]}
             video.setCodecPreferences([
@@ -356,6 +395,10 @@ class BrowserPeer:
                         t.sender.track is not None and t.kind == "audio"
                         for t in pc.getTransceivers()):
                     pc.addTrack(ToneTrack(self.send_tone))  # reuses the offered audio m-line
+                if self.send_video is not None and not any(
+                        t.sender.track is not None and t.kind == "video"
+                        for t in pc.getTransceivers()):
+                    pc.addTrack(PatternTrack(*self.send_video))  # the offered video m-line
                 answer = await aio_as_trio(pc.createAnswer)()
                 await aio_as_trio(pc.setLocalDescription)(answer)
                 await self.signal(peer_id, "answer",

@@ -9,6 +9,7 @@ is missing.
 from __future__ import annotations
 
 import asyncio
+import threading
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import trio_websocket
 
 from glimpse_edge.fatal import Fatal, find_fatal
 from glimpse_edge.rtc import compat
-from glimpse_edge.rtc.aio import open_aio_loop
+from glimpse_edge.rtc.aio import open_aio_loop, spawn_aio_threadsafe
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,7 +46,7 @@ def test_every_compat_function_is_checked() -> None:
     checked = {need.used_for for need in compat.NEEDS}
     patches = {"hook_rtcp", "hook_keyframe_request", "sender_ssrc", "last_sender_report",
                "selected_candidates", "guard_ice_connect", "websocket_stream", "pace_rtp",
-               "size_rtp_history", "tap_encoded_video"}
+               "size_rtp_history", "tap_encoded_video", "send_pli"}
     assert patches <= set(compat.__all__)
     assert checked == patches
 
@@ -297,3 +298,51 @@ def test_a_nack_for_a_packet_a_paced_key_frame_ago_is_answered_from_the_history(
     assert len(resent) == 1 and resent[0] == lost[0], (
         f"expected only {lost[0]} (400 packets back) to be resent, not {lost[1]} (600 back); "
         f"resent {resent}")
+
+
+def test_a_pli_goes_to_the_newest_stream_and_none_before_any() -> None:
+    class Source:
+        def __init__(self, source: int, timestamp: float) -> None:
+            self.source, self.timestamp = source, timestamp
+
+    class Receiver:
+        def __init__(self, sources: list[Source]) -> None:
+            self.sources = sources
+            self.plis: list[int] = []
+
+        def getSynchronizationSources(self) -> list[Source]:
+            return self.sources
+
+        async def _send_rtcp_pli(self, media_ssrc: int) -> None:
+            self.plis.append(media_ssrc)
+
+    quiet = Receiver([])
+    assert asyncio.run(compat.send_pli(quiet)) is False and quiet.plis == []
+    heard = Receiver([Source(111, 1.0), Source(222, 3.0), Source(333, 2.0)])
+    assert asyncio.run(compat.send_pli(heard)) is True and heard.plis == [222]
+
+
+def test_a_pli_crosses_from_a_thread_to_the_loop() -> None:
+    async def run() -> int:
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+        ran_on: list[int] = []
+
+        async def on_loop() -> None:
+            ran_on.append(threading.get_ident())
+            done.set()
+
+        thread = threading.Thread(target=spawn_aio_threadsafe, args=(loop, on_loop))
+        thread.start()
+        await asyncio.wait_for(done.wait(), 5)
+        thread.join()
+        return ran_on[0]
+
+    assert asyncio.run(run()) == threading.get_ident()  # the loop's thread, not the caller's
+    closed = asyncio.new_event_loop()
+    closed.close()
+
+    async def never() -> None:
+        raise AssertionError("must not run")
+
+    assert spawn_aio_threadsafe(closed, never) is False

@@ -107,7 +107,22 @@ def test_minimal_file_gets_documented_defaults(main: Path) -> None:
     assert config.observe.listen == "127.0.0.1:9750"
     assert config.observe.address == ("127.0.0.1", 9750)
     assert (config.log.level, config.log.format) == ("info", "auto")
+    d = config.display
+    assert (d.enabled, d.driver, d.self_view, d.max_tiles, d.show_names) == (
+        False, "auto", False, 9, True)
     assert config.sources == (main,)
+
+
+@pytest.mark.parametrize("driver", ["auto", "kmsdrm", "x11", "wayland"])
+@pytest.mark.parametrize("max_tiles", [1, 4, 9])
+def test_display_accepts_every_driver_and_tile_count(main: Path, driver: str,
+                                                     max_tiles: int) -> None:
+    dropin(main, "20-display.toml",
+           f'[display]\nenabled = true\ndriver = "{driver}"\nself_view = true\n'
+           f"max_tiles = {max_tiles}\nshow_names = false\n")
+    d = load_config(main).display
+    assert (d.enabled, d.driver, d.self_view, d.max_tiles, d.show_names) == (
+        True, driver, True, max_tiles, False)
 
 
 def test_config_is_frozen(main: Path) -> None:
@@ -270,6 +285,13 @@ ERROR_CASES: list[tuple[str, str, str]] = [
     ),
     ("[ice]\nrelay_only = true\n", "ice.relay_only", "no turn:/turns: URL"),
     ("server = 5\n", "server", "expected a table"),
+    ("[display]\nenabled = 'yes'\n", "display.enabled", "expected true or false"),
+    ("[display]\ndriver = 'fbdev'\n", "display.driver", 'expected one of: "auto", "kmsdrm"'),
+    ("[display]\nmax_tiles = 0\n", "display.max_tiles", ">= 1, got 0"),
+    ("[display]\nmax_tiles = 10\n", "display.max_tiles", "<= 9, got 10"),
+    ("[display]\nself_view = 1\n", "display.self_view", "expected true or false"),
+    ("[display]\nshow_names = 'no'\n", "display.show_names", "expected true or false"),
+    ("[display]\nfullscreen = true\n", "display.fullscreen", "unknown key"),
 ]
 
 
