@@ -12,7 +12,7 @@ is here, in Trio:
   reopened. The call goes on without it either way.
 - :func:`follow_room` writes what the idle screen shows (the room's name,
   signaling up or down and its last error) and says "no video" on the tile
-  of a participant whose video stopped (``PeerSession.check_video``).
+  of a participant whose video stopped (``PeerSession.check_video``, rtc/remotevideo.py).
 
 Nothing here imports SDL: that happens when a Screen opens.
 """

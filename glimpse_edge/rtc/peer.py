@@ -48,7 +48,7 @@ from ..room import Participant
 from ..signaling.messages import IceCandidate, SessionDescription, SignalType, WebRTCSignal
 from ..supervise import Backoff, RestartPolicy, RestartTracker
 from . import compat
-from .aio import call_aio, current_aio_loop, on_aio_event, spawn_aio_threadsafe
+from .aio import call_aio, on_aio_event
 from .closing import close_peer_connection
 from .connection import (
     Connection,
@@ -61,12 +61,12 @@ from .connection import (
 from .feedback import PeerFeedback
 from .inbox import Inbox
 from .pacer import PacingState
+from .remotevideo import RemoteVideo
 from .sdp import BadSignal, check_sdp, ice_credentials, negotiated_codecs, parse_candidate
 from .tracks import FrameTrack, PacketTrack
 from .uplink import Uplink
 
 if TYPE_CHECKING:
-    import av
 
     from ..display.state import DisplayState
     from ..media.playback import Speaker
@@ -83,8 +83,6 @@ MAX_PENDING_CANDIDATES = 64
 MAX_QUEUED_SIGNALS = 256
 # A connection that stayed up this long resets the restart back-off.
 STABLE_AFTER = 10.0
-# A display tile whose connection is up but showed no frame for this long says "no video".
-NO_VIDEO_AFTER = 2.0
 
 
 PeerEvent = WebRTCSignal | ConnectionEvent
@@ -159,6 +157,8 @@ class PeerSession:
         # did): the connection is kept, but not rebuilt once it ends.
         self.in_room = True
         self.log = log.bind(peer=self.peer_id, username=participant.username)
+        self.remote_video = None if display is None else RemoteVideo(
+            display, self.peer_id, participant.username or self.peer_id, self.log)
         self.feedback = PeerFeedback(hub, name=participant.username, log=self.log,
                                      post=self._post, current=lambda: self._conn,
                                      uplink=uplink, peer_id=self.peer_id)
@@ -240,37 +240,13 @@ class PeerSession:
         if conn is not None:
             await self._close_connection(conn, "session closed")
         await self._drop_lingering("session closed")
-        if self.display is not None:
-            self.display.remove_tile(self.tile_key)
+        if self.remote_video is not None:
+            self.remote_video.leave()
 
     def check_video(self, now: float) -> None:
-        """Say "no video" on the tile once the connection is up but shows nothing.
-
-        Called every half second (kiosk.follow_room). A connection up for
-        NO_VIDEO_AFTER seconds with no decoded frame, or whose frames stopped
-        that long ago, shows "no video" (never the last picture, frozen);
-        its next frame makes the tile live again.
-        """
-        conn, display = self._conn, self.display
-        if display is None or conn is None or conn.state != "connected":
-            return
-        last = conn.shown_at if conn.shown_at is not None else conn.connected_at
-        if last is None or now - last < NO_VIDEO_AFTER or conn.no_video_at == last:
-            return
-        conn.no_video_at = last
-        self.log.info("display.no_video", generation=conn.generation,
-                      for_s=round(now - last, 1), frames=conn.shown_at is not None)
-        display.set_tile(self.tile_key, self.tile_name, "no video")
-
-    @property
-    def tile_key(self) -> str:
-        """This participant's tile on the display."""
-        return self.peer_id
-
-    @property
-    def tile_name(self) -> str:
-        """The name on this participant's tile."""
-        return self.participant.username or self.peer_id
+        """Say "no video" on the tile when the video stopped (kiosk.follow_room, every 0.5 s)."""
+        if self.remote_video is not None:
+            self.remote_video.check(self._conn, now)
 
     # -- timers -------------------------------------------------------------
 
@@ -325,8 +301,8 @@ class PeerSession:
         if not self.in_room:
             raise PeerGone(reason)
         conn, self._conn = self._conn, None
-        if self.display is not None:
-            self.display.set_tile(self.tile_key, self.tile_name, "reconnecting")
+        if self.remote_video is not None:
+            self.remote_video.reconnecting()
         if conn is not None:
             up = conn.connected_at
             if up is not None and time.monotonic() - up > STABLE_AFTER:
@@ -529,7 +505,7 @@ class PeerSession:
 
         on_aio_event(pc, "connectionstatechange", on_state)
 
-        speaker, display = self.speaker, self.display
+        speaker, display = self.speaker, self.remote_video
 
         def on_track(track: Any) -> None:
             # With the speakerphone on, the remote audio on *our* audio
@@ -541,7 +517,7 @@ class PeerSession:
                 speaker.attach(f"{self.participant.username or self.peer_id}#{gen}", track)
                 return
             # With the display on, the remote video on our video transceiver
-            # is tapped before aiortc decodes it (_tap_video): its track
+            # is tapped before aiortc decodes it (RemoteVideo.tap): its track
             # stays empty, nothing to drain.
             video = conn.transceivers.get("video")
             if (display is not None and video is not None
@@ -575,7 +551,7 @@ class PeerSession:
             direction = "sendrecv" if receives is not None else "sendonly"
             transceiver = pc.addTransceiver(track, direction=direction)
             if kind == "video" and display is not None:
-                self._tap_video(conn, display, transceiver.receiver)
+                display.tap(conn, transceiver.receiver)
             transceiver.setCodecPreferences(codec_preferences(kind, self.video_codec))
             self.feedback.hook(conn, transceiver.sender, kind)
             conn.tracks[kind] = track
@@ -586,51 +562,6 @@ class PeerSession:
 
             on_aio_event(track, "ended", on_ended)
         return conn
-
-    def _tap_video(self, conn: Connection, display: DisplayState, receiver: Any) -> None:
-        """The remote video of ``conn`` to the display: decoded by our decoder, into our tile.
-
-        aiortc's receiver hands us each encoded frame (compat.tap_encoded_video,
-        before negotiation); a VideoDecoder per codec, made on the first frame,
-        decodes it on its own thread into the participant's tile. Its key frame
-        requests become PLIs on this receiver, sent on the asyncio loop. The
-        decoders end with the connection (_close_connection).
-        """
-        from ..display.decode import EncodedFrame, VideoDecoder, is_keyframe
-
-        key, name = self.tile_key, self.tile_name
-        display.set_tile(key, name, "connecting" if conn.generation == 1 else "reconnecting")
-        loop = current_aio_loop()
-        log = self.log.bind(generation=conn.generation)
-        unsupported: set[str] = set()
-
-        def on_frame(frame: av.VideoFrame) -> None:  # on the decoder's thread
-            if display.show_frame(key, frame):
-                conn.shown_at = time.monotonic()
-
-        def request_keyframe() -> None:  # on the decoder's thread
-            if loop is not None and conn.state != "closed":
-                spawn_aio_threadsafe(loop, partial(compat.send_pli, receiver))
-
-        def sink(codec: str, data: bytes, timestamp: int) -> None:  # on the asyncio loop
-            if conn.state == "closed":
-                return
-            decoder = conn.decoders.get(codec)
-            if decoder is None:
-                if codec not in ("h264", "vp8"):
-                    if codec not in unsupported:
-                        unsupported.add(codec)
-                        log.warning("display.unsupported_codec", codec=codec)
-                    return
-                decoder = conn.decoders[codec] = VideoDecoder(
-                    codec, on_frame, request_keyframe,  # type: ignore[arg-type]
-                    name=f"{name}#{conn.generation}")
-            decoder.submit(EncodedFrame(data, is_keyframe(codec, data), timestamp))  # type: ignore[arg-type]
-
-        def on_error(exc: Exception) -> None:
-            log.warning("display.frame_failed", error=f"{type(exc).__name__}: {exc}")
-
-        compat.tap_encoded_video(receiver, sink, on_error)
 
     def _refuse_foreign_media(self, conn: Connection) -> None:
         """Transceivers the remote added (a screen share...) are made inactive."""
@@ -713,11 +644,8 @@ class PeerSession:
             await call_aio(close_peer_connection, conn.pc)
         if timer.cancelled_caught:
             self.log.error("peer.close_timeout", generation=conn.generation)
-        decoders = list(conn.decoders.values())
-        conn.decoders.clear()
-        for decoder in decoders:  # each ends after the frame it is decoding
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(decoder.close)
+        if self.remote_video is not None:
+            await self.remote_video.close(conn)
 
     async def _send_signal(self, kind: SignalType,
                            payload: SessionDescription | IceCandidate | None) -> None:

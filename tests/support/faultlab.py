@@ -667,7 +667,11 @@ async def _uplink_run(lab: Lab, label: str, kbit: int, seconds: float, settle_s:
                 await lab.net.uncap(name)
     back_at = await _all_decode_size(lab, names, top, climb_timeout, since=t_free)
     recovered = None not in back_at.values()
-    await trio.sleep(2.0)  # the after window (a viewer that did not recover has no frames)
+    # the after window: 2 s of frames from every viewer that recovered (one that
+    # did not has none to wait for)
+    for name in names:
+        if back_at[name] is not None:
+            await lab.peers[name].wait_more_frames(lab.device_id, 2 * FPS, timeout=20)
     a1 = time.time()
 
     switches = [e for e in lab.agent.find("peer.tier_changed", since=mark)
