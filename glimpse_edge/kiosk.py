@@ -64,6 +64,8 @@ async def run_screen(state: DisplayState, settings: ScreenSettings, *,
     """Keep a screen open on ``state`` until cancelled; closes it on the way out."""
     from .display.screen import DisplayOpenError, Screen
 
+    # the layout the peers follow (what is shown, how big) is the screen's
+    state.set_layout(settings.max_tiles, settings.self_view)
     attempt = 0
     while True:
         screen = Screen(state, settings)

@@ -175,6 +175,7 @@ class Screen:
         log.info("display.opened", driver=self.driver, renderer=self.renderer_name,
                  yuv_native=self.yuv_native, width=self.output_size[0],
                  height=self.output_size[1])
+        self.state.set_screen_size(*self.output_size)  # the tiles' sizes, for the peers
         self._opened.set()
         try:
             self._paint_loop(session)
@@ -190,6 +191,9 @@ class Screen:
         version, clock, last = -1, "", 0.0
         while not self._stop.is_set():
             dirty = session.pump_events()
+            if dirty and session.output_size() != self.output_size:  # a resized window
+                self.output_size = session.output_size()
+                self.state.set_screen_size(*self.output_size)
             snap = self.state.snapshot()
             now_clock = time.strftime("%H:%M")
             if snap.version != version or dirty or now_clock != clock:

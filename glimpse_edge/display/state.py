@@ -15,12 +15,15 @@ polling, so an idle kiosk costs nothing between the clock's ticks.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import av
 
-__all__ = ["Connection", "DisplayState", "Snapshot", "TileState", "TileView"]
+from .layout import MAX_TILES, Rect, grid
+
+__all__ = ["Connection", "DisplayState", "Placement", "Snapshot", "TileState", "TileView"]
 
 TileState = Literal["connecting", "live", "no video", "reconnecting"]
 """A participant's tile: ``live`` shows video; the others show the state written out."""
@@ -72,6 +75,27 @@ class _Data:
 
 SELF_KEY = "__self__"
 
+# The screen's size until the screen says (a window's default size; KMS/DRM
+# reports the display's mode once open).
+DEFAULT_SCREEN = (1280, 720)
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where the layout puts the tiles: the participants shown, in order, with their rects.
+
+    Participants beyond ``max_tiles`` have no rect (not shown, not decoded).
+    """
+
+    screen: tuple[int, int]
+    rects: dict[str, Rect]
+
+    def rect(self, key: str) -> Rect | None:
+        return self.rects.get(key)
+
+
+LayoutListener = Callable[[Placement], None]
+
 
 class DisplayState:
     """The thread-safe model of the screen. Tiles keep the order they were added in."""
@@ -80,6 +104,13 @@ class DisplayState:
         self._cond = threading.Condition(threading.Lock())
         self._data = _Data(room=room)
         self._version = 0
+        # what decides where tiles go (the Trio thread and the screen's thread set it)
+        self._screen = DEFAULT_SCREEN
+        self._max_tiles = MAX_TILES
+        self._self_view = False
+        self._placement: Placement | None = None
+        self._listeners: list[LayoutListener] = []
+        self._notify = threading.Lock()  # listeners are called in order, one change at a time
 
     # -- writers (any thread) -------------------------------------------------------
 
@@ -112,13 +143,18 @@ class DisplayState:
                 self._data.tiles[key] = replace(
                     old, name=name, state=state, frame=old.frame if keep else None)
             self._changed()
+        if old is None:
+            self._relayout()
 
     def remove_tile(self, key: str) -> None:
         with self._cond:
-            if self._data.tiles.pop(key, None) is not None:
+            gone = self._data.tiles.pop(key, None) is not None
+            if gone:
                 if self._data.speaker == key:
                     self._data.speaker = None
                 self._changed()
+        if gone:
+            self._relayout()
 
     def set_speaker(self, key: str | None) -> None:
         with self._cond:
@@ -166,6 +202,72 @@ class DisplayState:
                 seq = old.frame_seq + 1 if old is not None else 1
                 self._data.self_view = TileView(SELF_KEY, "me", "live", frame, seq)
             self._changed()
+
+    # -- the layout: which tiles are shown, and how big ------------------------------
+
+    def set_layout(self, max_tiles: int, self_view: bool) -> None:
+        """``[display] max_tiles`` and ``self_view`` (the screen's settings)."""
+        with self._cond:
+            self._max_tiles, self._self_view = max_tiles, self_view
+            self._changed()
+        self._relayout()
+
+    def set_screen_size(self, width: int, height: int) -> None:
+        """The screen's size in pixels, once it is open (the screen's thread)."""
+        if width <= 0 or height <= 0:
+            return
+        with self._cond:
+            self._screen = (width, height)
+            self._changed()
+        self._relayout()
+
+    @property
+    def max_tiles(self) -> int:
+        return self._max_tiles
+
+    def placement(self) -> Placement:
+        """Where each shown participant's tile is now (the first ``max_tiles``, in order)."""
+        with self._cond:
+            return self._compute()
+
+    def _compute(self) -> Placement:
+        keys = list(self._data.tiles)[: self._max_tiles]
+        width, height = self._screen
+        try:
+            layout = grid(len(keys), width, height, self_view=self._self_view,
+                          max_tiles=self._max_tiles)
+        except ValueError:  # a screen too small for that many: nothing has a size
+            return Placement(self._screen, {})
+        return Placement(self._screen, dict(zip(keys, layout.tiles, strict=True)))
+
+    def add_layout_listener(self, listener: LayoutListener) -> None:
+        """Call ``listener(placement)`` now and whenever the tiles' places change.
+
+        It runs on the thread that made the change (the Trio thread, or the
+        screen's when its size changes), after the state's lock is released,
+        one change at a time: it must be quick and must not block.
+        """
+        with self._notify:
+            with self._cond:
+                self._listeners.append(listener)
+                placement = self._compute()
+            listener(placement)
+
+    def remove_layout_listener(self, listener: LayoutListener) -> None:
+        with self._cond:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def _relayout(self) -> None:
+        with self._notify:
+            with self._cond:
+                placement = self._compute()
+                if placement == self._placement:
+                    return
+                self._placement = placement
+                listeners = list(self._listeners)
+            for listener in listeners:
+                listener(placement)
 
     # -- the reader (the screen's thread) -------------------------------------------
 

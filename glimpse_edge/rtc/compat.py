@@ -43,6 +43,7 @@ __all__ = [
     "TESTED",
     "IncompatibleLibrary",
     "Need",
+    "cap_remb",
     "check",
     "guard_ice_connect",
     "hook_keyframe_request",
@@ -169,6 +170,16 @@ NEEDS: Final[tuple[Need, ...]] = (
          "send_pli", params=("self", "media_ssrc")),
     Need("aiortc", "aiortc.rtcrtpreceiver:RTCRtpReceiver", "getSynchronizationSources",
          "attribute", "send_pli"),
+    # cap_remb
+    Need("aiortc", "aiortc.rtcrtpreceiver:RTCRtpReceiver",
+         "_RTCRtpReceiver__remote_bitrate_estimator", "used_by", "cap_remb",
+         in_method="__init__"),
+    Need("aiortc", "aiortc.rtcrtpreceiver:RTCRtpReceiver", "add", "used_by", "cap_remb",
+         in_method="_handle_rtp_packet"),
+    Need("aiortc", "aiortc.rtcrtpreceiver:RTCRtpReceiver", "pack_remb_fci", "used_by",
+         "cap_remb", in_method="_handle_rtp_packet"),
+    Need("aiortc", "aiortc.rate:RemoteBitrateEstimator", "add", "function", "cap_remb",
+         params=("self", "arrival_time_ms", "abs_send_time", "payload_size", "ssrc")),
     # websocket_stream
     Need("trio-websocket", "trio_websocket:WebSocketConnection", "_stream", "used_by",
          "websocket_stream", in_method="__init__"),
@@ -513,6 +524,44 @@ async def send_pli(receiver: Any) -> bool:
         return False
     newest = max(sources, key=lambda s: s.timestamp)
     await receiver._send_rtcp_pli(newest.source)
+    return True
+
+
+def cap_remb(receiver: Any, cap: Callable[[], int | None]) -> bool:
+    """Never let ``receiver`` ask its sender for more than ``cap()`` bits per second.
+
+    aiortc: a video receiver feeds each RTP packet carrying abs-send-time to
+    its ``RemoteBitrateEstimator`` (``__remote_bitrate_estimator``); when
+    ``add`` returns ``(bitrate, ssrcs)`` (at least every 0.5 s, at once on
+    overuse) the receiver sends that as a REMB, which a browser's (and
+    aiortc's) sender takes as the most it may send. Why: the kiosk shows a
+    participant in a tile, often a small one; a sender estimating a fast LAN
+    would send 720p at 2+ Mbit/s that a Pi then decodes to shrink it. The
+    estimator's ``add`` is wrapped on the instance: its result is clamped to
+    ``cap()`` (None: no cap), read on every estimate, so a new cap (the
+    layout changed) goes out with the next REMB, within 0.5 s. The
+    estimator itself runs on unchanged (a raised cap gets its estimate back
+    at once). Without it: the sender sends what the link carries, and only
+    the SDP's b=AS of the last negotiation limits it. Returns False for a
+    receiver with no estimator (audio). Runs in aiortc's RTP path: ``cap``
+    must be quick and must not raise.
+    """
+    estimator = getattr(receiver, "_RTCRtpReceiver__remote_bitrate_estimator", None)
+    if estimator is None:
+        return False
+    original = estimator.add
+
+    def add(arrival_time_ms: int, abs_send_time: int, payload_size: int,
+            ssrc: int) -> tuple[int, list[int]] | None:
+        result = original(arrival_time_ms=arrival_time_ms, abs_send_time=abs_send_time,
+                          payload_size=payload_size, ssrc=ssrc)
+        limit = cap()
+        if result is None or limit is None:
+            return result  # type: ignore[no-any-return]
+        bitrate, ssrcs = result
+        return min(int(bitrate), limit), ssrcs
+
+    estimator.add = add
     return True
 
 

@@ -437,7 +437,7 @@ class PeerSession:
             await self._answer(sdp, (ice_credentials(sdp) or (None,))[0])
             return
         await self._send_signal("answer", SessionDescription(type="answer",
-                                                      sdp=conn.pc.localDescription.sdp))
+                                                      sdp=self._local_sdp(conn)))
 
     async def _on_answer(self, sdp: str) -> None:
         conn = self._conn
@@ -578,7 +578,7 @@ class PeerSession:
         await call_aio(conn.pc.setLocalDescription, offer)
         conn.since = time.monotonic()
         await self._send_signal("offer", SessionDescription(type="offer",
-                                                     sdp=conn.pc.localDescription.sdp))
+                                                     sdp=self._local_sdp(conn)))
 
     async def _answer(self, sdp: str, ufrag: str | None) -> None:
         conn = self._new_connection("answerer")
@@ -595,9 +595,14 @@ class PeerSession:
         self._refuse_foreign_media(conn)
         answer = await call_aio(conn.pc.createAnswer)
         await call_aio(conn.pc.setLocalDescription, answer)
-        local_sdp = conn.pc.localDescription.sdp
+        local_sdp = self._local_sdp(conn)
         await self._send_signal("answer", SessionDescription(type="answer", sdp=local_sdp))
         await self._negotiated(conn, local_sdp)
+
+    def _local_sdp(self, conn: Connection) -> str:
+        """Our description; with the display on, it caps the remote's video (remotevideo.py)."""
+        sdp: str = conn.pc.localDescription.sdp
+        return sdp if self.remote_video is None else self.remote_video.describe(sdp)
 
     async def _negotiated(self, conn: Connection, answer_sdp: str) -> None:
         """Both descriptions are set: bind tracks to streams, apply queued candidates."""

@@ -4,6 +4,8 @@ aiortc has no ICE restart and ignores a candidate's ``usernameFragment``, so
 the agent reads ICE credentials itself (to tell a renegotiation from a
 restart, and to drop stale candidates), and it reads which video codec an
 answer settled on (to subscribe the peer to the matching shared encoder).
+With the kiosk display on, the descriptions it sends carry a bandwidth line
+on the video (:func:`with_video_bitrate`): what the remote may send us.
 """
 
 from __future__ import annotations
@@ -100,6 +102,57 @@ def header_extension_id(sdp: str, kind: str, uri: str) -> int | None:
                 except ValueError:
                     return None
     return None
+
+
+def with_video_bitrate(sdp: str, bps: int | None) -> str:
+    """``sdp`` with ``b=AS`` and ``b=TIAS`` on each accepted video m-section: ``bps`` at most.
+
+    A description's bandwidth lines say what its author wants to *receive*:
+    Chromium applies the remote description's ``b=AS`` (kbit/s) or, when
+    present, ``b=TIAS`` (bit/s, preferred over AS) to its sender's maximum
+    bitrate; Firefox reads TIAS. aiortc ignores both (its senders follow
+    REMB, rtc/compat.cap_remb). Existing AS/TIAS lines of those sections are
+    replaced; the lines go after ``c=`` (RFC 8866's order: m, i, c, b), or
+    after ``m=``/``i=`` when there is no ``c=``. ``None``: ``sdp`` unchanged.
+    Rejected (port 0) sections are left alone. Line endings are kept.
+    """
+    if bps is None:
+        return sdp
+    if bps <= 0:
+        raise ValueError(f"a bitrate must be positive, not {bps}")
+    newline = "\r\n" if "\r\n" in sdp else "\n"
+    lines = sdp.split(newline)
+    bandwidth = [f"b=AS:{max(1, bps // 1000)}", f"b=TIAS:{bps}"]
+    out: list[str] = []
+    in_video = False
+    pending = False  # the b= lines are still to be written in this section
+
+    def flush() -> None:
+        nonlocal pending
+        if pending:
+            out.extend(bandwidth)
+            pending = False
+
+    for line in lines:
+        if line.startswith("m="):
+            flush()
+            parts = line[2:].split()
+            in_video = len(parts) > 1 and parts[0] == "video" and parts[1] != "0"
+            out.append(line)
+            pending = in_video
+            continue
+        if in_video:
+            if line.startswith(("b=AS:", "b=TIAS:")):
+                continue
+            if pending and not line.startswith(("i=", "c=")):
+                flush()
+        out.append(line)
+    if pending:  # a video section with nothing after m=/i=/c=: before a final blank
+        if out and out[-1] == "":
+            out[-1:] = [*bandwidth, ""]
+        else:
+            out.extend(bandwidth)
+    return newline.join(out)
 
 
 def parse_candidate(c: IceCandidate) -> RTCIceCandidate | None:

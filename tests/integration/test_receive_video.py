@@ -142,3 +142,81 @@ def test_a_keyframe_request_from_a_decoder_thread_reaches_the_sender_as_a_pli() 
     asked, errors = asyncio.run(run())
     assert asked >= 1, "the sender got no PLI"
     assert not errors, errors
+
+
+class BigPattern(Pattern):
+    """The pattern at 640x360: aiortc's VP8 encoder spends up to ~540 kbit/s on it
+    (~290 here, in real time beside the receiver), 250 at its floor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.source = TestPatternSource(640, 360, 30)
+
+
+def test_a_small_tiles_remb_cap_brings_a_real_senders_bitrate_down() -> None:
+    """compat.cap_remb on the real receiver: the sender (aiortc, VP8) hears REMBs no
+    higher than the cap as soon as one is set (a layout change), its encoder's target
+    follows, and the bytes that arrive per second go down with it."""
+    from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, unpack_remb_fci
+
+    cap_bps = 260_000  # aiortc's VP8 encoder goes no lower than 250 kbit/s
+
+    async def run() -> dict[str, object]:
+        compat.check()
+        loop = asyncio.get_running_loop()
+        errors: list[str] = []
+        cap: list[int | None] = [None]
+        rembs: list[tuple[float, int]] = []  # (loop time, bitrate) as the sender heard them
+        arrived: list[tuple[float, int]] = []  # (loop time, bytes) of each encoded frame
+
+        def on_rtcp(packet: object) -> bool:
+            if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+                rembs.append((loop.time(), unpack_remb_fci(packet.fci)[0]))
+            return True
+
+        sender_pc, viewer_pc = RTCPeerConnection(), RTCPeerConnection()
+        sending = sender_pc.addTransceiver(BigPattern(), direction="sendonly")
+        sending.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs
+                                     if c.mimeType.lower() == "video/vp8"])
+        compat.hook_rtcp(sending.sender, on_rtcp, lambda e: errors.append(str(e)))
+        viewing = viewer_pc.addTransceiver("video", direction="recvonly")
+        compat.tap_encoded_video(viewing.receiver,
+                                 lambda _c, data, _t: arrived.append((loop.time(), len(data))),
+                                 lambda exc: errors.append(str(exc)))
+        assert compat.cap_remb(viewing.receiver, lambda: cap[0])
+
+        def rate(since: float, until: float) -> float:
+            return sum(n for t, n in arrived if since <= t < until) * 8 / (until - since)
+
+        try:
+            await sender_pc.setLocalDescription(await sender_pc.createOffer())
+            await viewer_pc.setRemoteDescription(sender_pc.localDescription)
+            await viewer_pc.setLocalDescription(await viewer_pc.createAnswer())
+            await sender_pc.setRemoteDescription(viewer_pc.localDescription)
+            await asyncio.sleep(6)  # uncapped: the estimate grows past the cap
+            t0 = loop.time()
+            before = rate(t0 - 3, t0)
+            cap[0] = cap_bps  # the layout changed: the tile is small now
+            await asyncio.sleep(6)
+            t1 = loop.time()
+            after = rate(t1 - 3, t1)
+            encoder = sending.sender._RTCRtpSender__encoder  # type: ignore[attr-defined]
+            return {"rembs": rembs, "t0": t0, "before": before, "after": after,
+                    "target": encoder.target_bitrate, "errors": errors}
+        finally:
+            await sender_pc.close()
+            await viewer_pc.close()
+
+    out = asyncio.run(run())
+    rembs, t0 = out["rembs"], out["t0"]
+    assert isinstance(rembs, list) and isinstance(t0, float)
+    uncapped = [b for t, b in rembs if t < t0]
+    capped = [b for t, b in rembs if t > t0 + 0.6]  # the next estimate: within 0.5 s
+    print(f"REMB before {uncapped[-3:]}, after {capped[-3:]}; "
+          f"received {out['before']:.0f} -> {out['after']:.0f} bit/s")
+    assert uncapped and max(uncapped) > cap_bps, uncapped
+    assert capped and max(capped) <= cap_bps, capped
+    assert out["target"] <= cap_bps, out["target"]
+    assert out["after"] < out["before"], (out["before"], out["after"])  # type: ignore[operator]
+    assert out["after"] < 1.4 * cap_bps, out["after"]  # type: ignore[operator]
+    assert not out["errors"], out["errors"]

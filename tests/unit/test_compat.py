@@ -46,7 +46,7 @@ def test_every_compat_function_is_checked() -> None:
     checked = {need.used_for for need in compat.NEEDS}
     patches = {"hook_rtcp", "hook_keyframe_request", "sender_ssrc", "last_sender_report",
                "selected_candidates", "guard_ice_connect", "websocket_stream", "pace_rtp",
-               "size_rtp_history", "tap_encoded_video", "send_pli"}
+               "size_rtp_history", "tap_encoded_video", "send_pli", "cap_remb"}
     assert patches <= set(compat.__all__)
     assert checked == patches
 
