@@ -259,11 +259,16 @@ class PeerFeedback:
                 self._report_uplink(conn, now, block.loss, rtt)
                 # a shared bottleneck's loss and queue are the uplink's to answer
                 self._estimate_changed(now, self.bandwidth.on_report(
-                    now, uplink.own_loss(block.loss), None if uplink.congested else rtt))
+                    now, uplink.own_loss(self.peer_id, block.loss),
+                    None if uplink.congested else rtt))
                 seen = True
             remb = remb_bitrate(packet, ssrc)
-            if remb is not None and uplink.congested:
-                seen = True  # it follows the share the uplink gave: no news of this link
+            if remb is not None and uplink.limited:
+                # it follows the share the uplink gave, and after a shared
+                # bottleneck it climbs back slower than the uplink's estimate
+                # (a browser's REMB grew 51 -> 250 kbit/s in 30 s): no news of
+                # this link while the uplink sets the limit
+                seen = True
             elif remb is not None:
                 self._estimate_changed(now, self.bandwidth.on_remb(now, remb,
                                                                    self._sent.rate_bps()))
@@ -281,13 +286,21 @@ class PeerFeedback:
         base = self.bandwidth.base_rtt_s
         audio = "audio" in conn.tracks
         video_sent = self._sent.rate_bps()
-        was = self.uplink.congested
+        was, before = self.uplink.congested, self.uplink.estimate_bps
         self.uplink.report(
             self.peer_id, now, loss=loss,
             queue_s=None if rtt is None or base is None else max(rtt - base, 0.0),
             sent_bps=None if video_sent is None else link_bps(int(video_sent), audio),
             wants_bps=self.bandwidth.estimate_at(now),
-            audio_bps=AUDIO_ON_WIRE_BPS if audio else 0)
+            audio_bps=AUDIO_ON_WIRE_BPS if audio else 0,
+            floor_bps=link_bps(self.bandwidth.min_bps, audio))
+        after = self.uplink.estimate_bps
+        if after is not None and (before is None or after < before):
+            state = self.uplink.state(now)
+            self.log.info("uplink.decreased", estimate_bps=state.estimate_bps,
+                          previous_bps=None if before is None else int(before),
+                          sent_bps=state.sent_bps, through_bps=int(self.uplink.through_bps(now)),
+                          peers=state.peers)
         if self.uplink.congested != was:
             state = self.uplink.state(now)
             self.log.info("uplink.congested" if state.congested else "uplink.clear",

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 __all__ = ["PeerReport", "Uplink", "UplinkState", "UplinkTuning"]
 
@@ -50,11 +50,21 @@ class UplinkTuning:
     window: float = 3.0  # a peer's last report counts this long
     congested_loss: float = 0.02  # a peer with this much loss in its report is congested
     congested_queue: float = 0.05  # ... or this much queueing delay (seconds of RTT above base)
+    # a peer counts as congested this long after its last congested report: over
+    # a queue that overflows in bursts, every other report shows no loss, and a
+    # browser reports video about once a second (0.5-1.5 s, randomised). Without
+    # it the shared state flapped with each report (27 episodes in 8 s with
+    # Chromium viewers), and each clear report gave the peers' own estimators
+    # the whole loss and queue again
+    congested_hold: float = 2.0
+    loss_smoothing: float = 0.3  # weight of a new report in a peer's smoothed loss
     shared_share: float = 0.5  # at least this share of reporting peers (and two) congested
     backoff: float = 0.85  # the estimate on congestion: this times what got through
     max_cut: float = 0.5  # ... but one decrease never goes below this share of the last
     comply_share: float = 0.9  # decrease only if we send at least this share of the estimate
-    stuck: float = 3.0  # ... or the congestion lasted this long since the last decrease
+    # ... or the congestion lasted this long since the last decrease though we
+    # send less than the estimate: the link is narrower than what we send
+    stuck: float = 2.5
     decrease_interval: float = 1.0  # between two decreases (plus a round trip)
     hold: float = 2.0  # no increase this long after a decrease
     # then this much a second, doubling every ``double_every`` seconds without
@@ -73,15 +83,23 @@ class PeerReport:
     """What one peer's last receiver report said."""
 
     at: float
+    congested_at: float  # the last report of this peer that was congested (-inf: none)
     loss: float  # 0..1
+    smooth_loss: float  # its reports' loss, smoothed (an EWMA over a few reports)
     queue_s: float | None  # RTT above the path's base RTT
     sent_bps: float | None  # what we send the peer now, on the wire (video and audio)
     wants_bps: int  # what the peer's own estimate says its link takes, on the wire
     audio_bps: int  # what its audio takes on the wire (0 without audio)
+    floor_bps: int = 0  # the least we send it (audio and the lowest video rate), on the wire
 
     def congested(self, tuning: UplinkTuning) -> bool:
+        """This report alone shows loss or a queue."""
         return self.loss >= tuning.congested_loss or (
             self.queue_s is not None and self.queue_s >= tuning.congested_queue)
+
+    def held(self, tuning: UplinkTuning) -> bool:
+        """This report, or one within ``congested_hold`` before it, showed congestion."""
+        return self.at - self.congested_at < tuning.congested_hold
 
     def through_bps(self) -> float:
         """What reached the peer: what we sent, less what it lost."""
@@ -113,15 +131,29 @@ class Uplink:
         self._last_congested = -math.inf
         self._congested_since = -math.inf
         self._last_update: float | None = None
-        self._shared_loss = 0.0
 
     # -- inputs -------------------------------------------------------------------
 
     def report(self, peer: str, now: float, *, loss: float, queue_s: float | None,
-               sent_bps: float | None, wants_bps: int, audio_bps: int) -> None:
-        """What ``peer``'s latest receiver report says."""
+               sent_bps: float | None, wants_bps: int, audio_bps: int,
+               floor_bps: int = 0) -> None:
+        """What ``peer``'s latest receiver report says.
+
+        ``floor_bps`` is the least this peer can be sent (its audio and the
+        video's minimum rate): the estimate never goes below the sum of the
+        peers' floors, because a lower one changes nothing we send, and each
+        decrease would find us "complying" and cut again (seen: 1 Mbit/s link,
+        three peers at their floor, the estimate cut to 111 kbit/s).
+        """
         loss = min(max(loss, 0.0), 1.0) if math.isfinite(loss) else 0.0
-        self._reports[peer] = PeerReport(now, loss, queue_s, sent_bps, wants_bps, audio_bps)
+        last = self._reports.get(peer)
+        a = self.tuning.loss_smoothing
+        smooth = loss if last is None else a * loss + (1.0 - a) * last.smooth_loss
+        new = PeerReport(now, -math.inf if last is None else last.congested_at, loss, smooth,
+                         queue_s, sent_bps, wants_bps, audio_bps, floor_bps)
+        if new.congested(self.tuning):
+            new = replace(new, congested_at=now)
+        self._reports[peer] = new
         self._update(now)
 
     def forget(self, peer: str) -> None:
@@ -134,11 +166,33 @@ class Uplink:
         window = self.tuning.window
         return {p: r for p, r in self._reports.items() if now - r.at <= window}
 
-    def own_loss(self, loss: float) -> float:
-        """The part of a peer's reported loss that is its own (not the uplink's)."""
+    @property
+    def limited(self) -> bool:
+        """The uplink sets a limit now (from a shared bottleneck until released)."""
+        return self.estimate_bps is not None
+
+    def through_bps(self, now: float) -> float:
+        """What reached the peers by their latest reports, on the wire."""
+        return sum(r.through_bps() for r in self.live(now).values())
+
+    def own_loss(self, peer: str, loss: float) -> float:
+        """The part of ``peer``'s reported ``loss`` that is its own (not the uplink's).
+
+        Without a shared bottleneck, all of it. With one, how far the peer's
+        smoothed loss lies above the median of everyone's: a queue that
+        overflows in bursts loses a different share in each report, and the
+        raw difference to the others' was noise that pushed every peer's own
+        estimate down in turn (to the minimum, in a 1 Mbit/s scenario with
+        browser viewers). A peer behind its own bad downlink loses more than
+        the others report after report, and that excess remains.
+        """
         if not self.congested:
             return loss
-        return max(0.0, loss - self._shared_loss)
+        live = self.live(self._last_update or 0.0)
+        if not live:
+            return loss
+        mine = live[peer].smooth_loss if peer in live else loss
+        return max(0.0, mine - statistics.median(r.smooth_loss for r in live.values()))
 
     def shares(self, now: float) -> dict[str, int]:
         """Each reporting peer's budget on the wire (bits/s); empty without a limit.
@@ -175,8 +229,13 @@ class Uplink:
     def _update(self, now: float) -> None:
         t = self.tuning
         live = self.live(now)
-        congested = [r for r in live.values() if r.congested(t)]
-        shared = len(congested) >= 2 and len(congested) >= t.shared_share * len(live)
+        def shared_by(peers: list[PeerReport]) -> bool:
+            return len(peers) >= 2 and len(peers) >= t.shared_share * len(live)
+
+        # the state holds through clear reports within the hold; a decrease
+        # needs the peers' latest reports themselves to show the congestion
+        shared = shared_by([r for r in live.values() if r.held(t)])
+        fresh = shared_by([r for r in live.values() if r.congested(t)])
         span = 0.0 if self._last_update is None else min(max(now - self._last_update, 0.0),
                                                          t.max_increase_span)
         self._last_update = now
@@ -186,13 +245,11 @@ class Uplink:
                 self._congested_since = now
             self.congested = True
             self._last_congested = now
-            self._shared_loss = statistics.median(r.loss for r in live.values())
             rtt = max((r.queue_s or 0.0) for r in live.values())
-            if now - self._last_decrease >= t.decrease_interval + rtt:
+            if fresh and now - self._last_decrease >= t.decrease_interval + rtt:
                 self._decrease(now, live)
             return
         self.congested = False
-        self._shared_loss = 0.0
         if self.estimate_bps is None:
             return
         since = now - self._last_decrease
@@ -215,7 +272,10 @@ class Uplink:
         estimate, between a ``backoff`` and a ``max_cut`` of it (what a
         report right after an overload shows is far too low); and if
         congestion goes on for ``stuck`` seconds though we send less, the
-        link shrank: back off.
+        link is narrower than what we send: back off from that. (The first
+        estimate, from reports that straddle the overload's start, was 2.6
+        and 4.9 Mbit/s on a 1 Mbit/s link; backing off from the estimate
+        itself took half a minute to get down to the link.)
         """
         t = self.tuning
         through = sum(r.through_bps() for r in live.values())
@@ -228,8 +288,12 @@ class Uplink:
         elif sent >= t.comply_share * estimate:
             target = min(max(t.backoff * through, t.max_cut * estimate), t.backoff * estimate)
         elif now - max(self._last_decrease, self._congested_since) >= t.stuck:
-            target = t.backoff * estimate
+            target = t.backoff * min(sent, estimate)
         else:
             return
-        self.estimate_bps = target
+        floor = sum(r.floor_bps for r in live.values())
+        if estimate is not None and estimate <= floor:
+            self.estimate_bps = float(floor)  # (a peer that joined raised it)
+            return
+        self.estimate_bps = max(target, float(floor))
         self._last_decrease = now
