@@ -36,17 +36,21 @@ from .systemd import Notifier, feed_watchdog, watchdog_interval
 if TYPE_CHECKING:
     from .display.state import DisplayState
     from .media.playback import Speaker
+    from .publish.publisher import Publisher, PublishState
     from .rtc.uplink import UplinkState
 
 log = structlog.get_logger(__name__)
 
 # What reload() can apply by itself; anything else needs a restart (logged).
 _APPLIED = ("server", "auth", "room", "video", "camera", "audio", "display", "ice", "peers",
-            "log")
+            "log", "publish")
 
 # The kiosk display's tasks: restarted for as long as the agent runs (the call
 # goes on without a screen; kiosk.run_screen retries a screen that will not open).
 DISPLAY_POLICY = RestartPolicy(name="display", backoff=Backoff(initial=1.0, maximum=60.0),
+                               max_restarts=None)
+# The WHIP publisher retries its sessions itself; this restarts it after a bug.
+PUBLISH_POLICY = RestartPolicy(name="publish", backoff=Backoff(initial=1.0, maximum=60.0),
                                max_restarts=None)
 
 
@@ -76,7 +80,7 @@ def build_display(config: Config) -> DisplayState | None:
         return None
     from .display.state import DisplayState
 
-    return DisplayState(config.room.id)
+    return DisplayState(config.room.id if config.room is not None else "")
 
 
 def _canceller(speaker: Speaker | None) -> CaptureProcessor | None:
@@ -112,6 +116,9 @@ class Agent:
         self.display: DisplayState | None = None
         self._display_scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
+        # The WHIP publisher (None while [publish] is unset), its task's scope and end.
+        self.publisher: Publisher | None = None
+        self._publish_task: tuple[trio.CancelScope, trio.Event] | None = None
 
     # -- status -------------------------------------------------------------
 
@@ -122,6 +129,13 @@ class Agent:
             n = len(room.participants)
             line = (f"joined room {room.name or room.room_id} with {n} participant"
                     + ("" if n == 1 else "s"))
+        publisher = self.publisher
+        if publisher is not None:
+            what = {"publishing": "publishing to", "connecting": "connecting to",
+                    "retrying": "retrying", "auth_failed": "token refused by",
+                    }.get(publisher.phase, publisher.phase)
+            part = f"{what} {publisher.url}"
+            line = part if not self.config.joins_room else f"{line}; {part}"
         if self._config_problem:
             line += f"; configuration error, running on the previous one: {self._config_problem}"
         return line
@@ -159,6 +173,11 @@ class Agent:
         return peers.uplink.state(time.monotonic()) if peers is not None else None
 
     @property
+    def publish(self) -> PublishState | None:
+        """The WHIP session (None while [publish] is unset)."""
+        return self.publisher.state() if self.publisher is not None else None
+
+    @property
     def peers_refused(self) -> int:
         """Participants refused a session because ``peers.max_peers`` was reached (since
         the peers were last rebuilt)."""
@@ -182,11 +201,13 @@ class Agent:
                 # The kiosk display: the peers put remote video in its tiles.
                 self._nursery = nursery
                 self.display = build_display(self.config)
-                self.runner = RoomRunner(self.config, self.hub, self.health,
-                                         self._publish_status, speaker=speaker,
-                                         display=self.display)
-                await nursery.start(self.runner.run)
+                if self.config.joins_room:
+                    self.runner = RoomRunner(self.config, self.hub, self.health,
+                                             self._publish_status, speaker=speaker,
+                                             display=self.display)
+                    await nursery.start(self.runner.run)
                 self._start_display()
+                await self._start_publisher()
                 if self.config.observe.address is not None:
                     from .observe import run_observe  # its web stack only when it is on
 
@@ -200,7 +221,8 @@ class Agent:
                 if hang_file is not None:
                     nursery.start_soon(testhooks.block_loop_when_file_appears, hang_file)
                 log.info("agent.ready", version=__version__, config=str(self.config_path),
-                         room=self.config.room.id,
+                         room=self.config.room.id if self.config.room else None,
+                         publish=self.publisher.url if self.publisher else None,
                          startup_ms=round((time.monotonic() - t0) * 1000))
                 self.notifier.ready(self.status_line())
                 async for signum in signals:
@@ -242,10 +264,47 @@ class Agent:
                             lambda: self.peers),
                     policy=DISPLAY_POLICY, health=self.health))
 
+    # -- the WHIP publisher -------------------------------------------------------
+
+    async def _start_publisher(self) -> None:
+        """Publish for the current [publish], if set, after the previous session's DELETE."""
+        await self._stop_publisher()
+        publish = self.config.publish
+        if publish is None or self._nursery is None or self.hub is None:
+            self.publisher = None
+            return
+        from .publish.publisher import Publisher
+
+        publisher = self.publisher = Publisher(publish, self.hub, self.config.ice,
+                                               health=self.health,
+                                               on_change=self._publish_status)
+        scope, ended = trio.CancelScope(), trio.Event()
+        self._publish_task = (scope, ended)
+
+        async def run() -> None:
+            try:
+                with scope:
+                    await supervise("publish", publisher.run, policy=PUBLISH_POLICY,
+                                    health=self.health)
+            finally:
+                ended.set()
+
+        self._nursery.start_soon(run)
+
+    async def _stop_publisher(self) -> None:
+        """End the publisher's task and wait for it (its DELETE is bounded)."""
+        task, self._publish_task = self._publish_task, None
+        if task is not None:
+            scope, ended = task
+            scope.cancel()
+            await ended.wait()
+
     async def _stop(self) -> None:
         with trio.move_on_after(STOP_TIMEOUT):
-            if self.runner is not None:
-                await self.runner.leave(timeout=STOP_TIMEOUT - 0.5)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._stop_publisher)
+                if self.runner is not None:
+                    await self.runner.leave(timeout=STOP_TIMEOUT - 0.5)
 
     # -- reload ---------------------------------------------------------------
 
@@ -283,8 +342,15 @@ class Agent:
             self.display = build_display(new)
             if self.runner is not None:
                 self.runner.display = self.display
-        if self.runner is not None:
+        if old.joins_room != new.joins_room:
+            log.warning("config.restart_required", keys=["server", "auth", "room"],
+                        reason="joining a room or only publishing is decided at start")
+        elif self.runner is not None:
             await self.runner.apply(old, new, new_tracks=new_tracks)
+        if old.publish != new.publish or (new.publish is not None and (
+                new_tracks or old.ice != new.ice or old.video.codec != new.video.codec)):
+            log.info("publish.reloading", whip=None if new.publish is None else "set")
+            await self._start_publisher()  # DELETE, then a new session with the new settings
         if old.display != new.display:
             self._start_display()  # the screen reopens with the new settings
         if "observe" in changed:

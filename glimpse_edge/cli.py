@@ -80,14 +80,21 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"{exc}", file=sys.stderr)
         return 1
-    auth = (f"token file {config.auth.token_file}" if config.auth.token_file
-            else f"login as {config.auth.username!r}")
     print(f"{args.path}: OK")
     for source in config.sources:
         print(f"  loaded   {source}")
-    print(f"  server   {config.server.ws_url}")
-    print(f"  auth     {auth}")
-    print(f"  room     {config.room.id}")
+    if config.joins_room:
+        server, auth_config, room = config.glimpse
+        auth = (f"token file {auth_config.token_file}" if auth_config.token_file
+                else f"login as {auth_config.username!r}")
+        print(f"  server   {server.ws_url}")
+        print(f"  auth     {auth}")
+        print(f"  room     {room.id}")
+    else:
+        print("  room     none (only publishes)")
+    if config.publish is not None:
+        print(f"  publish  {config.publish.whip_url} (tier {config.publish.tier}"
+              f"{', audio' if config.publish.audio else ''})")
     print(f"  video    {config.video.source} {config.video.width}x{config.video.height}"
           f"@{config.video.framerate} {config.video.codec}")
     print(f"  audio    {config.audio.source}")

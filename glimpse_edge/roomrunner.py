@@ -86,7 +86,7 @@ class RoomRunner:
         self.display = display
         self._health = health
         self._on_status = on_status
-        self.room = Room(config.room.id)
+        self.room = Room(config.glimpse.room.id)
         self._link: _Link | None = None
         self.peers: PeerManager | None = None
         self._scope = trio.CancelScope()  # the current room's
@@ -124,7 +124,7 @@ class RoomRunner:
         """One room, until :meth:`rebuild` cancels its scope."""
         with trio.CancelScope() as scope:
             self._scope = scope
-            room = self.room = Room(config.room.id)
+            room = self.room = Room(config.glimpse.room.id)
             events = room.subscribe()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -146,7 +146,7 @@ class RoomRunner:
 
     async def rebuild(self, config: Config) -> None:
         """Leave the room (politely, bounded), then join ``config``'s from scratch."""
-        log.info("room.changing", old=self.room.room_id, new=config.room.id)
+        log.info("room.changing", old=self.room.room_id, new=config.glimpse.room.id)
         with trio.move_on_after(STOP_TIMEOUT):
             await self.leave()
         up = self._start_over(config)
@@ -169,7 +169,7 @@ class RoomRunner:
         display is turned on or off (the video's direction changes; the agent
         has set :attr:`display` already).
         """
-        if old.room.id != new.room.id:
+        if old.glimpse.room.id != new.glimpse.room.id:
             await self.rebuild(new)
             return
         if old.server != new.server or old.auth != new.auth:
@@ -212,7 +212,7 @@ class RoomRunner:
         old_link = self._link
         # Who the peers were negotiated as (None: never authenticated, so no peers).
         identity = old_link.session.user_id
-        staging = Room(new.room.id)  # the old session keeps the real one current
+        staging = Room(new.glimpse.room.id)  # the old session keeps the real one current
         link = self._new_link(new, staging)
         self._pending = link
         await self._nursery.start(self._run_link, link)
@@ -229,7 +229,7 @@ class RoomRunner:
         room_scope = self._scope
         with trio.CancelScope() as scope:
             self._handover = scope
-            timeout = max(HANDOVER_TIMEOUT, 2 * new.server.connect_timeout)
+            timeout = max(HANDOVER_TIMEOUT, 2 * new.glimpse.server.connect_timeout)
             reason = f"not joined within {timeout:g} s"
             with trio.move_on_after(timeout):
                 while link.session.state != "joined":
@@ -265,7 +265,8 @@ class RoomRunner:
     def _signaling(self, config: Config, room: Room,
                    signals: trio.MemorySendChannel[WebRTCSignal]) -> SignalingSession:
         """The real session (the default SignalingFactory)."""
-        return SignalingSession(config.server, room, token_source(config.server, config.auth),
+        server, auth, _room = config.glimpse
+        return SignalingSession(server, room, token_source(server, auth),
                                 on_status=lambda _text: self._on_status(), signals=signals)
 
     async def _run_link(

@@ -32,7 +32,7 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 
 from .errors import ConfigError, _InvalidKey
-from .schema import _SECTIONS, Config, _Section, _show
+from .schema import _OPTIONAL_SECTIONS, _SECTIONS, Config, _Section, _show
 from .secrets import check_secrets
 
 __all__ = ["DEFAULT_CONFIG_PATH", "DROPIN_DIR_NAME", "load_checked", "load_config"]
@@ -48,6 +48,8 @@ _PATH_KEYS: Final = (
     ("auth", "token_file"),
     ("auth", "password_file"),
     ("video", "path"),
+    ("publish", "token_file"),
+    ("publish", "ca_file"),
 )
 _ICE_PATH_KEY: Final = "credential_file"
 
@@ -391,6 +393,19 @@ def _unknown_sections(data: dict[str, Any], origins: _Origins) -> list[ConfigErr
     return errors
 
 
+def _absent_allowed(merged: dict[str, Any]) -> frozenset[str]:
+    """The tables that may be left out of this document.
+
+    ``[publish]`` always; the Glimpse room's three (``[server]``, ``[auth]``,
+    ``[room]``) only all together and with ``[publish]`` set (a device that
+    only publishes); with one of them there, the others are required as ever.
+    """
+    room = {"server", "auth", "room"}
+    if "publish" in merged and not room & merged.keys():
+        return _OPTIONAL_SECTIONS
+    return _OPTIONAL_SECTIONS - room
+
+
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Load, merge and validate the main file and its ``config.d/*.toml`` drop-ins.
 
@@ -428,6 +443,8 @@ def _load(path: Path) -> Config:
 
     errors = _unknown_sections(merged, origins)
     for name, tp in _SECTIONS.items():
+        if name not in merged and name in _absent_allowed(merged):
+            continue  # None in Config: no room (a device that only publishes), no publishing
         errors += _validate_section(name, tp, merged.get(name, {}), origins)
     if not errors:
         full = {**merged, "sources": [str(f) for f in files]}

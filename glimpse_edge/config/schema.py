@@ -12,7 +12,7 @@ import ipaddress
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 import msgspec
@@ -26,17 +26,20 @@ __all__ = [
     "CameraConfig",
     "Config",
     "DisplayConfig",
+    "GlimpseSettings",
     "IceConfig",
     "IceServer",
     "LogConfig",
     "ObserveConfig",
     "PeersConfig",
     "PlaybackConfig",
+    "PublishConfig",
     "QualityTier",
     "RoomConfig",
     "ServerConfig",
     "VideoConfig",
     "camera_buffers_needed",
+    "is_loopback_host",
     "parse_listen",
 ]
 
@@ -385,6 +388,65 @@ class DisplayConfig(_Section, frozen=True, kw_only=True):
     show_names: bool = True
 
 
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1): this machine."""
+    if host.lower() in ("localhost", "localhost.") or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class PublishConfig(_Section, frozen=True, kw_only=True):
+    """Publish once to an SFU over WHIP (RFC 9725): the fan-out to a large audience is
+    the SFU's, the device sends one stream (glimpse_edge/publish/).
+
+    Absent (no ``[publish]`` table): nothing is published. The stream is one of
+    the hub's shared encodings (``tier``: 0 is the best, the configured size
+    at ``video.max_bitrate``), never an extra encode.
+    """
+
+    whip_url: str
+    # The Bearer token (a stream key, a JWT): a secret file, like auth.token_file.
+    # Unset: no Authorization header (a server without authentication).
+    token_file: Path | None = None
+    tier: Annotated[int, msgspec.Meta(ge=0, le=MAX_LOWER_TIERS)] = 0
+    audio: bool = True
+    # Plain http:// to a host other than this machine sends the token and the
+    # SDP (the DTLS fingerprints) in the clear: refused unless asked for.
+    allow_http: bool = False
+    ca_file: Path | None = None
+    request_timeout: Annotated[float, msgspec.Meta(gt=0, le=120)] = 10.0
+    connect_timeout: Annotated[float, msgspec.Meta(gt=0, le=120)] = 15.0
+    reconnect_min: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 1.0
+    reconnect_max: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
+    auth_retry: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 300.0
+
+    def __post_init__(self) -> None:
+        example = "https://sfu.example.com/whip/endpoint/lobby"
+        _check_url("whip_url", self.whip_url, ("http", "https"), example)
+        parts = urlsplit(self.whip_url)
+        if parts.fragment:
+            raise _InvalidKey("whip_url", f"must not have a #fragment; got {_show(self.whip_url)}")
+        if (parts.scheme == "http" and not self.allow_http
+                and not is_loopback_host(parts.hostname or "")):
+            raise _InvalidKey(
+                "whip_url",
+                "must be https:// (plain http:// would send the token and the session in "
+                "the clear); http:// is accepted for this machine (localhost, 127.0.0.1, "
+                f"::1) or with publish.allow_http = true; got {_show(self.whip_url)}",
+                related=("allow_http",),
+            )
+        if self.reconnect_min > self.reconnect_max:
+            raise _InvalidKey(
+                "reconnect_min",
+                f"({self.reconnect_min}) must not exceed publish.reconnect_max "
+                f"({self.reconnect_max})",
+                related=("reconnect_max",),
+            )
+
+
 class IceServer(_Section, frozen=True, kw_only=True):
     """One STUN or TURN server, as in WebRTC's RTCIceServer."""
 
@@ -473,6 +535,14 @@ class LogConfig(_Section, frozen=True, kw_only=True):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+class GlimpseSettings(NamedTuple):
+    """The sections a Glimpse room needs (:attr:`Config.glimpse`)."""
+
+    server: ServerConfig
+    auth: AuthConfig
+    room: RoomConfig
+
+
 class Config(_Section, frozen=True, kw_only=True):
     """The whole validated configuration.
 
@@ -481,9 +551,11 @@ class Config(_Section, frozen=True, kw_only=True):
     :func:`load_config` and cannot be set from a TOML file.
     """
 
-    server: ServerConfig
-    auth: AuthConfig
-    room: RoomConfig
+    # The Glimpse room: all three, or none of them when [publish] is set (a
+    # device that only publishes to an SFU). See :attr:`glimpse`.
+    server: ServerConfig | None = None
+    auth: AuthConfig | None = None
+    room: RoomConfig | None = None
     video: VideoConfig = msgspec.field(default_factory=VideoConfig)
     camera: CameraConfig = msgspec.field(default_factory=CameraConfig)
     audio: AudioConfig = msgspec.field(default_factory=AudioConfig)
@@ -493,16 +565,59 @@ class Config(_Section, frozen=True, kw_only=True):
     peers: PeersConfig = msgspec.field(default_factory=PeersConfig)
     observe: ObserveConfig = msgspec.field(default_factory=ObserveConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    publish: PublishConfig | None = None
     sources: tuple[Path, ...] = ()
 
+    @property
+    def joins_room(self) -> bool:
+        """True when the device joins a Glimpse room (False: it only publishes)."""
+        return self.room is not None
+
+    @property
+    def glimpse(self) -> GlimpseSettings:
+        """``[server]``, ``[auth]`` and ``[room]``; raises LookupError for a device that
+        only publishes (check :attr:`joins_room` first)."""
+        if self.server is None or self.auth is None or self.room is None:
+            raise LookupError("no Glimpse room configured ([publish] only)")
+        return GlimpseSettings(self.server, self.auth, self.room)
+
     def __post_init__(self) -> None:
-        if self.auth.uses_login and not self.server.api_url:
+        present = [n for n in ("server", "auth", "room") if getattr(self, n) is not None]
+        if len(present) < 3 and (present or self.publish is None):
+            missing = next(n for n in ("server", "auth", "room") if n not in present)
+            raise _InvalidKey(
+                missing,
+                "is required: set [server], [auth] and [room] to join a Glimpse room"
+                + ("" if present else ", or [publish] to only publish to an SFU"),
+            )
+        if self.publish is not None and self.publish.tier >= len(self.video.quality_tiers()):
+            n = len(self.video.quality_tiers())
+            raise _InvalidKey(
+                "publish.tier",
+                f"({self.publish.tier}) is not one of the {n} quality tier"
+                f"{'' if n == 1 else 's'} (0 is the best; see video.tiers)",
+                related=("video.tiers",),
+            )
+        if self.publish is not None and self.publish.audio and self.audio.source == "none":
+            raise _InvalidKey(
+                "publish.audio",
+                'is true but audio.source = "none" (set publish.audio = false, or a source)',
+                related=("audio.source",),
+            )
+        if self.auth is not None and self.server is not None:
+            self._check_login(self.auth, self.server)
+        self._check_media()
+
+    def _check_login(self, auth: AuthConfig, server: ServerConfig) -> None:
+        if auth.uses_login and not server.api_url:
             raise _InvalidKey(
                 "server.api_url",
                 "is required when auth.username/auth.password_file are set "
                 '(it is where the agent logs in), e.g. "https://glimpse.example.com"',
                 related=("auth.username", "auth.password_file"),
             )
+
+    def _check_media(self) -> None:
         if self.video.source == "picamera2":
             encoders = 1 + (len(self.video.quality_tiers()) > 1)  # main, and lores for a tier
             needed = camera_buffers_needed(encoders)
@@ -539,4 +654,8 @@ _SECTIONS: Final[dict[str, type[_Section]]] = {
     "peers": PeersConfig,
     "observe": ObserveConfig,
     "log": LogConfig,
+    "publish": PublishConfig,
 }
+
+# Tables that may be absent: None in Config rather than their defaults.
+_OPTIONAL_SECTIONS: Final = frozenset({"server", "auth", "room", "publish"})

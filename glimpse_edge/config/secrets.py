@@ -87,10 +87,12 @@ def read_secret_file(path: str | os.PathLike[str]) -> str:
 
 
 def _secret_paths(config: Config) -> Iterable[tuple[str, Path]]:
-    if config.auth.token_file is not None:
+    if config.auth is not None and config.auth.token_file is not None:
         yield "auth.token_file", config.auth.token_file
-    if config.auth.password_file is not None:
+    if config.auth is not None and config.auth.password_file is not None:
         yield "auth.password_file", config.auth.password_file
+    if config.publish is not None and config.publish.token_file is not None:
+        yield "publish.token_file", config.publish.token_file
     for i, server in enumerate(config.ice.servers):
         if server.credential_file is not None:
             yield f"ice.servers[{i}].credential_file", server.credential_file

@@ -46,8 +46,10 @@ def check_secret_files(doctor: Doctor, config: Config) -> bool:
                    "fix each file as said; the agent refuses secrets that others can read",
                    [str(e).splitlines()[0] for e in exc.errors])
         return False
-    names = [k for k, v in (("auth.token_file", config.auth.token_file),
-                            ("auth.password_file", config.auth.password_file)) if v]
+    auth, publish = config.auth, config.publish
+    names = [k for k, v in (("auth.token_file", auth and auth.token_file),
+                            ("auth.password_file", auth and auth.password_file),
+                            ("publish.token_file", publish and publish.token_file)) if v]
     names += [f"ice.servers[{i}].credential_file" for i, s in enumerate(config.ice.servers)
               if s.credential_file is not None]
     doctor.add("secrets", "pass", "readable and private (mode 600): " + ", ".join(names))

@@ -28,14 +28,14 @@ async def check_ice(doctor: Doctor, config: Config, secrets_ok: bool) -> None:
         return
     details: list[str] = []
     worst: Status = "pass"
+    ca_file = config.server.ca_file if config.server else None
     for i, server in enumerate(servers):
         credential = None
         if server.credential_file is not None and secrets_ok:
             credential = read_secret_file(server.credential_file)
         for url in server.urls:
             result = await probe_ice_server(url, username=server.username,
-                                            credential=credential,
-                                            ca_file=config.server.ca_file,
+                                            credential=credential, ca_file=ca_file,
                                             timeout=min(doctor.timeout, 3.0))
             mark = "ok" if result.ok else "FAILED"
             details.append(f"ice.servers[{i}] {url}: {mark}: {result.summary}")

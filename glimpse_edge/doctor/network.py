@@ -84,6 +84,9 @@ def _net_problem(exc: BaseException, what: str) -> tuple[str, str]:
 async def check_server(doctor: Doctor, config: Config, secrets_ok: bool) -> None:
     from ..tls import new_client_context
 
+    if config.server is None:
+        doctor.add("server", "skip", "no [server]: this device only publishes ([publish])")
+        return
     server = config.server
     http_url = server.api_url or _http_url_for(server.ws_url)
     try:
@@ -139,10 +142,10 @@ async def _http_probe(doctor: Doctor, url: str, ssl_context: Any) -> tuple[str, 
 async def _token(doctor: Doctor, config: Config, details: list[str]) -> str | None:
     from ..signaling.tokens import CredentialsRejected, LoginTokenSource, TokenUnavailable
 
-    auth = config.auth
+    server, auth, _room = config.glimpse
     if auth.token_file is not None:
         return read_secret_file(auth.token_file)  # checked readable already
-    source = LoginTokenSource(config.server, auth)
+    source = LoginTokenSource(server, auth)
     try:
         with trio.fail_after(doctor.timeout + 1):
             token = await source.get()
@@ -151,10 +154,10 @@ async def _token(doctor: Doctor, config: Config, details: list[str]) -> str | No
                    "check auth.username and the password in auth.password_file", details)
         return None
     except (TokenUnavailable, trio.TooSlowError) as exc:
-        summary, fix = _net_problem(exc, f"login at {config.server.api_url}")
+        summary, fix = _net_problem(exc, f"login at {server.api_url}")
         doctor.add("server", "fail", summary, fix, details)
         return None
-    details.append(f"login: {auth.username!r} logged in at {config.server.api_url}")
+    details.append(f"login: {auth.username!r} logged in at {server.api_url}")
     return token
 
 
@@ -227,7 +230,7 @@ async def _ws_authenticate(doctor: Doctor, url: str, token: str,
 def check_token(doctor: Doctor, config: Config) -> None:
     from ..signaling.tokens import token_expiry
 
-    if doctor.token is None:
+    if doctor.token is None or config.auth is None:
         doctor.add("token", "skip", "no token was obtained (see server)")
         return
     exp = token_expiry(doctor.token)

@@ -9,8 +9,10 @@ import json
 import math
 import os
 import pickle
+import re
 import tempfile
 import tomllib
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -623,6 +625,9 @@ def _documented_keys(tp: Any, prefix: str) -> set[str]:
         inner = field.type
         while typing.get_origin(inner) is typing.Annotated:
             inner = typing.get_args(inner)[0]
+        args = [a for a in typing.get_args(inner) if a is not type(None)]
+        if isinstance(inner, types.UnionType) and len(args) == 1:
+            inner = args[0]  # an optional table ([server] | None)
         name = f"{prefix}{field.name}"
         if typing.get_origin(inner) is tuple and typing.get_args(inner)[0] is IceServer:
             keys.add(name)
@@ -649,9 +654,34 @@ def _keys_in(doc: Any, prefix: str = "") -> set[str]:
     return keys
 
 
+def _commented_table(text: str, table: str) -> dict[str, Any]:
+    """A table the example shows commented out (setting it turns it on): its
+    ``# key = value`` lines from ``# [table]`` to the next table."""
+    lines = text.splitlines()
+    start = lines.index(f"# [{table}]")
+    keep = [f"[{table}]"]
+    for line in lines[start + 1:]:
+        if line.startswith("["):
+            break
+        if re.fullmatch(r"# \w+ = .*", line):
+            keep.append(line[2:])
+    return tomllib.loads("\n".join(keep))
+
+
 def test_example_file_lists_every_key() -> None:
-    doc = tomllib.loads(EXAMPLE.read_text())
+    text = EXAMPLE.read_text()
+    doc = tomllib.loads(text) | _commented_table(text, "publish")
     assert _keys_in(doc) == _documented_keys(Config, "")
+
+
+def test_example_publish_values_are_the_defaults(tmp_path: Path) -> None:
+    shown = _commented_table(EXAMPLE.read_text(), "publish")["publish"]
+    config = load_config(write(tmp_path / "config.toml", "[publish]\n" + "\n".join(
+        f"{k} = {_toml_value(v)}" for k, v in shown.items() if not k.endswith("_file"))))
+    assert config.publish is not None
+    for key, value in shown.items():
+        if key not in ("whip_url", "token_file", "ca_file"):
+            assert getattr(config.publish, key) == value, key
 
 
 # --------------------------------------------------------------------------- misc
@@ -760,3 +790,101 @@ def test_nul_in_a_path_is_a_config_error(main: Path) -> None:
 def test_absurd_nesting_is_a_config_error(main: Path) -> None:
     dropin(main, "10.toml", "x = " + "[" * 20000 + "]" * 20000 + "\n")
     assert load_error(main).file is not None
+
+
+# -- [publish] (issue 17) ---------------------------------------------------------
+
+PUBLISH_ONLY = """
+[publish]
+whip_url = "https://sfu.example.com/whip/endpoint/lobby"
+token_file = "whip-token"
+"""
+
+
+def test_publish_only_needs_no_room(tmp_path: Path) -> None:
+    main = write(tmp_path / "config.toml", PUBLISH_ONLY)
+    config = load_config(main)
+    assert config.room is None and config.server is None and config.auth is None
+    assert not config.joins_room
+    assert config.publish is not None
+    assert config.publish.token_file == tmp_path / "whip-token"  # relative to the file
+    assert (config.publish.tier, config.publish.audio) == (0, True)
+    with pytest.raises(LookupError):
+        _ = config.glimpse
+
+
+def test_publish_beside_a_room(main: Path) -> None:
+    write(main, MINIMAL + PUBLISH_ONLY)
+    config = load_config(main)
+    assert config.joins_room and config.publish is not None
+    assert config.glimpse.room.id == "lobby"
+    assert load_config(write(main, MINIMAL)).publish is None
+
+
+@pytest.mark.parametrize(("text", "key", "reason"), [
+    ('whip_url = "http://sfu.example.com/whip"', "publish.whip_url", "must be https://"),
+    ('whip_url = "ftp://sfu.example.com/whip"', "publish.whip_url", "http:// or https://"),
+    ('whip_url = ""', "publish.whip_url", "must be set"),
+    ('whip_url = "https://sfu.example.com/w#x"', "publish.whip_url", "fragment"),
+    ('whip_url = "https://x.example"\ntier = 9', "publish.tier", "<= 3"),
+    ('whip_url = "https://x.example"\ntier = 2', "publish.tier", "not one of the 2"),
+    ('whip_url = "https://x.example"\nreconnect_min = 9\nreconnect_max = 2',
+     "publish.reconnect_min", "must not exceed"),
+    ('whip_url = "https://x.example"\naudio = "yes"', "publish.audio", "true or false"),
+    ('whip_url = "https://x.example"\nwhip = 1', "publish.whip", "unknown key"),
+    ("tier = 1", "publish.whip_url", "required"),
+])
+def test_publish_errors(tmp_path: Path, text: str, key: str, reason: str) -> None:
+    main = write(tmp_path / "config.toml", f"[publish]\n{text}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(main)
+    problems = {(e.key, e.reason) for e in caught.value.errors}
+    assert any(k == key and reason in r for k, r in problems), problems
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:7080/whip/endpoint/x",
+                                 "http://localhost:8889/cam/whip", "http://[::1]/whip"])
+def test_plain_http_to_this_machine_is_fine(tmp_path: Path, url: str) -> None:
+    main = write(tmp_path / "config.toml", f'[publish]\nwhip_url = "{url}"\n')
+    assert load_config(main).publish is not None
+
+
+def test_plain_http_elsewhere_when_asked_for(tmp_path: Path) -> None:
+    main = write(tmp_path / "config.toml",
+                 '[publish]\nwhip_url = "http://mediamtx.lan:8889/cam/whip"\nallow_http = true\n')
+    assert load_config(main).publish is not None
+
+
+def test_publish_audio_needs_an_audio_source(tmp_path: Path) -> None:
+    main = write(tmp_path / "config.toml", PUBLISH_ONLY + '[audio]\nsource = "none"\n')
+    with pytest.raises(ConfigError, match=r"publish\.audio"):
+        load_config(main)
+    write(main, PUBLISH_ONLY + 'audio = false\n[audio]\nsource = "none"\n')
+    assert load_config(main).publish is not None
+
+
+def test_a_half_room_beside_publish_is_still_an_error(tmp_path: Path) -> None:
+    main = write(tmp_path / "config.toml", PUBLISH_ONLY + '[room]\nid = "r"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(main)
+    assert {e.key for e in caught.value.errors} >= {"server.ws_url", "auth"}
+
+
+def test_nothing_to_do_names_room_and_publish(tmp_path: Path) -> None:
+    main = write(tmp_path / "config.toml", "[video]\nwidth = 640\nheight = 360\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(main)
+    assert "room.id" in {e.key for e in caught.value.errors}
+    with pytest.raises(ValueError, match=r"\[publish\]"):
+        Config()
+
+
+def test_the_publish_token_is_a_checked_secret(tmp_path: Path) -> None:
+    main = write(tmp_path / "config.toml", PUBLISH_ONLY)
+    write(tmp_path / "whip-token", "key\n", mode=0o644)
+    with pytest.raises(SecretFileError) as caught:
+        check_secrets(load_config(main))
+    assert caught.value.errors[0].key == "publish.token_file"
+    assert "chmod 600" in str(caught.value)
+    (tmp_path / "whip-token").chmod(0o600)
+    check_secrets(load_config(main))

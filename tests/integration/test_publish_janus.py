@@ -1,0 +1,182 @@
+"""Publishing over WHIP into a real SFU (issue 17): Janus's VideoRoom behind
+simple-whip-server, both started by the test (tests/support/janus.py).
+
+The agent runs as a pure publisher (no [room]); an aiortc subscriber joins
+the VideoRoom through Janus's own HTTP API and must decode the agent's
+video and audio. Then the failure paths: a bad token, Janus restarted
+mid-stream, DELETE on reload and on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+import trio
+import trio_asyncio
+from support import janus
+from support.agent import AgentProcess, write_secret
+from trio_asyncio import aio_as_trio
+
+pytestmark = pytest.mark.skipif(janus.unavailable() is not None,
+                                reason=janus.unavailable() or "")
+
+MEDIA = """
+[video]
+source = "testpattern"
+width = 640
+height = 360
+framerate = 30
+codec = "h264"
+max_bitrate = 800000
+
+[audio]
+source = "tone"
+"""
+
+
+def publisher_config(directory: Path, whip_url: str, token: str | None, *,
+                     extra: str = "") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    token_line = ""
+    if token is not None:
+        token_line = f'token_file = "{write_secret(directory / "whip-token", token)}"\n'
+    path = directory / "config.toml"
+    path.write_text(
+        f'[publish]\nwhip_url = "{whip_url}"\n{token_line}'
+        "reconnect_min = 0.2\nreconnect_max = 1.5\nrequest_timeout = 5.0\n"
+        "connect_timeout = 8.0\nauth_retry = 60.0\n"
+        f"{extra}\n"
+        "[ice]\nservers = []\n\n"
+        '[observe]\nlisten = ""\n\n'
+        '[log]\nlevel = "debug"\nformat = "json"\n' + MEDIA)
+    return path
+
+
+@pytest.fixture
+def sfu(tmp_path: Path):  # type: ignore[no-untyped-def]
+    s = janus.JanusSfu(tmp_path / "sfu")
+    (tmp_path / "sfu").mkdir()
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+async def wait_publisher(sfu: janus.JanusSfu, timeout: float = 15.0) -> int:
+    """The VideoRoom publisher's id, once there is one."""
+    with trio.fail_after(timeout):
+        while True:
+            found = await trio.to_thread.run_sync(sfu.publishers)
+            if found:
+                return int(found[0]["id"])
+            await trio.sleep(0.2)
+
+
+async def subscribe(sfu: janus.JanusSfu, feed: int, seconds: float = 10.0,
+                    frames: int = 30) -> dict[str, int]:
+    async with trio_asyncio.open_loop():
+        return await aio_as_trio(janus.subscribe_and_count)(sfu.janus_url, feed, seconds,
+                                                            frames)
+
+
+@pytest.mark.timeout(90)
+async def test_the_agent_publishes_and_a_janus_subscriber_decodes_video_and_audio(
+        tmp_path: Path, sfu: janus.JanusSfu) -> None:
+    agent = AgentProcess(publisher_config(tmp_path / "agent", sfu.endpoint_url, sfu.token))
+    async with trio.open_nursery() as nursery:
+        t0 = trio.current_time()
+        await agent.start(nursery)
+        connected = await agent.wait_for("publish.connected", timeout=20)
+        feed = await wait_publisher(sfu)
+        counts = await subscribe(sfu, feed)
+        print(f"agent start -> publish.connected {connected['_t'] - t0:.2f} s; "
+              f"subscriber: {counts}")
+        assert counts["video"] >= 30, counts
+        assert counts["audio"] >= 10, counts
+        assert not agent.find("publish.session_ended")
+        agent.signal(signal.SIGTERM)
+        assert await agent.wait_exit(10) == 0
+        nursery.cancel_scope.cancel()
+    assert agent.find("publish.deleted", reason="stopped"), "no DELETE on SIGTERM"
+    with trio.fail_after(5):
+        while True:
+            if sfu.deletes() >= 1:  # the server saw it (its log may lag a little)
+                break
+            await trio.sleep(0.1)
+    assert not await trio.to_thread.run_sync(sfu.publishers)
+
+
+@pytest.mark.timeout(60)
+async def test_a_refused_token_is_a_clear_error_and_no_retry_storm(
+        tmp_path: Path, sfu: janus.JanusSfu) -> None:
+    config = publisher_config(tmp_path / "agent", sfu.endpoint_url, "not-the-token")
+    agent = AgentProcess(config)
+    async with trio.open_nursery() as nursery:
+        await agent.start(nursery)
+        failed = await agent.wait_for("publish.auth_failed", timeout=15)
+        assert failed["status"] == 403
+        assert sfu.endpoint_url in failed["error"] or "/whip/endpoint/" in failed["error"]
+        assert "not-the-token" not in "\n".join(agent.raw_lines)
+        await trio.sleep(4)
+        assert len(agent.find("publish.auth_failed")) == 1, "retried a refused token"
+        # a new token file is picked up without waiting out auth_retry
+        write_secret(tmp_path / "agent" / "whip-token", sfu.token or "")
+        await agent.wait_for("publish.connected", timeout=15)
+        agent.signal(signal.SIGTERM)
+        assert await agent.wait_exit(10) == 0
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.timeout(90)
+async def test_a_reload_deletes_the_session_and_publishes_again(
+        tmp_path: Path, sfu: janus.JanusSfu) -> None:
+    config = publisher_config(tmp_path / "agent", sfu.endpoint_url, sfu.token)
+    agent = AgentProcess(config)
+    async with trio.open_nursery() as nursery:
+        await agent.start(nursery)
+        await agent.wait_for("publish.connected", timeout=20)
+        mark, before = len(agent.events), sfu.deletes()
+        config.write_text(config.read_text().replace("[publish]\n",
+                                                     "[publish]\naudio = false\n"))
+        agent.signal(signal.SIGHUP)
+        await agent.wait_for("publish.deleted", since=mark, timeout=10)
+        await agent.wait_for("publish.connected", since=mark, timeout=20)
+        negotiated = await agent.wait_for("publish.negotiated", since=mark, timeout=5)
+        assert negotiated["audio"] is None
+        assert sfu.deletes() > before, "the server saw no DELETE on reload"
+        feed = await wait_publisher(sfu)
+        counts = await subscribe(sfu, feed, frames=10)
+        assert counts["video"] >= 10, counts
+        agent.signal(signal.SIGTERM)
+        assert await agent.wait_exit(10) == 0
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.timeout(120)
+async def test_janus_restarted_mid_stream_is_published_to_again(
+        tmp_path: Path, sfu: janus.JanusSfu) -> None:
+    agent = AgentProcess(publisher_config(tmp_path / "agent", sfu.endpoint_url, sfu.token))
+    async with trio.open_nursery() as nursery:
+        await agent.start(nursery)
+        await agent.wait_for("publish.connected", timeout=20)
+        feed = await wait_publisher(sfu)
+        assert (await subscribe(sfu, feed, frames=10))["video"] >= 10
+        mark = len(agent.events)
+        await trio.to_thread.run_sync(sfu.stop_janus)
+        await agent.wait_for("publish.session_ended", since=mark, timeout=15)
+        await trio.sleep(2)
+        await trio.to_thread.run_sync(sfu.start_janus)
+        back = trio.current_time()
+        feed = await wait_publisher(sfu, timeout=20)
+        counts = await subscribe(sfu, feed, frames=10)
+        took = trio.current_time() - back
+        print(f"Janus back -> subscriber decoded {counts['video']} frames; "
+              f"{took:.2f} s after Janus was back")
+        assert counts["video"] >= 10, counts
+        assert took < 5.0 + 3.0, took  # 5 s to decode; the subscription's own set-up
+        agent.signal(signal.SIGTERM)
+        assert await agent.wait_exit(10) == 0
+        nursery.cancel_scope.cancel()
