@@ -36,7 +36,8 @@ from .systemd import Notifier, feed_watchdog, watchdog_interval
 if TYPE_CHECKING:
     from .display.state import DisplayState
     from .media.playback import Speaker
-    from .publish.publisher import Publisher, PublishState
+    from .publish.publisher import Publisher
+    from .publish.state import PublishState
     from .rtc.uplink import UplinkState
 
 log = structlog.get_logger(__name__)

@@ -29,6 +29,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from ..publish.state import PUBLISH_PHASES
 from .peerstats import PeerStatsSampler
 from .state import AUDIO_TIER, AgentState, read_state
 from .view import AgentView
@@ -70,6 +71,7 @@ def families(state: AgentState) -> Iterator[Metric]:
     yield from _agent(state)
     yield from _signaling(state)
     yield from _peers(state)
+    yield from _publish(state)
     yield from _media(state)
     yield from _tasks(state)
     yield from _runtime(state)
@@ -260,6 +262,37 @@ def _peers(agent: AgentState) -> Iterator[Metric]:
     yield from (state, tier, restarts, estimate, stats_up, bitrate, sent_bytes, sent_packets,
                 frames, dropped, rtt, loss, lost, jitter, keyframe_requests,
                 keyframe_coalesced, *pacing)
+
+
+def _publish(agent: AgentState) -> Iterator[Metric]:
+    """The WHIP publisher's session (nothing while [publish] is unset)."""
+    pub = agent.publish
+    if pub is None:
+        return
+    state = GaugeMetricFamily("glimpse_edge_publish_state",
+                              "The WHIP session's state (1 for the current one).",
+                              labels=("state", "url"))
+    for phase in PUBLISH_PHASES:
+        state.add_metric((phase, pub.url), 1.0 if phase == pub.state else 0.0)
+    yield state
+    if pub.bitrate_bps is not None:
+        yield GaugeMetricFamily("glimpse_edge_publish_sent_bps",
+                                "What the WHIP session sends (video and audio payload).",
+                                value=pub.bitrate_bps)
+    if pub.estimate_bps is not None:
+        yield GaugeMetricFamily("glimpse_edge_publish_estimate_bps",
+                                "The path to the SFU as its RTCP (REMB, reports) shows it.",
+                                value=pub.estimate_bps)
+    if pub.rtt_ms is not None:
+        yield GaugeMetricFamily("glimpse_edge_publish_rtt_seconds",
+                                "Round trip to the SFU (its receiver reports).",
+                                value=pub.rtt_ms / 1000)
+    yield CounterMetricFamily("glimpse_edge_publish_reconnects",
+                              "WHIP sessions started again after a failure or a reload.",
+                              value=pub.reconnects)
+    yield CounterMetricFamily("glimpse_edge_publish_sessions",
+                              "WHIP sessions the server accepted (201 Created).",
+                              value=pub.sessions)
 
 
 def _media(agent: AgentState) -> Iterator[Metric]:

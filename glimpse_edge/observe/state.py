@@ -26,6 +26,7 @@ from .peerstats import FanoutCounts, PeerStats, fanout_counts, sending_codecs
 from .view import AgentView
 
 if TYPE_CHECKING:
+    from ..publish.state import PublishState
     from ..rtc.pacer import PacingState
     from ..rtc.uplink import UplinkState
 
@@ -122,6 +123,7 @@ class AgentState:
     peers: tuple[PeerState, ...]
     peers_refused: int
     uplink: UplinkState | None
+    publish: PublishState | None  # the WHIP session (None: [publish] unset)
     has_hub: bool
     sources: tuple[SourceState, ...]  # video, audio
     encoders: tuple[EncoderState, ...]
@@ -179,6 +181,7 @@ def read_state(agent: AgentView, peer_stats: Mapping[str, PeerStats]) -> AgentSt
         ),
         peers_refused=agent.peers_refused,
         uplink=agent.uplink,
+        publish=agent.publish,
         has_hub=hub is not None,
         sources=_sources(agent, health),
         encoders=tuple(

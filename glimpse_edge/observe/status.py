@@ -82,6 +82,12 @@ def status_document(state: AgentState) -> dict[str, Any]:
             "estimate_bps": up.estimate_bps, "congested": up.congested,
             "episodes": up.episodes, "peers": up.peers, "sent_bps": up.sent_bps,
             "shares_bps": dict(up.shares)},
+        "publish": None if (pub := state.publish) is None else {
+            "url": pub.url, "state": pub.state, "since": iso(pub.since), "codec": pub.codec,
+            "tier": pub.tier, "bitrate_bps": pub.bitrate_bps,
+            "estimate_bps": pub.estimate_bps, "rtt_ms": pub.rtt_ms,
+            "reconnects": pub.reconnects, "sessions": pub.sessions,
+            "last_error": pub.last_error, "resource": pub.resource},
         "participants": _participants(state),
         "sources": _sources(state),
         "encoders": _encoders(state),

@@ -98,13 +98,17 @@ def render(status: dict[str, Any]) -> str:
         lines.append(f"            last reload refused: {config['reload_error']}")
     sig = status.get("signaling") or {}
     connects = sig.get("connects", 0)
-    lines.append(f"signaling   {sig.get('state', '?')}: {sig.get('detail') or '-'} "
-                 f"({connects} connect{'' if connects == 1 else 's'} to {sig.get('server', '?')})")
-    room = status.get("room") or {}
-    name = f"{room['name']} ({room.get('id')})" if room.get("name") else room.get("id", "?")
-    lines.append(f"room        {name}: {'joined' if room.get('joined') else 'not joined'}, "
-                 f"{room.get('participants', 0)} other participant"
-                 f"{'' if room.get('participants') == 1 else 's'}")
+    if sig.get("state") == "off":  # no [room]: the device only publishes
+        lines.append("room        none (only publishes)")
+    else:
+        lines.append(f"signaling   {sig.get('state', '?')}: {sig.get('detail') or '-'} "
+                     f"({connects} connect{'' if connects == 1 else 's'} to "
+                     f"{sig.get('server', '?')})")
+        room = status.get("room") or {}
+        name = f"{room['name']} ({room.get('id')})" if room.get("name") else room.get("id", "?")
+        lines.append(f"room        {name}: {'joined' if room.get('joined') else 'not joined'}, "
+                     f"{room.get('participants', 0)} other participant"
+                     f"{'' if room.get('participants') == 1 else 's'}")
 
     uplink = status.get("uplink")
     if uplink:
@@ -115,6 +119,20 @@ def render(status: dict[str, Any]) -> str:
                      + (", congested" if uplink.get("congested") else "")
                      + f" ({uplink.get('episodes', 0)} episode"
                      + f"{'' if uplink.get('episodes') == 1 else 's'})")
+    publish = status.get("publish")
+    if publish:
+        n = publish.get("reconnects", 0)
+        rtt = publish.get("rtt_ms")
+        lines.append(f"publish     {publish.get('state', '?')} to {publish.get('url', '?')}"
+                     + (f" ({publish['codec']} {publish.get('tier') or ''})".replace(" )", ")")
+                        if publish.get("codec") else "")
+                     + f": sending {kbits(publish.get('bitrate_bps'))} kbit/s"
+                     + (f", estimate {kbits(publish['estimate_bps'])} kbit/s"
+                        if publish.get("estimate_bps") is not None else "")
+                     + (f", RTT {rtt:.0f} ms" if rtt is not None else "")
+                     + f", {n} reconnect{'' if n == 1 else 's'}")
+        if publish.get("last_error"):
+            lines.append(f"            last error: {publish['last_error']}")
     people = status.get("participants") or []
     lines.append("")
     if people:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from aiortc import RTCPeerConnection
 
     from ..config import Config, VideoConfig
+    from ..publish.state import PublishState
     from ..room import Participant
     from ..rtc.pacer import PacingState
     from ..rtc.uplink import UplinkState
@@ -227,6 +228,10 @@ class AgentView(Protocol):
     @property
     def uplink(self) -> UplinkState | None:
         """The shared uplink estimate (rtc/uplink.py); None without a peer manager."""
+
+    @property
+    def publish(self) -> PublishState | None:
+        """The WHIP publisher's session (publish/state.py); None while [publish] is unset."""
 
     @property
     def peers_refused(self) -> int:

@@ -7,5 +7,6 @@ One concept per module:
   pure of media;
 * :mod:`.publisher`: :class:`~.publisher.Publisher`, the session: one
   RTCPeerConnection fed by the hub's shared encoding of the configured tier,
-  re-published with back-off when it fails.
+  re-published with back-off when it fails;
+* :mod:`.state`: :class:`~.state.PublishState`, what observe shows of it.
 """

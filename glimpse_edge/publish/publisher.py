@@ -37,9 +37,8 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
@@ -56,6 +55,7 @@ from ..rtc.peer import codec_preferences
 from ..rtc.sdp import negotiated_codecs
 from ..rtc.tracks import PacketTrack
 from ..supervise import Backoff, HealthRegistry, RestartPolicy, RestartTracker
+from .state import PublishPhase, PublishState
 from .whip import LinkIceServer, WhipAuthError, WhipClient, WhipError, WhipSession, redact
 
 if TYPE_CHECKING:
@@ -74,28 +74,8 @@ CLOSE_TIMEOUT = 2.0
 STOP_DELETE_TIMEOUT = 3.0
 # How often a refused token's file is looked at for a new one.
 TOKEN_POLL = 1.0
-
-PublishPhase = Literal["starting", "connecting", "publishing", "retrying", "auth_failed",
-                       "stopped"]
-
-
-@dataclass(frozen=True)
-class PublishState:
-    """What observe shows of the WHIP session (a copy, taken per request)."""
-
-    url: str  # without query or user info
-    state: PublishPhase
-    since: float  # wall clock of the last state change
-    codec: str | None
-    tier: str | None  # "WIDTHxHEIGHT"
-    bitrate_bps: int | None  # video + audio payload sent, over the last few seconds
-    estimate_bps: int | None  # what the SFU's reports say the path carries
-    rtt_ms: float | None
-    reconnects: int  # sessions after the first
-    sessions: int  # POSTs answered with 201
-    last_error: str | None
-    resource: str | None
-
+# The sending rate shown is over this long (sampled once a second).
+RATE_WINDOW = 5.0
 
 class _Ended(Exception):
     """The session's connection ended (failed, closed, went silent)."""
@@ -159,15 +139,22 @@ class Publisher:
             return 0
         return conn.released_bytes + sum(q.bytes_delivered for _s, q in conn.subscriptions)
 
-    def _bitrate(self) -> int | None:
+    def _sample(self) -> None:
+        """Note the bytes sent so far (the session's task does, once a second)."""
         now = time.monotonic()
         sent = self._bytes_sent()
-        self._rate = [(t, b) for t, b in self._rate if now - t <= 5.0 and b <= sent]
+        self._rate = [(t, b) for t, b in self._rate if now - t <= RATE_WINDOW and b <= sent]
         self._rate.append((now, sent))
+
+    def _bitrate(self) -> int | None:
+        """Bits a second sent over the last :data:`RATE_WINDOW` (None: too early)."""
+        if self._conn is None or not self._rate:
+            return None
+        now = time.monotonic()
         t0, b0 = self._rate[0]
         if now - t0 < 0.5:
             return None
-        return int((sent - b0) * 8 / (now - t0))
+        return int((self._bytes_sent() - b0) * 8 / (now - t0))
 
     def _set_phase(self, phase: PublishPhase, error: str | None = None) -> None:
         if phase != self.phase:
@@ -353,7 +340,8 @@ class Publisher:
                 if timeout <= 0:
                     raise _Ended(f"not connected within {self.config.connect_timeout:g} s "
                                  f"(ICE/DTLS to the SFU)")
-            with trio.move_on_after(timeout):
+            self._sample()
+            with trio.move_on_after(min(timeout, 1.0)):
                 event = await events.receive()
                 if isinstance(event, PcStateChanged):
                     if event.state == "connected" and conn.state != "connected":

@@ -10,8 +10,10 @@ mid-stream, DELETE on reload and on SIGTERM.
 from __future__ import annotations
 
 import signal
+import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 import trio_asyncio
@@ -37,7 +39,7 @@ source = "tone"
 
 
 def publisher_config(directory: Path, whip_url: str, token: str | None, *,
-                     extra: str = "") -> Path:
+                     extra: str = "", observe: str = "") -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     token_line = ""
     if token is not None:
@@ -49,7 +51,7 @@ def publisher_config(directory: Path, whip_url: str, token: str | None, *,
         "connect_timeout = 8.0\nauth_retry = 60.0\n"
         f"{extra}\n"
         "[ice]\nservers = []\n\n"
-        '[observe]\nlisten = ""\n\n'
+        f'[observe]\nlisten = "{observe}"\n\n'
         '[log]\nlevel = "debug"\nformat = "json"\n' + MEDIA)
     return path
 
@@ -85,7 +87,9 @@ async def subscribe(sfu: janus.JanusSfu, feed: int, seconds: float = 10.0,
 @pytest.mark.timeout(90)
 async def test_the_agent_publishes_and_a_janus_subscriber_decodes_video_and_audio(
         tmp_path: Path, sfu: janus.JanusSfu) -> None:
-    agent = AgentProcess(publisher_config(tmp_path / "agent", sfu.endpoint_url, sfu.token))
+    observe = f"127.0.0.1:{janus.free_port()}"
+    agent = AgentProcess(publisher_config(tmp_path / "agent", sfu.endpoint_url, sfu.token,
+                                          observe=observe))
     async with trio.open_nursery() as nursery:
         t0 = trio.current_time()
         await agent.start(nursery)
@@ -97,6 +101,23 @@ async def test_the_agent_publishes_and_a_janus_subscriber_decodes_video_and_audi
         assert counts["video"] >= 30, counts
         assert counts["audio"] >= 10, counts
         assert not agent.find("publish.session_ended")
+        # observability: /status, /metrics and `glimpse-edge status`
+        async with httpx.AsyncClient(base_url=f"http://{observe}", trust_env=False) as http:
+            status = (await http.get("/status")).json()
+            metrics = (await http.get("/metrics")).text
+        publish = status["publish"]
+        assert publish["state"] == "publishing" and publish["codec"] == "h264"
+        assert publish["tier"] == "640x360" and publish["sessions"] == 1
+        assert publish["bitrate_bps"] and publish["bitrate_bps"] > 50_000, publish
+        assert status["signaling"]["state"] == "off"
+        assert f'glimpse_edge_publish_state{{state="publishing",url="{sfu.endpoint_url}"}} 1.0' \
+            in metrics
+        shown = await trio.run_process(
+            [sys.executable, "-m", "glimpse_edge", "status", "--url", f"http://{observe}"],
+            capture_stdout=True, check=False)
+        print(shown.stdout.decode())
+        assert f"publish     publishing to {sfu.endpoint_url} (h264 640x360)" in (
+            shown.stdout.decode())
         agent.signal(signal.SIGTERM)
         assert await agent.wait_exit(10) == 0
         nursery.cancel_scope.cancel()

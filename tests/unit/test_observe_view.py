@@ -26,12 +26,14 @@ import glimpse_edge.observe
 from glimpse_edge.config import AuthConfig, Config, RoomConfig, ServerConfig, VideoConfig
 from glimpse_edge.media.source import EncodingStats
 from glimpse_edge.media.testpattern import TestPatternSource
+from glimpse_edge.observe.metrics import families
 from glimpse_edge.observe.peerstats import PeerStatsSampler
 from glimpse_edge.observe.server import create_app
 from glimpse_edge.observe.snapshot import Snapshotter
 from glimpse_edge.observe.state import read_state
 from glimpse_edge.observe.statusview import render
 from glimpse_edge.observe.view import AgentView
+from glimpse_edge.publish.state import PublishState
 from glimpse_edge.room import Participant
 from glimpse_edge.rtc.aio import open_aio_loop
 from glimpse_edge.rtc.pacer import PacingState
@@ -153,6 +155,7 @@ class StandIn:
     config_problem: str | None = None
     peers_refused: int = 0
     uplink: UplinkState | None = None
+    publish: PublishState | None = None
 
     def status_line(self) -> str:
         return "joined room Lobby with 2 participants"
@@ -372,3 +375,37 @@ def test_observe_does_not_import_the_agent(path: Path) -> None:
         elif isinstance(node, ast.Import):
             assert "glimpse_edge.agent" not in [a.name for a in node.names], (
                 f"observe/{path.name}:{node.lineno}")
+
+
+async def test_the_whip_session_in_metrics_status_and_the_table(tmp_path: Path) -> None:
+    view = stand_in(tmp_path)
+    view.publish = PublishState(
+        url="https://sfu.example/whip/endpoint/lobby", state="publishing", since=1e9,
+        codec="h264", tier="640x360", bitrate_bps=812_000, estimate_bps=1_200_000,
+        rtt_ms=21.5, reconnects=2, sessions=3, last_error="WHIP POST https://sfu.example"
+        "/whip/endpoint/lobby: 503 unavailable", resource="https://sfu.example/r/1")
+    app = create_app(view, PeerStatsSampler(), Snapshotter(lambda: view.hub))
+    async with open_aio_loop(), httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                                  base_url="http://observe") as http:
+        text = (await http.get("/metrics")).text
+        status = (await http.get("/status")).json()
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+    url = view.publish.url
+    assert value(samples, "glimpse_edge_publish_state", state="publishing", url=url) == 1
+    assert value(samples, "glimpse_edge_publish_state", state="retrying", url=url) == 0
+    assert value(samples, "glimpse_edge_publish_sent_bps") == 812_000
+    assert value(samples, "glimpse_edge_publish_rtt_seconds") == 0.0215
+    assert value(samples, "glimpse_edge_publish_reconnects_total") == 2
+    assert value(samples, "glimpse_edge_publish_sessions_total") == 3
+    assert status["publish"]["state"] == "publishing"
+    assert status["publish"]["bitrate_bps"] == 812_000 and status["publish"]["rtt_ms"] == 21.5
+    shown = render(status)
+    assert ("publish     publishing to https://sfu.example/whip/endpoint/lobby (h264 640x360): "
+            "sending 812.0 kbit/s, estimate 1200.0 kbit/s, RTT 22 ms, 2 reconnects") in shown
+    assert "last error: WHIP POST" in shown
+
+
+async def test_no_publish_table_no_publish_metrics(tmp_path: Path) -> None:
+    state = read_state(stand_in(tmp_path), {})
+    assert state.publish is None
+    assert not [f for f in families(state) if f.name.startswith("glimpse_edge_publish")]
