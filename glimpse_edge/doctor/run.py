@@ -13,6 +13,7 @@ from .host import agent_running, check_clock, check_service
 from .ice import check_ice
 from .media import check_camera, check_microphone
 from .network import check_server, check_token
+from .publish import check_publish
 from .report import Check, Status, exit_code, render
 
 __all__ = ["Doctor", "run_doctor"]
@@ -39,7 +40,8 @@ class Doctor:
     async def run(self) -> list[Check]:
         config = check_config(self)
         if config is None:
-            for name in ("secrets", "clock", "server", "token", "camera", "microphone", "ice"):
+            for name in ("secrets", "clock", "server", "token", "camera", "microphone", "ice",
+                         "publish"):
                 self.add(name, "skip", "the configuration must be valid first")
         else:
             secrets_ok = check_secret_files(self, config)
@@ -49,6 +51,7 @@ class Doctor:
             await check_camera(self, config)
             await check_microphone(self, config)
             await check_ice(self, config, secrets_ok)
+            await check_publish(self, config)
         check_service(self)
         return self.checks
 

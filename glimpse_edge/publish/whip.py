@@ -147,6 +147,16 @@ class WhipClient:
 
     # -- requests -----------------------------------------------------------------
 
+    async def probe(self) -> tuple[int, tuple[LinkIceServer, ...], frozenset[str]]:
+        """OPTIONS, as it answered: (status, Link ICE servers, allowed methods).
+
+        Publishes nothing (``glimpse-edge doctor``); raises WhipError when
+        there is no HTTP answer at all.
+        """
+        response, _body = await self._request("OPTIONS", self.endpoint, limit=16 * 1024)
+        return (response.status_code, parse_ice_links(response.headers.get_list("link")),
+                _allowed(response))
+
     async def options(self) -> tuple[tuple[LinkIceServer, ...], frozenset[str]]:
         """Ask for ICE servers before offering: (Link servers, allowed methods).
 

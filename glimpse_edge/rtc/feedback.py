@@ -59,6 +59,11 @@ __all__ = ["REMB_CATCH_UP", "PeerFeedback"]
 # After a move up a tier, a receiver's REMB needs this long beyond the tier's
 # trial to follow the new rate (it grows 8 % a second): see BandwidthEstimator.
 REMB_CATCH_UP = 6.0
+# After the shared uplink lets go of its limit, a browser's REMB still shows
+# the bottleneck: it fell to what got through and climbs back ~8 % a second
+# (51 -> 250 kbit/s in 30 s, seen with Chromium). For this long only a falling
+# REMB complains, as after a move up a tier.
+REMB_AFTER_UPLINK = 20.0
 # A PLI within this long (plus two round trips and the pacer's queue) after a
 # key frame was sent to the peer is answered by that key frame.
 KEYFRAME_WINDOW = 0.3
@@ -97,6 +102,7 @@ class PeerFeedback:
         self.bandwidth = BandwidthEstimator(*self._estimate_bounds())
         self._gate = ChangeGate()
         self._failed = False
+        self._uplink_limited = False  # the shared uplink limited us at the last report
         self._sent = RateMeter()
         self.tiers = TierSelector([t.bitrate for t in hub.tiers])
         self.uplink = uplink if uplink is not None else Uplink()
@@ -262,6 +268,9 @@ class PeerFeedback:
                     now, uplink.own_loss(self.peer_id, block.loss),
                     None if uplink.congested else rtt))
                 seen = True
+            if self._uplink_limited and not uplink.limited:  # the uplink let go
+                self.bandwidth.expect_rise(now, REMB_AFTER_UPLINK)
+            self._uplink_limited = uplink.limited
             remb = remb_bitrate(packet, ssrc)
             if remb is not None and uplink.limited:
                 # it follows the share the uplink gave, and after a shared
@@ -340,6 +349,7 @@ class PeerFeedback:
                 queue.demand_bps = budget
         if conn.pacer is not None:
             conn.pacer.set_target(self._pacing_target(conn, budget))
+            conn.pacer.rtt_s = self.bandwidth.rtt_s  # a packet is resent once per round trip
         if self.tiers.update(now, budget) is not None or self.tiers.tier != before:
             if self.tiers.tier < before:  # a try of the tier above: the REMB will lag
                 self.bandwidth.expect_rise(now, self.tiers.tuning.trial_window + REMB_CATCH_UP)

@@ -20,7 +20,12 @@ stays bounded.
 
 Retransmissions (a NACK's answer: a sequence number not newer than the
 last one sent) go at once, as libwebrtc's pacer sends them first, but are
-charged to the bucket, so new video yields to them.
+charged to the bucket, so new video yields to them. And, as libwebrtc's
+sender does, they are bounded: a packet is resent at most once per round
+trip (a browser repeats its NACK for a packet every ~RTT, up to ten times,
+and on a congested uplink each copy adds to the congestion), and resending
+takes at most half the target rate over a second. aiortc answers every NACK
+from its history, with neither bound; a retransmission over them is skipped.
 
 A packet that waited gets a new abs-send-time (aiortc stamps it before the
 send): a receiver's delay-based estimate must see when a packet really
@@ -30,6 +35,7 @@ left, or the pacer's own delay looks like a congested path.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -59,6 +65,11 @@ BURST_S: Final = 0.020
 # 5 ms steps too): one timer per step, not per packet.
 STEP_S: Final = 0.005
 MIN_RATE_BPS: Final = 200_000  # never slower than this (a key frame at the lowest rates)
+# Retransmission bounds (libwebrtc: once per RTT per packet, a rate limiter)
+RESEND_MIN_INTERVAL_S: Final = 0.05  # a packet resent again no sooner (or one RTT if longer)
+RESEND_SHARE: Final = 0.5  # resending takes at most this share of the target rate...
+RESEND_WINDOW_S: Final = 1.0  # ...over this window
+_RESENT_KEEP: Final = 1024  # packets whose last resend is remembered
 ABS_SEND_TIME_URI: Final = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 NTP_EPOCH_OFFSET: Final = 2_208_988_800  # seconds from 1900 (NTP) to 1970 (Unix)
 _ONE_BYTE_PROFILE: Final = 0xBEDE
@@ -122,6 +133,7 @@ class PacerStats:
     packets: int = 0  # new video packets through the pacer
     delayed: int = 0  # ... of which waited
     retransmissions: int = 0  # NACK answers (sent at once, charged)
+    resends_skipped: int = 0  # NACK answers skipped (again within a round trip, or over budget)
     wait_s: float = 0.0  # total time packets waited
     wait_avg_s: float = 0.0  # running average of a packet's wait (recent packets)
     wait_max_s: float = 0.0  # the longest wait of a packet so far
@@ -160,6 +172,10 @@ class Pacer:
         self._clock = clock
         self._free_at = clock() - BURST_S  # idle: the burst credit is there
         self._last_sequence: dict[int, int] = {}
+        self.rtt_s: float | None = None  # the path's round trip, when known (set by feedback)
+        self._resent_at: dict[tuple[int, int], float] = {}  # (ssrc, seq) -> last resend
+        self._resend_window_start = -math.inf
+        self._resend_bytes = 0
 
     def set_target(self, target_bps: float) -> None:
         """Pace at :data:`PACING_FACTOR` x ``target_bps`` (the video's target rate)."""
@@ -183,20 +199,43 @@ class Pacer:
             return True
         return False
 
-    def admit(self, data: bytes) -> float:
+    def _may_resend(self, key: tuple[int, int], size: int, now: float) -> bool:
+        """Whether a retransmission of ``key`` fits the bounds (and book it if so)."""
+        last = self._resent_at.get(key)
+        if last is not None and now - last < max(RESEND_MIN_INTERVAL_S, self.rtt_s or 0.0):
+            return False
+        if now - self._resend_window_start >= RESEND_WINDOW_S:
+            self._resend_window_start, self._resend_bytes = now, 0
+        budget = RESEND_SHARE * self.rate_bps / PACING_FACTOR * RESEND_WINDOW_S / 8
+        if self._resend_bytes + size > budget:
+            return False
+        self._resend_bytes += size
+        self._resent_at.pop(key, None)
+        self._resent_at[key] = now
+        if len(self._resent_at) > _RESENT_KEEP:  # forget the oldest (insertion order)
+            del self._resent_at[next(iter(self._resent_at))]
+        return True
+
+    def admit(self, data: bytes) -> float | None:
         """Charge one packet to the bucket; how long it must wait before it goes (s).
 
-        Packets of other SSRCs (audio, RTX) and RTCP pass at once, free.
+        None: a retransmission over its bounds, not to be sent. Packets of
+        other SSRCs (audio, RTX) and RTCP pass at once, free.
         """
         ssrc = rtp_ssrc(data)
         if ssrc is None or ssrc not in self.ssrcs:
             return 0.0
         now = self._clock()
-        start = max(self._free_at, now - BURST_S)
-        self._free_at = start + len(data) * 8 / self.rate_bps
-        if not self._is_new(ssrc, rtp_sequence(data)):
+        sequence = rtp_sequence(data)
+        if not self._is_new(ssrc, sequence):
+            if not self._may_resend((ssrc, sequence), len(data), now):
+                self.stats.resends_skipped += 1
+                return None
+            self._free_at = max(self._free_at, now - BURST_S) + len(data) * 8 / self.rate_bps
             self.stats.retransmissions += 1
             return 0.0
+        start = max(self._free_at, now - BURST_S)
+        self._free_at = start + len(data) * 8 / self.rate_bps
         wait = start - now
         if wait < STEP_S:
             wait = 0.0
@@ -212,6 +251,8 @@ class Pacer:
     async def send(self, data: bytes, send: Callable[[bytes], Awaitable[None]]) -> None:
         """Send ``data`` with ``send`` once the bucket allows (from aiortc's sender task)."""
         wait = self.admit(data)
+        if wait is None:
+            return
         if wait > 0.0:
             await asyncio.sleep(wait)
             if self.abs_send_time_id is not None:

@@ -44,6 +44,8 @@ from dataclasses import dataclass, field, replace
 
 __all__ = ["PeerReport", "Uplink", "UplinkState", "UplinkTuning"]
 
+QUEUE_NOISE_S = 0.005  # a queue "drains" if it shrinks by more than this between two reports
+
 
 @dataclass(frozen=True)
 class UplinkTuning:
@@ -91,11 +93,23 @@ class PeerReport:
     wants_bps: int  # what the peer's own estimate says its link takes, on the wire
     audio_bps: int  # what its audio takes on the wire (0 without audio)
     floor_bps: int = 0  # the least we send it (audio and the lowest video rate), on the wire
+    queue_draining: bool = False  # the queue shrank since this peer's report before
 
     def congested(self, tuning: UplinkTuning) -> bool:
         """This report alone shows loss or a queue."""
         return self.loss >= tuning.congested_loss or (
             self.queue_s is not None and self.queue_s >= tuning.congested_queue)
+
+    def fresh(self, tuning: UplinkTuning) -> bool:
+        """This report shows the link overloaded now: loss, or a queue that is not draining.
+
+        A queue that shrinks is the last overload draining (RTT takes a
+        report or two to show it): decreasing on it cut a 1 Mbit/s uplink's
+        estimate to 690 kbit/s, sending 820 kbit/s without loss.
+        """
+        return self.loss >= tuning.congested_loss or (
+            self.queue_s is not None and self.queue_s >= tuning.congested_queue
+            and not self.queue_draining)
 
     def held(self, tuning: UplinkTuning) -> bool:
         """This report, or one within ``congested_hold`` before it, showed congestion."""
@@ -151,6 +165,8 @@ class Uplink:
         smooth = loss if last is None else a * loss + (1.0 - a) * last.smooth_loss
         new = PeerReport(now, -math.inf if last is None else last.congested_at, loss, smooth,
                          queue_s, sent_bps, wants_bps, audio_bps, floor_bps)
+        if last is not None and last.queue_s is not None and queue_s is not None:
+            new = replace(new, queue_draining=queue_s < last.queue_s - QUEUE_NOISE_S)
         if new.congested(self.tuning):
             new = replace(new, congested_at=now)
         self._reports[peer] = new
@@ -235,7 +251,7 @@ class Uplink:
         # the state holds through clear reports within the hold; a decrease
         # needs the peers' latest reports themselves to show the congestion
         shared = shared_by([r for r in live.values() if r.held(t)])
-        fresh = shared_by([r for r in live.values() if r.congested(t)])
+        fresh = shared_by([r for r in live.values() if r.fresh(t)])
         span = 0.0 if self._last_update is None else min(max(now - self._last_update, 0.0),
                                                          t.max_increase_span)
         self._last_update = now

@@ -229,3 +229,35 @@ async def test_the_agent_backs_off_from_a_server_that_answers_garbage(tmp_path: 
         agent.signal(signal.SIGTERM)
         assert await agent.wait_exit(10) == 0
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(("status", "expected", "summary"), [
+    ("204 No Content", "pass", "answers"),
+    ("401 Unauthorized", "fail", "refused the token (401)"),
+    ("404 Not Found", "fail", "does not exist"),
+    ("405 Method Not Allowed", "warn", "checked when publishing"),
+])
+async def test_doctor_asks_the_endpoint_without_publishing(
+        tmp_path: Path, status: str, expected: str, summary: str) -> None:
+    from glimpse_edge.config import load_config
+    from glimpse_edge.doctor.publish import check_publish
+    from glimpse_edge.doctor.run import Doctor
+
+    async def answer(stream: trio.SocketStream, request: bytes) -> None:
+        await stream.send_all(response(status, {
+            "Link": '<stun:stun.example.net>; rel="ice-server"'}))
+
+    server = Server(answer)
+    async with trio.open_nursery() as nursery:
+        await server.start(nursery)
+        token = write_secret(tmp_path / "whip-token", TOKEN)
+        config_path = tmp_path / "config.toml"
+        config_path.write_text(f'[publish]\nwhip_url = "{server.url}"\n'
+                               f'token_file = "{token}"\n')
+        doctor = Doctor(config_path, timeout=2)
+        await check_publish(doctor, load_config(config_path))
+        nursery.cancel_scope.cancel()
+    [check] = doctor.checks
+    assert (check.name, check.status) == ("publish", expected), check
+    assert summary in check.summary and TOKEN not in check.summary
+    assert [r.split(b" ", 1)[0] for r in server.requests] == [b"OPTIONS"]  # nothing published

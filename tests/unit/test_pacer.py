@@ -15,6 +15,9 @@ from glimpse_edge.rtc.pacer import (
     BURST_S,
     MIN_RATE_BPS,
     PACING_FACTOR,
+    RESEND_MIN_INTERVAL_S,
+    RESEND_SHARE,
+    RESEND_WINDOW_S,
     STEP_S,
     Pacer,
     abs_send_time_now,
@@ -95,6 +98,54 @@ def test_a_retransmission_goes_at_once_and_new_video_yields_to_it() -> None:
     assert p.admit(rtp(VIDEO, 1003)) == 0.0, "a NACK's answer is not held"
     assert p.stats.retransmissions == 1
     assert p.queue_delay_s == pytest.approx(backlog + 1200 * 8 / p.rate_bps)
+
+
+def test_a_packet_is_resent_at_most_once_per_round_trip() -> None:
+    """A browser repeats its NACK for a lost packet every round trip; on a
+    congested uplink each copy sent adds to the congestion."""
+    p, clock = pacer(400_000)
+    for n in range(1000, 1010):
+        p.admit(rtp(VIDEO, n))
+    p.rtt_s = 0.12
+    assert p.admit(rtp(VIDEO, 1003)) == 0.0
+    clock.now += 0.1  # the same NACK again, within the round trip
+    assert p.admit(rtp(VIDEO, 1003)) is None, "expected the second copy skipped"
+    assert p.admit(rtp(VIDEO, 1004)) == 0.0, "another packet is resent"
+    clock.now += 0.03
+    assert p.admit(rtp(VIDEO, 1003)) == 0.0, "a round trip later it may go again"
+    assert p.stats.retransmissions == 3 and p.stats.resends_skipped == 1
+    p.rtt_s = None  # no round trip known: the floor
+    assert p.admit(rtp(VIDEO, 1005)) == 0.0
+    clock.now += RESEND_MIN_INTERVAL_S / 2
+    assert p.admit(rtp(VIDEO, 1005)) is None
+
+
+def test_resending_takes_at_most_a_share_of_the_target_rate() -> None:
+    target = 400_000
+    p, clock = pacer(target)
+    for n in range(2000, 3000):
+        p.admit(rtp(VIDEO, n))
+    clock.now += 1.0
+    sent = [p.admit(rtp(VIDEO, n)) is not None for n in range(2000, 2100)]
+    budget = RESEND_SHARE * target * RESEND_WINDOW_S / 8
+    assert sum(sent) == int(budget // 1200), (
+        f"expected {int(budget // 1200)} resends within the budget, saw {sum(sent)}")
+    assert not any(sent[sum(sent):]), "past the budget, nothing more"
+    clock.now += RESEND_WINDOW_S  # a new window
+    assert p.admit(rtp(VIDEO, 2500)) == 0.0
+
+
+async def test_a_skipped_resend_is_not_sent() -> None:
+    p, _clock = pacer(400_000)
+    sent: list[bytes] = []
+
+    async def send(data: bytes) -> None:
+        sent.append(data)
+
+    await p.send(rtp(VIDEO, 10), send)
+    await p.send(rtp(VIDEO, 10), send)
+    await p.send(rtp(VIDEO, 10), send)
+    assert len(sent) == 2, f"expected the packet and one resend, saw {len(sent)} sends"
 
 
 def test_an_ordinary_frame_leaves_at_once_and_waits_come_in_steps() -> None:

@@ -279,3 +279,25 @@ def test_the_estimate_stops_at_what_the_peers_cannot_go_below() -> None:
                       wants_bps=TOP, audio_bps=AUDIO, floor_bps=floor)
     assert up.estimate_bps == pytest.approx(3 * floor), (
         f"expected the estimate held at the peers' floors ({3 * floor}), saw {up.estimate_bps}")
+
+
+def test_a_draining_queue_is_not_news_of_the_link() -> None:
+    """After an overload the queue in front of the link takes a while to empty,
+    and RTT shows it a report or two late: a shrinking queue is no reason to
+    cut, a queue that holds or grows is."""
+    t = UplinkTuning()
+    up = Uplink(t)
+    for peer in ("a", "b"):
+        report(up, peer, 0.0, loss=0.3, queue=0.15, sent=1_000_000)
+    estimate = up.estimate_bps
+    assert estimate is not None
+    now = 0.0
+    for queue in (0.12, 0.09, 0.06):  # we send the estimate; the queue drains
+        now += 1.5
+        for peer in ("a", "b"):
+            report(up, peer, now, queue=queue, sent=estimate / 2)
+    assert up.congested and up.estimate_bps == estimate, (
+        f"expected no cut while the queue drains, saw {up.estimate_bps} from {estimate}")
+    for peer in ("a", "b"):  # it grows again: the link is full
+        report(up, peer, now + 1.5, queue=0.09, sent=estimate / 2)
+    assert up.estimate_bps is not None and up.estimate_bps < estimate
