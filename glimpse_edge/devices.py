@@ -7,7 +7,11 @@ Three places a meeting-room device gets its picture and sound from:
   hardware;
 * V4L2 video devices (``/dev/video*``): USB webcams for ``video.source =
   "v4l2"``, and on a Pi the codec and ISP nodes, shown for what they are;
-* ALSA sound cards and capture PCMs (``audio.device``).
+* ALSA sound cards and capture PCMs (``audio.device``);
+
+and the decoders the kiosk display (``[display]``) would decode each
+participant's H.264 and VP8 with (display/decode.py's choice: the hardware
+``h264_v4l2m2m`` on a Pi 4 whose FFmpeg has it, software elsewhere).
 
 Nothing here opens a camera or a microphone: listing must work while the
 agent is running and holds them. Every part fails on its own (a missing
@@ -23,7 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["Inventory", "V4l2Device", "inventory", "list_v4l2_devices", "render"]
+__all__ = ["Inventory", "V4l2Device", "display_decoders", "inventory", "list_v4l2_devices",
+           "render"]
 
 # VIDIOC_QUERYCAP = _IOR('V', 0, struct v4l2_capability), 104 bytes
 VIDIOC_QUERYCAP: Final = 0x80685600
@@ -122,6 +127,9 @@ class Inventory:
     sound_cards: list[tuple[int, str]] = field(default_factory=list)
     capture_pcms: list[str] = field(default_factory=list)
     alsa_error: str | None = None
+    board: str | None = None  # /proc/device-tree/model, where there is one
+    # {"codec", "decoder" (None: none), "hardware", "reason", "note"} for h264 and vp8
+    display_decoders: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -176,12 +184,60 @@ def _sound(inv: Inventory) -> None:
         inv.alsa_error = f"cannot list capture devices: {exc}"
 
 
-def inventory() -> Inventory:
-    """Everything :func:`render` shows; each part fails on its own."""
+# The node h264_v4l2m2m opens on a Pi 4 (bcm2835-codec, /dev/video10).
+_HW_DECODE_NODE: Final = "bcm2835-codec-decode"
+
+
+def display_decoders(model: str | None, v4l2: list[V4l2Device]) -> list[dict[str, Any]]:
+    """The decoder the display would use per codec on board ``model``, and why.
+
+    A hardware choice whose device node is missing or cannot be opened gets a
+    ``note``: FFmpeg's wrapper would not open, and the display's decoder falls
+    back to software (``display.decoder.hardware_failed``).
+    """
+    from .display.decode import choose_decoder
+
+    found = []
+    for codec in ("h264", "vp8"):
+        try:
+            c = choose_decoder(codec, model)
+        except (RuntimeError, ValueError) as exc:
+            found.append({"codec": codec, "decoder": None, "hardware": False,
+                          "reason": str(exc), "note": ""})
+            continue
+        note = ""
+        if c.hardware:
+            nodes = [d for d in v4l2 if d.card == _HW_DECODE_NODE]
+            if not nodes:
+                note = (f"but no {_HW_DECODE_NODE} device (/dev/video10) is there: is the "
+                        "bcm2835-codec driver loaded? The display would fall back to software")
+            elif all(d.error for d in nodes):
+                note = (f"but {nodes[0].path} cannot be opened ({nodes[0].error}): the "
+                        "display would fall back to software; is the user in group video?")
+        found.append({"codec": codec, "decoder": c.decoder, "hardware": c.hardware,
+                      "reason": c.reason, "note": note})
+    return found
+
+
+def decoder_line(d: dict[str, Any]) -> str:
+    """``h264: h264_v4l2m2m — hardware (Raspberry Pi 4 ...)``, as describe_decoders says it."""
+    line = f"{d['codec']}: {d['decoder'] or 'none'} — {d['reason']}"
+    return line + (f"; {d['note']}" if d["note"] else "")
+
+
+def inventory(model: str | None = None) -> Inventory:
+    """Everything :func:`render` shows; each part fails on its own.
+
+    ``model``: the board's model (default: this board's, from the device tree).
+    """
+    from .display.decode import board_model
+
     inv = Inventory()
     _cameras(inv)
     inv.v4l2 = list_v4l2_devices()
     _sound(inv)
+    inv.board = board_model() if model is None else model
+    inv.display_decoders = display_decoders(inv.board, inv.v4l2)
     return inv
 
 
@@ -221,4 +277,8 @@ def render(inv: Inventory) -> str:
         if inv.capture_pcms and not inv.sound_cards:
             out.append("  (without a sound card these are software devices only: no "
                        "microphone)")
+    out.append("")
+    out.append(f"Display decoders ([display], each participant's video; board: "
+               f"{inv.board or 'no device-tree model'}):")
+    out.extend(f"  {decoder_line(d)}" for d in inv.display_decoders)
     return "\n".join(out)

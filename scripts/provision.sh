@@ -28,6 +28,8 @@ set -euo pipefail
 
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 USER_NAME=glimpse-edge
+# video: cameras, codecs and the display's /dev/dri/card*; audio: ALSA; render: the GPU's
+# /dev/dri/renderD*. Whether or not [display] is on: a reload can turn it on.
 GROUPS_WANTED=(video audio render)
 CONF_DIR=/etc/glimpse-edge
 STATE_DIR=/var/lib/glimpse-edge

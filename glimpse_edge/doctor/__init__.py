@@ -14,8 +14,10 @@ the reason, so the first FAIL is the thing to fix:
 5. ``token``      expiry of the token in use;
 6. ``camera``     the configured video source opens and delivers frames;
 7. ``microphone`` the configured ALSA device opens and delivers non-silent audio;
-8. ``ice``        every STUN/TURN server answers (TURN credentials tried);
-9. ``service``    the systemd unit's state, when systemd runs here.
+8. ``display``    the decoders the kiosk display would use (hardware H.264 on
+                  a Pi 4, software elsewhere); skipped, still named, when off;
+9. ``ice``        every STUN/TURN server answers (TURN credentials tried);
+10. ``service``   the systemd unit's state, when systemd runs here.
 
 A camera or microphone held by the running agent is expected, not a fault:
 when the service is active (or its status endpoint answers) a busy device is
@@ -25,6 +27,7 @@ The package, one module per concept: :mod:`.report` (:class:`Check`, the
 exit status, the checklist and its JSON), :mod:`.run` (:class:`Doctor`, the
 order of the checks), :mod:`.configuration` (config, secrets),
 :mod:`.network` (server, token), :mod:`.media` (camera, microphone),
+:mod:`.display` (the display's decoders),
 :mod:`.ice` (STUN/TURN), :mod:`.host` (clock, service). Each check imports
 what it probes (httpx, the media sources, numpy) only when it runs, so
 importing this package stays light.

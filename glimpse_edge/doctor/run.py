@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..config import Config
 from .configuration import check_config, check_secret_files
+from .display import check_display
 from .host import agent_running, check_clock, check_service
 from .ice import check_ice
 from .media import check_camera, check_microphone
@@ -50,6 +51,7 @@ class Doctor:
             check_token(self, config)
             await check_camera(self, config)
             await check_microphone(self, config)
+            check_display(self, config)
             await check_ice(self, config, secrets_ok)
             await check_publish(self, config)
         check_service(self)

@@ -229,3 +229,30 @@ def test_units_match_the_code() -> None:
     conf_dir = str(Path(DEFAULT_CONFIG).parent)
     assert f"PathChanged={conf_dir}\n" in path_unit
     assert f"PathChanged={conf_dir}/config.d\n" in path_unit
+
+
+def unit_values(text: str, key: str) -> list[str]:
+    """Every value of ``key`` in a unit file, in order (comments skipped)."""
+    return [line.split("=", 1)[1].strip() for line in text.splitlines()
+            if line.startswith(f"{key}=")]
+
+
+def test_unit_grants_what_the_kiosk_display_needs() -> None:
+    """The display (issue 16) needs no unit of its own: the one unit always grants it.
+
+    KMS/DRM is ``/dev/dri/card*`` and the GPU ``/dev/dri/renderD*`` (both the
+    ``drm`` character class, groups video and render); a Pi 4's H.264 decoder
+    is bcm2835-codec at ``/dev/video10..12`` (``video4linux``, group video).
+    Nothing opens the framebuffer or a tty, so neither is allowed.
+    """
+    service = (REPO / "systemd/glimpse-edge.service").read_text()
+    assert unit_values(service, "DevicePolicy") == ["closed"]
+    allowed = unit_values(service, "DeviceAllow")
+    for device in ("char-drm rw", "char-video4linux rw"):
+        assert device in allowed, allowed
+    assert not [d for d in allowed if "fb" in d or "tty" in d], allowed
+    groups = " ".join(unit_values(service, "SupplementaryGroups")).split()
+    assert {"video", "render"} <= set(groups), groups
+    script = PROVISION.read_text()
+    wanted = re.search(r"^GROUPS_WANTED=\((.*)\)$", script, re.M)
+    assert wanted and {"video", "render"} <= set(wanted[1].split()), wanted
