@@ -598,6 +598,13 @@ class Config(_Section, frozen=True, kw_only=True):
                 f"{'' if n == 1 else 's'} (0 is the best; see video.tiers)",
                 related=("video.tiers",),
             )
+        if self.publish is not None and self.video.encode != "shared":
+            raise _InvalidKey(
+                "video.encode",
+                'must be "shared" with [publish]: the published stream is one of the '
+                "shared encodings (per-peer encoding has none to send)",
+                related=("publish.whip_url",),
+            )
         if self.publish is not None and self.publish.audio and self.audio.source == "none":
             raise _InvalidKey(
                 "publish.audio",

@@ -888,3 +888,10 @@ def test_the_publish_token_is_a_checked_secret(tmp_path: Path) -> None:
     assert "chmod 600" in str(caught.value)
     (tmp_path / "whip-token").chmod(0o600)
     check_secrets(load_config(main))
+
+
+def test_publish_needs_the_shared_encoding(tmp_path: Path) -> None:
+    main = write(tmp_path / "config.toml", PUBLISH_ONLY + '[video]\nencode = "per-peer"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(main)
+    assert [e.key for e in caught.value.errors] == ["video.encode"]
