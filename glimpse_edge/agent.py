@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .media.playback import Speaker
     from .publish.publisher import Publisher
     from .publish.state import PublishState
+    from .rtc.uplink import Uplink as UplinkOfPeers
     from .rtc.uplink import UplinkState
 
 log = structlog.get_logger(__name__)
@@ -276,9 +277,14 @@ class Agent:
             return
         from .publish.publisher import Publisher
 
+        def shared_uplink() -> UplinkOfPeers | None:
+            peers = self.runner.peers if self.runner is not None else None
+            return peers.uplink if peers is not None else None
+
         publisher = self.publisher = Publisher(publish, self.hub, self.config.ice,
                                                health=self.health,
-                                               on_change=self._publish_status)
+                                               on_change=self._publish_status,
+                                               uplink=shared_uplink)
         scope, ended = trio.CancelScope(), trio.Event()
         self._publish_task = (scope, ended)
 

@@ -54,6 +54,7 @@ from ..rtc.manager import ice_servers as configured_ice_servers
 from ..rtc.peer import codec_preferences
 from ..rtc.sdp import negotiated_codecs
 from ..rtc.tracks import PacketTrack
+from ..rtc.uplink import Uplink
 from ..supervise import Backoff, HealthRegistry, RestartPolicy, RestartTracker
 from .state import PublishPhase, PublishState
 from .whip import LinkIceServer, WhipAuthError, WhipClient, WhipError, WhipSession, redact
@@ -86,12 +87,16 @@ class Publisher:
 
     def __init__(self, config: PublishConfig, hub: MediaHub, ice: IceConfig, *,
                  health: HealthRegistry | None = None,
-                 on_change: Callable[[], None] | None = None) -> None:
+                 on_change: Callable[[], None] | None = None,
+                 uplink: Callable[[], Uplink | None] | None = None) -> None:
+        """``uplink``: the peers' shared estimate of the device's upload, when there
+        are peers (the room's PeerManager); the publisher takes its share of it."""
         self.config = config
         self.hub = hub
         self.ice = ice
         self.health = health
         self._on_change = on_change or (lambda: None)
+        self._shared_uplink = uplink or (lambda: None)
         self.url = redact(config.whip_url)
         self.log = log.bind(whip=self.url)
         policy = RestartPolicy(name="whip-publish",
@@ -264,6 +269,7 @@ class Publisher:
         pc = RTCPeerConnection(configuration=config)
         conn = Connection(1, pc, "offerer", tracks={}, transceivers={})
         self.feedback.new_connection()
+        self._join_uplink()
 
         def on_state() -> None:
             self._post(PcStateChanged(1, pc.connectionState))
@@ -356,6 +362,15 @@ class Publisher:
                     raise _Ended(f"the {event.kind} track ended")
                 # TierChosen: the tier is configured, the estimate only sets the budget
 
+    def _join_uplink(self) -> None:
+        """Report to the room's shared uplink estimate, if there is a room with peers
+        now (its PeerManager is rebuilt with the room): one upload, one estimate
+        shared out over the peers and this session (rtc/uplink.py)."""
+        shared = self._shared_uplink()
+        if shared is not None and shared is not self.feedback.uplink:
+            self.feedback.leave_uplink()
+            self.feedback.uplink = shared
+
     def _request_keyframe(self, conn: Connection) -> None:
         """The SFU's subscribers need a key frame to start from: ask for one now."""
         self.feedback.request_keyframe(conn, "publish")
@@ -372,6 +387,7 @@ class Publisher:
             for stream, queue in conn.subscriptions:
                 stream.unsubscribe(queue)
             conn.subscriptions.clear()
+            self.feedback.leave_uplink()  # its share goes back to the peers
         if session is not None and client is not None:
             try:
                 status = await client.delete(session.resource)
