@@ -18,7 +18,10 @@ import pytest
 import trio
 import trio_asyncio
 from support import janus
-from support.agent import AgentProcess, write_secret
+from support.agent import STREAMING_MEDIA, AgentProcess, write_config, write_secret
+from support.devserver import DevServer
+from support.glimpse_client import create_room, register
+from support.rtcpeer import BrowserPeer
 from trio_asyncio import aio_as_trio
 
 pytestmark = pytest.mark.skipif(janus.unavailable() is not None,
@@ -203,3 +206,30 @@ async def test_janus_restarted_mid_stream_is_published_to_again(
         agent.signal(signal.SIGTERM)
         assert await agent.wait_exit(10) == 0
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.timeout(120)
+async def test_the_room_goes_on_beside_the_publisher(
+        tmp_path: Path, sfu: janus.JanusSfu, devserver: DevServer, nursery: trio.Nursery) -> None:
+    _alice_id, alice_token = await register(devserver.api_url, "alice", "alice-password")
+    device_id, device_token = await register(devserver.api_url, "device", "device-password")
+    room_id = await create_room(devserver.api_url, alice_token, "Room")
+    alice = BrowserPeer("alice")
+    token = write_secret(tmp_path / "whip-token", sfu.token or "")
+    publish = (f'\n[publish]\nwhip_url = "{sfu.endpoint_url}"\ntoken_file = "{token}"\n'
+               "reconnect_min = 0.2\nreconnect_max = 1.0\n")
+    async with alice.joined(devserver.ws_url, alice_token, room_id):
+        agent = AgentProcess(write_config(tmp_path / "agent", ws_url=devserver.ws_url,
+                                          room_id=room_id, token=device_token,
+                                          extra=STREAMING_MEDIA + publish))
+        await agent.start(nursery)
+        await alice.wait_frames(device_id, video=30, audio=20)  # the room's viewer
+        await agent.wait_for("publish.connected", timeout=20)
+        feed = await wait_publisher(sfu)
+        counts = await subscribe(sfu, feed)  # and the SFU's, at the same time
+        assert counts["video"] >= 30 and counts["audio"] >= 10, counts
+        more = await alice.wait_frames(device_id, video=60, audio=40)
+        assert more is not None
+        agent.signal(signal.SIGTERM)
+        assert await agent.wait_exit(10) == 0
+    assert agent.find("publish.deleted", reason="stopped")
