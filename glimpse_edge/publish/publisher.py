@@ -238,7 +238,13 @@ class Publisher:
         self._rate.clear()
         offer = await call_aio(conn.pc.createOffer)
         await call_aio(conn.pc.setLocalDescription, offer)  # gathers every candidate
-        session = self._session = await client.publish(conn.pc.localDescription.sdp)
+        # Shielded (the request bounds itself): a stop or reload that comes while
+        # the POST is out still learns the session's Location, so that it can be
+        # DELETEd; an SFU keeping an orphan would refuse the next POST (simple-
+        # whip-server: 403, "endpoint in use").
+        with trio.CancelScope(shield=True):
+            session = self._session = await client.publish(conn.pc.localDescription.sdp)
+        await trio.lowlevel.checkpoint()  # a cancellation meanwhile lands here
         self.sessions += 1
         if session.ice_servers:
             self._link_servers = session.ice_servers  # for the next session's offer

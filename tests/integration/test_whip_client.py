@@ -261,3 +261,42 @@ async def test_doctor_asks_the_endpoint_without_publishing(
     assert (check.name, check.status) == ("publish", expected), check
     assert summary in check.summary and TOKEN not in check.summary
     assert [r.split(b" ", 1)[0] for r in server.requests] == [b"OPTIONS"]  # nothing published
+
+
+@pytest.mark.timeout(60)
+async def test_a_stop_while_the_post_is_out_still_deletes_the_session(tmp_path: Path) -> None:
+    posted = trio.Event()
+
+    async def slow(stream: trio.SocketStream, request: bytes) -> None:
+        if request.startswith(b"POST"):
+            posted.set()
+            await trio.sleep(1.5)
+            await stream.send_all(response("201 Created", {
+                "Content-Type": "application/sdp", "Location": "/whip/resource/7"},
+                ANSWER.encode()))
+        else:
+            await stream.send_all(response("204 No Content", {}))
+
+    server = Server(slow)
+    directory = tmp_path / "agent"
+    directory.mkdir()
+    token = write_secret(directory / "whip-token", TOKEN)
+    config = directory / "config.toml"
+    async with trio.open_nursery() as nursery:
+        await server.start(nursery)
+        config.write_text(
+            f'[publish]\nwhip_url = "{server.url}"\ntoken_file = "{token}"\n'
+            "request_timeout = 5.0\n\n"
+            '[ice]\nservers = []\n\n[observe]\nlisten = ""\n\n'
+            '[log]\nlevel = "debug"\nformat = "json"\n\n'
+            '[video]\nwidth = 320\nheight = 180\nframerate = 15\n\n[audio]\nsource = "tone"\n')
+        agent = AgentProcess(config)
+        await agent.start(nursery)
+        with trio.fail_after(20):
+            await posted.wait()
+        agent.signal(signal.SIGTERM)  # while the POST waits for its answer
+        assert await agent.wait_exit(10) == 0
+        nursery.cancel_scope.cancel()
+    methods = [r.split(b" ", 2)[:2] for r in server.requests]
+    assert [b"DELETE", b"/whip/resource/7"] in methods, methods
+    assert agent.find("publish.deleted", reason="stopped")
