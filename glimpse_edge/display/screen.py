@@ -33,7 +33,7 @@ import av
 import structlog
 
 from .layout import DEFAULT_GAP, MAX_TILES, Rect, fit, grid
-from .state import DisplayState, Snapshot, TileView
+from .state import SELF_KEY, DisplayState, Snapshot, TileView
 from .text import DEFAULT_FONT, TextCache
 
 __all__ = ["DisplayOpenError", "Driver", "Screen", "ScreenSettings", "driver_candidates"]
@@ -305,6 +305,8 @@ class _Session:
         width, height = self.output_size()
         tiles = snap.tiles[: settings.max_tiles]
         own = snap.self_view if settings.self_view else None
+        if settings.self_view and own is None:  # its place is kept (the peers' caps count it)
+            own = TileView(SELF_KEY, "me", "no video")
         if not tiles:
             self._paint_idle(snap, clock, width, height)
         else:
@@ -314,7 +316,7 @@ class _Session:
                 self._paint_tile(tile, rect, snap.speaker == tile.key, settings.show_names)
             if own is not None and layout.self_view is not None:
                 self._paint_tile(own, layout.self_view, False, settings.show_names)
-        shown = {t.key for t in tiles if t.state == "live"} | ({own.key} if own else set())
+        shown = {t.key for t in (*tiles, *((own,) if own else ())) if t.state == "live"}
         for key in [k for k in self.textures if k not in shown]:
             # gone, or not live: its texture goes too (no stale picture can come back)
             sdl.SDL_DestroyTexture(self.textures.pop(key).handle)

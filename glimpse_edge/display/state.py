@@ -225,6 +225,11 @@ class DisplayState:
     def max_tiles(self) -> int:
         return self._max_tiles
 
+    @property
+    def self_view(self) -> bool:
+        """``[display] self_view``: the device's own picture is the last tile."""
+        return self._self_view
+
     def placement(self) -> Placement:
         """Where each shown participant's tile is now (the first ``max_tiles``, in order)."""
         with self._cond:

@@ -298,3 +298,48 @@ async def test_chromiums_camera_is_decoded_and_shown_within_its_tiles_rate(
     for problem in ("display.frame_failed", "display.unsupported_codec", "rtc.asyncio_error"):
         assert not agent.find(problem), agent.find(problem)
     await agent.stop()
+
+
+async def test_the_self_view_shows_the_devices_own_picture_as_the_last_tile(
+    devserver: DevServer, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """``self_view = true``: with a participant shown, the agent's own test pattern (its
+    frame code read back) is in the layout's self-view tile, fed from the hub's raw
+    frames at <= 10 fps, scaled down."""
+    from support.agent import STREAMING_HEIGHT, STREAMING_WIDTH
+
+    _alice_id, alice_token = await register(devserver.api_url, "alice", "alice-password")
+    _device_id, device_token = await register(devserver.api_url, "device", "device-password")
+    room_id = await create_room(devserver.api_url, alice_token, "Room")
+    alice = BrowserPeer("alice", send_video=(FW, FH))
+    layout = grid(1, W, H, self_view=True)
+    assert layout.self_view is not None
+    with xvfb(W, H) as display:
+        agent = AgentProcess(
+            write_config(tmp_path, ws_url=devserver.ws_url, room_id=room_id,
+                         token=device_token, log_level="info",
+                         extra=STREAMING_MEDIA + DISPLAY + "self_view = true\n"),
+            env={"DISPLAY": display, "WAYLAND_DISPLAY": ""})
+        await agent.start(nursery)
+        await agent.wait_for("display.opened", driver="x11", timeout=20)
+        async with alice.joined(devserver.ws_url, alice_token, room_id, leave=True):
+            await agent.wait_for("display.decoder.opened", timeout=20)
+            own = fit(STREAMING_WIDTH, STREAMING_HEIGHT, layout.self_view)
+            codes: list[FrameCode] = []
+            ages: list[float] = []
+            with trio.fail_after(20):
+                while len(codes) < 5:
+                    t_ms = time.time() * 1000
+                    rgb = await trio.to_thread.run_sync(grab, display)
+                    code = code_in(rgb, own, (STREAMING_WIDTH, STREAMING_HEIGHT))
+                    if code is not None and (not codes or code != codes[-1]):
+                        codes.append(code)
+                        ages.append(t_ms - code.wall_ms)
+                    await trio.sleep(0.05)
+            assert [c.counter for c in codes] == sorted(c.counter for c in codes)
+            assert text_pixels(rgb, label_bar(layout.self_view)) > 10, "'me'"
+            # alice is in the first tile, beside it
+            assert code_in(rgb, fit(FW, FH, layout.tiles[0]), (FW, FH)) is not None
+        print(f"self-view: the device's own frame on screen {sorted(ages)[len(ages) // 2]:.0f}"
+              " ms after capture (median)")
+        await agent.stop()
