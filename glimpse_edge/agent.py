@@ -10,6 +10,7 @@ says exactly what is wrong with the new one.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -65,6 +66,13 @@ def _source_factories(
     make_audio = None if audio.source == "none" else partial(make_audio_source, audio)
     return (partial(make_video_source, video, config.camera),
             make_audio)  # type: ignore[return-value]
+
+
+def state_directory() -> Path | None:
+    """Where the agent may keep state across restarts: systemd's StateDirectory
+    ($STATE_DIRECTORY, /var/lib/glimpse-edge), None when not run by systemd."""
+    value = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(value) if value else None
 
 
 def build_speaker(config: Config, health: HealthRegistry) -> Speaker | None:
@@ -284,7 +292,8 @@ class Agent:
         publisher = self.publisher = Publisher(publish, self.hub, self.config.ice,
                                                health=self.health,
                                                on_change=self._publish_status,
-                                               uplink=shared_uplink)
+                                               uplink=shared_uplink,
+                                               state_dir=state_directory())
         scope, ended = trio.CancelScope(), trio.Event()
         self._publish_task = (scope, ended)
 

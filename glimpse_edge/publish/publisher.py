@@ -20,8 +20,8 @@ of its own), its audio the shared Opus stream. It runs for as long as
    ``reconnect_max``, afresh after a session that stayed up) and go again.
    aiortc cannot restart ICE, so a new session is the only recovery.
 
-A refused token (401/403) is not retried soon: the publisher waits
-``auth_retry`` seconds, or until the token file changes.
+A refused token (401/403) is not retried soon: the publisher waits 7.5-15 s,
+then longer and longer up to ``auth_retry``, or until the token file changes.
 
 The SFU's RTCP drives the published encoding like a peer's
 (rtc/feedback.py's :class:`~glimpse_edge.rtc.feedback.PeerFeedback`): PLI
@@ -34,6 +34,7 @@ tier itself stays as configured.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from collections.abc import Callable
@@ -75,6 +76,10 @@ CLOSE_TIMEOUT = 2.0
 STOP_DELETE_TIMEOUT = 3.0
 # How often a refused token's file is looked at for a new one.
 TOKEN_POLL = 1.0
+# The first retry of a refused token (then doubling up to publish.auth_retry).
+AUTH_FIRST_RETRY = 15.0
+# In the state directory: the resource of the session open now (a crash leaves it).
+LEFT_FILE = "whip-session"
 # The sending rate shown is over this long (sampled once a second).
 RATE_WINDOW = 5.0
 
@@ -88,15 +93,20 @@ class Publisher:
     def __init__(self, config: PublishConfig, hub: MediaHub, ice: IceConfig, *,
                  health: HealthRegistry | None = None,
                  on_change: Callable[[], None] | None = None,
-                 uplink: Callable[[], Uplink | None] | None = None) -> None:
+                 uplink: Callable[[], Uplink | None] | None = None,
+                 state_dir: Path | None = None) -> None:
         """``uplink``: the peers' shared estimate of the device's upload, when there
-        are peers (the room's PeerManager); the publisher takes its share of it."""
+        are peers (the room's PeerManager); the publisher takes its share of it.
+        ``state_dir``: where the open session's resource is remembered (systemd's
+        StateDirectory), so that one left behind by a crash or a power cut is
+        DELETEd by the next start; None: not remembered."""
         self.config = config
         self.hub = hub
         self.ice = ice
         self.health = health
         self._on_change = on_change or (lambda: None)
         self._shared_uplink = uplink or (lambda: None)
+        self._left_file = state_dir / LEFT_FILE if state_dir is not None else None
         self.url = redact(config.whip_url)
         self.log = log.bind(whip=self.url)
         policy = RestartPolicy(name="whip-publish",
@@ -104,6 +114,15 @@ class Publisher:
                                                maximum=config.reconnect_max),
                                max_restarts=None, stable_after=STABLE_AFTER)
         self.tracker = RestartTracker("publish", policy)
+        # A refused token: never sooner than AUTH_FIRST_RETRY / 2, doubling up to
+        # auth_retry (a 403 can be passing: simple-whip-server refuses an endpoint
+        # still held by a session that died without its DELETE, a power cut,
+        # until Janus lets it go); a new token file is tried at once.
+        first = min(AUTH_FIRST_RETRY, config.auth_retry)
+        self._auth_tracker = RestartTracker("publish-auth", RestartPolicy(
+            name="whip-auth", backoff=Backoff(initial=first, maximum=config.auth_retry,
+                                              floor=first / 2),
+            max_restarts=None))
         self.phase: PublishPhase = "starting"
         self.since = time.time()
         self.sessions = 0
@@ -181,11 +200,12 @@ class Publisher:
                     await self._session_once()
                     delay = 0.0  # not reached: a session ends with an error
                 except WhipAuthError as exc:
+                    wait = self._auth_tracker.failed(trio.current_time(), exc)
                     self.log.error("publish.auth_failed", error=str(exc), status=exc.status,
-                                   retry_s=self.config.auth_retry)
+                                   retry_s=round(wait, 1))
                     self._set_phase("auth_failed", str(exc))
                     await self._end_session("token refused")
-                    await self._wait_for_token(self.config.auth_retry)
+                    await self._wait_for_token(wait)
                     self.reconnects += 1
                     continue
                 except (WhipError, _Ended, SecretFileError) as exc:
@@ -229,6 +249,7 @@ class Publisher:
         client = self._client = WhipClient(self.config.whip_url, token,
                                            timeout=self.config.request_timeout, verify=verify)
         self._set_phase("connecting")
+        await self._delete_left_over(client)
         links, _allowed = await client.options()
         if links:
             self._link_servers = links
@@ -244,6 +265,7 @@ class Publisher:
         # whip-server: 403, "endpoint in use").
         with trio.CancelScope(shield=True):
             session = self._session = await client.publish(conn.pc.localDescription.sdp)
+        self._remember(session.resource)
         await trio.lowlevel.checkpoint()  # a cancellation meanwhile lands here
         self.sessions += 1
         if session.ice_servers:
@@ -360,6 +382,7 @@ class Publisher:
                         conn.state = "connected"
                         conn.connected_at = conn.last_rtcp = time.monotonic()
                         self.log.info("publish.connected")
+                        self._auth_tracker.reset()
                         self._set_phase("publishing")
                         self._request_keyframe(conn)
                     elif event.state in ("failed", "closed"):
@@ -367,6 +390,54 @@ class Publisher:
                 elif isinstance(event, TrackEnded):
                     raise _Ended(f"the {event.kind} track ended")
                 # TierChosen: the tier is configured, the estimate only sets the budget
+
+    # -- a session left behind ---------------------------------------------------
+
+    def _remember(self, resource: str | None) -> None:
+        """Note the open session's resource (None: none open); never raises."""
+        path = self._left_file
+        if path is None:
+            return
+        try:
+            if resource is None:
+                path.unlink(missing_ok=True)
+                return
+            tmp = path.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"endpoint": self.config.whip_url, "resource": resource}, f)
+            os.replace(tmp, path)
+        except OSError as exc:
+            self.log.warning("publish.state_not_saved", path=str(path), error=str(exc))
+
+    async def _delete_left_over(self, client: WhipClient) -> None:
+        """DELETE the session a previous run left open (crash, power cut), if any.
+
+        An SFU may hold the endpoint for it (simple-whip-server refuses new
+        POSTs with 403 until then, and Janus keeps a silent publisher).
+        """
+        path = self._left_file
+        if path is None or not path.exists():
+            return
+        try:
+            left = json.loads(path.read_text())
+            resource = str(left["resource"])
+            same = left.get("endpoint") == self.config.whip_url
+        except (OSError, ValueError, KeyError, TypeError):
+            self._remember(None)
+            return
+        if not same:  # another endpoint's: its token is not ours to use there
+            self._remember(None)
+            return
+        try:
+            status = await client.delete(resource)
+        except WhipError as exc:
+            self.log.warning("publish.left_over_delete_failed", error=str(exc))
+            if exc.status is not None and exc.status < 500:  # refused: nothing to retry
+                self._remember(None)
+            return
+        self._remember(None)
+        self.log.info("publish.left_over_deleted", resource=redact(resource), status=status)
 
     def _join_uplink(self) -> None:
         """Report to the room's shared uplink estimate, if there is a room with peers
@@ -398,6 +469,7 @@ class Publisher:
             try:
                 status = await client.delete(session.resource)
                 self.deletes += 1
+                self._remember(None)
                 self.log.info("publish.deleted", resource=redact(session.resource),
                               status=status, reason=reason)
             except WhipError as exc:

@@ -233,3 +233,37 @@ async def test_the_room_goes_on_beside_the_publisher(
         agent.signal(signal.SIGTERM)
         assert await agent.wait_exit(10) == 0
     assert agent.find("publish.deleted", reason="stopped")
+
+
+@pytest.mark.timeout(180)
+async def test_a_publisher_that_died_without_its_delete_is_replaced(
+        tmp_path: Path, sfu: janus.JanusSfu) -> None:
+    """A power cut: no DELETE. simple-whip-server refuses the endpoint (403, "in
+    use") for as long as Janus keeps the dead publisher, which is for ever (its
+    session is simple-whip-server's, kept alive). The next start DELETEs the
+    session its state directory remembers, and publishes at once."""
+    config = publisher_config(tmp_path / "agent", sfu.endpoint_url, sfu.token)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    env = {"STATE_DIRECTORY": str(state)}
+    first = AgentProcess(config, env=env)
+    async with trio.open_nursery() as nursery:
+        await first.start(nursery)
+        await first.wait_for("publish.connected", timeout=20)
+        first.signal(signal.SIGKILL)
+        await first.wait_exit(10)
+        t0 = trio.current_time()
+        assert (state / "whip-session").exists()
+        second = AgentProcess(config, env=env)
+        await second.start(nursery)
+        await second.wait_for("publish.left_over_deleted", timeout=20)
+        await second.wait_for("publish.connected", timeout=20)
+        took = trio.current_time() - t0
+        print(f"re-published {took:.1f} s after the first agent died")
+        assert not second.find("publish.auth_failed")
+        feed = await wait_publisher(sfu)
+        assert (await subscribe(sfu, feed, frames=10))["video"] >= 10
+        second.signal(signal.SIGTERM)
+        assert await second.wait_exit(10) == 0
+        nursery.cancel_scope.cancel()
+    assert not (state / "whip-session").exists()  # its own session was DELETEd
