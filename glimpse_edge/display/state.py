@@ -110,7 +110,9 @@ class DisplayState:
         self._self_view = False
         self._placement: Placement | None = None
         self._listeners: list[LayoutListener] = []
-        self._notify = threading.Lock()  # listeners are called in order, one change at a time
+        # listeners are called in order, one change at a time (re-entrant: a listener
+        # that changes the state again does not deadlock)
+        self._notify = threading.RLock()
 
     # -- writers (any thread) -------------------------------------------------------
 

@@ -343,3 +343,57 @@ async def test_the_self_view_shows_the_devices_own_picture_as_the_last_tile(
         print(f"self-view: the device's own frame on screen {sorted(ages)[len(ages) // 2]:.0f}"
               " ms after capture (median)")
         await agent.stop()
+
+
+async def test_beyond_max_tiles_nothing_is_decoded_until_a_shown_participant_leaves(
+    devserver: DevServer, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """``max_tiles = 1``: bob, second, gets no tile (his decoder decodes nothing, his
+    sender is asked for the floor); when alice leaves, bob takes the tile at once and
+    his frame codes are on screen."""
+    from glimpse_edge.rtc.remotevideo import MIN_BPS
+
+    _alice_id, alice_token = await register(devserver.api_url, "alice", "alice-password")
+    bob_id, bob_token = await register(devserver.api_url, "bob", "bob-password")
+    _device_id, device_token = await register(devserver.api_url, "device", "device-password")
+    room_id = await create_room(devserver.api_url, alice_token, "Room")
+    alice = BrowserPeer("alice", send_video=(FW, FH))
+    bob = BrowserPeer("bob", send_video=(FW, FH))
+    with xvfb(W, H) as display:
+        agent = AgentProcess(
+            write_config(tmp_path, ws_url=devserver.ws_url, room_id=room_id,
+                         token=device_token, log_level="info",
+                         extra=STREAMING_MEDIA + DISPLAY + "max_tiles = 1\n"),
+            env={"DISPLAY": display, "WAYLAND_DISPLAY": ""})
+        await agent.start(nursery)
+        await agent.wait_for("display.opened", driver="x11", timeout=20)
+        alice_leaves, alice_left = trio.Event(), trio.Event()
+
+        async def alice_visits() -> None:
+            async with alice.joined(devserver.ws_url, alice_token, room_id, leave=True):
+                await alice_leaves.wait()
+            alice_left.set()
+
+        nursery.start_soon(alice_visits)
+        await agent.wait_for("display.decoder.opened", track="alice#1", timeout=20)
+        async with bob.joined(devserver.ws_url, bob_token, room_id, leave=True):
+            # bob came second: no tile, the floor's rate, his frames not decoded
+            await agent.wait_for("display.tile_cap", peer=bob_id, shown=False,
+                                 cap_bps=MIN_BPS, timeout=20)
+            await agent.wait_for("display.decoder.opened", track="bob#1", timeout=20)
+            await trio.sleep(2)
+            assert not agent.find("display.tile_cap", peer=bob_id, shown=True)
+            mark = len(agent.events)
+            alice_leaves.set()
+            await alice_left.wait()
+            await agent.wait_for("display.tile_cap", since=mark, peer=bob_id, shown=True,
+                                 timeout=10)
+            codes = await _codes_on_screen(display, 5)
+            assert [c.counter for c in codes] == sorted(c.counter for c in codes)
+            alice_closed = agent.find("display.decoder.closed", since=mark, track="alice#1")
+            assert alice_closed and alice_closed[0]["decoded"] > 0, alice_closed
+        closed = await agent.wait_for("display.decoder.closed", since=mark, track="bob#1",
+                                      timeout=15)
+        # decoded only once shown: fewer frames than it received
+        assert 0 < closed["decoded"] < closed["received"], closed
+        await agent.stop()
