@@ -170,7 +170,7 @@ def browser_outcome(name: str, r: dict[str, Any], **extra: Any) -> Outcome:
                "freeze_cap_s": worst("freeze_cap_s", max),
                "audio_fps_min": worst("audio_fps", min), "keyframes": None,
                "keyframe_requests": None, "top": r["top"], "warmup_s": r["warmup_s"],
-               "viewers": viewers, **extra})
+               "link": r.get("link"), "viewers": viewers, **extra})
 
 
 async def mesh_reference(args: argparse.Namespace, directory: Path) -> Outcome:

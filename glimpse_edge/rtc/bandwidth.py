@@ -238,6 +238,18 @@ class BandwidthEstimator:
             self._loss_based = min(self._loss_based, max(self._remb, float(self.min_bps)))
         return Update(self.estimate_at(now), before, "remb")
 
+    def hand_over(self, now: float) -> None:
+        """Another controller takes over the REMB (the shared uplink, rtc/uplink.py).
+
+        The estimate as it stands, a REMB cap included, becomes the
+        loss-based one, and the REMB stops capping. Without this a REMB
+        that capped before the hand-over went stale while ignored, and the
+        estimate jumped back to the loss-based one (2.8 Mbit/s: a viewer on
+        a 1 Mbit/s shared uplink was moved to the top tier).
+        """
+        self._loss_based = float(self.estimate_at(now))
+        self._remb_limits = False
+
     def expect_rise(self, now: float, seconds: float) -> None:
         """We are about to send more (a higher tier): for ``seconds``, a REMB below
         our new rate is the receiver catching up, not a complaint (a falling one is)."""

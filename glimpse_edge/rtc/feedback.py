@@ -270,6 +270,8 @@ class PeerFeedback:
                 seen = True
             if self._uplink_limited and not uplink.limited:  # the uplink let go
                 self.bandwidth.expect_rise(now, REMB_AFTER_UPLINK)
+            elif uplink.limited and not self._uplink_limited:  # it takes the REMB over
+                self.bandwidth.hand_over(now)
             self._uplink_limited = uplink.limited
             remb = remb_bitrate(packet, ssrc)
             if remb is not None and uplink.limited:

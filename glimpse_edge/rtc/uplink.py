@@ -69,11 +69,14 @@ class UplinkTuning:
     stuck: float = 2.5
     decrease_interval: float = 1.0  # between two decreases (plus a round trip)
     hold: float = 2.0  # no increase this long after a decrease
-    # then this much a second, doubling every ``double_every`` seconds without
-    # congestion (up to ``max_increase_per_s``): back to the rate the link took
-    # within ~4 s, and from there a link that has grown (a cap lifted) is found
-    # within seconds, not the half minute a steady 8 % needs
+    # then this much a second up to ``known_margin`` above where the last
+    # congestion left it (the link was there: creep up to it); past that, the
+    # link has grown (a cap lifted), and the rate doubles every ``double_every``
+    # seconds (up to ``max_increase_per_s``), so the new link is found within
+    # seconds, not the half minute a steady 8 % needs. Doubling from the start
+    # overshot a 1 Mbit/s link twofold every ~12 s, each time a loss burst.
     increase_per_s: float = 0.03
+    known_margin: float = 1.1
     double_every: float = 3.0
     max_increase_per_s: float = 0.5
     max_increase_span: float = 1.0  # an increase never counts more than this many seconds
@@ -143,6 +146,9 @@ class Uplink:
         self._reports: dict[str, PeerReport] = {}
         self._last_decrease = -math.inf
         self._last_congested = -math.inf
+        self._last_overload = -math.inf  # the last time the latest reports were congested
+        self._known_bps = 0.0  # where the last decrease left the estimate (the link took it)
+        self._beyond_since = math.inf  # since when the estimate is past it (growing fast)
         self._congested_since = -math.inf
         self._last_update: float | None = None
 
@@ -261,6 +267,8 @@ class Uplink:
                 self._congested_since = now
             self.congested = True
             self._last_congested = now
+            if fresh:
+                self._last_overload = now
             rtt = max((r.queue_s or 0.0) for r in live.values())
             if fresh and now - self._last_decrease >= t.decrease_interval + rtt:
                 self._decrease(now, live)
@@ -268,9 +276,20 @@ class Uplink:
         self.congested = False
         if self.estimate_bps is None:
             return
-        since = now - self._last_decrease
+        # growth restarts slowly from the last congestion, not the last decrease:
+        # a congestion held at the peers' floor makes no decrease, and counting
+        # from the one before it grew the estimate 692 kbit/s -> 8.7 Mbit/s in
+        # 6 s, which sent two viewers back to the top tier through a 1 Mbit/s link
+        since = now - max(self._last_decrease, self._last_overload)
         if since > t.hold:
-            rate = min(t.increase_per_s * 2.0 ** ((since - t.hold) / t.double_every),
+            beyond = self.estimate_bps > t.known_margin * self._known_bps
+            if not beyond:
+                self._beyond_since = math.inf
+            elif self._beyond_since == math.inf:
+                self._beyond_since = now
+            doubling = max(0.0, now - max(self._beyond_since, self._last_decrease + t.hold,
+                                          self._last_overload + t.hold))
+            rate = min(t.increase_per_s * 2.0 ** (doubling / t.double_every),
                        t.max_increase_per_s)
             self.estimate_bps *= (1.0 + rate) ** span
         wanted = sum(r.wants_bps for r in live.values())
@@ -312,4 +331,5 @@ class Uplink:
             self.estimate_bps = float(floor)  # (a peer that joined raised it)
             return
         self.estimate_bps = max(target, float(floor))
+        self._known_bps = self.estimate_bps
         self._last_decrease = now

@@ -46,6 +46,7 @@ import trio
 
 from .browser import CHROMIUM, CHROMIUM_ARGS, ViewerPage, open_browser, viewer_url
 from .devserver import DevServerProcess, devserver_process
+from .faultlab import link_numbers
 from .glimpse_client import create_room, register
 from .netns import FaultNet, fault_net
 
@@ -636,8 +637,7 @@ async def chromium_mesh_uplink_reference(
         await net.cap_uplink(MESH_SENDER, cap_kbit, burst_bytes=burst_bytes,
                              latency_ms=latency_ms)
         try:
-            marks["settle"] = marks["cap"] + settle_s
-            await _sample_pages(pages, marks["cap"] + seconds, log)
+            link = await _sample_capped(net, MESH_SENDER, pages, log, marks, settle_s, seconds)
         finally:
             with trio.CancelScope(shield=True):
                 await net.uncap_uplink(MESH_SENDER)
@@ -654,7 +654,23 @@ async def chromium_mesh_uplink_reference(
     sender = _sender_numbers(log[MESH_SENDER], marks)
     return {"cap_kbit": cap_kbit, "seconds": seconds, "settle_s": settle_s,
             "chromium": agent, "warmup_s": round(marks["start"] - t_media, 1),
-            "top": tops, "viewers": per_viewer, "sender": sender}
+            "top": tops, "viewers": per_viewer, "sender": sender, "link": link}
+
+
+async def _sample_capped(net: FaultNet, host: str, pages: dict[str, Any],
+                         log: dict[str, list[dict[str, Any]]], marks: dict[str, float],
+                         settle_s: float, seconds: float) -> dict[str, float | None]:
+    """Sample the pages through the cap; what the capped link carried while settled.
+
+    The tbf's own counters (FaultNet.uplink_counters): the rate that really
+    left and the share of packets it dropped, beside what the sender thinks
+    it sends.
+    """
+    marks["settle"] = marks["cap"] + settle_s
+    await _sample_pages(pages, marks["settle"], log)
+    before, t0 = await net.uplink_counters(host), time.time()
+    await _sample_pages(pages, marks["cap"] + seconds, log)
+    return link_numbers(before, await net.uplink_counters(host), time.time() - t0)
 
 
 def _sender_full_size(tx: list[dict[str, Any]]) -> str | None:
@@ -728,8 +744,7 @@ async def agent_chromium_uplink(
             await net.cap_uplink("agent", cap_kbit, burst_bytes=burst_bytes,
                                  latency_ms=latency_ms)
             try:
-                marks["settle"] = marks["cap"] + settle_s
-                await _sample_pages(pages, marks["cap"] + seconds, log)
+                link = await _sample_capped(net, "agent", pages, log, marks, settle_s, seconds)
             finally:
                 with trio.CancelScope(shield=True):
                     await net.uncap_uplink("agent")
@@ -747,5 +762,5 @@ async def agent_chromium_uplink(
     await trio.Path(directory / "agent-chromium-samples.json").write_text(
         json.dumps({"marks": marks, **log}))
     return {"cap_kbit": cap_kbit, "seconds": seconds, "settle_s": settle_s,
-            "warmup_s": round(marks["start"] - t_media, 1), "top": tops,
+            "warmup_s": round(marks["start"] - t_media, 1), "top": tops, "link": link,
             "viewers": {n: _mesh_viewer(log[n], tops[n], marks) for n in names}}

@@ -627,6 +627,16 @@ def _status_numbers(lab: Lab, before: dict[str, Any] | None,
     return out
 
 
+def link_numbers(before: tuple[int, int, int], after: tuple[int, int, int],
+                 seconds: float) -> dict[str, float | None]:
+    """kbit/s that left through a tbf, and the share of packets it dropped, between
+    two readings of its counters (FaultNet.uplink_counters: bytes, packets, dropped)."""
+    sent, packets, dropped = (b - a for a, b in zip(before, after, strict=True))
+    offered = packets + dropped
+    return {"kbps": round(sent * 8 / seconds / 1000) if seconds > 0 else None,
+            "dropped_share": round(dropped / offered, 3) if offered else None}
+
+
 async def _uplink_run(lab: Lab, label: str, kbit: int, seconds: float, settle_s: float,
                       downlinks: dict[str, int], top: tuple[int, int],
                       climb_timeout: float, burst_bytes: int, latency_ms: int) -> Outcome:
@@ -656,9 +666,11 @@ async def _uplink_run(lab: Lab, label: str, kbit: int, seconds: float, settle_s:
         await trio.sleep_until(trio_cap + settle_s)  # the fault's length
         t_settle, trio_settle = time.time(), trio.current_time()
         audio_settle = {n: lab.view(n).audio for n in names}
+        link0 = await lab.net.uplink_counters("agent")
         await trio.sleep_until(trio_cap + seconds)
         t_free, trio_free = time.time(), trio.current_time()
         audio_free = {n: lab.view(n).audio for n in names}
+        link1 = await lab.net.uplink_counters("agent")
         end = await lab.status()  # over the namespace's loopback: not through the cap
     finally:
         with trio.CancelScope(shield=True):
@@ -753,6 +765,8 @@ async def _uplink_run(lab: Lab, label: str, kbit: int, seconds: float, settle_s:
                "freeze_cap_s": max(v["freeze_cap_s"] for v in viewers.values()),
                "audio_fps_min": min(v["audio_fps"] for v in viewers.values()),
                "tier_changes": len(switches), "low_rate": low_rate,
+               # what the capped link itself carried while settled (its tbf's counters)
+               "link": link_numbers(link0, link1, t_free - t_settle),
                "rate_swing": low_rate["swing"], "encoder_rates": encoder_rates,
                **status, "missing": missing,
                "restarts": len(lab.agent.find("peer.restarting", since=mark)),

@@ -213,6 +213,18 @@ class FaultNet:
                    "tbf", "rate", f"{int(kbit)}kbit", "burst", str(int(burst_bytes)),
                    "latency", f"{int(latency_ms)}ms")
 
+    async def uplink_counters(self, host: str) -> tuple[int, int, int]:
+        """What :meth:`cap_uplink`'s tbf saw so far: (bytes sent, packets sent, dropped).
+
+        The link's own view, beside what the agent thinks it sends: the
+        scenario reports the rate that really left and the share dropped.
+        """
+        out = await _run(*self.exec_prefix(host), "tc", "-s", "qdisc", "show", "dev", "eth0")
+        found = re.search(r"Sent (\d+) bytes (\d+) pkt \(dropped (\d+)", out)
+        if found is None:
+            raise RuntimeError(f"no tbf counters on {host}'s eth0: {out.strip()!r}")
+        return int(found[1]), int(found[2]), int(found[3])
+
     async def uncap_uplink(self, host: str) -> None:
         """Lift :meth:`cap_uplink` (nothing happens if the uplink was not capped)."""
         await _run(*self.exec_prefix(host), "tc", "qdisc", "del", "dev", "eth0", "root",

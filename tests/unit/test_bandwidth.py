@@ -123,6 +123,17 @@ def test_remb_caps_while_fresh_and_the_estimate_climbs_back_after() -> None:
     assert est.on_remb(30.0, 10_000).estimate_bps == MIN
 
 
+def test_a_remb_cap_handed_over_does_not_lapse_into_the_old_estimate() -> None:
+    """The shared uplink takes the REMB over: the capped estimate is where the
+    peer stays, not the loss-based one the REMB capped before it went stale."""
+    est = estimator()
+    est.on_report(0.0, 0.0)
+    assert est.on_remb(0.5, 400_000).estimate_bps == 400_000
+    est.hand_over(1.0)
+    assert est.estimate_at(1.0) == 400_000
+    assert est.estimate_at(20.0) == 400_000, "no REMB heard since: still where it was"
+
+
 def test_rising_rtt_holds_then_backs_off_before_any_loss() -> None:
     """A bottleneck queue fills: RTT climbs for seconds before packets drop."""
     est = estimator()

@@ -301,3 +301,58 @@ def test_a_draining_queue_is_not_news_of_the_link() -> None:
     for peer in ("a", "b"):  # it grows again: the link is full
         report(up, peer, now + 1.5, queue=0.09, sent=estimate / 2)
     assert up.estimate_bps is not None and up.estimate_bps < estimate
+
+
+def test_growth_starts_slowly_after_a_long_congestion_without_decreases() -> None:
+    """Congestion held at the peers' floor makes no decrease; when it clears,
+    the estimate grows from slow again, not at the rate a long time since the
+    last decrease would give."""
+    t = UplinkTuning()
+    up = Uplink(t)
+    floor = 200_000
+    now = 0.0
+    for _ in range(20):  # 20 s congested at the floor
+        now += 1.0
+        for peer in ("a", "b", "c"):
+            up.report(peer, now, loss=0.1, queue_s=0.0, sent_bps=floor, wants_bps=TOP,
+                      audio_bps=AUDIO, floor_bps=floor)
+    at_floor = up.estimate_bps
+    assert at_floor == pytest.approx(3 * floor)
+    for _ in range(6):  # then clear for 6 s
+        now += 0.25
+        for peer in ("a", "b", "c"):
+            up.report(peer, now, loss=0.0, queue_s=0.0, sent_bps=floor, wants_bps=TOP,
+                      audio_bps=AUDIO, floor_bps=floor)
+    for _ in range(20):
+        now += 0.25
+        for peer in ("a", "b", "c"):
+            up.report(peer, now, loss=0.0, queue_s=0.0, sent_bps=floor, wants_bps=TOP,
+                      audio_bps=AUDIO, floor_bps=floor)
+    assert up.estimate_bps is not None and up.estimate_bps < at_floor * 1.3, (
+        f"expected a slow start {t.congested_hold + 6.5:.1f} s after the congestion, "
+        f"saw {up.estimate_bps:.0f} from {at_floor:.0f}")
+
+
+def test_it_creeps_up_to_where_the_link_was_then_searches_beyond() -> None:
+    """Up to a margin above where the last decrease left it, the link is known
+    to be there: creep; past it the link has grown, and growth doubles."""
+    t = UplinkTuning()
+    up = Uplink(t)
+    for peer in ("a", "b"):
+        report(up, peer, 0.0, loss=0.2, sent=500_000)
+    known = up.estimate_bps
+    assert known is not None
+    now, steps = t.congested_hold, []
+    while up.estimate_bps is not None and up.estimate_bps < known * 3 and now < 100:
+        before = up.estimate_bps
+        now += 0.5
+        for peer in ("a", "b"):
+            report(up, peer, now, sent=before / 2, wants=50_000_000)
+        if up.estimate_bps is not None and now > t.congested_hold + t.hold:
+            steps.append((before / known, (up.estimate_bps / before) ** 2 - 1))
+    creeping = [rate for level, rate in steps if level < t.known_margin]
+    searching = [rate for level, rate in steps if level > t.known_margin * 1.5]
+    assert creeping and max(creeping) == pytest.approx(t.increase_per_s, rel=0.05), (
+        f"expected {t.increase_per_s}/s up to {t.known_margin} x the known link, saw {creeping}")
+    assert searching and max(searching) > 4 * t.increase_per_s, (
+        f"expected growth to speed up past it, saw {searching}")
