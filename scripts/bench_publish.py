@@ -9,6 +9,11 @@ rate), Janus's CPU, and the frames the subscribers decoded. Also the time
 from the agent's start to the first frame a Janus subscriber decodes.
 
     .venv/bin/python scripts/bench_publish.py [--sizes 1,4,16] [--window 10]
+    .venv/bin/python scripts/bench_publish.py --mesh 1,4    # the mesh to compare with
+
+``--mesh``: the same media to N direct aiortc viewers in a dev-server room
+instead (scripts/bench_media.py's part (a) run, shared encoding, its
+receivers niced in a child process), for the agent's CPU against N.
 """
 
 from __future__ import annotations
@@ -80,11 +85,43 @@ def publish_rate(observe: str) -> int | None:
     return (status.get("publish") or {}).get("bitrate_bps")
 
 
+def mesh(sizes: list[int], window: float) -> None:
+    """The agent's CPU for N mesh viewers, the same media as the WHIP runs."""
+    import trio
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_media as bm
+
+    original = bm.media_config
+
+    def same_media(mode: str, width: int, height: int, source: str = "testpattern") -> str:
+        return original(mode, 640, 360, source).replace(
+            'codec = "h264"', 'codec = "h264"\nmax_bitrate = 800000')
+
+    bm.media_config = same_media
+    plan = bm.Plan(peers=tuple(sizes), window=window, first_frame_runs=0, g2g_window=0.0)
+
+    async def run() -> None:
+        async with bm.run_devserver() as server:
+            print("\n| mesh viewers | agent CPU (s/s) | viewers' fps (min..max) |")
+            print("|---|---|---|")
+            for n in sizes:
+                row = await bm.cpu_run(server, "shared", n, plan, bm.RECEIVER_NICE)
+                print(f"| {n} | {row.cpu:.3f} | {min(row.fps):.1f}..{max(row.fps):.1f} |",
+                      flush=True)
+
+    trio.run(run)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="1,4,16")
     parser.add_argument("--window", type=float, default=10.0)
+    parser.add_argument("--mesh", default="", help="N,N,...: direct viewers instead")
     args = parser.parse_args()
+    if args.mesh:
+        mesh([int(s) for s in args.mesh.split(",")], args.window)
+        return
     why = janus.unavailable()
     if why:
         sys.exit(f"cannot run: {why}")
