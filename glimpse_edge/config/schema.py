@@ -420,7 +420,9 @@ class PublishConfig(_Section, frozen=True, kw_only=True):
     request_timeout: Annotated[float, msgspec.Meta(gt=0, le=120)] = 10.0
     connect_timeout: Annotated[float, msgspec.Meta(gt=0, le=120)] = 15.0
     reconnect_min: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 1.0
-    reconnect_max: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
+    # short: an SFU that restarts is published to again within seconds of being
+    # back (issue 17: within 5 s), and a try costs one small POST
+    reconnect_max: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 2.0
     auth_retry: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 300.0
 
     def __post_init__(self) -> None:

@@ -50,7 +50,7 @@ def publisher_config(directory: Path, whip_url: str, token: str | None, *,
     path = directory / "config.toml"
     path.write_text(
         f'[publish]\nwhip_url = "{whip_url}"\n{token_line}'
-        "reconnect_min = 0.2\nreconnect_max = 1.0\nrequest_timeout = 5.0\n"
+        "request_timeout = 5.0\n"
         "connect_timeout = 8.0\nauth_retry = 60.0\n"
         f"{extra}\n"
         "[ice]\nservers = []\n\n"
@@ -216,8 +216,7 @@ async def test_the_room_goes_on_beside_the_publisher(
     room_id = await create_room(devserver.api_url, alice_token, "Room")
     alice = BrowserPeer("alice")
     token = write_secret(tmp_path / "whip-token", sfu.token or "")
-    publish = (f'\n[publish]\nwhip_url = "{sfu.endpoint_url}"\ntoken_file = "{token}"\n'
-               "reconnect_min = 0.2\nreconnect_max = 1.0\n")
+    publish = f'\n[publish]\nwhip_url = "{sfu.endpoint_url}"\ntoken_file = "{token}"\n'
     async with alice.joined(devserver.ws_url, alice_token, room_id):
         agent = AgentProcess(write_config(tmp_path / "agent", ws_url=devserver.ws_url,
                                           room_id=room_id, token=device_token,
