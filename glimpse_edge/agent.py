@@ -129,6 +129,9 @@ class Agent:
         # The WHIP publisher (None while [publish] is unset), its task's scope and end.
         self.publisher: Publisher | None = None
         self._publish_task: tuple[trio.CancelScope, trio.Event] | None = None
+        # The room's task (None for a pure publisher) and the speaker it hands remote audio.
+        self._room_task: tuple[trio.CancelScope, trio.Event] | None = None
+        self._speaker: Speaker | None = None
 
     # -- status -------------------------------------------------------------
 
@@ -203,7 +206,7 @@ class Agent:
             async with open_aio_loop(), trio.open_nursery() as nursery:
                 # The speakerphone: the hub gets its echo canceller, the
                 # peers hand it their remote audio.
-                speaker = build_speaker(self.config, self.health)
+                speaker = self._speaker = build_speaker(self.config, self.health)
                 if speaker is not None:
                     nursery.start_soon(speaker.run)
                 self.hub = build_media_hub(self.config, self.health, _canceller(speaker))
@@ -212,10 +215,7 @@ class Agent:
                 self._nursery = nursery
                 self.display = build_display(self.config)
                 if self.config.joins_room:
-                    self.runner = RoomRunner(self.config, self.hub, self.health,
-                                             self._publish_status, speaker=speaker,
-                                             display=self.display)
-                    await nursery.start(self.runner.run)
+                    await self._start_room()
                 self._start_display()
                 await self._start_publisher()
                 if self.config.observe.address is not None:
@@ -315,6 +315,36 @@ class Agent:
             scope.cancel()
             await ended.wait()
 
+    # -- the room -----------------------------------------------------------------
+
+    async def _start_room(self) -> None:
+        """Join the room of ``self.config`` (a RoomRunner in its own scope)."""
+        assert self._nursery is not None and self.hub is not None
+        runner = RoomRunner(self.config, self.hub, self.health, self._publish_status,
+                            speaker=self._speaker, display=self.display)
+        scope, ended = trio.CancelScope(), trio.Event()
+
+        async def run(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            try:
+                with scope:
+                    await runner.run(task_status=task_status)
+            finally:
+                ended.set()
+
+        self.runner, self._room_task = runner, (scope, ended)
+        await self._nursery.start(run)
+
+    async def _stop_room(self) -> None:
+        """Leave the room politely (bounded) and end its runner (a reload to publishing only)."""
+        runner, task, self.runner, self._room_task = self.runner, self._room_task, None, None
+        if runner is not None:
+            with trio.move_on_after(STOP_TIMEOUT):
+                await runner.leave()
+        if task is not None:
+            scope, ended = task
+            scope.cancel()
+            await ended.wait()
+
     async def _stop(self) -> None:
         with trio.move_on_after(STOP_TIMEOUT):
             async with trio.open_nursery() as nursery:
@@ -358,9 +388,12 @@ class Agent:
             self.display = build_display(new)
             if self.runner is not None:
                 self.runner.display = self.display
-        if old.joins_room != new.joins_room:
-            log.warning("config.restart_required", keys=["server", "auth", "room"],
-                        reason="joining a room or only publishing is decided at start")
+        if old.joins_room and not new.joins_room:
+            log.info("room.leaving", reason="the configuration only publishes now")
+            await self._stop_room()
+        elif new.joins_room and not old.joins_room:
+            log.info("room.starting", reason="the configuration joins a room now")
+            await self._start_room()
         elif self.runner is not None:
             await self.runner.apply(old, new, new_tracks=new_tracks)
         if old.publish != new.publish or (new.publish is not None and (

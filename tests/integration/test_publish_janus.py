@@ -266,3 +266,60 @@ async def test_a_publisher_that_died_without_its_delete_is_replaced(
         assert await second.wait_exit(10) == 0
         nursery.cancel_scope.cancel()
     assert not (state / "whip-session").exists()  # its own session was DELETEd
+
+
+def without_sections(toml: str, names: set[str]) -> str:
+    """``toml`` without the tables ``names`` (a header up to the next header)."""
+    out, skipping = [], False
+    for line in toml.splitlines(keepends=True):
+        header = line.strip()
+        if header.startswith("[") and header.endswith("]"):
+            skipping = header.strip("[]").strip() in names
+        if not skipping:
+            out.append(line)
+    return "".join(out)
+
+
+@pytest.mark.timeout(150)
+async def test_a_reload_turns_the_room_off_and_on_while_publishing(
+        tmp_path: Path, sfu: janus.JanusSfu, devserver: DevServer, nursery: trio.Nursery) -> None:
+    """A lobby camera becomes a pure publisher and back by editing its config: the
+    room is left and joined again on reload, the WHIP session is untouched."""
+    _alice_id, alice_token = await register(devserver.api_url, "alice", "alice-password")
+    device_id, device_token = await register(devserver.api_url, "device", "device-password")
+    room_id = await create_room(devserver.api_url, alice_token, "Room")
+    alice = BrowserPeer("alice")
+    token = write_secret(tmp_path / "whip-token", sfu.token or "")
+    publish = f'\n[publish]\nwhip_url = "{sfu.endpoint_url}"\ntoken_file = "{token}"\n'
+    directory = tmp_path / "agent"
+
+    def with_room() -> Path:
+        return write_config(directory, ws_url=devserver.ws_url, room_id=room_id,
+                            token=device_token, extra=STREAMING_MEDIA + publish)
+
+    async with alice.joined(devserver.ws_url, alice_token, room_id):
+        agent = AgentProcess(with_room())
+        await agent.start(nursery)
+        await alice.wait_frames(device_id, video=30, audio=20)
+        await agent.wait_for("publish.connected", timeout=20)
+        # only publishing now: the same [publish], no [server], [auth], [room]
+        agent.config.write_text(without_sections(agent.config.read_text(),
+                                                 {"server", "auth", "room"}))
+        mark = len(agent.events)
+        agent.signal(signal.SIGHUP)
+        await agent.wait_for("config.reloaded", since=mark, timeout=10)
+        await alice.wait_until(lambda: device_id not in alice.pcs, "the device to leave")
+        assert agent.find("room.leaving", since=mark)
+        assert not agent.find("publish.deleted", since=mark), "the WHIP session stays"
+        feed = await wait_publisher(sfu)
+        assert (await subscribe(sfu, feed, frames=10))["video"] >= 10
+        # and back into the room
+        before = alice.received[device_id].video_frames
+        with_room()
+        mark = len(agent.events)
+        agent.signal(signal.SIGHUP)
+        await agent.wait_for("room.joined", since=mark, timeout=20)
+        await alice.wait_frames(device_id, video=before + 30)
+        assert not agent.find("publish.deleted", since=mark)
+        agent.signal(signal.SIGTERM)
+        assert await agent.wait_exit(10) == 0
