@@ -397,3 +397,68 @@ async def test_beyond_max_tiles_nothing_is_decoded_until_a_shown_participant_lea
         # decoded only once shown: fewer frames than it received
         assert 0 < closed["decoded"] < closed["received"], closed
         await agent.stop()
+
+
+# In Chromium's page (instrumented by support.chromiumcall): of its connections (to
+# the agent and to the aiortc participant), the agent's is the one whose remote
+# description has a bandwidth line (aiortc writes none); its video sender's target.
+_AGENTS_PC = """(async () => {
+  const pcs = window.__ge.pcs.filter((pc) => pc.signalingState !== "closed"
+    && pc.remoteDescription && pc.remoteDescription.sdp.includes("b=TIAS"));
+  const out = { count: pcs.length, sdp: pcs.length ? pcs[0].remoteDescription.sdp : "",
+    target: null };
+  if (!pcs.length) return out;
+  (await pcs[0].getStats()).forEach((s) => {
+    if (s.type === "outbound-rtp" && s.kind === "video") out.target = s.targetBitrate ?? null;
+  });
+  return out;
+})()"""
+
+
+async def test_chromium_without_a_tile_is_held_to_the_floor_by_the_agents_cap(
+    devserver: DevServer, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """``max_tiles = 1``, an aiortc participant has the tile: Chromium, second, has
+    none, so the agent asks it for the floor (150 kbit/s). Chromium's own view: the
+    agent's description, as Chromium parsed it, carries the TIAS, and its encoder's
+    target bitrate stays at or under the floor (REMB and b=AS both say so)."""
+    from support.browser import open_browser, viewer_url
+    from support.chromiumcall import _INSTRUMENT, PASSWORD, _join
+
+    from glimpse_edge.rtc.remotevideo import MIN_BPS
+
+    _owner, owner_token = await register(devserver.api_url, "owner", PASSWORD)
+    chromium_id, _ = await register(devserver.api_url, "chromium", PASSWORD)
+    _alice_id, alice_token = await register(devserver.api_url, "alice", PASSWORD)
+    _device_id, device_token = await register(devserver.api_url, "device", PASSWORD)
+    room_id = await create_room(devserver.api_url, owner_token, "Kiosk")
+    alice = BrowserPeer("alice", send_video=(FW, FH))
+    with xvfb(W, H) as display:
+        agent = AgentProcess(
+            write_config(tmp_path, ws_url=devserver.ws_url, room_id=room_id,
+                         token=device_token, log_level="info",
+                         extra=STREAMING_MEDIA + DISPLAY + "max_tiles = 1\n"),
+            env={"DISPLAY": display, "WAYLAND_DISPLAY": ""})
+        await agent.start(nursery)
+        await agent.wait_for("display.opened", driver="x11", timeout=20)
+        async with alice.joined(devserver.ws_url, alice_token, room_id, leave=True):
+            await agent.wait_for("display.decoder.opened", track="alice#1", timeout=20)
+            async with open_browser() as browser:
+                page = await browser.open_viewer(viewer_url(devserver), "chromium")
+                await _join(page, "chromium", room_id, send=True, instrument=_INSTRUMENT)
+                await agent.wait_for("display.tile_cap", peer=chromium_id, shown=False,
+                                     cap_bps=MIN_BPS, timeout=20)
+                await agent.wait_for("peer.connected", peer=chromium_id, timeout=30)
+                targets: list[float] = []
+                with trio.fail_after(40):
+                    while len(targets) < 8:
+                        sample = await page.evaluate(_AGENTS_PC)
+                        if sample["target"]:
+                            targets.append(float(sample["target"]))
+                        await trio.sleep(1.0)
+                sdp = sample["sdp"]
+        print(f"Chromium's encoder target with no tile: {targets} (cap {MIN_BPS})")
+        # Chromium keeps TIAS when both are there (its re-serialisation shows only TIAS)
+        assert f"b=TIAS:{MIN_BPS}" in sdp, sdp
+        assert max(targets[2:]) <= MIN_BPS * 1.05, targets
+        await agent.stop()
