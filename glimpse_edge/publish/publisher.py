@@ -48,6 +48,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from ..config import IceConfig, PublishConfig, read_secret_file
 from ..config.errors import SecretFileError
 from ..rtc.aio import call_aio, on_aio_event
+from ..rtc.bandwidth import Tuning
 from ..rtc.closing import close_peer_connection
 from ..rtc.connection import Connection, ConnectionEvent, PcStateChanged, TrackEnded
 from ..rtc.feedback import PeerFeedback
@@ -135,8 +136,12 @@ class Publisher:
         self._events: trio.MemorySendChannel[ConnectionEvent] | None = None
         self._link_servers: tuple[LinkIceServer, ...] = ()
         self._rate: list[tuple[float, int]] = []  # (monotonic, bytes sent) samples
+        # an SFU's REMB is a cap it sets, not a receiver's estimate that grows
+        # with what arrives (rtc/bandwidth.py, Tuning.remb_always_caps); Janus
+        # repeats it every 5 s, so it stays fresh for longer than a browser's
         self.feedback = PeerFeedback(hub, name="whip", log=self.log, post=self._post,
-                                     current=lambda: self._conn, peer_id="whip")
+                                     current=lambda: self._conn, peer_id="whip",
+                                     tuning=Tuning(remb_always_caps=True, remb_timeout=12.0))
 
     # -- what observe reads ---------------------------------------------------------
 

@@ -90,6 +90,12 @@ class Tuning:
     # while it catches up with a rise of ours, one below this share of its last.
     remb_complaint: float = 0.8
     remb_drop: float = 0.9
+    # Every fresh REMB caps (plain GCC), not only one that complains: for an SFU,
+    # whose REMB is a cap it sets (Janus: the publisher's configured bitrate,
+    # sent every 5 s), not an estimate that grows with what arrives. With the
+    # browser rule the published rate climbed 8 %/s past the cap between two
+    # REMBs and sawed around it (0.65-1.45 x).
+    remb_always_caps: bool = False
 
 
 @dataclass
@@ -226,7 +232,9 @@ class BandwidthEstimator:
             self._remb = float(bitrate_bps)
             self._remb_at = now
             self.last_reason = "remb"
-            if now < self._rise_until:
+            if t.remb_always_caps:
+                self._remb_limits = True
+            elif now < self._rise_until:
                 self._remb_limits = previous is not None and bitrate_bps < t.remb_drop * previous
             else:
                 self._remb_limits = (sending_bps is None

@@ -36,6 +36,7 @@ from .bandwidth import (
     BandwidthEstimator,
     ChangeGate,
     RateMeter,
+    Tuning,
     Update,
     remb_bitrate,
     report_blocks,
@@ -90,8 +91,10 @@ class PeerFeedback:
         current: Callable[[], Connection | None],
         uplink: Uplink | None = None,
         peer_id: str = "",
+        tuning: Tuning | None = None,
     ) -> None:
-        """``uplink``: the device's upload shared with other peers (None: this peer's own)."""
+        """``uplink``: the device's upload shared with other peers (None: this peer's own).
+        ``tuning``: the estimator's (an SFU's REMB is a cap: ``remb_always_caps``)."""
         self.hub = hub
         self.name = name  # the participant, in queue names
         self.log = log
@@ -99,7 +102,7 @@ class PeerFeedback:
         self._current = current
         # One estimate per participant, kept across its connections (a rebuilt
         # connection to the same person usually crosses the same links).
-        self.bandwidth = BandwidthEstimator(*self._estimate_bounds())
+        self.bandwidth = BandwidthEstimator(*self._estimate_bounds(), tuning=tuning or Tuning())
         self._gate = ChangeGate()
         self._failed = False
         self._uplink_limited = False  # the shared uplink limited us at the last report

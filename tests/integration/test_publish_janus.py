@@ -505,8 +505,7 @@ async def test_janus_remb_cap_pulls_the_published_encoding_down_and_lets_it_back
               f"peer.bandwidth: {[(e['estimate_bps'], e['remb_bps'], e['reason']) for e in remb]}")
         assert encoder["new"] >= 150_000, encoder  # within the tier: not below min_bitrate
         assert adapted["max_fps"] is None or adapted["max_fps"] > 0, adapted
-        # while capped, the estimate stays about the cap (it creeps up 8 %/s between
-        # REMBs until the next one complains again)
+        # while capped, the estimate stays at the cap
         held = await watch_status(http, 15.0)
         estimates = [p["estimate_bps"] or 0 for p in held]
         rates = [p["bitrate_bps"] or 0 for p in held]
@@ -514,11 +513,11 @@ async def test_janus_remb_cap_pulls_the_published_encoding_down_and_lets_it_back
         mean = sum(rates) // len(rates)
         print(f"15 s capped: estimate {min(estimates)}-{max(estimates)}, sent (5 s mean) "
               f"{min(rates)}-{max(rates)} bit/s (mean {mean}), encoder up to {top_rate}")
-        # Between Janus's REMBs (5 s apart, each a fixed cap) the estimate climbs 8 %/s
-        # and a REMB above 0.8 x what is sent is no complaint (rtc/bandwidth.py): the
-        # rate saws around the cap (measured 0.65-1.45 x it), it does not run away.
-        assert (mean <= 1.2 * REMB_CAP and max(rates) <= 1.7 * REMB_CAP
-                and max(estimates) <= 2.5 * REMB_CAP), (
+        # Janus's REMB (every 5 s) is a cap, and the publisher takes it as one
+        # (Tuning.remb_always_caps): the estimate never climbs past it, and what
+        # is sent stays under it (the 5 s mean may touch it: a key frame, audio)
+        assert (mean <= 1.1 * REMB_CAP and max(rates) <= 1.25 * REMB_CAP
+                and max(estimates) <= REMB_CAP), (
             f"expected what reaches Janus to stay about its REMB of {REMB_CAP} while capped "
             f"(the estimate re-capped by each REMB, 5 s apart); saw sent {min(rates)}-"
             f"{max(rates)} bit/s (mean {mean}), estimate {min(estimates)}-{max(estimates)}")

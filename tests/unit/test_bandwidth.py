@@ -31,6 +31,7 @@ from glimpse_edge.rtc.bandwidth import (
     BandwidthEstimator,
     ChangeGate,
     ReportBlock,
+    Tuning,
     remb_bitrate,
     replay,
     report_blocks,
@@ -380,3 +381,18 @@ def test_the_rtcp_hook_never_raises_and_says_so_once() -> None:
             feedback.observe(conn, _BrokenSender(), "video", packet)  # type: ignore[arg-type]
     assert [e["event"] for e in logs] == ["peer.bandwidth_error"]
     assert feedback.estimate_bps is None
+
+
+def test_an_sfus_remb_is_a_cap_even_above_what_we_send() -> None:
+    """An SFU's REMB is a cap it sets (Janus: every 5 s): the estimate never climbs
+    past it between two, as it does past a browser's REMB that asks for no less."""
+    est = BandwidthEstimator(MIN, MAX, tuning=Tuning(remb_always_caps=True, remb_timeout=12.0))
+    est.on_report(0.0, 0.0)
+    est.on_remb(0.5, 300_000, sending_bps=250_000)  # above what we send: still a cap
+    replay(est, reports(1.0, 4, loss=0.0))
+    assert est.estimate_at(5.0) == 300_000
+    browser = estimator()
+    browser.on_report(0.0, 0.0)
+    browser.on_remb(0.5, 300_000, sending_bps=250_000)
+    replay(browser, reports(1.0, 4, loss=0.0))
+    assert browser.estimate_at(5.0) > 300_000, "a browser's REMB above what we send asks no less"
