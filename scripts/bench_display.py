@@ -36,7 +36,7 @@ Needs Debian's Xvfb (the screen is SDL's x11 driver on it, as in the tests).
     the age of the frame on screen (screenshot time minus the capture time in
     the frame code: capture -> aiortc encode -> network -> decode -> screen, +
     0..1 frame interval it was already up, + the screenshot's own latency).
-    The agent encodes its own 1280x720 test pattern meanwhile, as in a call.
+    The agent encodes its own test pattern (640x360 H.264) meanwhile, as in a call.
 
 Everything is on 127.0.0.1 and stops by itself.
 """
@@ -325,7 +325,7 @@ def main() -> None:
           f"{args.seconds:g} s", flush=True)
     b = trio.run(agent_bench, args.seconds)
     ages = b["ages"]
-    print("| agent RSS idle | RSS with 4 shown | agent CPU (incl. its own 720p encode) "
+    print("| agent RSS idle | RSS with 4 shown | agent CPU (incl. its own encode) "
           "| frame age on screen median / p95 (n) | screenshot itself |")
     print("|---|---|---|---|---|")
     print(f"| {b['rss0'] / 2**20:.0f} MiB | {b['rss'] / 2**20:.0f} MiB | "
