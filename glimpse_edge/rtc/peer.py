@@ -60,6 +60,7 @@ from .connection import (
 )
 from .feedback import PeerFeedback
 from .inbox import Inbox
+from .levels import PeerLevels
 from .pacer import PacingState
 from .remotevideo import RemoteVideo
 from .sdp import BadSignal, check_sdp, ice_credentials, negotiated_codecs, parse_candidate
@@ -159,6 +160,7 @@ class PeerSession:
         self.log = log.bind(peer=self.peer_id, username=participant.username)
         self.remote_video = None if display is None else RemoteVideo(
             display, self.peer_id, participant.username or self.peer_id, self.log)
+        self.levels = None if display is None else PeerLevels(display, self.peer_id, self.log)
         self.feedback = PeerFeedback(hub, name=participant.username, log=self.log,
                                      post=self._post, current=lambda: self._conn,
                                      uplink=uplink, peer_id=self.peer_id)
@@ -242,11 +244,15 @@ class PeerSession:
         await self._drop_lingering("session closed")
         if self.remote_video is not None:
             self.remote_video.leave()
+        if self.levels is not None:
+            self.levels.leave()
 
     def check_video(self, now: float) -> None:
         """Say "no video" on the tile when the video stopped (kiosk.follow_room, every 0.5 s)."""
         if self.remote_video is not None:
             self.remote_video.check(self._conn, now)
+        if self.levels is not None:
+            self.levels.check(now)  # the active speaker (rtc/levels.py)
 
     # -- timers -------------------------------------------------------------
 
@@ -512,9 +518,10 @@ class PeerSession:
             # transceiver is played: aiortc's receive queue is unbounded, so
             # the speaker drains it from now until the track ends.
             ours = conn.transceivers.get("audio")
-            if (speaker is not None and ours is not None
+            if ((speaker or self.levels) is not None and ours is not None
                     and getattr(track, "kind", None) == "audio" and ours.receiver.track is track):
-                speaker.attach(f"{self.participant.username or self.peer_id}#{gen}", track)
+                if speaker is not None:  # else it is received for its levels only
+                    speaker.attach(f"{self.participant.username or self.peer_id}#{gen}", track)
                 return
             # With the display on, the remote video on our video transceiver
             # is tapped before aiortc decodes it (RemoteVideo.tap): its track
@@ -544,14 +551,16 @@ class PeerSession:
                                            f"{self.participant.username}/frames"))
             else:
                 track = PacketTrack("video" if kind == "video" else "audio")
-            # sendrecv only for the speakerphone's audio and the display's
-            # video: everything else stays send-only, so nothing is received
-            # that nobody reads.
-            receives = speaker if kind == "audio" else display
+            # sendrecv only for the speakerphone's audio (or the display's speaker
+            # levels) and the display's video: everything else stays send-only,
+            # so nothing is received that nobody reads.
+            receives = (speaker or self.levels) if kind == "audio" else display
             direction = "sendrecv" if receives is not None else "sendonly"
             transceiver = pc.addTransceiver(track, direction=direction)
             if kind == "video" and display is not None:
                 display.tap(conn, transceiver.receiver)
+            if kind == "audio" and self.levels is not None:
+                self.levels.hook(transceiver.receiver, drain=speaker is None)
             transceiver.setCodecPreferences(codec_preferences(kind, self.video_codec))
             self.feedback.hook(conn, transceiver.sender, kind)
             conn.tracks[kind] = track
