@@ -136,7 +136,7 @@ async def feed_self_view(state: DisplayState, hub: Callable[[], MediaHub | None]
     last: object | None = None
     try:
         while True:
-            await trio.sleep(1 / fps)
+            await trio.sleep(1 / fps if state.self_view else 0.5)
             h = hub()
             frame = h.latest_frame if h is not None and state.self_view else None
             if frame is None or frame is last or not state.placement().rects:

@@ -6,6 +6,12 @@ the agent receives it (sendrecv video), decodes it with the display's decoder
 and shows it: the code read back from the X server's picture climbs, and the
 tile carries the name. A participant who sends no video gets "no video"; one
 who leaves takes their decoder and tile along.
+
+Third slice: two participants side by side with the display latency; 10 joins
+and leaves leave no decoder, thread or fd; Chromium (fake camera, the dev
+server's viewer page) decoded and shown, and held to its tile's rate;
+``max_tiles``: the participant beyond it is not decoded until a tile frees;
+the self-view tile shows the device's own frames.
 """
 
 from __future__ import annotations
