@@ -214,16 +214,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("devices", help="list cameras, video devices and microphones",
                        description="List the cameras libcamera sees (through picamera2), the "
-                       "V4L2 video devices and the ALSA sound cards and capture devices, with "
-                       "the configuration values that select them. Opens nothing, so it also "
+                       "V4L2 video devices, the ALSA sound cards and capture devices, and the "
+                       "decoders the kiosk display would use (H.264, VP8), with the "
+                       "configuration values that select them. Opens nothing, so it also "
                        "works while the agent runs. Exit 0.")
     p.add_argument("--json", action="store_true", help="print JSON, for scripts")
     p.set_defaults(func=_cmd_devices)
 
     p = sub.add_parser("doctor", help="check everything this device needs, and say what to fix",
                        description="Check the configuration, secret files, clock, server "
-                       "(HTTP, TLS, WebSocket, token), camera, microphone, STUN/TURN servers "
-                       "and the systemd service, and print a checklist with a fix for each "
+                       "(HTTP, TLS, WebSocket, token), camera, microphone, the display's "
+                       "decoders, the WHIP endpoint, STUN/TURN servers and the systemd "
+                       "service, and print a checklist with a fix for each "
                        "problem. Exit 0 when all passed, 1 with warnings, 2 with failures.")
     p.add_argument("--config", "-c", default=DEFAULT_CONFIG,
                    help=f"main configuration file (default {DEFAULT_CONFIG})")
