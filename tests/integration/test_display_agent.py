@@ -28,7 +28,7 @@ from support.agent import STREAMING_MEDIA, AgentProcess, write_config
 from support.devserver import DevServer
 from support.glimpse_client import create_room, register
 from support.rtcpeer import BrowserPeer
-from support.screenshot import code_in, grab, label_bar, text_pixels
+from support.screenshot import code_in, grab, label_bar, save_for_docs, text_pixels
 from support.xvfb import xvfb
 
 from glimpse_edge.display.layout import Rect, fit, grid
@@ -175,6 +175,7 @@ async def test_two_participants_are_shown_side_by_side_with_their_names_and_late
                 await agent.wait_for("display.tile_cap", peer=bob_id, cap_bps=cap, timeout=5)
                 ages = await _ages_on_screen(display, list(two), 30)
                 rgb = await trio.to_thread.run_sync(grab, display)
+                save_for_docs(rgb, "kiosk-two-participants.png")
                 for rect, who in zip(two, ("alice", "bob"), strict=True):
                     assert text_pixels(rgb, label_bar(rect)) > 30, f"{who}'s name"
                 # bob's description came from the agent after alice had a tile: b=AS/TIAS

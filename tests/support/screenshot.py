@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageGrab
@@ -40,3 +43,11 @@ def text_pixels(rgb: npt.NDArray[np.uint8], rect: Rect) -> int:
 def label_bar(tile: Rect) -> Rect:
     """The bottom strip of a tile where its name is written (the lowest eighth)."""
     return Rect(tile.x, tile.bottom - tile.h // 8, tile.w // 2, tile.h // 8)
+
+
+def save_for_docs(rgb: npt.NDArray[np.uint8], name: str) -> None:
+    """Keep a screenshot for the documentation when ``GLIMPSE_DOCS_SCREENSHOTS`` names a
+    directory (the README's picture of the kiosk comes from a real test run)."""
+    directory = os.environ.get("GLIMPSE_DOCS_SCREENSHOTS")
+    if directory:
+        Image.fromarray(rgb).save(Path(directory) / name, optimize=True)
