@@ -135,6 +135,7 @@ class Publisher:
         self._client: WhipClient | None = None
         self._events: trio.MemorySendChannel[ConnectionEvent] | None = None
         self._link_servers: tuple[LinkIceServer, ...] = ()
+        self._token_stamp: tuple[int, int, int] | None = None  # the token file when last read
         self._rate: list[tuple[float, int]] = []  # (monotonic, bytes sent) samples
         # an SFU's REMB is a cap it sets, not a receiver's estimate that grows
         # with what arrives (rtc/bandwidth.py, Tuning.remb_always_caps); Janus
@@ -235,7 +236,9 @@ class Publisher:
     async def _wait_for_token(self, limit: float) -> None:
         """Sleep ``limit`` seconds, or less if the token file changes."""
         path = self.config.token_file
-        stamp = _stamp(path)
+        # the file as it was when the refused token was read: one written since
+        # (even before this wait began) is a new token
+        stamp = self._token_stamp
         with trio.move_on_after(limit):
             while True:
                 await trio.sleep(TOKEN_POLL)
@@ -244,6 +247,7 @@ class Publisher:
                     return
 
     async def _session_once(self) -> None:
+        self._token_stamp = _stamp(self.config.token_file)
         token = (read_secret_file(self.config.token_file)
                  if self.config.token_file is not None else None)
         verify: Any = True
