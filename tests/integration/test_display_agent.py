@@ -47,6 +47,19 @@ pytestmark = pytest.mark.skipif(shutil.which("Xvfb") is None,
                                 reason="Xvfb not installed (scripts/setup-env.sh installs it)")
 
 
+async def start_kiosk(tmp_path: Path, devserver: DevServer, room_id: str, token: str,
+                      display: str, nursery: trio.Nursery, more: str = "") -> AgentProcess:
+    """The agent with ``[display]`` on (plus ``more`` of it) on the X server ``display``,
+    started and its screen open."""
+    agent = AgentProcess(
+        write_config(tmp_path, ws_url=devserver.ws_url, room_id=room_id, token=token,
+                     log_level="info", extra=STREAMING_MEDIA + DISPLAY + more),
+        env={"DISPLAY": display, "WAYLAND_DISPLAY": ""})
+    await agent.start(nursery)
+    await agent.wait_for("display.opened", driver="x11", timeout=20)
+    return agent
+
+
 async def _codes_on_screen(display: str, count: int, timeout: float = 20.0) -> list[FrameCode]:
     """Frame codes read from the single tile, ``count`` different ones in a row."""
     rect = fit(FW, FH, grid(1, W, H).tiles[0])
@@ -70,13 +83,8 @@ async def test_a_participants_video_is_shown_then_freed(
     room_id = await create_room(devserver.api_url, alice_token, "Room")
     alice = BrowserPeer("alice", send_video=(FW, FH))
     with xvfb(W, H) as display:
-        agent = AgentProcess(
-            write_config(tmp_path, ws_url=devserver.ws_url, room_id=room_id,
-                         token=device_token, log_level="info",
-                         extra=STREAMING_MEDIA + DISPLAY),
-            env={"DISPLAY": display, "WAYLAND_DISPLAY": ""})
-        await agent.start(nursery)
-        await agent.wait_for("display.opened", driver="x11", timeout=20)
+        agent = await start_kiosk(tmp_path, devserver, room_id, device_token, display,
+                                  nursery)
         async with alice.joined(devserver.ws_url, alice_token, room_id, leave=True):
             await agent.wait_for("room.joined", timeout=20)
             await agent.wait_for("display.decoder.opened", timeout=20)
@@ -159,13 +167,8 @@ async def test_two_participants_are_shown_side_by_side_with_their_names_and_late
     two = grid(2, W, H).tiles
     cap = tile_bitrate(two[1])
     with xvfb(W, H) as display:
-        agent = AgentProcess(
-            write_config(tmp_path, ws_url=devserver.ws_url, room_id=room_id,
-                         token=device_token, log_level="info",
-                         extra=STREAMING_MEDIA + DISPLAY),
-            env={"DISPLAY": display, "WAYLAND_DISPLAY": ""})
-        await agent.start(nursery)
-        await agent.wait_for("display.opened", driver="x11", timeout=20)
+        agent = await start_kiosk(tmp_path, devserver, room_id, device_token, display,
+                                  nursery)
         async with alice.joined(devserver.ws_url, alice_token, room_id, leave=True):
             await agent.wait_for("display.decoder.opened", track="alice#1", timeout=20)
             async with bob.joined(devserver.ws_url, bob_token, room_id, leave=True):
@@ -207,13 +210,8 @@ async def test_ten_joins_and_leaves_leave_no_decoder_thread_or_fd(
     _device_id, device_token = await register(devserver.api_url, "device", "device-password")
     room_id = await create_room(devserver.api_url, alice_token, "Room")
     with xvfb(W, H) as display:
-        agent = AgentProcess(
-            write_config(tmp_path, ws_url=devserver.ws_url, room_id=room_id,
-                         token=device_token, log_level="info",
-                         extra=STREAMING_MEDIA + DISPLAY),
-            env={"DISPLAY": display, "WAYLAND_DISPLAY": ""})
-        await agent.start(nursery)
-        await agent.wait_for("display.opened", driver="x11", timeout=20)
+        agent = await start_kiosk(tmp_path, devserver, room_id, device_token, display,
+                                  nursery)
         await agent.wait_for("room.joined", timeout=20)
         baseline: tuple[int, int] | None = None
         for visit in range(1, 11):
@@ -262,13 +260,8 @@ async def test_chromiums_camera_is_decoded_and_shown_within_its_tiles_rate(
     two = grid(2, W, H).tiles
     cap = tile_bitrate(two[0])
     with xvfb(W, H) as display:
-        agent = AgentProcess(
-            write_config(tmp_path, ws_url=devserver.ws_url, room_id=room_id,
-                         token=device_token, log_level="info",
-                         extra=STREAMING_MEDIA + DISPLAY),
-            env={"DISPLAY": display, "WAYLAND_DISPLAY": ""})
-        await agent.start(nursery)
-        await agent.wait_for("display.opened", driver="x11", timeout=20)
+        agent = await start_kiosk(tmp_path, devserver, room_id, device_token, display,
+                                  nursery)
         await agent.wait_for("room.joined", timeout=20)
         async with open_browser() as browser:
             page = await browser.open_viewer(viewer_url(
@@ -322,13 +315,8 @@ async def test_the_self_view_shows_the_devices_own_picture_as_the_last_tile(
     layout = grid(1, W, H, self_view=True)
     assert layout.self_view is not None
     with xvfb(W, H) as display:
-        agent = AgentProcess(
-            write_config(tmp_path, ws_url=devserver.ws_url, room_id=room_id,
-                         token=device_token, log_level="info",
-                         extra=STREAMING_MEDIA + DISPLAY + "self_view = true\n"),
-            env={"DISPLAY": display, "WAYLAND_DISPLAY": ""})
-        await agent.start(nursery)
-        await agent.wait_for("display.opened", driver="x11", timeout=20)
+        agent = await start_kiosk(tmp_path, devserver, room_id, device_token, display,
+                                  nursery, "self_view = true\n")
         async with alice.joined(devserver.ws_url, alice_token, room_id, leave=True):
             await agent.wait_for("display.decoder.opened", timeout=20)
             own = fit(STREAMING_WIDTH, STREAMING_HEIGHT, layout.self_view)
@@ -367,13 +355,8 @@ async def test_beyond_max_tiles_nothing_is_decoded_until_a_shown_participant_lea
     alice = BrowserPeer("alice", send_video=(FW, FH))
     bob = BrowserPeer("bob", send_video=(FW, FH))
     with xvfb(W, H) as display:
-        agent = AgentProcess(
-            write_config(tmp_path, ws_url=devserver.ws_url, room_id=room_id,
-                         token=device_token, log_level="info",
-                         extra=STREAMING_MEDIA + DISPLAY + "max_tiles = 1\n"),
-            env={"DISPLAY": display, "WAYLAND_DISPLAY": ""})
-        await agent.start(nursery)
-        await agent.wait_for("display.opened", driver="x11", timeout=20)
+        agent = await start_kiosk(tmp_path, devserver, room_id, device_token, display,
+                                  nursery, "max_tiles = 1\n")
         alice_leaves, alice_left = trio.Event(), trio.Event()
 
         async def alice_visits() -> None:
@@ -442,13 +425,8 @@ async def test_chromium_without_a_tile_is_held_to_the_floor_by_the_agents_cap(
     room_id = await create_room(devserver.api_url, owner_token, "Kiosk")
     alice = BrowserPeer("alice", send_video=(FW, FH))
     with xvfb(W, H) as display:
-        agent = AgentProcess(
-            write_config(tmp_path, ws_url=devserver.ws_url, room_id=room_id,
-                         token=device_token, log_level="info",
-                         extra=STREAMING_MEDIA + DISPLAY + "max_tiles = 1\n"),
-            env={"DISPLAY": display, "WAYLAND_DISPLAY": ""})
-        await agent.start(nursery)
-        await agent.wait_for("display.opened", driver="x11", timeout=20)
+        agent = await start_kiosk(tmp_path, devserver, room_id, device_token, display,
+                                  nursery, "max_tiles = 1\n")
         # the browser outlives alice: her connection to Chromium (and aiortc's
         # decoder thread for its video) closes while Chromium is still there
         async with open_browser() as browser:
