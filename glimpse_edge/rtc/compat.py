@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from .pacer import Pacer
 
 __all__ = [
+    "AUDIO_LEVEL_NEEDS",
     "NEEDS",
     "TESTED",
     "IncompatibleLibrary",
@@ -46,6 +47,7 @@ __all__ = [
     "cap_remb",
     "check",
     "guard_ice_connect",
+    "hook_audio_level",
     "hook_keyframe_request",
     "hook_rtcp",
     "install",
@@ -193,6 +195,20 @@ def installed_version(library: str) -> str:
     except metadata.PackageNotFoundError:
         return "not installed"
 
+
+# What the display's active speaker reads (hook_audio_level). Checked when a
+# display first hooks a receiver (rtc/levels.py), not at start-up: without it
+# the call goes on with no highlight.
+AUDIO_LEVEL_NEEDS: Final[tuple[Need, ...]] = (
+    Need("aiortc", "aiortc.rtcrtpreceiver:RTCRtpReceiver", "_handle_rtp_packet", "coroutine",
+         "hook_audio_level", params=("self", "packet", "arrival_time_ms")),
+    Need("aiortc", "aiortc.rtcdtlstransport:RTCDtlsTransport", "_handle_rtp_packet", "used_by",
+         "hook_audio_level", in_method="_handle_rtp_data"),
+    Need("aiortc", "aiortc.rtp:HeaderExtensionsMap", "audio_level", "used_by",
+         "hook_audio_level", in_method="get"),
+    Need("aiortc", "aiortc.rtp:HeaderExtensions", "audio_level", "attribute",
+         "hook_audio_level"),
+)
 
 def _names_in(code: types.CodeType) -> Iterator[str]:
     """Attribute and global names a function's code uses, nested functions included."""
@@ -450,6 +466,34 @@ def pace_rtp(sender: Any, pacer: Pacer) -> None:
 
     transport._send_rtp = send_rtp
     transport._glimpse_pacer = pacer
+
+
+# -- aiortc: a receiver's audio levels (the active speaker) ------------------------
+
+def hook_audio_level(receiver: Any, on_level: Callable[[float], None],
+                     on_error: Callable[[Exception], None]) -> None:
+    """Call ``on_level(dbov)`` with the level of each audio packet ``receiver`` gets.
+
+    aiortc: the DTLS transport parses each RTP packet with the negotiated
+    header extensions and awaits ``receiver._handle_rtp_packet(packet,
+    arrival_time_ms=...)``, looked up on the instance each time; the level
+    is ``packet.extensions.audio_level``, ``(voice_activity, -dBov)``, or
+    None when the sender did not send it. The wrapper reads it, then hands
+    the packet on unchanged. ``on_level`` runs in aiortc's RTP path: its
+    errors go to ``on_error``, never up.
+    """
+    original = receiver._handle_rtp_packet
+
+    async def handle(packet: Any, arrival_time_ms: int) -> None:
+        level = packet.extensions.audio_level
+        if level is not None:
+            try:
+                on_level(-float(level[1]))
+            except Exception as exc:
+                on_error(exc)
+        await original(packet, arrival_time_ms=arrival_time_ms)
+
+    receiver._handle_rtp_packet = handle
 
 
 # -- aiortc: a receiver's encoded video -------------------------------------------

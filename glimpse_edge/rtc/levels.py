@@ -5,8 +5,9 @@ audio packets: the packet's level in dBov, measured by the sender. aiortc
 1.16 offers and answers the extension for audio (``codecs.HEADER_EXTENSIONS``,
 id 2) and parses it into ``packet.extensions.audio_level`` (``HeaderExtensionsMap``),
 then drops it: the receiver keeps no level. So the receiver's packet handler
-is wrapped (:func:`hook_audio_level`) and reads the level of each packet
-before aiortc handles it; nothing is decoded for it.
+is wrapped (:func:`~.compat.hook_audio_level`, with aiortc's other internals
+in rtc/compat.py) and reads the level of each packet before aiortc handles
+it; nothing is decoded for it.
 
 With ``[display]`` on the audio transceiver receives (``sendrecv``) even
 when ``[playback]`` is off, for the levels alone (docs/decisions.md, "Kiosk
@@ -22,8 +23,8 @@ session when the display is on); the levels of all participants go to one
 ``DisplayState.set_speaker``. Everything here runs on the agent's one
 thread (aiortc's RTP path is trio-asyncio, inside Trio).
 
-An aiortc without what this relies on (checked once, like rtc/compat.py's
-needs, with its machinery) leaves the display without a highlight and logs
+An aiortc without what this relies on (``compat.AUDIO_LEVEL_NEEDS``, checked
+once, when the first receiver is hooked) leaves the display without a highlight and logs
 ``display.speaker_unavailable``; the call goes on.
 """
 
@@ -32,46 +33,32 @@ from __future__ import annotations
 import functools
 import time
 import weakref
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
 from ..display.speaker import ActiveSpeaker
 from . import compat
-from .compat import Need
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
     from ..display.state import DisplayState
 
-__all__ = ["AUDIO_LEVEL_URI", "NEEDS", "PeerLevels", "RoomSpeaker", "hook_audio_level",
-           "problems"]
+__all__ = ["AUDIO_LEVEL_URI", "PeerLevels", "RoomSpeaker", "problems"]
 
 AUDIO_LEVEL_URI: Final = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 # The speaker is worked out at most this often (levels arrive 50 a second per peer).
 EVALUATE_EVERY: Final = 0.05
 
-NEEDS: Final[tuple[Need, ...]] = (
-    Need("aiortc", "aiortc.rtcrtpreceiver:RTCRtpReceiver", "_handle_rtp_packet", "coroutine",
-         "hook_audio_level", params=("self", "packet", "arrival_time_ms")),
-    Need("aiortc", "aiortc.rtcdtlstransport:RTCDtlsTransport", "_handle_rtp_packet", "used_by",
-         "hook_audio_level", in_method="_handle_rtp_data"),
-    Need("aiortc", "aiortc.rtp:HeaderExtensionsMap", "audio_level", "used_by",
-         "hook_audio_level", in_method="get"),
-    Need("aiortc", "aiortc.rtp:HeaderExtensions", "audio_level", "attribute",
-         "hook_audio_level"),
-)
-
-LevelSink = Callable[[float], None]
 
 log = structlog.get_logger(__name__)
 
 
 def problems() -> list[str]:
     """What the installed aiortc lacks for the levels (empty: nothing)."""
-    found = [p for missing in compat.problems(NEEDS).values() for p in missing]
+    found = [p for missing in compat.problems(compat.AUDIO_LEVEL_NEEDS).values()
+             for p in missing]
     try:
         from aiortc.codecs import HEADER_EXTENSIONS
 
@@ -85,32 +72,6 @@ def problems() -> list[str]:
 @functools.cache
 def _problems_once() -> tuple[str, ...]:
     return tuple(problems())
-
-
-def hook_audio_level(receiver: Any, on_level: LevelSink,
-                     on_error: Callable[[Exception], None]) -> None:
-    """Call ``on_level(dbov)`` with the level of each audio packet ``receiver`` gets.
-
-    aiortc: the DTLS transport parses each RTP packet with the negotiated
-    header extensions and awaits ``receiver._handle_rtp_packet(packet,
-    arrival_time_ms=...)``, looked up on the instance each time; the level
-    is ``packet.extensions.audio_level``, ``(voice_activity, -dBov)``, or
-    None when the sender did not send it. The wrapper reads it, then hands
-    the packet on unchanged. ``on_level`` runs in aiortc's RTP path: its
-    errors go to ``on_error``, never up.
-    """
-    original = receiver._handle_rtp_packet
-
-    async def handle(packet: Any, arrival_time_ms: int) -> None:
-        level = packet.extensions.audio_level
-        if level is not None:
-            try:
-                on_level(-float(level[1]))
-            except Exception as exc:
-                on_error(exc)
-        await original(packet, arrival_time_ms=arrival_time_ms)
-
-    receiver._handle_rtp_packet = handle
 
 
 class RoomSpeaker:
@@ -175,7 +136,7 @@ class PeerLevels:
                 self._failed = True
                 self.log.error("display.speaker_unavailable", problems="; ".join(missing))
         else:
-            hook_audio_level(receiver, self._on_level, self._on_error)
+            compat.hook_audio_level(receiver, self._on_level, self._on_error)
         if drain:
             compat.tap_encoded_video(receiver, _drop, self._on_error)
 
