@@ -62,7 +62,7 @@ async def test_a_frames_packets_leave_paced_and_stamped_when_they_left(
         got = await alice.wait_frames(device_id, video=30, audio=20)
         mark = len(got.rtp)
         await alice.wait_until(lambda: len(big_frames(got.rtp[mark:])) >= 5,
-                               "five frames bigger than twice the pacer's credit", 40)
+                               "five frames bigger than 1.5 x the pacer's credit", 60)
         assert got.codec in (None, "vp8") or "vp8" in str(got.codec).lower()
     frames = big_frames(got.rtp[mark:])
     # past the credit, the packets leave at the pacing rate: the frame's span
@@ -83,6 +83,10 @@ async def test_a_frames_packets_leave_paced_and_stamped_when_they_left(
 
 
 def big_frames(packets: list[RtpArrival]) -> list[list[RtpArrival]]:
-    """Whole frames (marker seen) bigger than twice what may leave at once."""
+    """Whole frames (marker seen) bigger than 1.5 x what may leave at once.
+
+    (Key frames; on a loaded machine the receiver's REMB may lower the rate,
+    and with it their size: a CI run saw fewer than five over twice the
+    credit in 40 s.)"""
     return [f for f in frames_of(packets)
-            if f[-1].marker and sum(p.size for p in f) > 2 * CREDIT_BYTES]
+            if f[-1].marker and sum(p.size for p in f) > 1.5 * CREDIT_BYTES]

@@ -23,8 +23,14 @@ from glimpse_edge.display.decode import EncodedFrame, VideoDecoder, is_keyframe
 from glimpse_edge.media.framecode import read_code
 from glimpse_edge.media.testpattern import TestPatternSource
 from glimpse_edge.rtc import compat
+from glimpse_edge.rtc.closing import close_peer_connection
 
 FRAMES = 40
+# Each test's whole run, and each close, bounded from inside: a test that pytest's
+# timeout had to kill mid-run left its asyncio loop running, and every later
+# test that used asyncio failed with it (a CI run lost 18 tests that way).
+RUN_TIMEOUT = 90.0
+CLOSE_TIMEOUT = 10.0
 
 
 class Pattern(MediaStreamTrack):
@@ -83,14 +89,14 @@ def test_remote_video_reaches_our_decoder_and_not_aiortcs(codec: str) -> None:
             # what aiortc decoded itself would wait in its track's queue
             aiortc_decoded = viewing.receiver.track._queue.qsize()  # type: ignore[attr-defined]
         finally:
-            await sender_pc.close()
-            await viewer_pc.close()
+            await asyncio.wait_for(close_peer_connection(sender_pc), CLOSE_TIMEOUT)
+            await asyncio.wait_for(close_peer_connection(viewer_pc), CLOSE_TIMEOUT)
             decoder.close()
         leftover = any(t.name == "video-decoder" and t.is_alive()
                        for t in threading.enumerate())
         return codes, aiortc_decoded, errors, leftover
 
-    codes, aiortc_decoded, errors, leftover = asyncio.run(run())
+    codes, aiortc_decoded, errors, leftover = asyncio.run(asyncio.wait_for(run(), RUN_TIMEOUT))
     assert len(codes) >= FRAMES and codes == sorted(codes), (
         f"expected {FRAMES} frames decoded by our decoder, in order; got codes {codes}")
     assert aiortc_decoded == 0, f"aiortc decoded {aiortc_decoded} frames itself"
@@ -136,10 +142,10 @@ def test_a_keyframe_request_from_a_decoder_thread_reaches_the_sender_as_a_pli() 
             thread.join()
             return requests - before, errors
         finally:
-            await sender_pc.close()
-            await viewer_pc.close()
+            await asyncio.wait_for(close_peer_connection(sender_pc), CLOSE_TIMEOUT)
+            await asyncio.wait_for(close_peer_connection(viewer_pc), CLOSE_TIMEOUT)
 
-    asked, errors = asyncio.run(run())
+    asked, errors = asyncio.run(asyncio.wait_for(run(), RUN_TIMEOUT))
     assert asked >= 1, "the sender got no PLI"
     assert not errors, errors
 
@@ -204,10 +210,10 @@ def test_a_small_tiles_remb_cap_brings_a_real_senders_bitrate_down() -> None:
             return {"rembs": rembs, "t0": t0, "before": before, "after": after,
                     "target": encoder.target_bitrate, "errors": errors}
         finally:
-            await sender_pc.close()
-            await viewer_pc.close()
+            await asyncio.wait_for(close_peer_connection(sender_pc), CLOSE_TIMEOUT)
+            await asyncio.wait_for(close_peer_connection(viewer_pc), CLOSE_TIMEOUT)
 
-    out = asyncio.run(run())
+    out = asyncio.run(asyncio.wait_for(run(), RUN_TIMEOUT))
     rembs, t0 = out["rembs"], out["t0"]
     assert isinstance(rembs, list) and isinstance(t0, float)
     uncapped = [b for t, b in rembs if t < t0]
