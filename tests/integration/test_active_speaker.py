@@ -103,7 +103,11 @@ async def test_the_loud_participant_becomes_the_speaker_and_nothing_is_decoded(
 
         seen: list[tuple[str | None, float]] = []
         try:
-            await asyncio.sleep(1.0)  # connected, silence flowing
+            # connected, and half a second of silence from each sent
+            t0 = time.monotonic()
+            while min(v.n for v in voices.values()) < 25:
+                assert time.monotonic() - t0 < 20, {k: v.n for k, v in voices.items()}
+                await asyncio.sleep(0.02)
             assert state.snapshot().speaker is None
             voices["alice"].loud = True
             seen.append(("alice", await speaker_becomes("alice", 8)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from fractions import Fraction
 
 import av
@@ -199,16 +200,34 @@ def test_a_small_tiles_remb_cap_brings_a_real_senders_bitrate_down() -> None:
             await viewer_pc.setRemoteDescription(sender_pc.localDescription)
             await viewer_pc.setLocalDescription(await viewer_pc.createAnswer())
             await sender_pc.setRemoteDescription(viewer_pc.localDescription)
-            await asyncio.sleep(6)  # uncapped: the estimate grows past the cap
+            def target() -> float:  # aiortc makes its encoder with the first frame
+                enc = sending.sender._RTCRtpSender__encoder  # type: ignore[attr-defined]
+                return float("inf") if enc is None else float(enc.target_bitrate)
+
+            async def until(done: Callable[[], bool], what: str, timeout: float) -> None:
+                t = loop.time()
+                while not done():
+                    if loop.time() - t > timeout:
+                        raise AssertionError(f"expected {what} within {timeout} s; "
+                                             f"REMBs {rembs[-5:]}, errors {errors}")
+                    await asyncio.sleep(0.1)
+
+            # uncapped: the estimate grows past the cap, with 3 s of frames to measure
+            start = loop.time()
+            await until(lambda: loop.time() - start >= 3 and any(b > cap_bps for _t, b in rembs),
+                        f"a REMB above {cap_bps} before the cap", 30)
             t0 = loop.time()
             before = rate(t0 - 3, t0)
             cap[0] = cap_bps  # the layout changed: the tile is small now
-            await asyncio.sleep(6)
+            # capped: REMBs at the cap, the sender's target follows, and 3 s of frames since
+            await until(lambda: loop.time() - t0 >= 3.6
+                        and any(t > t0 + 0.6 for t, _b in rembs)
+                        and target() <= cap_bps,
+                        "a REMB at the cap and the sender's target under it", 30)
             t1 = loop.time()
             after = rate(t1 - 3, t1)
-            encoder = sending.sender._RTCRtpSender__encoder  # type: ignore[attr-defined]
             return {"rembs": rembs, "t0": t0, "before": before, "after": after,
-                    "target": encoder.target_bitrate, "errors": errors}
+                    "target": target(), "errors": errors}
         finally:
             await asyncio.wait_for(close_peer_connection(sender_pc), CLOSE_TIMEOUT)
             await asyncio.wait_for(close_peer_connection(viewer_pc), CLOSE_TIMEOUT)
