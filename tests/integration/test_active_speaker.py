@@ -27,6 +27,7 @@ import trio
 from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamTrack
 from support.agent import STREAMING_MEDIA, AgentProcess, write_config
+from support.aioclose import close_all_within
 from support.devserver import DevServer
 from support.glimpse_client import create_room, register
 from support.rtcpeer import BrowserPeer
@@ -37,7 +38,6 @@ from trio_asyncio import aio_as_trio
 from glimpse_edge.display.layout import fit, grid
 from glimpse_edge.display.state import DisplayState
 from glimpse_edge.rtc import compat
-from glimpse_edge.rtc.closing import close_peer_connection
 from glimpse_edge.rtc.levels import PeerLevels, RoomSpeaker, problems
 
 RATE = 48_000
@@ -117,8 +117,7 @@ async def test_the_loud_participant_becomes_the_speaker_and_nothing_is_decoded(
             queued = [r.track._queue.qsize() for r in receivers]  # type: ignore[attr-defined]
             RoomSpeaker.of(state).remove("bob")
         finally:
-            await asyncio.wait_for(asyncio.gather(*(close_peer_connection(pc) for pc in pcs)),
-                                   timeout=10)
+            await close_all_within(*pcs)
         return seen, queued
 
     seen, queued = await aio_as_trio(run)()

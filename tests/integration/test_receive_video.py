@@ -19,19 +19,18 @@ import av
 import pytest
 from aiortc import RTCPeerConnection, RTCRtpSender
 from aiortc.mediastreams import MediaStreamTrack
+from support.aioclose import close_all_within
 
 from glimpse_edge.display.decode import EncodedFrame, VideoDecoder, is_keyframe
 from glimpse_edge.media.framecode import read_code
 from glimpse_edge.media.testpattern import TestPatternSource
 from glimpse_edge.rtc import compat
-from glimpse_edge.rtc.closing import close_peer_connection
 
 FRAMES = 40
 # Each test's whole run, and each close, bounded from inside: a test that pytest's
 # timeout had to kill mid-run left its asyncio loop running, and every later
 # test that used asyncio failed with it (a CI run lost 18 tests that way).
-RUN_TIMEOUT = 90.0
-CLOSE_TIMEOUT = 10.0
+RUN_TIMEOUT = 100.0
 
 
 class Pattern(MediaStreamTrack):
@@ -90,8 +89,7 @@ def test_remote_video_reaches_our_decoder_and_not_aiortcs(codec: str) -> None:
             # what aiortc decoded itself would wait in its track's queue
             aiortc_decoded = viewing.receiver.track._queue.qsize()  # type: ignore[attr-defined]
         finally:
-            await asyncio.wait_for(close_peer_connection(sender_pc), CLOSE_TIMEOUT)
-            await asyncio.wait_for(close_peer_connection(viewer_pc), CLOSE_TIMEOUT)
+            await close_all_within(sender_pc, viewer_pc)
             decoder.close()
         leftover = any(t.name == "video-decoder" and t.is_alive()
                        for t in threading.enumerate())
@@ -143,8 +141,7 @@ def test_a_keyframe_request_from_a_decoder_thread_reaches_the_sender_as_a_pli() 
             thread.join()
             return requests - before, errors
         finally:
-            await asyncio.wait_for(close_peer_connection(sender_pc), CLOSE_TIMEOUT)
-            await asyncio.wait_for(close_peer_connection(viewer_pc), CLOSE_TIMEOUT)
+            await close_all_within(sender_pc, viewer_pc)
 
     asked, errors = asyncio.run(asyncio.wait_for(run(), RUN_TIMEOUT))
     assert asked >= 1, "the sender got no PLI"
@@ -229,8 +226,7 @@ def test_a_small_tiles_remb_cap_brings_a_real_senders_bitrate_down() -> None:
             return {"rembs": rembs, "t0": t0, "before": before, "after": after,
                     "target": target(), "errors": errors}
         finally:
-            await asyncio.wait_for(close_peer_connection(sender_pc), CLOSE_TIMEOUT)
-            await asyncio.wait_for(close_peer_connection(viewer_pc), CLOSE_TIMEOUT)
+            await close_all_within(sender_pc, viewer_pc)
 
     out = asyncio.run(asyncio.wait_for(run(), RUN_TIMEOUT))
     rembs, t0 = out["rembs"], out["t0"]
