@@ -13,7 +13,7 @@ is here, in Trio:
 - :func:`follow_room` writes what the idle screen shows (the room's name,
   signaling up or down and its last error) and says "no video" on the tile
   of a participant whose video stopped (``PeerSession.check_video``, rtc/remotevideo.py).
-  With ``self_view`` on it also feeds the self-view tile (:func:`feed_self_view`).
+  With ``self_view`` on it also feeds the self-view tile (selfview.py).
 
 Nothing here imports SDL: that happens when a Screen opens.
 """
@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from functools import partial
 from typing import TYPE_CHECKING, Final
 
 import structlog
 import trio
 
+from .selfview import feed_self_view
 from .supervise import Backoff
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from .rtc.peer import PeerSession
     from .signaling.session import SignalingSession
 
-__all__ = ["OPEN_BACKOFF", "feed_self_view", "follow_room", "run_screen", "screen_settings"]
+__all__ = ["OPEN_BACKOFF", "follow_room", "run_screen", "screen_settings"]
 
 log = structlog.get_logger(__name__)
 
@@ -49,10 +49,6 @@ OPEN_BACKOFF: Final = Backoff(initial=2.0, maximum=60.0, floor=1.0)
 OPEN_TIMEOUT: Final = 15.0
 # How often the screen's thread is checked, and the room's state copied.
 CHECK_PERIOD: Final = 0.5
-# The self-view: the device's own frames, at most this often and this wide (a
-# tile is rarely wider; scaling is on a worker thread, ~1 ms at 720p -> 480).
-SELF_VIEW_FPS: Final = 10.0
-SELF_VIEW_WIDTH: Final = 480
 # Signaling states whose detail is an error worth showing on the idle screen.
 _ERROR_STATES: Final = ("reconnecting", "auth_rejected")
 
@@ -116,39 +112,6 @@ async def follow_room(state: DisplayState, room: Callable[[], Room | None],
     async with trio.open_nursery() as nursery:
         nursery.start_soon(feed_self_view, state, hub)
         await _follow(state, room, session, peers, period)
-
-
-async def feed_self_view(state: DisplayState, hub: Callable[[], MediaHub | None], *,
-                         fps: float = SELF_VIEW_FPS, width: int = SELF_VIEW_WIDTH) -> None:
-    """Put the device's own picture in the self-view tile while one is shown (forever).
-
-    The software pipeline's newest raw frame (``MediaHub.latest_frame``, the
-    one the encoders read: nothing is decoded), at most ``fps`` times a
-    second and only when it changed, scaled to ``width`` on a worker thread
-    with a scaler of our own (the frame is shared with the encoders). Nothing
-    is done while ``self_view`` is off or no participant has a tile (the
-    screen then shows its idle page). A camera that encodes itself
-    (picamera2) has no raw frame here: the tile says "no video".
-    """
-    from av.video.reformatter import VideoReformatter
-
-    scaler = VideoReformatter()
-    last: object | None = None
-    try:
-        while True:
-            await trio.sleep(1 / fps if state.self_view else 0.5)
-            h = hub()
-            frame = h.latest_frame if h is not None and state.self_view else None
-            if frame is None or frame is last or not state.placement().rects:
-                continue
-            last = frame
-            w = min(width, frame.width) // 2 * 2
-            small = await trio.to_thread.run_sync(partial(
-                scaler.reformat, frame, width=w, height=frame.height * w // frame.width // 2 * 2,
-                format="yuv420p"))
-            state.set_self_view(small)
-    finally:
-        state.set_self_view(None)
 
 
 async def _follow(state: DisplayState, room: Callable[[], Room | None],

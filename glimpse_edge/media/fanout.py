@@ -159,15 +159,22 @@ class PacketQueue:
         finally:
             self._waiter = None
 
+    def get_nowait(self) -> Packet[Any] | None:
+        """The next packet if one is queued (for a reader on the publishing thread,
+        which polls: the self-view's decoder feed)."""
+        if not self._packets:
+            return None
+        self.delivered += 1
+        packet = self._packets.popleft()
+        self.bytes_delivered += packet.size
+        if packet.is_keyframe:
+            self.keyframe_taken_at = time.monotonic()
+        return packet
+
     async def get_aio(self) -> Packet[Any]:
         """Next packet, from asyncio (aiortc's sender task)."""
         while True:
-            if self._packets:
-                self.delivered += 1
-                packet = self._packets.popleft()
-                self.bytes_delivered += packet.size
-                if packet.is_keyframe:
-                    self.keyframe_taken_at = time.monotonic()
+            if (packet := self.get_nowait()) is not None:
                 return packet
             if self._closed:
                 raise QueueClosed(self.name)

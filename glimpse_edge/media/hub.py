@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import av
 import structlog
@@ -161,6 +161,21 @@ class MediaHub:
         if self._make_video is None or self._nursery is None or self.video_per_peer:
             return None
         return self._video_pipeline().video_stream(codec, tier)
+
+    def camera_preview(self) -> tuple[VideoCodec, PacketStream] | None:
+        """A camera that encodes itself: its lowest tier's stream, to decode for a preview.
+
+        None when the source gives raw frames (:attr:`latest_frame` is the
+        preview then, nothing to decode) or is not running. The lowest tier is
+        the cheapest to decode; subscribing keeps its encoder running, so
+        unsubscribe when the preview is not shown.
+        """
+        pipeline = self._pipeline
+        if not isinstance(pipeline, CameraPipeline) or self._nursery is None:
+            return None
+        codec = cast(VideoCodec, pipeline.source.codec)
+        stream = pipeline.video_stream(codec, len(pipeline.tiers) - 1)
+        return (codec, stream) if stream is not None else None
 
     def subscribe_frames(self, name: str = "") -> FrameSlot:
         """Raw frames for one reader (per-peer encoding), newest only; close the slot

@@ -110,3 +110,18 @@ def test_a_published_key_frame_ends_the_wait(readers: int) -> None:
     assert all(q.started for q in queues)
     assert stream.keyframe_wanted(), "nothing pending once a key frame was published"
     assert len(asked) == 2
+
+
+def test_a_polling_reader_takes_packets_as_get_aio_would() -> None:
+    """``get_nowait`` (the self-view's decoder feed, on the publishing thread): the same
+    packets in order, counted as delivered, its key frame noted; None when empty."""
+    stream, _asked = stream_with_asks()
+    queue = stream.subscribe("self-view")
+    sent = packets(4)
+    assert queue.get_nowait() is None
+    for packet in sent:
+        stream.publish(packet)
+    taken = [queue.get_nowait() for _ in range(5)]
+    assert taken == [*sent, None], taken
+    assert queue.delivered == 4 and queue.bytes_delivered == sum(p.size for p in sent)
+    assert queue.keyframe_taken_at is not None
