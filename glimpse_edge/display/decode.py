@@ -237,7 +237,13 @@ class VideoDecoder:
             self._ask_keyframe("behind")
 
     def set_shown(self, shown: bool) -> None:
-        """Decode (True) or drop everything (False); showing again starts at a key frame."""
+        """Decode (True) or drop everything (False); showing again starts at a key frame.
+
+        Logs ``display.decoder.shown`` or ``display.decoder.hidden`` with the counts
+        as of the switch: on ``shown``, ``received`` minus what ``hidden`` said is
+        what arrived while the participant had no tile, and ``decoded`` is unchanged
+        by it.
+        """
         ask = False
         with self._cond:
             if shown == self._shown or self._closed:
@@ -247,6 +253,9 @@ class VideoDecoder:
                 self._dropped += len(self._queue)
                 self._queue.clear()
             self._need_key = ask = shown
+            received, decoded, dropped = self._received, self._decoded, self._dropped
+        log.info("display.decoder.shown" if shown else "display.decoder.hidden",
+                 track=self.name, received=received, decoded=decoded, dropped=dropped)
         if ask:
             self._ask_keyframe("shown")
 

@@ -16,7 +16,9 @@ the self-view tile shows the device's own frames.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -27,12 +29,13 @@ import trio
 from support.agent import STREAMING_MEDIA, AgentProcess, write_config
 from support.devserver import DevServer
 from support.glimpse_client import create_room, register
-from support.rtcpeer import BrowserPeer
+from support.rtcpeer import BrowserPeer, PatternTrack
 from support.screenshot import code_in, grab, label_bar, save_for_docs, text_pixels
 from support.xvfb import xvfb
 
 from glimpse_edge.display.layout import Rect, fit, grid
 from glimpse_edge.media.framecode import FrameCode
+from glimpse_edge.media.pipeline import ENCODER_IDLE_STOP
 from glimpse_edge.rtc.remotevideo import tile_bitrate
 
 W, H = 1280, 720
@@ -60,18 +63,36 @@ async def start_kiosk(tmp_path: Path, devserver: DevServer, room_id: str, token:
     return agent
 
 
-async def _codes_on_screen(display: str, count: int, timeout: float = 20.0) -> list[FrameCode]:
-    """Frame codes read from the single tile, ``count`` different ones in a row."""
+async def _codes_on_screen(display: str, count: int, timeout: float = 20.0,
+                           captured_after_ms: float | None = None) -> list[FrameCode]:
+    """Frame codes read from the single tile, ``count`` different ones in a row.
+
+    ``captured_after_ms`` (Unix ms): only codes of frames captured after it count;
+    older ones (what the tile still showed from before, e.g. of a participant who
+    has left since) are passed over.
+    """
     rect = fit(FW, FH, grid(1, W, H).tiles[0])
     codes: list[FrameCode] = []
-    with trio.fail_after(timeout):
+    older: list[FrameCode] = []
+    unreadable = 0
+    with trio.move_on_after(timeout):
         while len(codes) < count:
             rgb = await trio.to_thread.run_sync(grab, display)
             code = code_in(rgb, rect, (FW, FH))
-            if code is not None and (not codes or code != codes[-1]):
+            if code is None:
+                unreadable += 1
+            elif captured_after_ms is not None and code.wall_ms <= captured_after_ms:
+                if not older or code != older[-1]:
+                    older.append(code)
+            elif not codes or code != codes[-1]:
                 codes.append(code)
             await trio.sleep(0.1)
-    return codes
+        return codes
+    after = "" if captured_after_ms is None else f" captured after {captured_after_ms:.0f} ms"
+    raise AssertionError(
+        f"expected {count} different frame codes{after} in the tile within {timeout} s; "
+        f"read {codes}; passed over {len(older)} older ones (last: "
+        f"{older[-1] if older else None}); {unreadable} screenshots with no readable code")
 
 
 async def test_a_participants_video_is_shown_then_freed(
@@ -200,12 +221,68 @@ def _threads_and_fds(pid: int) -> tuple[int, int]:
     return (len(os.listdir(f"/proc/{pid}/task")), len(os.listdir(f"/proc/{pid}/fd")))
 
 
+def _thread_names(pid: int) -> list[str]:
+    """The OS names of ``pid``'s threads (/proc/PID/task/TID/comm: 15 characters at most)."""
+    names = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):  # it ended meanwhile
+            names.append(Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip())
+    return sorted(names)
+
+
+def _fd_targets(pid: int) -> list[str]:
+    """What ``pid``'s fds are open on (for a failure message)."""
+    targets = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            targets.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    return sorted(targets)
+
+
+# trio's thread cache names an idle worker thread "Trio thread N" at OS level
+# (trio/_core/_thread_cache.py) and one running a job after the job ("encode from
+# <task>"); an idle worker exits after 10 s without a job (IDLE_TIMEOUT there).
+_TRIO_IDLE_WORKER = re.compile(r"Trio thread \d+")
+
+
+async def _wait_for_no_trio_worker_thread(agent: AgentProcess, timeout: float = 15.0) -> None:
+    """Once nobody is in the room: wait until the agent has no trio worker thread left.
+
+    "No idle worker" alone is not it: the shared encoder runs every frame in a worker
+    (media/framepipe.py), which sits idle between frames and so never expires while
+    it encodes. So first the encoder stops (``media.encoder.stopped``, reason "no
+    peers", ENCODER_IDLE_STOP after its last viewer left; one per ``media.tier.started``
+    so far); from then on no job runs in a worker, every worker left is idle, named
+    "Trio thread N", and exits within trio's 10 s: none left is the steady state
+    that thread counts compare. The one that ran the last encode is idle and still
+    there right after the stop, so the first look must find at least one (else the
+    names are not what this relies on, and this would pass without waiting).
+    """
+    started = len(agent.find("media.tier.started"))
+    assert started > 0, "expected the agent to have encoded for the participant"
+    await agent.wait_for("media.encoder.stopped", reason="no peers", count=started,
+                         timeout=ENCODER_IDLE_STOP + 10)
+    names = _thread_names(agent.pid)
+    first = [n for n in names if _TRIO_IDLE_WORKER.fullmatch(n)]
+    assert first, ("expected the encoder's idle trio worker (\"Trio thread N\") among the "
+                   f"agent's threads right after the encoder stopped; saw {names}")
+    with trio.move_on_after(timeout):
+        while True:
+            names = _thread_names(agent.pid)
+            if not any(_TRIO_IDLE_WORKER.fullmatch(n) for n in names):
+                return
+            await trio.sleep(0.2)
+    raise AssertionError(
+        f"expected trio's idle worker threads ({first} after the encoder stopped) to exit "
+        f"within {timeout} s (trio ends them after 10 s idle); the agent's threads: {names}")
+
+
 async def test_ten_joins_and_leaves_leave_no_decoder_thread_or_fd(
     devserver: DevServer, tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     """A participant sending video joins and leaves 10 times: every decoder it got is
     closed, and the agent's threads and fds come back to what they were after the first
-    visit (trio's idle worker threads expire within 10 s)."""
+    visit (each counted once the agent has no trio worker thread left)."""
     alice_id, alice_token = await register(devserver.api_url, "alice", "alice-password")
     _device_id, device_token = await register(devserver.api_url, "device", "device-password")
     room_id = await create_room(devserver.api_url, alice_token, "Room")
@@ -214,6 +291,8 @@ async def test_ten_joins_and_leaves_leave_no_decoder_thread_or_fd(
                                   nursery)
         await agent.wait_for("room.joined", timeout=20)
         baseline: tuple[int, int] | None = None
+        baseline_names: list[str] = []
+        baseline_fds: list[str] = []
         for visit in range(1, 11):
             mark = len(agent.events)
             alice = BrowserPeer("alice", send_video=(FW, FH))
@@ -225,19 +304,23 @@ async def test_ten_joins_and_leaves_leave_no_decoder_thread_or_fd(
             assert closed["decoded"] > 0 and closed["errors"] == 0, (visit, closed)
             await agent.wait_for("peer.removed", since=mark, peer=alice_id, timeout=10)
             if baseline is None:
-                await trio.sleep(11)  # trio's worker threads of the first visit expire
+                await _wait_for_no_trio_worker_thread(agent)
                 baseline = _threads_and_fds(agent.pid)
+                baseline_names, baseline_fds = _thread_names(agent.pid), _fd_targets(agent.pid)
         opened = agent.find("display.decoder.opened")
         assert len(agent.find("display.decoder.closed")) == len(opened) >= 10
-        with trio.move_on_after(15):  # idle worker threads expire after 10 s
-            while _threads_and_fds(agent.pid) > baseline:  # type: ignore[operator]  # noqa: ASYNC110
-                await trio.sleep(0.5)
+        await _wait_for_no_trio_worker_thread(agent)
         threads, fds = _threads_and_fds(agent.pid)
+        names = _thread_names(agent.pid)
         assert baseline is not None
         print(f"after 1 visit: {baseline[0]} threads, {baseline[1]} fds; "
               f"after 10: {threads} threads, {fds} fds")
-        assert threads <= baseline[0], (baseline, threads)
-        assert fds <= baseline[1], (baseline, fds)
+        assert threads <= baseline[0], (
+            f"expected at most the {baseline[0]} threads of after the first visit "
+            f"({baseline_names}), saw {threads} ({names})")
+        assert fds <= baseline[1], (
+            f"expected at most the {baseline[1]} fds of after the first visit "
+            f"({baseline_fds}), saw {fds} ({_fd_targets(agent.pid)})")
         await agent.stop()
 
 
@@ -340,6 +423,19 @@ async def test_the_self_view_shows_the_devices_own_picture_as_the_last_tile(
         await agent.stop()
 
 
+# Frames of bob's camera the agent gets while bob has no tile (2 s at 30 fps).
+HIDDEN_FRAMES = 60
+
+
+def _frames_made(peer: BrowserPeer, to: str) -> int:
+    """Frames ``peer``'s camera has handed to its video sender towards ``to`` so far."""
+    for transceiver in peer.pc_for(to).getTransceivers():
+        track = transceiver.sender.track
+        if isinstance(track, PatternTrack):
+            return track.n
+    return 0
+
+
 async def test_beyond_max_tiles_nothing_is_decoded_until_a_shown_participant_leaves(
     devserver: DevServer, tmp_path: Path, nursery: trio.Nursery
 ) -> None:
@@ -350,7 +446,7 @@ async def test_beyond_max_tiles_nothing_is_decoded_until_a_shown_participant_lea
 
     _alice_id, alice_token = await register(devserver.api_url, "alice", "alice-password")
     bob_id, bob_token = await register(devserver.api_url, "bob", "bob-password")
-    _device_id, device_token = await register(devserver.api_url, "device", "device-password")
+    device_id, device_token = await register(devserver.api_url, "device", "device-password")
     room_id = await create_room(devserver.api_url, alice_token, "Room")
     alice = BrowserPeer("alice", send_video=(FW, FH))
     bob = BrowserPeer("bob", send_video=(FW, FH))
@@ -370,16 +466,42 @@ async def test_beyond_max_tiles_nothing_is_decoded_until_a_shown_participant_lea
             # bob came second: no tile, the floor's rate, his frames not decoded
             await agent.wait_for("display.tile_cap", peer=bob_id, shown=False,
                                  cap_bps=MIN_BPS, timeout=20)
+            # made on his first frame, hidden before it took any
             await agent.wait_for("display.decoder.opened", track="bob#1", timeout=20)
-            await trio.sleep(2)
-            assert not agent.find("display.tile_cap", peer=bob_id, shown=True)
+            await agent.wait_for("display.decoder.hidden", track="bob#1", received=0,
+                                 timeout=5)
+            # HIDDEN_FRAMES more of his camera's frames go out to the agent ...
+            first = _frames_made(bob, device_id)
+            within = HIDDEN_FRAMES / PatternTrack.FPS + 10
+            with trio.move_on_after(within):
+                # a counter in the test's own track, no event
+                while (made := _frames_made(bob, device_id) - first) < HIDDEN_FRAMES:  # noqa: ASYNC110
+                    await trio.sleep(0.1)
+            assert made >= HIDDEN_FRAMES, (
+                f"expected bob's camera to make {HIDDEN_FRAMES} frames for the agent within "
+                f"{within:.0f} s, it made {made}")
+            # ... all the while without a tile
+            assert not agent.find("display.tile_cap", peer=bob_id, shown=True), \
+                agent.find("display.tile_cap", peer=bob_id)
+            assert not agent.find("display.decoder.shown", track="bob#1"), \
+                agent.find("display.decoder.shown", track="bob#1")
             mark = len(agent.events)
             alice_leaves.set()
             await alice_left.wait()
+            alice_left_ms = time.time() * 1000
+            # ... and they reached the agent, which decoded none of them (all but the
+            # last few, which may still be in bob's encoder, the network or the agent's
+            # jitter buffer when alice's leaving shows him)
+            shown = await agent.wait_for("display.decoder.shown", since=mark, track="bob#1",
+                                         timeout=10)
+            least = HIDDEN_FRAMES * 3 // 4
+            assert shown["decoded"] == 0 and shown["received"] >= least, (
+                f"expected bob's decoder shown with >= {least} frames received while hidden "
+                f"and none decoded, saw {shown}")
             await agent.wait_for("display.tile_cap", since=mark, peer=bob_id, shown=True,
                                  timeout=10)
-            await trio.sleep(1.0)  # the screen's repaint without alice, bob's key frame
-            codes = await _codes_on_screen(display, 5)
+            # bob's frame codes: alice's, captured before she left, may still be up
+            codes = await _codes_on_screen(display, 5, captured_after_ms=alice_left_ms)
             assert [c.counter for c in codes] == sorted(c.counter for c in codes)
             alice_closed = agent.find("display.decoder.closed", since=mark, track="alice#1")
             assert alice_closed and alice_closed[0]["decoded"] > 0, alice_closed
