@@ -125,6 +125,8 @@ NEEDS: Final[tuple[Need, ...]] = (
     # sender_ssrc, last_sender_report
     Need("aiortc", "aiortc.rtcrtpsender:RTCRtpSender", "_ssrc", "used_by", "sender_ssrc",
          in_method="__init__"),
+    Need("aiortc", "aiortc.rtcrtpsender:RTCRtpSender", "_rtx_ssrc", "used_by", "pace_rtp",
+         in_method="_retransmit"),
     Need("aiortc", "aiortc.rtcrtpsender:RTCRtpSender", "_RTCRtpSender__lsr", "used_by",
          "last_sender_report", in_method="__init__"),
     Need("aiortc", "aiortc.rtcrtpsender:RTCRtpSender", "_RTCRtpSender__lsr_time", "used_by",
@@ -447,18 +449,22 @@ def pace_rtp(sender: Any, pacer: Pacer) -> None:
     and RTCP of a connection share one transport. Why: aiortc has no pacer,
     and a key frame leaves back to back (rtc/pacer.py). The transport's
     ``_send_rtp`` is wrapped on the instance, once; the pacer delays only
-    packets of the SSRCs registered with it (the video sender's), so audio
-    and RTCP pass straight on. Call once both descriptions are set (the
+    packets of the SSRCs registered with it (the video sender's, and its RTX
+    SSRC for resends), so audio and RTCP pass straight on. Call once both descriptions are set (the
     transport is then the bundled one). Without it: no pacing, nothing
     else changes. A second call for another sender on the same transport
     adds its SSRC to the pacer installed first.
     """
     transport = sender.transport
     installed: Pacer | None = getattr(transport, "_glimpse_pacer", None)
+    target = installed if installed is not None else pacer
+    target.ssrcs.add(sender_ssrc(sender))
+    # aiortc's _retransmit wraps a NACKed packet in RTX (RFC 4588) on the
+    # sender's ``_rtx_ssrc`` when RTX was negotiated (a browser always does):
+    # the pacer must know those for resends, or they pass unbounded
+    target.rtx_ssrcs.add(sender._rtx_ssrc)
     if installed is not None:
-        installed.ssrcs.add(sender_ssrc(sender))
         return
-    pacer.ssrcs.add(sender_ssrc(sender))
     original = transport._send_rtp
 
     async def send_rtp(data: bytes) -> None:

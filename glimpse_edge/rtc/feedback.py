@@ -106,7 +106,7 @@ class PeerFeedback:
         self._gate = ChangeGate()
         self._failed = False
         self._uplink_limited = False  # the shared uplink limited us at the last report
-        self._sent = RateMeter()
+        self._sent = RateMeter()  # the video we send, new and resent
         self.tiers = TierSelector([t.bitrate for t in hub.tiers])
         self.uplink = uplink if uplink is not None else Uplink()
         self.peer_id = peer_id or name
@@ -165,9 +165,20 @@ class PeerFeedback:
                 header_extension_id(sdp, "video", ABS_SEND_TIME_URI)))
             compat.pace_rtp(transceiver.sender, conn.pacer)
 
-    def _pacing_target(self, conn: Connection, budget: int | None) -> int:
+    def _pacing_target(self, conn: Connection, budget: int | None,
+                       shared: bool = False) -> int:
         """What the pacer paces for: the nominal rate of the peer's tier, or its budget
-        if higher (the pacer smooths bursts; it must never be the bottleneck)."""
+        if higher (the pacer smooths bursts; it must never be the bottleneck).
+
+        Under a shared uplink limit (``shared``), the budget: every peer's pacer
+        releases the same shared key frame at once, and at 2.5 x the tier's
+        nominal rate three of them sent 4.7 Mbit/s into a 1 Mbit/s uplink
+        (53 % of the packets dropped at its queue, key frames lost, asked for
+        again). Paced at 2.5 x the shares, their sum is 2.5 x the estimate, and
+        a key frame sized for the rate (media/encoder.py's VBV) fits the queue.
+        """
+        if shared and budget is not None:
+            return budget
         tiers = self.hub.tiers
         if not self.hub.has_video or not tiers:
             return max(self.hub.video_config.max_bitrate, budget or 0)
@@ -257,8 +268,12 @@ class PeerFeedback:
         try:
             ssrc = compat.sender_ssrc(sender)
             now = time.monotonic()
-            # the video we send: what a REMB (for the video SSRC) is compared with
-            self._sent.add(now, conn.released_bytes + sum(
+            # the video we send, resends included (what the link carries): what a
+            # REMB (for the video SSRC) is compared with, and what the uplink adds
+            # up (uncounted, RTX resends kept a 1 Mbit/s uplink overloaded for 24 s
+            # at the peers' floor: Chromium viewers NACK every loss)
+            resent = conn.pacer.stats.resent_bytes if conn.pacer is not None else 0
+            self._sent.add(now, conn.released_bytes + resent + sum(
                 queue.bytes_delivered for stream, queue in conn.subscriptions
                 if stream.kind == "video"))
             seen = False
@@ -353,7 +368,7 @@ class PeerFeedback:
             if stream.kind == "video":
                 queue.demand_bps = budget
         if conn.pacer is not None:
-            conn.pacer.set_target(self._pacing_target(conn, budget))
+            conn.pacer.set_target(self._pacing_target(conn, budget, share is not None))
             conn.pacer.rtt_s = self.bandwidth.rtt_s  # a packet is resent once per round trip
         if self.tiers.update(now, budget) is not None or self.tiers.tier != before:
             if self.tiers.tier < before:  # a try of the tier above: the REMB will lag

@@ -19,8 +19,10 @@ key frame if it overflows: the pacer holds at most one packet, and memory
 stays bounded.
 
 Retransmissions (a NACK's answer: a sequence number not newer than the
-last one sent) go at once, as libwebrtc's pacer sends them first, but are
-charged to the bucket, so new video yields to them. And, as libwebrtc's
+last one sent, or any packet of the video's RTX stream, RFC 4588, which is
+how aiortc resends once RTX is negotiated, as browsers always do) go at
+once, as libwebrtc's pacer sends them first, but are charged to the
+bucket, so new video yields to them. And, as libwebrtc's
 sender does, they are bounded: a packet is resent at most once per round
 trip (a browser repeats its NACK for a packet every ~RTT, up to ten times,
 and on a congested uplink each copy adds to the congestion), and resending
@@ -51,6 +53,7 @@ __all__ = [
     "abs_send_time_now",
     "rtp_sequence",
     "rtp_ssrc",
+    "rtx_original_sequence",
     "set_abs_send_time",
 ]
 
@@ -85,6 +88,17 @@ def rtp_ssrc(data: bytes) -> int | None:
 
 def rtp_sequence(data: bytes) -> int:
     return int.from_bytes(data[2:4], "big")
+
+
+def rtx_original_sequence(data: bytes) -> int | None:
+    """The sequence number an RTX packet resends (RFC 4588: the payload's first two
+    bytes), or None for a runt."""
+    offset = 12 + 4 * (data[0] & 0x0F)
+    if data[0] & 0x10 and len(data) >= offset + 4:  # header extension
+        offset += 4 + 4 * int.from_bytes(data[offset + 2:offset + 4], "big")
+    if len(data) < offset + 2:
+        return None
+    return int.from_bytes(data[offset:offset + 2], "big")
 
 
 def abs_send_time_now(now: float | None = None) -> int:
@@ -133,6 +147,7 @@ class PacerStats:
     packets: int = 0  # new video packets through the pacer
     delayed: int = 0  # ... of which waited
     retransmissions: int = 0  # NACK answers (sent at once, charged)
+    resent_bytes: int = 0  # ... their bytes (on the wire beside the new video)
     resends_skipped: int = 0  # NACK answers skipped (again within a round trip, or over budget)
     wait_s: float = 0.0  # total time packets waited
     wait_avg_s: float = 0.0  # running average of a packet's wait (recent packets)
@@ -168,6 +183,7 @@ class Pacer:
         self.set_target(target_bps)
         self.abs_send_time_id = abs_send_time_id
         self.ssrcs: set[int] = set()
+        self.rtx_ssrcs: set[int] = set()  # their RTX streams: every packet is a resend
         self.stats = PacerStats()
         self._clock = clock
         self._free_at = clock() - BURST_S  # idle: the burst credit is there
@@ -223,17 +239,17 @@ class Pacer:
         other SSRCs (audio, RTX) and RTCP pass at once, free.
         """
         ssrc = rtp_ssrc(data)
-        if ssrc is None or ssrc not in self.ssrcs:
+        if ssrc is None:
             return 0.0
         now = self._clock()
+        if ssrc in self.rtx_ssrcs:
+            original = rtx_original_sequence(data)
+            return 0.0 if original is None else self._resend((ssrc, original), data, now)
+        if ssrc not in self.ssrcs:
+            return 0.0
         sequence = rtp_sequence(data)
         if not self._is_new(ssrc, sequence):
-            if not self._may_resend((ssrc, sequence), len(data), now):
-                self.stats.resends_skipped += 1
-                return None
-            self._free_at = max(self._free_at, now - BURST_S) + len(data) * 8 / self.rate_bps
-            self.stats.retransmissions += 1
-            return 0.0
+            return self._resend((ssrc, sequence), data, now)
         start = max(self._free_at, now - BURST_S)
         self._free_at = start + len(data) * 8 / self.rate_bps
         wait = start - now
@@ -247,6 +263,16 @@ class Pacer:
             stats.wait_max_s = max(stats.wait_max_s, wait)
         stats.wait_avg_s += (wait - stats.wait_avg_s) * _WAIT_SMOOTHING
         return wait
+
+    def _resend(self, key: tuple[int, int], data: bytes, now: float) -> float | None:
+        """A retransmission: at once and charged, or None when over its bounds."""
+        if not self._may_resend(key, len(data), now):
+            self.stats.resends_skipped += 1
+            return None
+        self._free_at = max(self._free_at, now - BURST_S) + len(data) * 8 / self.rate_bps
+        self.stats.retransmissions += 1
+        self.stats.resent_bytes += len(data)
+        return 0.0
 
     async def send(self, data: bytes, send: Callable[[bytes], Awaitable[None]]) -> None:
         """Send ``data`` with ``send`` once the bucket allows (from aiortc's sender task)."""

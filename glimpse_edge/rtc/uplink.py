@@ -14,13 +14,15 @@ peer's receiver reports:
   those reporting, see loss or a queue (RTT above its base) at the same
   time. One peer alone behind a bad
   downlink is not shared, and its own estimate handles it (scenario (b)).
-- **estimate** its capacity when it is seen: what got through (the rate we
-  sent all peers, less what they lost), backed off a little so the queue in
-  front of the link drains; then, after a hold, grow slowly (a few percent a
-  second, where a peer's own estimate grows 8 %), so that the total creeps
-  up to the link instead of overshooting it, ever faster the longer the
-  link stays clear (back to where it was within seconds; beyond, the link
-  has grown). Clear for ``release_after`` seconds with every peer getting
+- **estimate** its capacity when it is seen: what the link carried (the
+  rate we sent all peers less what they lost, or, if more, the most we sent
+  with clean reports since the last decrease: an overload's own reports
+  lose a burst), backed off a little so the queue in front of the link
+  drains; then, after a hold, grow slowly (a few percent a second, where a
+  peer's own estimate grows 8 %) up to a little above what the link carried,
+  so that the total creeps up to the link instead of overshooting it; past
+  that the link has grown (a cap lifted), and growth doubles every few
+  seconds. Clear for ``release_after`` seconds with every peer getting
   what it wants, the limit is dropped and each peer's own estimate rules.
 - **allocate** it: audio first (every peer's Opus), then video by max-min
   fairness (water-filling): a peer whose own link takes less than an equal
@@ -69,8 +71,8 @@ class UplinkTuning:
     stuck: float = 2.5
     decrease_interval: float = 1.0  # between two decreases (plus a round trip)
     hold: float = 2.0  # no increase this long after a decrease
-    # then this much a second up to ``known_margin`` above where the last
-    # congestion left it (the link was there: creep up to it); past that, the
+    # then this much a second up to ``known_margin`` above what the link carried
+    # when it last overloaded (it was there: creep up to it); past that, the
     # link has grown (a cap lifted), and the rate doubles every ``double_every``
     # seconds (up to ``max_increase_per_s``), so the new link is found within
     # seconds, not the half minute a steady 8 % needs. Doubling from the start
@@ -147,7 +149,8 @@ class Uplink:
         self._last_decrease = -math.inf
         self._last_congested = -math.inf
         self._last_overload = -math.inf  # the last time the latest reports were congested
-        self._known_bps = 0.0  # where the last decrease left the estimate (the link took it)
+        self._known_bps = 0.0  # what the link carried when it last overloaded
+        self._clean_peak = 0.0  # the most we sent with clean reports since the last decrease
         self._beyond_since = math.inf  # since when the estimate is past it (growing fast)
         self._congested_since = -math.inf
         self._last_update: float | None = None
@@ -276,6 +279,7 @@ class Uplink:
         self.congested = False
         if self.estimate_bps is None:
             return
+        self._clean_peak = max(self._clean_peak, sum(r.sent_bps or 0.0 for r in live.values()))
         # growth restarts slowly from the last congestion, not the last decrease:
         # a congestion held at the peers' floor makes no decrease, and counting
         # from the one before it grew the estimate 692 kbit/s -> 8.7 Mbit/s in
@@ -313,23 +317,35 @@ class Uplink:
         itself took half a minute to get down to the link.)
         """
         t = self.tuning
-        through = sum(r.through_bps() for r in live.values())
+        # what the link carried: what got through now, or, if more, what we sent
+        # with clean reports since the last decrease (the overload's own reports
+        # lose a burst: 0.85 x through cut a 1 Mbit/s link's estimate to the
+        # peers' floor, 690 kbit/s, and each climb back overshot)
+        carried = max(sum(r.through_bps() for r in live.values()), self._clean_peak)
         sent = sum(r.sent_bps or 0.0 for r in live.values())
         estimate = self.estimate_bps
-        if estimate is None:
-            if through <= 0:
-                return
-            target = t.backoff * through
-        elif sent >= t.comply_share * estimate:
-            target = min(max(t.backoff * through, t.max_cut * estimate), t.backoff * estimate)
-        elif now - max(self._last_decrease, self._congested_since) >= t.stuck:
-            target = t.backoff * min(sent, estimate)
-        else:
-            return
         floor = sum(r.floor_bps for r in live.values())
         if estimate is not None and estimate <= floor:
             self.estimate_bps = float(floor)  # (a peer that joined raised it)
             return
+        if estimate is None:
+            if carried <= 0:
+                return
+            target = t.backoff * carried
+        elif sent >= t.comply_share * estimate:
+            # not below what the link carries now, backed off: right after a
+            # decrease what we send still lags it (the rate is measured over 2 s
+            # and the lowest tier follows each second), and cutting another 15 %
+            # of the estimate then took a 1 Mbit/s link's from 806 to 692 kbit/s
+            # while the link carried 1.07 Mbit/s without loss
+            target = min(max(t.backoff * carried, t.max_cut * estimate), estimate)
+            if target >= estimate:
+                return
+        elif now - max(self._last_decrease, self._congested_since) >= t.stuck:
+            target = t.backoff * min(sent, estimate)
+        else:
+            return
         self.estimate_bps = max(target, float(floor))
-        self._known_bps = self.estimate_bps
+        self._known_bps = max(carried, self.estimate_bps)
+        self._clean_peak = 0.0
         self._last_decrease = now

@@ -343,7 +343,7 @@ def _feedback() -> tuple[PeerFeedback, SimpleNamespace]:
     hub = SimpleNamespace(video_config=video, tiers=video.quality_tiers(), has_video=True,
                           audio_stream=lambda: object())
     conn = SimpleNamespace(transceivers={"video": object(), "audio": object()},
-                           subscriptions=[], released_bytes=0, codec=None, tracks={})
+                           subscriptions=[], released_bytes=0, codec=None, tracks={}, pacer=None)
     feedback = PeerFeedback(hub, name="alice", log=structlog.get_logger().bind(peer="u1"),  # type: ignore[arg-type]
                             post=lambda event: None, current=lambda: conn)  # type: ignore[arg-type,return-value]
     return feedback, conn

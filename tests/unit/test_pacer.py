@@ -135,6 +135,40 @@ def test_resending_takes_at_most_a_share_of_the_target_rate() -> None:
     assert p.admit(rtp(VIDEO, 2500)) == 0.0
 
 
+RTX = 0x3333
+
+
+def rtx(sequence: int, original: int, size: int = 1200) -> bytes:
+    """aiortc's RTX resend of packet ``original`` (its own wrap_rtx, on a real packet)."""
+    from aiortc.rtp import wrap_rtx
+
+    packet = RtpPacket.parse(rtp(VIDEO, original, size), EXTENSIONS)
+    return wrap_rtx(packet, payload_type=97, sequence_number=sequence,
+                    ssrc=RTX).serialize(EXTENSIONS)
+
+
+def test_rtx_packets_are_resends_bounded_like_the_others() -> None:
+    """With RTX negotiated (every browser) aiortc resends on the RTX SSRC, with new
+    sequence numbers: the original one inside the payload is what is bounded, and
+    the bytes count as resent. Unregistered, they passed free and unbounded."""
+    p, clock = pacer(400_000)
+    p.rtx_ssrcs.add(RTX)
+    for n in range(1000, 1010):
+        p.admit(rtp(VIDEO, n))
+    p.rtt_s = 0.12
+    assert p.admit(rtx(500, 1003)) == 0.0
+    clock.now += 0.1
+    assert p.admit(rtx(501, 1003)) is None, "the same packet again within a round trip"
+    assert p.admit(rtx(502, 1004)) == 0.0
+    assert p.stats.retransmissions == 2 and p.stats.resends_skipped == 1
+    assert p.stats.resent_bytes == 2 * len(rtx(0, 0))
+    assert p.stats.packets == 10, "resends are not new video"
+    # the budget applies too
+    clock.now += 1.0
+    sent = [p.admit(rtx(600 + n, 2000 + n)) is not None for n in range(100)]
+    assert sum(sent) == int(RESEND_SHARE * 400_000 * RESEND_WINDOW_S / 8 // len(rtx(0, 0)))
+
+
 async def test_a_skipped_resend_is_not_sent() -> None:
     p, _clock = pacer(400_000)
     sent: list[bytes] = []

@@ -334,14 +334,14 @@ def test_growth_starts_slowly_after_a_long_congestion_without_decreases() -> Non
 
 
 def test_it_creeps_up_to_where_the_link_was_then_searches_beyond() -> None:
-    """Up to a margin above where the last decrease left it, the link is known
-    to be there: creep; past it the link has grown, and growth doubles."""
+    """Up to a margin above what the link carried when it overloaded, the link is
+    known to be there: creep; past it the link has grown, and growth doubles."""
     t = UplinkTuning()
     up = Uplink(t)
     for peer in ("a", "b"):
         report(up, peer, 0.0, loss=0.2, sent=500_000)
-    known = up.estimate_bps
-    assert known is not None
+    known = 2 * 500_000 * (1 - 0.2)  # what got through
+    assert up.estimate_bps == pytest.approx(t.backoff * known)
     now, steps = t.congested_hold, []
     while up.estimate_bps is not None and up.estimate_bps < known * 3 and now < 100:
         before = up.estimate_bps
@@ -356,3 +356,48 @@ def test_it_creeps_up_to_where_the_link_was_then_searches_beyond() -> None:
         f"expected {t.increase_per_s}/s up to {t.known_margin} x the known link, saw {creeping}")
     assert searching and max(searching) > 4 * t.increase_per_s, (
         f"expected growth to speed up past it, saw {searching}")
+
+
+def test_a_loss_burst_does_not_make_the_link_look_narrower_than_it_carried() -> None:
+    """Creeping up, the total went through clean up to ~1 Mbit/s; the overload's own
+    report loses a burst (30 %). The decrease backs off from what the link carried
+    clean, not from the burst's through (which cut to the peers' floor before)."""
+    t = UplinkTuning()
+    up = Uplink(t)
+    for peer in ("a", "b"):
+        report(up, peer, 0.0, loss=0.2, sent=500_000)
+    now = 0.0
+    while up.estimate_bps is not None and up.estimate_bps < 1_000_000:  # creep, clean
+        now += 0.5
+        for peer in ("a", "b"):
+            report(up, peer, now, sent=up.estimate_bps / 2, wants=50_000_000)
+    assert now < 60, "it should have crept to 1 Mbit/s"
+    peak = up.estimate_bps
+    assert peak is not None
+    now += 0.5
+    for peer in ("a", "b"):
+        report(up, peer, now, loss=0.3, queue=0.1, sent=peak / 2, wants=50_000_000)
+    assert up.estimate_bps == pytest.approx(t.backoff * peak, rel=0.05), (
+        f"expected {t.backoff} x the {peak:.0f} carried clean, saw {up.estimate_bps:.0f} "
+        f"(through was {0.7 * peak:.0f})")
+
+
+def test_a_decrease_does_not_cut_below_what_the_link_carries_now() -> None:
+    """Right after a decrease we still send the old rate for a while (measured over
+    seconds, followed by the encoder each second): a queue then is no reason to cut
+    under 0.85 x what gets through; loss that cuts what gets through is."""
+    t = UplinkTuning()
+    up = Uplink(t)
+    for peer in ("a", "b"):
+        report(up, peer, 0.0, loss=0.2, queue=0.1, sent=600_000)
+    first = up.estimate_bps
+    assert first == pytest.approx(t.backoff * 960_000)
+    now = t.decrease_interval + 0.2
+    for peer in ("a", "b"):  # still sending 1.2 Mbit/s, all of it through, a queue
+        report(up, peer, now, queue=0.1, sent=600_000)
+    assert up.estimate_bps == first, (
+        f"expected no cut under {t.backoff} x the 1.2 Mbit/s carried, saw {up.estimate_bps}")
+    now += t.decrease_interval + 0.2
+    for peer in ("a", "b"):  # now half of it is lost
+        report(up, peer, now, loss=0.5, queue=0.1, sent=600_000)
+    assert up.estimate_bps is not None and up.estimate_bps < first
