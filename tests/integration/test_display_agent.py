@@ -30,7 +30,14 @@ from support.agent import STREAMING_MEDIA, AgentProcess, write_config
 from support.devserver import DevServer
 from support.glimpse_client import create_room, register
 from support.rtcpeer import BrowserPeer, PatternTrack
-from support.screenshot import code_in, grab, label_bar, save_for_docs, text_pixels
+from support.screenshot import (
+    code_in,
+    grab,
+    label_bar,
+    read_codes,
+    save_for_docs,
+    text_pixels,
+)
 from support.xvfb import xvfb
 
 from glimpse_edge.display.layout import Rect, fit, grid
@@ -65,34 +72,11 @@ async def start_kiosk(tmp_path: Path, devserver: DevServer, room_id: str, token:
 
 async def _codes_on_screen(display: str, count: int, timeout: float = 20.0,
                            captured_after_ms: float | None = None) -> list[FrameCode]:
-    """Frame codes read from the single tile, ``count`` different ones in a row.
-
-    ``captured_after_ms`` (Unix ms): only codes of frames captured after it count;
-    older ones (what the tile still showed from before, e.g. of a participant who
-    has left since) are passed over.
-    """
-    rect = fit(FW, FH, grid(1, W, H).tiles[0])
-    codes: list[FrameCode] = []
-    older: list[FrameCode] = []
-    unreadable = 0
-    with trio.move_on_after(timeout):
-        while len(codes) < count:
-            rgb = await trio.to_thread.run_sync(grab, display)
-            code = code_in(rgb, rect, (FW, FH))
-            if code is None:
-                unreadable += 1
-            elif captured_after_ms is not None and code.wall_ms <= captured_after_ms:
-                if not older or code != older[-1]:
-                    older.append(code)
-            elif not codes or code != codes[-1]:
-                codes.append(code)
-            await trio.sleep(0.1)
-        return codes
-    after = "" if captured_after_ms is None else f" captured after {captured_after_ms:.0f} ms"
-    raise AssertionError(
-        f"expected {count} different frame codes{after} in the tile within {timeout} s; "
-        f"read {codes}; passed over {len(older)} older ones (last: "
-        f"{older[-1] if older else None}); {unreadable} screenshots with no readable code")
+    """Frame codes read from the single tile, ``count`` different ones in a row
+    (only of frames captured after ``captured_after_ms``, if given)."""
+    read = await read_codes(display, fit(FW, FH, grid(1, W, H).tiles[0]), (FW, FH), count,
+                            timeout=timeout, captured_after_ms=captured_after_ms, poll=0.1)
+    return read.codes
 
 
 async def test_a_participants_video_is_shown_then_freed(
@@ -403,17 +387,9 @@ async def test_the_self_view_shows_the_devices_own_picture_as_the_last_tile(
         async with alice.joined(devserver.ws_url, alice_token, room_id, leave=True):
             await agent.wait_for("display.decoder.opened", timeout=20)
             own = fit(STREAMING_WIDTH, STREAMING_HEIGHT, layout.self_view)
-            codes: list[FrameCode] = []
-            ages: list[float] = []
-            with trio.fail_after(20):
-                while len(codes) < 5:
-                    t_ms = time.time() * 1000
-                    rgb = await trio.to_thread.run_sync(grab, display)
-                    code = code_in(rgb, own, (STREAMING_WIDTH, STREAMING_HEIGHT))
-                    if code is not None and (not codes or code != codes[-1]):
-                        codes.append(code)
-                        ages.append(t_ms - code.wall_ms)
-                    await trio.sleep(0.05)
+            read = await read_codes(display, own, (STREAMING_WIDTH, STREAMING_HEIGHT), 5)
+            codes, ages, rgb = read.codes, read.ages_ms, read.rgb
+            assert rgb is not None
             assert [c.counter for c in codes] == sorted(c.counter for c in codes)
             assert text_pixels(rgb, label_bar(layout.self_view)) > 10, "'me'"
             # alice is in the first tile, beside it

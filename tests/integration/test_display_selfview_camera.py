@@ -11,7 +11,6 @@ any more the preview lets go of the lores tier (its encoder stops once idle).
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -21,11 +20,10 @@ from support.devserver import DevServer
 from support.glimpse_client import create_room, register
 from support.picam import FakeCamera
 from support.rtcpeer import BrowserPeer
-from support.screenshot import code_in, grab, label_bar, text_pixels
+from support.screenshot import label_bar, read_codes, text_pixels
 from support.xvfb import xvfb
 
 from glimpse_edge.display.layout import fit, grid
-from glimpse_edge.media.framecode import FrameCode
 
 W, H = 1280, 720
 # The camera at 720p: its automatic lower tier (the lores stream) is 640x360.
@@ -77,17 +75,9 @@ async def test_the_self_view_decodes_the_cameras_lores_tier_while_shown(
             alice = BrowserPeer("alice", send_video=(FW, FH))
             async with alice.joined(devserver.ws_url, alice_token, room_id, leave=True):
                 decoding = await agent.wait_for("display.self_view.decoding", timeout=20)
-                codes: list[FrameCode] = []
-                ages: list[float] = []
-                with trio.fail_after(30):
-                    while len(codes) < 5:
-                        t_ms = time.time() * 1000
-                        rgb = await trio.to_thread.run_sync(grab, display)
-                        code = code_in(rgb, own, (LW, LH))
-                        if code is not None and (not codes or code != codes[-1]):
-                            codes.append(code)
-                            ages.append(t_ms - code.wall_ms)
-                        await trio.sleep(0.05)
+                read = await read_codes(display, own, (LW, LH), 5, timeout=30)
+                codes, ages, rgb = read.codes, read.ages_ms, read.rgb
+                assert rgb is not None
                 counters = [c.counter for c in codes]
                 assert counters == sorted(counters), f"the camera's frames, in order: {counters}"
                 assert text_pixels(rgb, label_bar(layout.self_view)) > 10, "'me'"
