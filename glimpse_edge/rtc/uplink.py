@@ -308,8 +308,9 @@ class Uplink:
         reports still show the queue draining for a while: a decrease then
         would chase our own rate down. So: the first estimate is what got
         through (backed off); later ones only while we send about the
-        estimate, between a ``backoff`` and a ``max_cut`` of it (what a
-        report right after an overload shows is far too low); and if
+        estimate, to a ``backoff`` of what the link carried but not below a
+        ``max_cut`` of the estimate (what a report right after an overload
+        shows is far too low) and never up; and if
         congestion goes on for ``stuck`` seconds though we send less, the
         link is narrower than what we send: back off from that. (The first
         estimate, from reports that straddle the overload's start, was 2.6
