@@ -257,6 +257,12 @@ class BandwidthEstimator:
         """
         self._loss_based = float(self.estimate_at(now))
         self._remb_limits = False
+        # and the REMB heard before is forgotten: it described the link before
+        # the limit, and the first REMB after it (what the receiver saw of the
+        # limited rate) compared with it looked like a fall, which complains:
+        # three viewers that tried the top tier when a 1 Mbit/s cap was lifted
+        # were sent back within 0.2 s (their REMB ~150 kbit/s against ~3 Mbit/s)
+        self._remb = None
 
     def expect_rise(self, now: float, seconds: float) -> None:
         """We are about to send more (a higher tier): for ``seconds``, a REMB below

@@ -23,7 +23,9 @@ peer's receiver reports:
   so that the total creeps up to the link instead of overshooting it; past
   that the link has grown (a cap lifted), and growth doubles every few
   seconds. Clear for ``release_after`` seconds with every peer getting
-  what it wants, the limit is dropped and each peer's own estimate rules.
+  what it wants, or once we sent well past what the link carried at its
+  last overload without a complaint (it grew), the limit is dropped and
+  each peer's own estimate rules.
 - **allocate** it: audio first (every peer's Opus), then video by max-min
   fairness (water-filling): a peer whose own link takes less than an equal
   share keeps its own budget, and what it leaves goes to the others. So the
@@ -66,6 +68,9 @@ class UplinkTuning:
     backoff: float = 0.85  # the estimate on congestion: this times what got through
     max_cut: float = 0.5  # ... but one decrease never goes below this share of the last
     comply_share: float = 0.9  # decrease only if we send at least this share of the estimate
+    # ... and if we send more than this share of it, the peers have not followed
+    # the last decrease yet: only a link that carries less than the estimate counts
+    lag_share: float = 1.1
     # ... or the congestion lasted this long since the last decrease though we
     # send less than the estimate: the link is narrower than what we send
     stuck: float = 2.5
@@ -83,6 +88,10 @@ class UplinkTuning:
     max_increase_per_s: float = 0.5
     max_increase_span: float = 1.0  # an increase never counts more than this many seconds
     release_after: float = 10.0  # no congestion this long, and all get what they want
+    # ... or, clear this long, we sent this share of what the link carried at its
+    # last overload: the bottleneck is gone, each peer's own estimate rules again
+    grown_share: float = 1.3
+    grown_clear: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -297,7 +306,14 @@ class Uplink:
                        t.max_increase_per_s)
             self.estimate_bps *= (1.0 + rate) ** span
         wanted = sum(r.wants_bps for r in live.values())
-        if now - self._last_congested >= t.release_after and self.estimate_bps >= wanted:
+        clear_for = now - self._last_congested
+        # the link grew (a cap lifted): we sent well past what it carried when it
+        # last overloaded, and it took it. Waiting for the estimate to reach what
+        # every peer wants (their top tiers: 8.5 Mbit/s for three) kept three
+        # viewers on the lowest tier for ~50 s after a 1 Mbit/s cap was lifted
+        grown = self._known_bps > 0 and self._clean_peak >= t.grown_share * self._known_bps
+        if (clear_for >= t.release_after and self.estimate_bps >= wanted) or (
+                grown and clear_for >= t.grown_clear):
             self.estimate_bps = None
 
     def _decrease(self, now: float, live: dict[str, PeerReport]) -> None:
@@ -308,9 +324,10 @@ class Uplink:
         reports still show the queue draining for a while: a decrease then
         would chase our own rate down. So: the first estimate is what got
         through (backed off); later ones only while we send about the
-        estimate, to a ``backoff`` of what the link carried but not below a
+        estimate (while we still send more, only if the link carries less
+        than it), to a ``backoff`` of what it carried but not below a
         ``max_cut`` of the estimate (what a report right after an overload
-        shows is far too low) and never up; and if
+        shows is far too low); and if
         congestion goes on for ``stuck`` seconds though we send less, the
         link is narrower than what we send: back off from that. (The first
         estimate, from reports that straddle the overload's start, was 2.6
@@ -328,20 +345,26 @@ class Uplink:
         floor = sum(r.floor_bps for r in live.values())
         if estimate is not None and estimate <= floor:
             self.estimate_bps = float(floor)  # (a peer that joined raised it)
+            # what the link carries now counts for all of them (the decrease
+            # before may have heard only some: 360 kbit/s of a 540 it carried)
+            self._known_bps = max(self._known_bps, carried)
             return
         if estimate is None:
             if carried <= 0:
                 return
             target = t.backoff * carried
-        elif sent >= t.comply_share * estimate:
-            # not below what the link carries now, backed off: right after a
-            # decrease what we send still lags it (the rate is measured over 2 s
-            # and the lowest tier follows each second), and cutting another 15 %
-            # of the estimate then took a 1 Mbit/s link's from 806 to 692 kbit/s
-            # while the link carried 1.07 Mbit/s without loss
-            target = min(max(t.backoff * carried, t.max_cut * estimate), estimate)
-            if target >= estimate:
+        elif sent > t.lag_share * estimate:
+            # we still send more than the estimate: right after a decrease what
+            # we send lags it (the rate is measured over 2 s and the lowest tier
+            # follows each second), and a queue then is ours, draining. Only a
+            # link that carries less than the estimate is news. (Cutting 15 %
+            # each time took a 1 Mbit/s link's estimate from 806 to 692 kbit/s
+            # while it carried 1.07 Mbit/s without loss, and 854 -> 718 in three.)
+            if carried >= estimate:
                 return
+            target = max(t.backoff * carried, t.max_cut * estimate)
+        elif sent >= t.comply_share * estimate:
+            target = min(max(t.backoff * carried, t.max_cut * estimate), t.backoff * estimate)
         elif now - max(self._last_decrease, self._congested_since) >= t.stuck:
             target = t.backoff * min(sent, estimate)
         else:

@@ -135,6 +135,20 @@ def test_a_remb_cap_handed_over_does_not_lapse_into_the_old_estimate() -> None:
     assert est.estimate_at(20.0) == 400_000, "no REMB heard since: still where it was"
 
 
+def test_the_first_remb_after_a_hand_over_is_not_a_fall() -> None:
+    """The uplink let go and we send more again (expect_rise): the receiver's first
+    REMB reflects the limited rate it saw, far under the REMB from before the limit.
+    That is the receiver catching up, not a complaint; a REMB falling from it is."""
+    est = estimator()
+    est.on_report(0.0, 0.0)
+    est.on_remb(0.5, 2_000_000)
+    est.hand_over(1.0)  # the uplink limits from here on (its REMBs are not heard)
+    est.expect_rise(30.0, 20.0)  # ... and lets go at 30 s
+    before = est.estimate_at(30.0)
+    assert est.on_remb(30.5, 150_000).estimate_bps == before, "not capped by the stale one"
+    assert est.on_remb(31.5, 100_000).estimate_bps < before, "a fall from it still complains"
+
+
 def test_rising_rtt_holds_then_backs_off_before_any_loss() -> None:
     """A bottleneck queue fills: RTT climbs for seconds before packets drop."""
     est = estimator()

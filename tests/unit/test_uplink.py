@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import statistics
 
 import pytest
@@ -335,8 +336,9 @@ def test_growth_starts_slowly_after_a_long_congestion_without_decreases() -> Non
 
 def test_it_creeps_up_to_where_the_link_was_then_searches_beyond() -> None:
     """Up to a margin above what the link carried when it overloaded, the link is
-    known to be there: creep; past it the link has grown, and growth doubles."""
-    t = UplinkTuning()
+    known to be there: creep; past it the link has grown, and growth doubles (seen
+    here without the early release of a grown link, which would end the climb)."""
+    t = UplinkTuning(grown_share=math.inf)
     up = Uplink(t)
     for peer in ("a", "b"):
         report(up, peer, 0.0, loss=0.2, sent=500_000)
@@ -401,3 +403,24 @@ def test_a_decrease_does_not_cut_below_what_the_link_carries_now() -> None:
     for peer in ("a", "b"):  # now half of it is lost
         report(up, peer, now, loss=0.5, queue=0.1, sent=600_000)
     assert up.estimate_bps is not None and up.estimate_bps < first
+
+
+def test_a_link_that_grew_is_let_go_once_it_carries_well_past_its_old_size() -> None:
+    """A cap lifted: the estimate climbs past what the link carried at its last
+    overload, we send that much and nobody complains. The limit goes then, long
+    before the estimate reaches what every peer wants (their top tiers)."""
+    t = UplinkTuning()
+    up = Uplink(t)
+    for peer in ("a", "b"):
+        report(up, peer, 0.0, loss=0.2, sent=500_000)  # the link carried 800 kbit/s
+    now, sent_max = 0.0, 0.0
+    while up.limited and now < 120:
+        now += 0.5
+        assert up.estimate_bps is not None
+        sent = min(up.estimate_bps, 1_500_000.0)  # the peers follow, up to their tiers' rate
+        sent_max = max(sent_max, sent)
+        for peer in ("a", "b"):
+            report(up, peer, now, sent=sent / 2, wants=50_000_000)
+    assert not up.limited, "expected the limit dropped"
+    assert sent_max >= t.grown_share * 800_000
+    assert now < 40, f"expected it let go once 1.3 x the old link went through, took {now} s"
