@@ -53,6 +53,14 @@ def _show(value: object) -> str:
     return repr(value)
 
 
+def _check_backoff(section: str, reconnect_min: float, reconnect_max: float) -> None:
+    """A reconnect back-off's bounds: the first wait may not exceed the longest."""
+    if reconnect_min > reconnect_max:
+        raise _InvalidKey("reconnect_min", f"({reconnect_min}) must not exceed "
+                          f"{section}.reconnect_max ({reconnect_max})",
+                          related=("reconnect_max",))
+
+
 def _check_url(key: str, value: str, schemes: tuple[str, ...], example: str) -> None:
     if not value:
         raise _InvalidKey(key, f"must be set, e.g. {_show(example)}")
@@ -129,13 +137,7 @@ class ServerConfig(_Section, frozen=True, kw_only=True):
         _check_url("ws_url", self.ws_url, ("ws", "wss"), "wss://glimpse.example.com/ws")
         if self.api_url:
             _check_url("api_url", self.api_url, ("http", "https"), "https://glimpse.example.com")
-        if self.reconnect_min > self.reconnect_max:
-            raise _InvalidKey(
-                "reconnect_min",
-                f"({self.reconnect_min}) must not exceed server.reconnect_max "
-                f"({self.reconnect_max})",
-                related=("reconnect_max",),
-            )
+        _check_backoff("server", self.reconnect_min, self.reconnect_max)
 
 
 class AuthConfig(_Section, frozen=True, kw_only=True):
@@ -440,13 +442,7 @@ class PublishConfig(_Section, frozen=True, kw_only=True):
                 f"::1) or with publish.allow_http = true; got {_show(self.whip_url)}",
                 related=("allow_http",),
             )
-        if self.reconnect_min > self.reconnect_max:
-            raise _InvalidKey(
-                "reconnect_min",
-                f"({self.reconnect_min}) must not exceed publish.reconnect_max "
-                f"({self.reconnect_max})",
-                related=("reconnect_max",),
-            )
+        _check_backoff("publish", self.reconnect_min, self.reconnect_max)
 
 
 class IceServer(_Section, frozen=True, kw_only=True):

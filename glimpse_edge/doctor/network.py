@@ -13,7 +13,9 @@ import contextlib
 import datetime
 import email.utils
 import errno
+import ssl
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
     from .report import Status
     from .run import Doctor
 
-__all__ = ["check_server", "check_token"]
+__all__ = ["check_server", "check_token", "tls_context"]
 
 TOKEN_WARN_S: Final = 86_400.0  # a provisioned token that expires within a day
 
@@ -81,20 +83,29 @@ def _net_problem(exc: BaseException, what: str) -> tuple[str, str]:
     return f"{what}: {text}", "check the URL and the network"
 
 
-async def check_server(doctor: Doctor, config: Config, secrets_ok: bool) -> None:
+def tls_context(doctor: Doctor, check: str, key: str,
+                ca_file: Path | None) -> ssl.SSLContext | None:
+    """A client TLS context of its own (httpx sets its ALPN protocols on the one it is
+    given) trusting ``ca_file`` too; None, reported as ``check`` failing, if it cannot
+    be loaded."""
     from ..tls import new_client_context
 
+    try:
+        return new_client_context(ca_file)
+    except (OSError, ValueError) as exc:
+        doctor.add(check, "fail", f"{key} {ca_file} cannot be loaded: {exc}",
+                   f"point {key} at the CA certificate (PEM)")
+        return None
+
+
+async def check_server(doctor: Doctor, config: Config, secrets_ok: bool) -> None:
     if config.server is None:
         doctor.add("server", "skip", "no [server]: this device only publishes ([publish])")
         return
     server = config.server
     http_url = server.api_url or _http_url_for(server.ws_url)
-    try:
-        # its own: httpx sets its ALPN protocols on the context it is given
-        ssl_context = new_client_context(server.ca_file)
-    except (OSError, ValueError) as exc:
-        doctor.add("server", "fail", f"server.ca_file {server.ca_file} cannot be loaded: "
-                   f"{exc}", "point server.ca_file at the CA certificate (PEM)")
+    ssl_context = tls_context(doctor, "server", "server.ca_file", server.ca_file)
+    if ssl_context is None:
         return
     details: list[str] = []
     http = await _http_probe(doctor, http_url, ssl_context)

@@ -13,6 +13,7 @@ import ssl
 from typing import TYPE_CHECKING
 
 from ..config import Config, SecretFileError, read_secret_file
+from .network import tls_context
 
 if TYPE_CHECKING:
     from .run import Doctor
@@ -35,14 +36,10 @@ async def check_publish(doctor: Doctor, config: Config) -> None:
         return
     verify: ssl.SSLContext | bool = True
     if publish.ca_file is not None:
-        from ..tls import new_client_context
-
-        try:
-            verify = new_client_context(publish.ca_file)
-        except (OSError, ValueError) as exc:
-            doctor.add("publish", "fail", f"publish.ca_file {publish.ca_file} cannot be "
-                       f"loaded: {exc}", "point publish.ca_file at the CA certificate (PEM)")
+        context = tls_context(doctor, "publish", "publish.ca_file", publish.ca_file)
+        if context is None:
             return
+        verify = context
     try:
         async with WhipClient(publish.whip_url, token, timeout=doctor.timeout,
                               verify=verify) as client:
