@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from fractions import Fraction
 
@@ -279,3 +280,19 @@ def test_a_key_frame_after_a_big_rate_drop_is_sized_for_the_new_rate() -> None:
     (key,) = enc.encode(source.render(30, 0, 90_000))
     assert key.is_keyframe and enc.keyframes_resized == 2 and enc.keyframes_encoded == 4
     assert enc.ceiling == 600_000, "up to the rate it was made for"
+
+
+@pytest.mark.parametrize("max_fps", [29.3, 25.0, 20.0, 14.4, 10.0, 5.0])
+def test_a_frame_rate_limit_keeps_that_many_frames_a_second(max_fps: float) -> None:
+    """The lowest tier's limit, on a 30 fps source: that many frames a second, evenly
+    (a minimum spacing after the last frame kept sent 15 fps for any limit between
+    15 and 30)."""
+    enc = VideoEncoder("h264", 160, 96, 30, 200_000, keyframe_interval=100.0)
+    enc.set_max_fps(max_fps)
+    kept = [n for n, f in enumerate(frames(300, 160, 96)) if enc.encode(f)]
+    seconds = 300 / 30
+    assert abs(len(kept) / seconds - max_fps) <= 0.5, (
+        f"expected {max_fps} frames/s, saw {len(kept) / seconds:.1f}")
+    gaps = {b - a for a, b in itertools.pairwise(kept)}
+    assert max(gaps) <= -(-30 // max_fps), f"evenly spread: gaps {sorted(gaps)}"
+    assert enc.frames_skipped == 300 - len(kept)
