@@ -201,7 +201,9 @@ async def test_janus_restarted_mid_stream_is_published_to_again(
         mark = len(agent.events)
         await trio.to_thread.run_sync(sfu.stop_janus)
         await agent.wait_for("publish.session_ended", since=mark, timeout=15)
-        await trio.sleep(2)
+        # Janus stays down until the agent has tried again and failed (a POST to
+        # nobody): the way back is then a retry after a failure, not the first one
+        await agent.wait_for("publish.session_ended", since=mark, count=2, timeout=15)
         await trio.to_thread.run_sync(sfu.start_janus)
         back = trio.current_time()
         feed = await wait_publisher(sfu, timeout=20)
