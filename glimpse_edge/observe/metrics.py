@@ -219,9 +219,21 @@ def _peers(agent: AgentState) -> Iterator[Metric]:
     pacer_rtx = CounterMetricFamily("glimpse_edge_peer_pacer_retransmissions",
                                     "NACKed packets resent (sent at once, charged to the "
                                     "pacer).", labels=_PEER)
+    pacer_skipped = CounterMetricFamily("glimpse_edge_peer_pacer_resends_skipped",
+                                        "NACKed packets not resent: again within a round "
+                                        "trip, or over the resend budget.", labels=_PEER)
+    pacer_repaired = CounterMetricFamily("glimpse_edge_peer_pacer_repaired",
+                                         "Resends the receiver's reports showed lost (or "
+                                         "skipped over budget), sent again.", labels=_PEER)
+    pacer_filled = CounterMetricFamily("glimpse_edge_peer_pacer_repair_filled",
+                                       "Lost resends of frames older than the last key frame, "
+                                       "answered with a filler packet.", labels=_PEER)
+    pacer_expired = CounterMetricFamily("glimpse_edge_peer_pacer_repair_expired",
+                                        "Lost resends no longer in the sender's history.",
+                                        labels=_PEER)
     pacing: tuple[GaugeMetricFamily | CounterMetricFamily, ...] = (
         pacer_rate, pacer_delay, pacer_wait_avg, pacer_packets, pacer_delayed,
-        pacer_wait, pacer_rtx)
+        pacer_wait, pacer_rtx, pacer_skipped, pacer_repaired, pacer_filled, pacer_expired)
     for peer in agent.peers:
         who = (peer.peer_id, peer.username)
         state.add_metric((*who, peer.state), 1.0)
@@ -230,7 +242,8 @@ def _peers(agent: AgentState) -> Iterator[Metric]:
         if (pace := peer.pacing) is not None:
             for family, value in zip(pacing, (
                 pace.rate_bps, pace.queue_delay_s, pace.wait_avg_s, pace.packets,
-                pace.delayed, pace.wait_s, pace.retransmissions), strict=True):
+                pace.delayed, pace.wait_s, pace.retransmissions, pace.resends_skipped,
+                pace.repaired, pace.repair_filled, pace.repair_expired), strict=True):
                 family.add_metric(who, value)
         restarts.add_metric(who, peer.restarts)
         if peer.estimate_bps is not None:

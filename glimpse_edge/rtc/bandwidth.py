@@ -364,6 +364,7 @@ class ReportBlock:
 
     loss: float  # fraction lost, 0..1
     packets_lost: int  # cumulative
+    highest: int  # extended highest sequence number received
     jitter: int  # RTP clock units
     lsr: int  # middle 32 bits of the NTP time of our last SR it saw (0: none)
     dlsr: int  # delay since that SR at the receiver, 1/65536 s
@@ -373,7 +374,8 @@ def report_blocks(packet: Any, ssrc: int) -> list[ReportBlock]:
     """Report blocks about ``ssrc`` in an RR or SR packet (others: none)."""
     if not isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
         return []
-    return [ReportBlock(r.fraction_lost / 256.0, r.packets_lost, r.jitter, r.lsr, r.dlsr)
+    return [ReportBlock(r.fraction_lost / 256.0, r.packets_lost, r.highest_sequence, r.jitter,
+                        r.lsr, r.dlsr)
             for r in packet.reports if r.ssrc == ssrc]
 
 

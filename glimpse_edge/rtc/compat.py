@@ -25,6 +25,7 @@ module without pulling in the WebRTC stack.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import threading
 import types
@@ -55,6 +56,8 @@ __all__ = [
     "last_sender_report",
     "pace_rtp",
     "problems",
+    "resend",
+    "rtx_ssrc",
     "selected_candidates",
     "send_pli",
     "sender_ssrc",
@@ -155,6 +158,15 @@ NEEDS: Final[tuple[Need, ...]] = (
     Need("aiortc", "aiortc.rtcrtpsender:RTCRtpSender", "_send_rtp", "used_by", "pace_rtp",
          in_method="_run_rtp"),
     Need("aiortc", "aiortc.rtcrtpsender:RTCRtpSender", "transport", "attribute", "pace_rtp"),
+    # rtx_ssrc, resend
+    Need("aiortc", "aiortc.rtcrtpsender:RTCRtpSender", "_RTCRtpSender__rtp_history", "used_by",
+         "resend", in_method="__init__"),
+    Need("aiortc", "aiortc.rtcrtpsender:RTCRtpSender", "_RTCRtpSender__rtp_history", "used_by",
+         "resend", in_method="_retransmit"),
+    Need("aiortc", "aiortc.rtcrtpsender:RTCRtpSender", "_rtx_ssrc", "used_by", "rtx_ssrc",
+         in_method="__init__"),
+    Need("aiortc", "aiortc.rtcrtpsender:RTCRtpSender", "_retransmit", "coroutine", "resend",
+         params=("self", "sequence_number")),
     # size_rtp_history
     Need("aiortc", "aiortc.rtcrtpsender:RTCRtpSender", "RTP_HISTORY_SIZE", "global",
          "size_rtp_history"),
@@ -395,6 +407,61 @@ def sender_ssrc(sender: Any) -> int:
     """
     ssrc: int = sender._ssrc
     return ssrc
+
+
+def rtx_ssrc(sender: Any) -> int:
+    """The SSRC of ``sender``'s retransmission (RTX) stream.
+
+    aiortc draws it with the media SSRC in ``RTCRtpSender.__init__`` and
+    wraps every resend in it once RTX is negotiated (``_retransmit``). Why:
+    the receiver reports that stream in its own report block, whose loss
+    says whether our resends arrived (rtc/repair.py). Without it no resend
+    is repaired.
+    """
+    ssrc: int = sender._rtx_ssrc
+    return ssrc
+
+
+async def resend(sender: Any, sequence: int, *, filler: bytes | None = None) -> None:
+    """Send packet ``sequence`` again from ``sender``'s history, as if NACKed;
+    with ``filler``, its header with that payload instead of its own.
+
+    aiortc: ``_retransmit(sequence_number)`` is what answers a NACK: it
+    looks the packet up in the history (``__rtp_history``, keyed by the
+    sequence number modulo its size), wraps it in RTX when negotiated (with
+    the RTX stream's next sequence number) and awaits the transport's
+    ``_send_rtp`` (so the pacer bounds it); a packet no longer in the
+    history is ignored. For a filler the history's entry is swapped for a
+    copy carrying it during that call, and put back unless aiortc replaced
+    it meanwhile. Why: a receiver that asks once (aiortc's) never asks again
+    for a resend that was lost, and a lost packet of a frame older than the
+    last key frame is better answered with a filler (rtc/repair.py).
+    Without it those holes stay until its jitter buffer gives up.
+    """
+    if filler is None:
+        await sender._retransmit(sequence)
+        return
+    history: dict[int, Any] = sender._RTCRtpSender__rtp_history
+    key = sequence % _history_size()
+    packet = history.get(key)
+    if packet is None or packet.sequence_number != sequence:
+        return
+    stand_in = copy.copy(packet)
+    stand_in.payload = filler
+    history[key] = stand_in
+    try:
+        await sender._retransmit(sequence)
+    finally:
+        if history.get(key) is stand_in:
+            history[key] = packet
+
+
+def _history_size() -> int:
+    """The size of aiortc senders' RTP history (:func:`size_rtp_history`)."""
+    import aiortc.rtcrtpsender as sender_module
+
+    size: int = sender_module.RTP_HISTORY_SIZE  # type: ignore[attr-defined]
+    return size
 
 
 def last_sender_report(sender: Any) -> tuple[int | None, float | None]:

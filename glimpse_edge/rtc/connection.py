@@ -13,6 +13,7 @@ replaced connection is recognised and ignored.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -97,6 +98,7 @@ class Connection:
     subscriptions: list[tuple[PacketStream, PacketQueue]] = field(default_factory=list)
     released_bytes: int = 0  # video sent from queues no longer subscribed (tier switches)
     pacer: Pacer | None = None  # paces the video sender once negotiated (rtc/pacer.py)
+    repair_task: asyncio.Task[None] | None = None  # resends sent again (rtc/repair.py)
     # the display's decoders of the remote video, by codec, made on its first frame
     decoders: dict[str, VideoDecoder] = field(default_factory=dict)
     shown_at: float | None = None  # the last decoded frame (monotonic; set by a decoder)

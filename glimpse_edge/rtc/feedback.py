@@ -24,6 +24,7 @@ PeerFeedback and keeps negotiation and the connection's lifecycle.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from functools import partial
@@ -44,6 +45,7 @@ from .bandwidth import (
 )
 from .connection import Connection, ConnectionEvent, PathRevived, TierChosen
 from .pacer import ABS_SEND_TIME_URI, Pacer
+from .repair import RepairLedger, filler_payload
 from .sdp import header_extension_id
 from .tiers import AUDIO_ON_WIRE_BPS, TierSelector, link_bps, video_budget
 from .tracks import PacketTrack
@@ -162,7 +164,8 @@ class PeerFeedback:
         transceiver = conn.transceivers.get("video")
         if transceiver is not None and conn.codec is not None:
             conn.pacer = Pacer(self._pacing_target(conn, None), abs_send_time_id=(
-                header_extension_id(sdp, "video", ABS_SEND_TIME_URI)))
+                header_extension_id(sdp, "video", ABS_SEND_TIME_URI)), codec=conn.codec)
+            conn.pacer.repair = RepairLedger(compat.RTP_HISTORY)
             compat.pace_rtp(transceiver.sender, conn.pacer)
 
     def _pacing_target(self, conn: Connection, budget: int | None,
@@ -286,6 +289,8 @@ class PeerFeedback:
                     now, uplink.own_loss(self.peer_id, block.loss),
                     None if uplink.congested else rtt))
                 seen = True
+            if conn.pacer is not None and conn.pacer.repair is not None:
+                self._repair(conn, sender, packet, now)
             if self._uplink_limited and not uplink.limited:  # the uplink let go
                 self.bandwidth.expect_rise(now, REMB_AFTER_UPLINK)
             elif uplink.limited and not self._uplink_limited:  # it takes the REMB over
@@ -308,6 +313,42 @@ class PeerFeedback:
             if not self._failed:  # once per session: this runs per packet
                 self._failed = True
                 self.log.warning("peer.bandwidth_error", error=f"{type(exc).__name__}: {exc}")
+
+    def _repair(self, conn: Connection, sender: RTCRtpSender, packet: Any, now: float) -> None:
+        """Send again the resends the receiver's report on our RTX stream shows lost.
+
+        (rtc/repair.py.) One batch at a time per connection, in a task of
+        aiortc's loop: this runs in its RTCP path, which must not wait.
+        """
+        pacer = conn.pacer
+        assert pacer is not None and pacer.repair is not None
+        ledger = pacer.repair
+        blocks = report_blocks(packet, compat.rtx_ssrc(sender))
+        for block in blocks:
+            ledger.report(block.highest % 65536, block.packets_lost, now, self.bandwidth.rtt_s)
+        if not blocks or not ledger.owed or (
+                conn.repair_task is not None and not conn.repair_task.done()):
+            return
+        again, fill = ledger.take_owed(pacer.newest(compat.sender_ssrc(sender)),
+                                        pacer.last_key_frame)
+        if again or fill:
+            self.log.debug("peer.resends_repaired", again=len(again), fillers=len(fill))
+            conn.repair_task = asyncio.get_running_loop().create_task(
+                self._resend(sender, pacer, again, fill, filler_payload(conn.codec or "")))
+
+    async def _resend(self, sender: RTCRtpSender, pacer: Pacer, again: list[int],
+                      fill: list[int], filler: bytes) -> None:
+        """Fillers first (tiny, and they unblock the receiver), then the others
+        one at a time as the pacer's bucket drains."""
+        try:
+            for sequence in fill:
+                await compat.resend(sender, sequence, filler=filler)
+            for sequence in again:
+                if (wait := pacer.queue_delay_s) > 0.0:
+                    await asyncio.sleep(wait)
+                await compat.resend(sender, sequence)
+        except Exception as exc:  # a connection closing under it: nothing to repair
+            self.log.debug("peer.repair_failed", error=f"{type(exc).__name__}: {exc}")
 
     def _report_uplink(self, conn: Connection, now: float, loss: float,
                        rtt: float | None) -> None:

@@ -43,6 +43,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
+from .repair import RepairLedger
+
 __all__ = [
     "ABS_SEND_TIME_URI",
     "BURST_S",
@@ -55,6 +57,7 @@ __all__ = [
     "rtp_ssrc",
     "rtx_original_sequence",
     "set_abs_send_time",
+    "starts_key_frame",
 ]
 
 PACING_FACTOR: Final = 2.5  # libwebrtc's: the pacer runs at 2.5 x the target rate
@@ -90,15 +93,54 @@ def rtp_sequence(data: bytes) -> int:
     return int.from_bytes(data[2:4], "big")
 
 
-def rtx_original_sequence(data: bytes) -> int | None:
-    """The sequence number an RTX packet resends (RFC 4588: the payload's first two
-    bytes), or None for a runt."""
+def _payload_offset(data: bytes) -> int:
+    """Where an RTP packet's payload starts (after CSRCs and header extensions)."""
     offset = 12 + 4 * (data[0] & 0x0F)
     if data[0] & 0x10 and len(data) >= offset + 4:  # header extension
         offset += 4 + 4 * int.from_bytes(data[offset + 2:offset + 4], "big")
+    return offset
+
+
+def rtx_original_sequence(data: bytes) -> int | None:
+    """The sequence number an RTX packet resends (RFC 4588: the payload's first two
+    bytes), or None for a runt."""
+    offset = _payload_offset(data)
     if len(data) < offset + 2:
         return None
     return int.from_bytes(data[offset:offset + 2], "big")
+
+
+def starts_key_frame(data: bytes, codec: str) -> bool:
+    """Whether an RTP packet of ``codec`` ("h264", "vp8") starts a key frame's data.
+
+    H.264 (RFC 6184): an IDR slice or an SPS alone, first in a STAP-A (aiortc
+    aggregates SPS and PPS ahead of the IDR), or starting an FU-A; a frame
+    of several slices has several such packets (the first of the frame is
+    the one with a new timestamp). VP8
+    (RFC 7741): the start of partition 0 whose payload header's P bit is 0.
+    """
+    pos = _payload_offset(data)
+    payload = data[pos:pos + 8]
+    if len(payload) < 2:
+        return False
+    if codec == "h264":
+        nal = payload[0] & 0x1F
+        if nal == 24 and len(payload) >= 4:  # STAP-A: the first aggregated NAL unit
+            return payload[3] & 0x1F in (5, 7)
+        if nal == 28:  # FU-A: its start
+            return bool(payload[1] & 0x80) and payload[1] & 0x1F == 5
+        return nal in (5, 7)
+    if codec == "vp8":
+        first, at = payload[0], 1
+        if not first & 0x10 or first & 0x0F:  # not the start of partition 0
+            return False
+        if first & 0x80:  # extended control bits
+            ext, at = payload[1], 2
+            if ext & 0x80:  # PictureID, 7 or 15 bits
+                at += 2 if len(payload) > at and payload[at] & 0x80 else 1
+            at += bool(ext & 0x40) + bool(ext & 0x30)  # TL0PICIDX; TID/KEYIDX
+        return len(payload) > at and not payload[at] & 0x01
+    return False
 
 
 def abs_send_time_now(now: float | None = None) -> int:
@@ -166,6 +208,10 @@ class PacingState:
     wait_s: float
     wait_avg_s: float
     wait_max_s: float
+    resends_skipped: int = 0
+    repaired: int = 0  # resends found lost and sent again (rtc/repair.py)
+    repair_filled: int = 0  # ... answered with a filler (older than the last key frame)
+    repair_expired: int = 0  # ... found lost once no longer in the history
 
 
 class Pacer:
@@ -178,6 +224,7 @@ class Pacer:
     """
 
     def __init__(self, target_bps: int, *, abs_send_time_id: int | None = None,
+                 codec: str | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.rate_bps = 0.0
         self.set_target(target_bps)
@@ -192,6 +239,17 @@ class Pacer:
         self._resent_at: dict[tuple[int, int], float] = {}  # (ssrc, seq) -> last resend
         self._resend_window_start = -math.inf
         self._resend_bytes = 0
+        self._skip_reason: str | None = None
+        # resends on the RTX stream watched until the receiver's reports show
+        # them arrived (rtc/repair.py); None: not watched
+        self.repair: RepairLedger | None = None
+        self.codec = codec  # "h264", "vp8": key frames are noted for the repair
+        self.last_key_frame: int | None = None  # sequence number of the last one's first
+        self._key_frame_timestamp = b""
+
+    def newest(self, ssrc: int) -> int | None:
+        """The sequence number of the last new packet of ``ssrc`` (None: none yet)."""
+        return self._last_sequence.get(ssrc)
 
     def set_target(self, target_bps: float) -> None:
         """Pace at :data:`PACING_FACTOR` x ``target_bps`` (the video's target rate)."""
@@ -204,9 +262,12 @@ class Pacer:
 
     def snapshot(self) -> PacingState:
         stats = self.stats
+        repair = self.repair.stats if self.repair is not None else None
         return PacingState(round(self.rate_bps), self.queue_delay_s, stats.packets,
                            stats.delayed, stats.retransmissions, stats.wait_s,
-                           stats.wait_avg_s, stats.wait_max_s)
+                           stats.wait_avg_s, stats.wait_max_s, stats.resends_skipped,
+                           repair.repaired if repair else 0, repair.filled if repair else 0,
+                           repair.expired if repair else 0)
 
     def _is_new(self, ssrc: int, sequence: int) -> bool:
         last = self._last_sequence.get(ssrc)
@@ -215,22 +276,23 @@ class Pacer:
             return True
         return False
 
-    def _may_resend(self, key: tuple[int, int], size: int, now: float) -> bool:
-        """Whether a retransmission of ``key`` fits the bounds (and book it if so)."""
+    def _may_resend(self, key: tuple[int, int], size: int, now: float) -> str | None:
+        """Why a retransmission of ``key`` is over its bounds ("again" within a round
+        trip, or "budget"); None if it fits (and it is booked)."""
         last = self._resent_at.get(key)
         if last is not None and now - last < max(RESEND_MIN_INTERVAL_S, self.rtt_s or 0.0):
-            return False
+            return "again"
         if now - self._resend_window_start >= RESEND_WINDOW_S:
             self._resend_window_start, self._resend_bytes = now, 0
         budget = RESEND_SHARE * self.rate_bps / PACING_FACTOR * RESEND_WINDOW_S / 8
         if self._resend_bytes + size > budget:
-            return False
+            return "budget"
         self._resend_bytes += size
         self._resent_at.pop(key, None)
         self._resent_at[key] = now
         if len(self._resent_at) > _RESENT_KEEP:  # forget the oldest (insertion order)
             del self._resent_at[next(iter(self._resent_at))]
-        return True
+        return None
 
     def admit(self, data: bytes) -> float | None:
         """Charge one packet to the bucket; how long it must wait before it goes (s).
@@ -244,12 +306,26 @@ class Pacer:
         now = self._clock()
         if ssrc in self.rtx_ssrcs:
             original = rtx_original_sequence(data)
-            return 0.0 if original is None else self._resend((ssrc, original), data, now)
+            if original is None:
+                return 0.0
+            wait = self._resend((ssrc, original), data, now)
+            if self.repair is not None:
+                if wait is None:
+                    self.repair.skipped(original, rtp_sequence(data),
+                                        owed=self._skip_reason == "budget")
+                else:
+                    self.repair.resent(original, rtp_sequence(data), now)
+            return wait
         if ssrc not in self.ssrcs:
             return 0.0
         sequence = rtp_sequence(data)
         if not self._is_new(ssrc, sequence):
             return self._resend((ssrc, sequence), data, now)
+        if self.repair is not None and self.codec and starts_key_frame(data, self.codec):
+            timestamp = data[4:8]  # a frame's later slices start key-frame NAL units too
+            if timestamp != self._key_frame_timestamp:
+                self._key_frame_timestamp = timestamp
+                self.last_key_frame = sequence
         start = max(self._free_at, now - BURST_S)
         self._free_at = start + len(data) * 8 / self.rate_bps
         wait = start - now
@@ -266,7 +342,8 @@ class Pacer:
 
     def _resend(self, key: tuple[int, int], data: bytes, now: float) -> float | None:
         """A retransmission: at once and charged, or None when over its bounds."""
-        if not self._may_resend(key, len(data), now):
+        self._skip_reason = self._may_resend(key, len(data), now)
+        if self._skip_reason is not None:
             self.stats.resends_skipped += 1
             return None
         self._free_at = max(self._free_at, now - BURST_S) + len(data) * 8 / self.rate_bps

@@ -269,7 +269,7 @@ def test_report_blocks_and_remb_are_read_from_real_packets() -> None:
     pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=OURS)
     junk_app = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=b"GOOGxxxx")
     rr, sr2, remb2, pli2, junk2 = _wire(_rr(26, 3, 0, 0), sr, remb, pli, junk_app)
-    assert report_blocks(rr, OURS) == [ReportBlock(26 / 256, 3, 80, 0, 0)]
+    assert report_blocks(rr, OURS) == [ReportBlock(26 / 256, 3, 1003, 80, 0, 0)]
     assert report_blocks(sr2, OURS)[0].loss == 0.25
     assert report_blocks(rr, 0xDEAD) == [] and report_blocks(pli2, OURS) == []
     assert remb_bitrate(remb2, OURS) == 612_000 - 612_000 % 4  # 18-bit mantissa, exponent
@@ -278,11 +278,11 @@ def test_report_blocks_and_remb_are_read_from_real_packets() -> None:
 
 
 def test_rtt_only_from_a_report_that_echoes_our_latest_sender_report() -> None:
-    block = ReportBlock(0.0, 0, 0, lsr=0xABCD0000, dlsr=65536 // 10)  # held 100 ms
+    block = ReportBlock(0.0, 0, 0, 0, lsr=0xABCD0000, dlsr=65536 // 10)  # held 100 ms
     rtt = report_rtt(block, 0xABCD0000, 1000.0, 1000.125)
     assert rtt is not None and abs(rtt - 0.025) < 1e-4
     assert report_rtt(block, 0x11110000, 1000.0, 1000.125) is None  # an older SR
-    assert report_rtt(ReportBlock(0.0, 0, 0, lsr=5, dlsr=0), 5, 1.0, 2.0) is None
+    assert report_rtt(ReportBlock(0.0, 0, 0, 0, lsr=5, dlsr=0), 5, 1.0, 2.0) is None
     assert report_rtt(block, None, None, 5.0) is None
     assert report_rtt(block, 0xABCD0000, 1000.0, 999.0) is None  # clock stepped back
 

@@ -1,0 +1,207 @@
+"""Resends a receiver may not have got, sent again until its reports show they arrived.
+
+A receiver asks for a lost packet with a NACK and we resend it (aiortc, from
+its history, through the pacer). On a congested uplink the resend is lost as
+easily as the packet was. A browser then asks again, every round trip, up to
+ten times. aiortc's receiver (the lab's viewers, and another glimpse-edge
+device receiving us) does not: it sends a NACK only when it notices a *new*
+gap, and its jitter buffer hands frames out in order only. So one packet that
+never arrives blocks every later frame until 512 packets have passed: 22 to
+27 s of frozen picture for all three viewers after a 1 Mbit/s uplink cap hit
+(scenario f), though the link lost nothing after the first second.
+
+With RTX (RFC 4588, negotiated by browsers and aiortc alike) a resend has
+its own SSRC and sequence numbers, and the receiver reports that stream like
+any other: aiortc sends one report block per SSRC it receives. Its
+cumulative loss says whether the resends up to its highest sequence number
+arrived:
+
+- unchanged (apart from the RTX sequence numbers the pacer skipped, which
+  the receiver counts as lost too): all of them did;
+- grown: some did not, and the report cannot say which, so every resend it
+  covers is owed again;
+- a resend beyond the highest reported though sent a round trip and a grace
+  before the report is the tail of a loss burst: owed again.
+
+A resend the pacer skipped for its budget is owed as well. What is owed is
+sent again (:meth:`RepairLedger.take_owed`) while aiortc's history still
+holds it, through the same pacer and bounds as a NACK's answer, one packet
+at a time at the pacer's rate (a batch sent at once overflowed the queue it
+was repairing: of ~200 resends a report, almost none arrived).
+
+Unless a key frame was sent since: a packet of an older frame is worth
+nothing to the receiver any more, and resending every packet a sudden cap
+lost at the top tier (hundreds per viewer) would take the capped link
+seconds. It gets a *filler* of its sequence number instead: the original
+header with a payload a decoder skips (:func:`filler_payload`: an H.264
+filler-data NAL unit, a VP8 continuation byte), wrapped in RTX like any
+resend, ~60 bytes. aiortc's receiver files it in its jitter buffer, which
+then moves on (the old frame it belonged to is broken; the key frame after
+it decodes). Not an empty payload: aiortc hands a frame of only empty
+packets to libavcodec as an empty packet, which is the decoder's drain
+signal, and it decodes nothing ever after (seen: every viewer stopped for
+good). libwebrtc treats the filler as one more packet of a frame older
+than its last key frame, which it drops. A filler is sent once and not
+watched: it costs little to lose, and watching a few hundred of them meant
+that any one lost owed them all again, report after report (a loop that
+kept every viewer frozen in one run).
+
+Only receivers that report the RTX stream are repaired (:attr:`reporting`);
+a duplicate that arrives anyway is dropped by any receiver.
+
+Pure: time comes in as ``now``; nothing here reads a clock or does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = ["TAIL_GRACE_S", "RepairLedger", "RepairStats", "filler_payload"]
+
+SEQ_MOD: Final = 65536
+TAIL_GRACE_S: Final = 0.25  # a resend not reported this long (plus a round trip) was lost
+MAX_TRACKED: Final = 1024  # resends watched at once (the oldest are forgotten)
+HISTORY_MARGIN: Final = 16  # packets sent while a repair waits for its turn
+
+
+def filler_payload(codec: str) -> bytes:
+    """An RTP payload of ``codec`` that carries nothing a decoder uses.
+
+    H.264 (RFC 6184 single NAL unit): a filler-data NAL unit (type 12, nal_ref_idc
+    0) with its RBSP trailing bits. VP8 (RFC 7741): a payload descriptor that
+    continues partition 0 (S=0), and one byte.
+    """
+    return b"\x0c\x80" if codec == "h264" else b"\x00\x00"
+
+
+def _not_after(a: int, b: int) -> bool:
+    """Sequence number ``a`` is ``b`` or older (RFC 1982 serial arithmetic, 16 bits)."""
+    return (b - a) % SEQ_MOD < SEQ_MOD // 2
+
+
+@dataclass
+class RepairStats:
+    """What the ledger saw, for /metrics and /status."""
+
+    tracked: int = 0  # resends watched
+    confirmed: int = 0  # ... shown arrived by a report
+    lost: int = 0  # ... found lost (or skipped over budget): owed again
+    repaired: int = 0  # owed packets handed back to be sent again
+    filled: int = 0  # ... to be sent as fillers (older than the last key frame)
+    expired: int = 0  # owed packets that had left the sender's history
+
+
+class RepairLedger:
+    """One video sender's resends, until the receiver's reports account for them.
+
+    ``history`` is how many packets the sender keeps for resending
+    (rtc/compat.py's RTP_HISTORY): an owed packet older than that is gone.
+    """
+
+    def __init__(self, history: int) -> None:
+        self.history = history
+        self.stats = RepairStats()
+        self.reporting = False  # the receiver reports our RTX stream
+        self._pending: dict[int, tuple[int, float]] = {}  # original -> (RTX seq, sent at)
+        self._owed: dict[int, None] = {}  # originals to send again (an ordered set)
+        self._skipped: dict[int, None] = {}  # RTX sequence numbers assigned, never sent
+        self._lost: int | None = None  # the receiver's cumulative loss at its last report
+        self._filling: set[int] = set()  # handed out to be sent as fillers
+
+    @property
+    def owed(self) -> int:
+        return len(self._owed)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    # -- what the pacer did --------------------------------------------------------
+
+    def resent(self, original: int, rtx_sequence: int, now: float) -> None:
+        """``original`` left again as RTX packet ``rtx_sequence``."""
+        self._owed.pop(original, None)
+        self._pending.pop(original, None)
+        if original in self._filling:  # a filler: sent once, not watched
+            self._filling.discard(original)
+            return
+        self._pending[original] = (rtx_sequence, now)
+        self.stats.tracked += 1
+        if len(self._pending) > MAX_TRACKED:
+            del self._pending[next(iter(self._pending))]
+
+    def skipped(self, original: int, rtx_sequence: int, *, owed: bool) -> None:
+        """The pacer did not send RTX packet ``rtx_sequence`` (resending ``original``).
+
+        ``owed``: skipped for the resend budget, so nothing answered the NACK
+        (skipped because it was resent within a round trip: that resend is
+        watched already).
+        """
+        self._skipped[rtx_sequence] = None
+        if len(self._skipped) > MAX_TRACKED:
+            del self._skipped[next(iter(self._skipped))]
+        if owed and original not in self._pending:
+            self._owe(original)
+
+    # -- what the receiver says -------------------------------------------------------
+
+    def report(self, highest: int, lost: int, now: float, rtt_s: float | None) -> None:
+        """A report block for our RTX stream: ``highest`` sequence number received
+        (its low 16 bits), ``lost`` its cumulative loss."""
+        self.reporting = True
+        skipped = [s for s in self._skipped if _not_after(s, highest)]
+        for s in skipped:
+            del self._skipped[s]
+        # the first report cannot show what was lost before the receiver's first
+        # RTX packet arrived: what it covers is owed once more
+        grew = self._lost is None or lost - self._lost > len(skipped)
+        self._lost = lost
+        overdue = now - TAIL_GRACE_S - (rtt_s or 0.0)
+        for original, (rtx, sent_at) in list(self._pending.items()):
+            if _not_after(rtx, highest):
+                del self._pending[original]
+                if grew:
+                    self._owe(original)
+                else:
+                    self.stats.confirmed += 1
+            elif sent_at < overdue:
+                del self._pending[original]
+                self._owe(original)
+
+    # -- what to send again ---------------------------------------------------------
+
+    def take_owed(self, newest: int | None,
+                  last_key_frame: int | None = None) -> tuple[list[int], list[int]]:
+        """The owed packets still in the sender's history (``newest``: the last one
+        it sent), oldest first, as (to send again, to send as fillers); the
+        ledger forgets them until they are sent.
+
+        A packet older than the last key frame sent (``last_key_frame``, its
+        first packet) holds nothing the receiver can still show: it gets a
+        filler of that sequence number instead (see the module's docstring),
+        ~60 bytes rather than a full one.
+        """
+        owed, self._owed = list(self._owed), {}
+        if newest is None:
+            return [], []
+
+        def held(s: int) -> bool:  # still in the sender's history
+            return (newest - s) % SEQ_MOD < self.history - HISTORY_MARGIN
+
+        def older(s: int) -> bool:  # older than the last key frame
+            return last_key_frame is not None and s != last_key_frame and _not_after(
+                s, last_key_frame)
+
+        keep = [s for s in owed if held(s)]
+        self.stats.expired += len(owed) - len(keep)
+        stale = [s for s in keep if older(s)]
+        again = [s for s in keep if not older(s)]
+        self.stats.repaired += len(again)
+        self.stats.filled += len(stale)
+        self._filling = set(stale)
+        return again, stale
+
+    def _owe(self, original: int) -> None:
+        self.stats.lost += 1
+        self._owed[original] = None

@@ -1,0 +1,165 @@
+"""Resends watched until the receiver's RTX reports show them arrived (rtc/repair.py),
+the pacer's key-frame mark it relies on, and fillers a real depayloader accepts."""
+
+from __future__ import annotations
+
+import fractions
+
+import av
+import numpy as np
+import pytest
+from aiortc.codecs import get_encoder
+from aiortc.codecs.h264 import H264PayloadDescriptor
+from aiortc.codecs.vpx import VpxPayloadDescriptor
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
+
+from glimpse_edge.rtc.pacer import Pacer, starts_key_frame
+from glimpse_edge.rtc.repair import HISTORY_MARGIN, TAIL_GRACE_S, RepairLedger, filler_payload
+
+HISTORY = 512
+
+
+def test_resends_a_report_covers_without_new_loss_are_confirmed() -> None:
+    ledger = RepairLedger(HISTORY)
+    ledger.report(highest=99, lost=0, now=0.0, rtt_s=0.01)  # the RTX stream, before
+    for n in range(5):
+        ledger.resent(1000 + n, 100 + n, now=1.0)
+    ledger.report(highest=104, lost=0, now=1.5, rtt_s=0.01)
+    assert ledger.pending == 0 and ledger.owed == 0
+    assert ledger.stats.confirmed == 5
+
+
+def test_new_loss_in_a_report_owes_every_resend_it_covers() -> None:
+    ledger = RepairLedger(HISTORY)
+    ledger.report(highest=99, lost=3, now=0.0, rtt_s=0.01)
+    for n in range(4):
+        ledger.resent(1000 + n, 100 + n, now=1.0)
+    ledger.report(highest=103, lost=4, now=1.5, rtt_s=0.01)
+    assert ledger.owed == 4, "which one was lost the report cannot say"
+    again, fillers = ledger.take_owed(newest=1100)
+    assert again == [1000, 1001, 1002, 1003] and fillers == []
+    assert ledger.owed == 0, "handed out: forgotten until sent"
+
+
+def test_rtx_numbers_the_pacer_skipped_are_not_taken_for_loss() -> None:
+    """aiortc numbers a resend before the pacer decides; a skipped one is a gap the
+    receiver counts as lost."""
+    ledger = RepairLedger(HISTORY)
+    ledger.report(highest=99, lost=0, now=0.0, rtt_s=None)
+    ledger.resent(1000, 100, now=1.0)
+    ledger.skipped(1000, 101, owed=False)  # again within a round trip: watched already
+    ledger.resent(1001, 102, now=1.0)
+    ledger.report(highest=102, lost=1, now=1.5, rtt_s=None)
+    assert ledger.owed == 0 and ledger.stats.confirmed == 2
+
+
+def test_a_resend_skipped_for_the_budget_is_owed() -> None:
+    ledger = RepairLedger(HISTORY)
+    ledger.skipped(1000, 100, owed=True)
+    assert ledger.owed == 1
+    assert ledger.take_owed(newest=1010) == ([1000], [])
+
+
+def test_a_resend_never_reported_after_a_round_trip_and_grace_is_owed() -> None:
+    """The tail of a burst: no later RTX packet arrived to show it missing."""
+    ledger = RepairLedger(HISTORY)
+    ledger.report(highest=99, lost=0, now=0.0, rtt_s=0.05)
+    ledger.resent(1000, 100, now=1.0)
+    ledger.report(highest=99, lost=0, now=1.0 + TAIL_GRACE_S / 2, rtt_s=0.05)
+    assert ledger.owed == 0 and ledger.pending == 1, "too early to tell"
+    ledger.report(highest=99, lost=0, now=1.0 + TAIL_GRACE_S + 0.06, rtt_s=0.05)
+    assert ledger.owed == 1 and ledger.pending == 0
+
+
+def test_the_first_report_owes_what_it_covers() -> None:
+    """A receiver counts RTX loss from the first RTX packet it got: what was lost
+    before that it never reports."""
+    ledger = RepairLedger(HISTORY)
+    ledger.resent(1000, 100, now=1.0)
+    ledger.resent(1001, 101, now=1.0)
+    ledger.report(highest=101, lost=0, now=1.5, rtt_s=None)
+    assert ledger.owed == 2
+
+
+def test_owed_packets_older_than_the_last_key_frame_get_fillers() -> None:
+    ledger = RepairLedger(HISTORY)
+    for n in (1000, 1001, 1050):
+        ledger.skipped(n, n - 900, owed=True)
+    again, fillers = ledger.take_owed(newest=1100, last_key_frame=1040)
+    assert again == [1050] and fillers == [1000, 1001]
+    assert ledger.stats.filled == 2 and ledger.stats.repaired == 1
+    # a filler is sent once, not watched: losing it costs little
+    ledger.resent(1000, 200, now=2.0)
+    assert ledger.pending == 0
+    ledger.resent(1050, 201, now=2.0)
+    assert ledger.pending == 1
+
+
+def test_owed_packets_no_longer_in_the_history_expire() -> None:
+    ledger = RepairLedger(HISTORY)
+    ledger.skipped(100, 5, owed=True)
+    ledger.skipped(65530, 6, owed=True)  # before the wrap
+    newest = (100 + HISTORY - HISTORY_MARGIN) % 65536
+    again, fillers = ledger.take_owed(newest=newest)
+    assert again == [] and fillers == []
+    assert ledger.stats.expired == 2
+    ledger.skipped(65530, 7, owed=True)
+    assert ledger.take_owed(newest=20) == ([65530], []), "across the wrap, still held"
+
+
+def test_sequence_numbers_wrap_in_reports() -> None:
+    ledger = RepairLedger(HISTORY)
+    ledger.report(highest=65534, lost=0, now=0.0, rtt_s=None)
+    ledger.resent(1, 65535, now=1.0)
+    ledger.resent(2, 0, now=1.0)
+    ledger.report(highest=0, lost=0, now=1.5, rtt_s=None)
+    assert ledger.stats.confirmed == 2 and ledger.owed == 0
+
+
+# -- what the ledger relies on: key frames seen in the pacer, fillers received ------
+
+def _encoded_packets(codec: str, frames: int = 3) -> list[bytes]:
+    """Real RTP packets of aiortc's own encoder: a key frame, then others."""
+    mime = {"h264": "video/H264", "vp8": "video/VP8"}[codec]
+    encoder = get_encoder(RTCRtpCodecParameters(mimeType=mime, clockRate=90000,
+                                                payloadType=96))
+    out: list[bytes] = []
+    rng = np.random.default_rng(1)
+    for n in range(frames):
+        frame = av.VideoFrame.from_ndarray(
+            rng.integers(0, 255, (180, 320, 3), dtype=np.uint8), format="rgb24")
+        frame.pts, frame.time_base = n * 3000, fractions.Fraction(1, 90000)
+        payloads, timestamp = encoder.encode(frame, force_keyframe=(n == 0))
+        for i, payload in enumerate(payloads):
+            out.append(RtpPacket(payload_type=96, sequence_number=len(out) % 65536,
+                                 timestamp=timestamp, marker=i == len(payloads) - 1,
+                                 ssrc=1, payload=payload).serialize())
+    return out
+
+
+@pytest.mark.parametrize("codec", ["h264", "vp8"])
+def test_the_pacer_marks_where_the_last_key_frame_starts(codec: str) -> None:
+    packets = _encoded_packets(codec)
+    frames = {data[4:8] for data in packets if starts_key_frame(data, codec)}
+    assert frames == {packets[0][4:8]}, "only the first frame is a key frame"
+    assert starts_key_frame(packets[0], codec)
+    pacer = Pacer(400_000, codec=codec)
+    pacer.ssrcs.add(1)
+    pacer.repair = RepairLedger(HISTORY)
+    for data in packets:
+        pacer.admit(data)
+    assert pacer.last_key_frame == 0, "its first packet, not a later slice's"
+    again = _encoded_packets(codec, frames=1)[0]
+    key = again[:2] + (len(packets) + 5).to_bytes(2, "big") + (99).to_bytes(4, "big") + again[8:]
+    pacer.admit(key)
+    assert pacer.last_key_frame == len(packets) + 5
+
+
+def test_fillers_are_payloads_the_depayloaders_accept() -> None:
+    """aiortc's receiver depayloads them without error, and never to nothing: an
+    empty frame handed to libavcodec is its drain signal."""
+    _descriptor, h264 = H264PayloadDescriptor.parse(filler_payload("h264"))
+    assert h264 == b"\x00\x00\x00\x01" + filler_payload("h264")
+    descriptor, vp8 = VpxPayloadDescriptor.parse(filler_payload("vp8"))
+    assert not descriptor.partition_start and vp8
