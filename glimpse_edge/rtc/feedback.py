@@ -37,6 +37,7 @@ from .bandwidth import (
     BandwidthEstimator,
     ChangeGate,
     RateMeter,
+    ReportBlock,
     Tuning,
     Update,
     remb_bitrate,
@@ -73,6 +74,10 @@ KEYFRAME_WINDOW = 0.3
 # Under this much loss a PLI is coalesced for at least this long: NACKs repair.
 CONGESTED_LOSS = 0.02
 CONGESTED_KEYFRAME_WINDOW = 1.0
+# What a repair is taken to cost when checking the resend budget: a filler (RTP
+# header, extensions, the RTX original sequence number, two bytes), a full packet.
+FILLER_BYTES = 40
+RESEND_BYTES = 1200
 
 
 class PeerFeedback:
@@ -109,6 +114,9 @@ class PeerFeedback:
         self._failed = False
         self._uplink_limited = False  # the shared uplink limited us at the last report
         self._sent = RateMeter()  # the video we send, new and resent
+        # at the last receiver report: (connection, time, highest sequence number,
+        # cumulative loss, bytes and packets sent), for what arrived between two
+        self._arrival: tuple[int, float, int, int, int, int] | None = None
         self.tiers = TierSelector([t.bitrate for t in hub.tiers])
         self.uplink = uplink if uplink is not None else Uplink()
         self.peer_id = peer_id or name
@@ -276,14 +284,16 @@ class PeerFeedback:
             # up (uncounted, RTX resends kept a 1 Mbit/s uplink overloaded for 24 s
             # at the peers' floor: Chromium viewers NACK every loss)
             resent = conn.pacer.stats.resent_bytes if conn.pacer is not None else 0
-            self._sent.add(now, conn.released_bytes + resent + sum(
+            sent_bytes = conn.released_bytes + resent + sum(
                 queue.bytes_delivered for stream, queue in conn.subscriptions
-                if stream.kind == "video"))
+                if stream.kind == "video")
+            self._sent.add(now, sent_bytes)
             seen = False
             uplink = self.uplink
             for block in report_blocks(packet, ssrc):
                 rtt = report_rtt(block, *compat.last_sender_report(sender), time.time())
-                self._report_uplink(conn, now, block.loss, rtt)
+                self._report_uplink(conn, now, block.loss, rtt,
+                                    self._arrived_bps(conn, now, block, sent_bytes))
                 # a shared bottleneck's loss and queue are the uplink's to answer
                 self._estimate_changed(now, self.bandwidth.on_report(
                     now, uplink.own_loss(self.peer_id, block.loss),
@@ -315,22 +325,26 @@ class PeerFeedback:
                 self.log.warning("peer.bandwidth_error", error=f"{type(exc).__name__}: {exc}")
 
     def _repair(self, conn: Connection, sender: RTCRtpSender, packet: Any, now: float) -> None:
-        """Send again the resends the receiver's report on our RTX stream shows lost.
+        """Send again the resends a receiver report shows lost (rtc/repair.py).
 
-        (rtc/repair.py.) One batch at a time per connection, in a task of
-        aiortc's loop: this runs in its RTCP path, which must not wait.
+        Once per receiver report (its blocks are what tells), one batch at a
+        time per connection, in a task of aiortc's loop: this runs in its
+        RTCP path, which must not wait.
         """
         pacer = conn.pacer
         assert pacer is not None and pacer.repair is not None
         ledger = pacer.repair
-        blocks = report_blocks(packet, compat.rtx_ssrc(sender))
-        for block in blocks:
+        rtx = report_blocks(packet, compat.rtx_ssrc(sender))
+        for block in rtx:
             ledger.report(block.highest % 65536, block.packets_lost, now, self.bandwidth.rtt_s)
-        if not blocks or not ledger.owed or (
-                conn.repair_task is not None and not conn.repair_task.done()):
+        if not rtx:
+            if not report_blocks(packet, compat.sender_ssrc(sender)):
+                return  # not a receiver report
+            ledger.unreported(now, self.bandwidth.rtt_s)
+        if not ledger.owed or (conn.repair_task is not None and not conn.repair_task.done()):
             return
         again, fill = ledger.take_owed(pacer.newest(compat.sender_ssrc(sender)),
-                                        pacer.last_key_frame)
+                                       pacer.key_frames)
         if again or fill:
             self.log.debug("peer.resends_repaired", again=len(again), fillers=len(fill))
             conn.repair_task = asyncio.get_running_loop().create_task(
@@ -339,19 +353,54 @@ class PeerFeedback:
     async def _resend(self, sender: RTCRtpSender, pacer: Pacer, again: list[int],
                       fill: list[int], filler: bytes) -> None:
         """Fillers first (tiny, and they unblock the receiver), then the others
-        one at a time as the pacer's bucket drains."""
+        one at a time as the pacer's bucket drains; what the resend budget has
+        no room for waits for the next report (sent anyway, aiortc would number
+        it on the RTX stream, and the pacer would drop it)."""
+        assert pacer.repair is not None
+        ledger = pacer.repair
         try:
-            for sequence in fill:
+            for n, sequence in enumerate(fill):
+                if not pacer.resend_room(FILLER_BYTES):
+                    ledger.put_back(fill[n:], fillers=True)
+                    ledger.put_back(again, fillers=False)
+                    return
                 await compat.resend(sender, sequence, filler=filler)
-            for sequence in again:
+            for n, sequence in enumerate(again):
                 if (wait := pacer.queue_delay_s) > 0.0:
                     await asyncio.sleep(wait)
+                if not pacer.resend_room(RESEND_BYTES):
+                    ledger.put_back(again[n:], fillers=False)
+                    return
                 await compat.resend(sender, sequence)
         except Exception as exc:  # a connection closing under it: nothing to repair
             self.log.debug("peer.repair_failed", error=f"{type(exc).__name__}: {exc}")
 
+    def _arrived_bps(self, conn: Connection, now: float, block: ReportBlock,
+                     sent_bytes: int) -> float | None:
+        """What the receiver counted arriving since its last report, on the wire.
+
+        Packets: the growth of its highest sequence number less that of its
+        cumulative loss; bytes: those times the mean size of what we sent
+        meanwhile (new and resent). None for the first report of a connection,
+        or one that makes no sense (a counter that went back).
+        """
+        pacer = conn.pacer
+        if pacer is None:
+            return None
+        packets = pacer.stats.packets + pacer.stats.retransmissions
+        last, self._arrival = self._arrival, (conn.generation, now, block.highest,
+                                              block.packets_lost, sent_bytes, packets)
+        if last is None or last[0] != conn.generation:
+            return None
+        _gen, then, highest, lost, then_bytes, then_packets = last
+        arrived = (block.highest - highest) - (block.packets_lost - lost)
+        if now - then < 0.2 or packets <= then_packets or arrived < 0 or sent_bytes < then_bytes:
+            return None
+        size = (sent_bytes - then_bytes) / (packets - then_packets)
+        return float(link_bps(int(arrived * size * 8 / (now - then)), "audio" in conn.tracks))
+
     def _report_uplink(self, conn: Connection, now: float, loss: float,
-                       rtt: float | None) -> None:
+                       rtt: float | None, arrived_bps: float | None = None) -> None:
         """Tell the shared uplink what this peer's report says (rtc/uplink.py)."""
         base = self.bandwidth.base_rtt_s
         audio = "audio" in conn.tracks
@@ -363,7 +412,7 @@ class PeerFeedback:
             sent_bps=None if video_sent is None else link_bps(int(video_sent), audio),
             wants_bps=self.bandwidth.estimate_at(now),
             audio_bps=AUDIO_ON_WIRE_BPS if audio else 0,
-            floor_bps=link_bps(self.bandwidth.min_bps, audio))
+            floor_bps=link_bps(self.bandwidth.min_bps, audio), arrived_bps=arrived_bps)
         after = self.uplink.estimate_bps
         if after is not None and (before is None or after < before):
             state = self.uplink.state(now)
@@ -371,6 +420,9 @@ class PeerFeedback:
                           previous_bps=None if before is None else int(before),
                           sent_bps=state.sent_bps, through_bps=int(self.uplink.through_bps(now)),
                           peers=state.peers)
+        if before is not None and after is None:
+            self.log.info("uplink.released", reason=self.uplink.released,
+                          previous_bps=int(before), sent_bps=self.uplink.state(now).sent_bps)
         if self.uplink.congested != was:
             state = self.uplink.state(now)
             self.log.info("uplink.congested" if state.congested else "uplink.clear",

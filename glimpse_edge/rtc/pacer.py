@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
@@ -76,6 +77,7 @@ RESEND_MIN_INTERVAL_S: Final = 0.05  # a packet resent again no sooner (or one R
 RESEND_SHARE: Final = 0.5  # resending takes at most this share of the target rate...
 RESEND_WINDOW_S: Final = 1.0  # ...over this window
 _RESENT_KEEP: Final = 1024  # packets whose last resend is remembered
+KEY_FRAMES_KEPT: Final = 8  # key frames whose sequence numbers are remembered (for repair)
 ABS_SEND_TIME_URI: Final = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 NTP_EPOCH_OFFSET: Final = 2_208_988_800  # seconds from 1900 (NTP) to 1970 (Unix)
 _ONE_BYTE_PROFILE: Final = 0xBEDE
@@ -244,7 +246,8 @@ class Pacer:
         # them arrived (rtc/repair.py); None: not watched
         self.repair: RepairLedger | None = None
         self.codec = codec  # "h264", "vp8": key frames are noted for the repair
-        self.last_key_frame: int | None = None  # sequence number of the last one's first
+        # the last few key frames sent, as [first, last] sequence numbers
+        self.key_frames: deque[list[int]] = deque(maxlen=KEY_FRAMES_KEPT)
         self._key_frame_timestamp = b""
 
     def newest(self, ssrc: int) -> int | None:
@@ -275,6 +278,13 @@ class Pacer:
             self._last_sequence[ssrc] = sequence
             return True
         return False
+
+    def resend_room(self, size: int) -> bool:
+        """Whether a resend of ``size`` bytes fits the resend budget now."""
+        if self._clock() - self._resend_window_start >= RESEND_WINDOW_S:
+            return True
+        budget = RESEND_SHARE * self.rate_bps / PACING_FACTOR * RESEND_WINDOW_S / 8
+        return self._resend_bytes + size <= budget
 
     def _may_resend(self, key: tuple[int, int], size: int, now: float) -> str | None:
         """Why a retransmission of ``key`` is over its bounds ("again" within a round
@@ -321,11 +331,13 @@ class Pacer:
         sequence = rtp_sequence(data)
         if not self._is_new(ssrc, sequence):
             return self._resend((ssrc, sequence), data, now)
-        if self.repair is not None and self.codec and starts_key_frame(data, self.codec):
-            timestamp = data[4:8]  # a frame's later slices start key-frame NAL units too
-            if timestamp != self._key_frame_timestamp:
+        if self.repair is not None and self.codec:
+            timestamp = data[4:8]
+            if timestamp == self._key_frame_timestamp:  # a key frame's later packet
+                self.key_frames[-1][1] = sequence
+            elif starts_key_frame(data, self.codec):
                 self._key_frame_timestamp = timestamp
-                self.last_key_frame = sequence
+                self.key_frames.append([sequence, sequence])
         start = max(self._free_at, now - BURST_S)
         self._free_at = start + len(data) * 8 / self.rate_bps
         wait = start - now

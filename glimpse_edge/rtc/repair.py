@@ -41,19 +41,24 @@ it decodes). Not an empty payload: aiortc hands a frame of only empty
 packets to libavcodec as an empty packet, which is the decoder's drain
 signal, and it decodes nothing ever after (seen: every viewer stopped for
 good). libwebrtc treats the filler as one more packet of a frame older
-than its last key frame, which it drops. A filler is sent once and not
-watched: it costs little to lose, and watching a few hundred of them meant
-that any one lost owed them all again, report after report (a loop that
-kept every viewer frozen in one run).
+than its last key frame, which it drops. Fillers are watched like any
+resend, but one packet gets at most :data:`MAX_FILLS`: a report cannot say
+which of a few hundred was lost, so any one lost owes them all again, and
+without a bound that went on report after report. (Sent once and not
+watched, a lost filler left its hole: 6-12 s freezes remained.)
 
-Only receivers that report the RTX stream are repaired (:attr:`reporting`);
-a duplicate that arrives anyway is dropped by any receiver.
+A receiver report with no block for the RTX stream means no resend has
+arrived yet (aiortc and libwebrtc report every stream they received from):
+what was resent a round trip and a grace before it is owed as well. A
+connection without RTX resends on the video stream itself, and nothing is
+watched.
 
 Pure: time comes in as ``now``; nothing here reads a clock or does I/O.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -62,6 +67,7 @@ __all__ = ["TAIL_GRACE_S", "RepairLedger", "RepairStats", "filler_payload"]
 SEQ_MOD: Final = 65536
 TAIL_GRACE_S: Final = 0.25  # a resend not reported this long (plus a round trip) was lost
 MAX_TRACKED: Final = 1024  # resends watched at once (the oldest are forgotten)
+MAX_FILLS: Final = 4  # fillers sent for one packet at most
 HISTORY_MARGIN: Final = 16  # packets sent while a repair waits for its turn
 
 
@@ -90,6 +96,7 @@ class RepairStats:
     repaired: int = 0  # owed packets handed back to be sent again
     filled: int = 0  # ... to be sent as fillers (older than the last key frame)
     expired: int = 0  # owed packets that had left the sender's history
+    abandoned: int = 0  # ... or been filled MAX_FILLS times already
 
 
 class RepairLedger:
@@ -102,12 +109,11 @@ class RepairLedger:
     def __init__(self, history: int) -> None:
         self.history = history
         self.stats = RepairStats()
-        self.reporting = False  # the receiver reports our RTX stream
         self._pending: dict[int, tuple[int, float]] = {}  # original -> (RTX seq, sent at)
         self._owed: dict[int, None] = {}  # originals to send again (an ordered set)
         self._skipped: dict[int, None] = {}  # RTX sequence numbers assigned, never sent
         self._lost: int | None = None  # the receiver's cumulative loss at its last report
-        self._filling: set[int] = set()  # handed out to be sent as fillers
+        self._fills: dict[int, int] = {}  # original -> fillers handed out for it
 
     @property
     def owed(self) -> int:
@@ -123,9 +129,6 @@ class RepairLedger:
         """``original`` left again as RTX packet ``rtx_sequence``."""
         self._owed.pop(original, None)
         self._pending.pop(original, None)
-        if original in self._filling:  # a filler: sent once, not watched
-            self._filling.discard(original)
-            return
         self._pending[original] = (rtx_sequence, now)
         self.stats.tracked += 1
         if len(self._pending) > MAX_TRACKED:
@@ -146,10 +149,19 @@ class RepairLedger:
 
     # -- what the receiver says -------------------------------------------------------
 
+    def unreported(self, now: float, rtt_s: float | None) -> None:
+        """A receiver report without a block for our RTX stream: the receiver got no
+        resend yet (aiortc and libwebrtc report every stream they received), so
+        every resend sent a round trip and a grace ago was lost."""
+        overdue = now - TAIL_GRACE_S - (rtt_s or 0.0)
+        for original, (_rtx, sent_at) in list(self._pending.items()):
+            if sent_at < overdue:
+                del self._pending[original]
+                self._owe(original)
+
     def report(self, highest: int, lost: int, now: float, rtt_s: float | None) -> None:
         """A report block for our RTX stream: ``highest`` sequence number received
         (its low 16 bits), ``lost`` its cumulative loss."""
-        self.reporting = True
         skipped = [s for s in self._skipped if _not_after(s, highest)]
         for s in skipped:
             del self._skipped[s]
@@ -171,36 +183,64 @@ class RepairLedger:
 
     # -- what to send again ---------------------------------------------------------
 
-    def take_owed(self, newest: int | None,
-                  last_key_frame: int | None = None) -> tuple[list[int], list[int]]:
+    def take_owed(self, newest: int | None, key_frames: Iterable[Sequence[int]] = ()
+                  ) -> tuple[list[int], list[int]]:
         """The owed packets still in the sender's history (``newest``: the last one
-        it sent), oldest first, as (to send again, to send as fillers); the
-        ledger forgets them until they are sent.
+        it sent), oldest first (the receiver is stuck on the oldest), as (to
+        send again, to send as fillers); the ledger forgets them until they are
+        sent (:meth:`put_back` for those that could not be).
 
-        A packet older than the last key frame sent (``last_key_frame``, its
-        first packet) holds nothing the receiver can still show: it gets a
-        filler of that sequence number instead (see the module's docstring),
-        ~60 bytes rather than a full one.
+        ``key_frames``: the last few key frames sent, oldest first, as their
+        first and last sequence numbers. A packet older than the newest one of
+        them that is believed whole at the receiver (none of its packets owed
+        or awaiting a report) holds nothing the receiver will show: it gets a
+        filler of that sequence number instead (see the module's
+        docstring), ~60 bytes rather than a full one. Not merely older than
+        the last key frame *sent*: the receiver has not decoded that one yet
+        if it is stuck behind the hole, and key frames come often under loss
+        (every PLI); filling up to the last one sent filled holes of every key
+        frame in turn, and three viewers decoded nothing for 25 s.
         """
         owed, self._owed = list(self._owed), {}
         if newest is None:
             return [], []
+        outstanding = [*owed, *self._pending]
+        whole = next((first for first, last in reversed(list(key_frames)) if not any(
+            _not_after(first, s) and _not_after(s, last) for s in outstanding)), None)
 
         def held(s: int) -> bool:  # still in the sender's history
             return (newest - s) % SEQ_MOD < self.history - HISTORY_MARGIN
 
-        def older(s: int) -> bool:  # older than the last key frame
-            return last_key_frame is not None and s != last_key_frame and _not_after(
-                s, last_key_frame)
+        def older(s: int) -> bool:  # older than a key frame the receiver has whole
+            return whole is not None and s != whole and _not_after(s, whole)
 
-        keep = [s for s in owed if held(s)]
+        keep = sorted((s for s in owed if held(s)), key=lambda s: -((newest - s) % SEQ_MOD))
         self.stats.expired += len(owed) - len(keep)
-        stale = [s for s in keep if older(s)]
         again = [s for s in keep if not older(s)]
+        stale = []
+        for s in keep:
+            if older(s):
+                if (fills := self._fills.get(s, 0)) >= MAX_FILLS:
+                    self.stats.abandoned += 1
+                    continue
+                self._fills[s] = fills + 1
+                stale.append(s)
+        for s in [s for s in self._fills if not held(s)]:
+            del self._fills[s]
         self.stats.repaired += len(again)
         self.stats.filled += len(stale)
-        self._filling = set(stale)
         return again, stale
+
+    def put_back(self, originals: list[int], *, fillers: bool) -> None:
+        """Handed out by :meth:`take_owed` but not sent (no room in the resend
+        budget): owed as before, first in line."""
+        self._owed = dict.fromkeys([*originals, *self._owed])
+        if fillers:
+            self.stats.filled -= len(originals)
+            for s in originals:
+                self._fills[s] -= 1
+        else:
+            self.stats.repaired -= len(originals)
 
     def _owe(self, original: int) -> None:
         self.stats.lost += 1

@@ -44,10 +44,12 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import deque
 from dataclasses import dataclass, field, replace
 
 __all__ = ["PeerReport", "Uplink", "UplinkState", "UplinkTuning"]
 
+KNOWN_FROM = 3  # overloads whose carried rate make up the known link (Uplink._learn)
 QUEUE_NOISE_S = 0.005  # a queue "drains" if it shrinks by more than this between two reports
 
 
@@ -83,6 +85,7 @@ class UplinkTuning:
     # seconds, not the half minute a steady 8 % needs. Doubling from the start
     # overshot a 1 Mbit/s link twofold every ~12 s, each time a loss burst.
     increase_per_s: float = 0.03
+    growth_queue: float = 0.02  # a queue this long (s of RTT above base) holds growth
     known_margin: float = 1.1
     double_every: float = 3.0
     max_increase_per_s: float = 0.5
@@ -108,6 +111,7 @@ class PeerReport:
     audio_bps: int  # what its audio takes on the wire (0 without audio)
     floor_bps: int = 0  # the least we send it (audio and the lowest video rate), on the wire
     queue_draining: bool = False  # the queue shrank since this peer's report before
+    arrived_bps: float | None = None  # what the receiver counted arriving since its last report
 
     def congested(self, tuning: UplinkTuning) -> bool:
         """This report alone shows loss or a queue."""
@@ -130,7 +134,16 @@ class PeerReport:
         return self.at - self.congested_at < tuning.congested_hold
 
     def through_bps(self) -> float:
-        """What reached the peer: what we sent, less what it lost."""
+        """What reached the peer: what the receiver counted arriving over its report's
+        interval, or, without that, what we sent less what it lost.
+
+        The receiver's count is exact for its interval; what we sent is
+        measured over the last 2 s, which after a sudden cap still holds the
+        rate before it: that "through" (1.2-1.5 Mbit/s for 15 s on a 1 Mbit/s
+        link) kept the estimate above the link and the link overloaded.
+        """
+        if self.arrived_bps is not None:
+            return self.arrived_bps
         return (self.sent_bps or 0.0) * (1.0 - self.loss)
 
 
@@ -154,11 +167,14 @@ class Uplink:
         self.estimate_bps: float | None = None
         self.congested = False
         self.episodes = 0
+        self.releases = 0  # times the limit was let go
+        self.released = ""  # why, the last time: "satisfied" or "grown"
         self._reports: dict[str, PeerReport] = {}
         self._last_decrease = -math.inf
         self._last_congested = -math.inf
         self._last_overload = -math.inf  # the last time the latest reports were congested
         self._known_bps = 0.0  # what the link carried when it last overloaded
+        self._carried: deque[float] = deque(maxlen=KNOWN_FROM)
         self._clean_peak = 0.0  # the most we sent with clean reports since the last decrease
         self._beyond_since = math.inf  # since when the estimate is past it (growing fast)
         self._congested_since = -math.inf
@@ -168,7 +184,7 @@ class Uplink:
 
     def report(self, peer: str, now: float, *, loss: float, queue_s: float | None,
                sent_bps: float | None, wants_bps: int, audio_bps: int,
-               floor_bps: int = 0) -> None:
+               floor_bps: int = 0, arrived_bps: float | None = None) -> None:
         """What ``peer``'s latest receiver report says.
 
         ``floor_bps`` is the least this peer can be sent (its audio and the
@@ -176,13 +192,16 @@ class Uplink:
         peers' floors, because a lower one changes nothing we send, and each
         decrease would find us "complying" and cut again (seen: 1 Mbit/s link,
         three peers at their floor, the estimate cut to 111 kbit/s).
+        ``arrived_bps``: what the receiver counted arriving since its report
+        before (on the wire), when known (:meth:`PeerReport.through_bps`).
         """
         loss = min(max(loss, 0.0), 1.0) if math.isfinite(loss) else 0.0
         last = self._reports.get(peer)
         a = self.tuning.loss_smoothing
         smooth = loss if last is None else a * loss + (1.0 - a) * last.smooth_loss
         new = PeerReport(now, -math.inf if last is None else last.congested_at, loss, smooth,
-                         queue_s, sent_bps, wants_bps, audio_bps, floor_bps)
+                         queue_s, sent_bps, wants_bps, audio_bps, floor_bps,
+                         arrived_bps=arrived_bps)
         if last is not None and last.queue_s is not None and queue_s is not None:
             new = replace(new, queue_draining=queue_s < last.queue_s - QUEUE_NOISE_S)
         if new.congested(self.tuning):
@@ -288,13 +307,28 @@ class Uplink:
         self.congested = False
         if self.estimate_bps is None:
             return
-        self._clean_peak = max(self._clean_peak, sum(r.sent_bps or 0.0 for r in live.values()))
+        # what got through (no more than we sent: the receivers' counts are
+        # per report, and a key frame's burst can land in one), not what we
+        # sent alone: sent includes a key frame's burst or
+        # a repair's, which a full link drops; taken as carried, 1.3 x a 692 kbit/s
+        # link's last overload looked reached, the limit was let go, and two
+        # viewers went back to the top tier through the 1 Mbit/s cap
+        self._clean_peak = max(self._clean_peak, min(
+            self.through_bps(now), sum(r.sent_bps or 0.0 for r in live.values())))
         # growth restarts slowly from the last congestion, not the last decrease:
         # a congestion held at the peers' floor makes no decrease, and counting
         # from the one before it grew the estimate 692 kbit/s -> 8.7 Mbit/s in
         # 6 s, which sent two viewers back to the top tier through a 1 Mbit/s link
         since = now - max(self._last_decrease, self._last_overload)
-        if since > t.hold:
+        # a queue forming in front of the link (RTT above its base, below what
+        # counts as congested) holds growth and ends any doubling: the total
+        # has reached the link. Doubling into it overshot a 1 Mbit/s link every
+        # ~20 s (the estimate 0.7 -> 1.6 Mbit/s in 15 s, the lowest tier's rate
+        # with it, then a loss burst)
+        queued = any((r.queue_s or 0.0) >= t.growth_queue for r in live.values())
+        if queued:
+            self._beyond_since = math.inf
+        elif since > t.hold:
             beyond = self.estimate_bps > t.known_margin * self._known_bps
             if not beyond:
                 self._beyond_since = math.inf
@@ -312,9 +346,27 @@ class Uplink:
         # every peer wants (their top tiers: 8.5 Mbit/s for three) kept three
         # viewers on the lowest tier for ~50 s after a 1 Mbit/s cap was lifted
         grown = self._known_bps > 0 and self._clean_peak >= t.grown_share * self._known_bps
-        if (clear_for >= t.release_after and self.estimate_bps >= wanted) or (
-                grown and clear_for >= t.grown_clear):
-            self.estimate_bps = None
+        if clear_for >= t.release_after and self.estimate_bps >= wanted:
+            self.released = "satisfied"
+        elif grown and clear_for >= t.grown_clear:
+            self.released = "grown"
+        else:
+            return
+        self.estimate_bps = None
+        self.releases += 1
+
+    def _learn(self, carried: float) -> None:
+        """What the link carried at an overload: ``known`` is the median of the last few.
+
+        Not the last one, nor the most: an overload's first reports straddle
+        its onset (5.3 Mbit/s "carried" on a 1 Mbit/s link, a cap's first
+        second), and a later one can count a drained burst (495 kbit/s). As
+        the most, "known" stayed at 5 Mbit/s and a lifted cap was never
+        recognised; as the last, our ordinary 920 kbit/s looked like a lifted
+        cap and the limit was let go through the cap, twice a run.
+        """
+        self._carried.append(carried)
+        self._known_bps = statistics.median(self._carried)
 
     def _decrease(self, now: float, live: dict[str, PeerReport]) -> None:
         """Congested: set the estimate from what got through, if that is news.
@@ -343,11 +395,16 @@ class Uplink:
         sent = sum(r.sent_bps or 0.0 for r in live.values())
         estimate = self.estimate_bps
         floor = sum(r.floor_bps for r in live.values())
+        # counted by every receiver, what got through during an overload is what
+        # the link carries, not a burst's loss: no bound on one cut then (halving
+        # at a time from the first estimate, 4.5 Mbit/s from reports straddling a
+        # 1 Mbit/s cap's onset, kept the link overloaded for 6 s, holes and all)
+        cut = 0.0 if all(r.arrived_bps is not None for r in live.values()) else t.max_cut
         if estimate is not None and estimate <= floor:
             self.estimate_bps = float(floor)  # (a peer that joined raised it)
             # what the link carries now counts for all of them (the decrease
             # before may have heard only some: 360 kbit/s of a 540 it carried)
-            self._known_bps = max(self._known_bps, carried)
+            self._learn(carried)
             return
         if estimate is None:
             if carried <= 0:
@@ -362,14 +419,14 @@ class Uplink:
             # while it carried 1.07 Mbit/s without loss, and 854 -> 718 in three.)
             if carried >= estimate:
                 return
-            target = max(t.backoff * carried, t.max_cut * estimate)
+            target = max(t.backoff * carried, cut * estimate)
         elif sent >= t.comply_share * estimate:
-            target = min(max(t.backoff * carried, t.max_cut * estimate), t.backoff * estimate)
+            target = min(max(t.backoff * carried, cut * estimate), t.backoff * estimate)
         elif now - max(self._last_decrease, self._congested_since) >= t.stuck:
             target = t.backoff * min(sent, estimate)
         else:
             return
         self.estimate_bps = max(target, float(floor))
-        self._known_bps = max(carried, self.estimate_bps)
+        self._learn(max(carried, self.estimate_bps))
         self._clean_peak = 0.0
         self._last_decrease = now

@@ -15,7 +15,13 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
 from glimpse_edge.rtc.pacer import Pacer, starts_key_frame
-from glimpse_edge.rtc.repair import HISTORY_MARGIN, TAIL_GRACE_S, RepairLedger, filler_payload
+from glimpse_edge.rtc.repair import (
+    HISTORY_MARGIN,
+    MAX_FILLS,
+    TAIL_GRACE_S,
+    RepairLedger,
+    filler_payload,
+)
 
 HISTORY = 512
 
@@ -86,14 +92,49 @@ def test_owed_packets_older_than_the_last_key_frame_get_fillers() -> None:
     ledger = RepairLedger(HISTORY)
     for n in (1000, 1001, 1050):
         ledger.skipped(n, n - 900, owed=True)
-    again, fillers = ledger.take_owed(newest=1100, last_key_frame=1040)
+    again, fillers = ledger.take_owed(newest=1100, key_frames=[[1040, 1045]])
     assert again == [1050] and fillers == [1000, 1001]
     assert ledger.stats.filled == 2 and ledger.stats.repaired == 1
-    # a filler is sent once, not watched: losing it costs little
-    ledger.resent(1000, 200, now=2.0)
-    assert ledger.pending == 0
-    ledger.resent(1050, 201, now=2.0)
-    assert ledger.pending == 1
+
+
+def test_fillers_only_below_a_key_frame_the_receiver_has_whole() -> None:
+    """A receiver stuck behind a hole has not decoded the last key frame sent; if
+    that one lacks a packet too, only an older whole one makes the rest stale."""
+    ledger = RepairLedger(HISTORY)
+    for n in (1000, 1030, 1062):
+        ledger.skipped(n, n - 900, owed=True)
+    again, fillers = ledger.take_owed(newest=1100, key_frames=[[1020, 1025], [1060, 1064]])
+    assert fillers == [1000], "the key frame at 1060 lacks 1062: 1020 is the whole one"
+    assert again == [1030, 1062]
+    ledger.skipped(1001, 2000, owed=True)
+    ledger.resent(1061, 2001, now=1.0)  # awaiting a report: not known whole either
+    assert ledger.take_owed(newest=1100, key_frames=[[1060, 1064]]) == ([1001], [])
+
+
+def test_a_packet_gets_a_bounded_number_of_fillers() -> None:
+    """Fillers are watched like resends, but a report cannot say which was lost:
+    without a bound, hundreds of them went again report after report."""
+    ledger = RepairLedger(HISTORY)
+    ledger.resent(1000, 100, now=0.0)
+    fills = 0
+    for n in range(1, 10):
+        ledger.unreported(now=float(n), rtt_s=None)  # none of them arrives
+        _again, fillers = ledger.take_owed(newest=1100, key_frames=[[1040, 1045]])
+        if not fillers:
+            break
+        assert fillers == [1000]
+        fills += 1
+        ledger.resent(1000, 100 + n, now=float(n))
+    assert fills == MAX_FILLS and ledger.stats.abandoned == 1
+
+
+def test_a_report_without_an_rtx_block_means_no_resend_arrived() -> None:
+    ledger = RepairLedger(HISTORY)
+    ledger.resent(1000, 100, now=1.0)
+    ledger.unreported(now=1.0 + TAIL_GRACE_S / 2, rtt_s=None)
+    assert ledger.owed == 0, "too early to tell"
+    ledger.unreported(now=1.0 + TAIL_GRACE_S + 0.01, rtt_s=None)
+    assert ledger.owed == 1 and ledger.pending == 0
 
 
 def test_owed_packets_no_longer_in_the_history_expire() -> None:
@@ -149,11 +190,12 @@ def test_the_pacer_marks_where_the_last_key_frame_starts(codec: str) -> None:
     pacer.repair = RepairLedger(HISTORY)
     for data in packets:
         pacer.admit(data)
-    assert pacer.last_key_frame == 0, "its first packet, not a later slice's"
+    key_end = max(n for n, data in enumerate(packets) if data[4:8] == packets[0][4:8])
+    assert list(pacer.key_frames) == [[0, key_end]], "its first and last packet"
     again = _encoded_packets(codec, frames=1)[0]
     key = again[:2] + (len(packets) + 5).to_bytes(2, "big") + (99).to_bytes(4, "big") + again[8:]
     pacer.admit(key)
-    assert pacer.last_key_frame == len(packets) + 5
+    assert pacer.key_frames[-1] == [len(packets) + 5, len(packets) + 5]
 
 
 def test_fillers_are_payloads_the_depayloaders_accept() -> None:

@@ -424,3 +424,80 @@ def test_a_link_that_grew_is_let_go_once_it_carries_well_past_its_old_size() -> 
     assert not up.limited, "expected the limit dropped"
     assert sent_max >= t.grown_share * 800_000
     assert now < 40, f"expected it let go once 1.3 x the old link went through, took {now} s"
+
+
+def arrived(up: Uplink, peer: str, now: float, *, got: float, loss: float = 0.0,
+            queue: float = 0.0, sent: float = 500_000) -> None:
+    up.report(peer, now, loss=loss, queue_s=queue, sent_bps=sent, wants_bps=TOP,
+              audio_bps=AUDIO, arrived_bps=got)
+
+
+def test_what_receivers_counted_is_what_got_through_and_cuts_at_once() -> None:
+    """Our sent rate is measured over 2 s: after a sudden cap it still holds the rate
+    before it. The receivers' counts over their report intervals do not, and a cut
+    to them is not bounded (halving at a time kept a 1 Mbit/s link overloaded 6 s)."""
+    t = UplinkTuning()
+    up = Uplink(t)
+    for peer in ("a", "b"):
+        arrived(up, peer, 10.0, got=2_000_000, loss=0.3, sent=4_000_000)  # the onset
+    first = up.estimate_bps
+    assert first is not None and first == pytest.approx(t.backoff * 4_000_000)
+    now = 10.0
+    for _ in range(2):  # the link: 1 Mbit/s; the peers follow the estimate
+        now += t.decrease_interval + 0.5
+        assert up.estimate_bps is not None
+        sent = 0.95 * up.estimate_bps / 2
+        for peer in ("a", "b"):
+            arrived(up, peer, now, got=500_000, loss=0.4, sent=sent)
+    # (the first of them still sums b's report from the onset: reports interleave)
+    assert up.estimate_bps == pytest.approx(t.backoff * 1_000_000), (
+        f"expected a cut to {t.backoff} x the 1 Mbit/s the receivers counted within "
+        f"two reports, from {first:.0f}, saw {up.estimate_bps}")
+
+
+def test_a_queue_forming_holds_growth() -> None:
+    """Creeping up to the link, a queue (RTT above base, short of congestion) is the
+    sign the total has reached it: growth holds there instead of overshooting."""
+    t = UplinkTuning()
+    up = Uplink(t)
+    for peer in ("a", "b"):
+        report(up, peer, 0.0, loss=0.2, sent=400_000)
+    held_at = up.estimate_bps
+    now = 0.0
+    for _ in range(20):  # clear, but a queue of growth_queue
+        now += 0.5
+        for peer in ("a", "b"):
+            report(up, peer, now, queue=t.growth_queue, sent=400_000)
+    assert up.estimate_bps == held_at, f"expected held at {held_at}, saw {up.estimate_bps}"
+    for _ in range(10):  # the queue drained: growth resumes
+        now += 0.5
+        for peer in ("a", "b"):
+            report(up, peer, now, queue=0.0, sent=400_000)
+    assert up.estimate_bps is not None and held_at is not None
+    assert up.estimate_bps > held_at
+
+
+def test_the_known_link_is_the_median_of_the_last_overloads() -> None:
+    """A first overload that straddles a cap's onset counts far more than the link;
+    once more overloads have shown its real size, a lifted cap is recognised from
+    that (as the most ever carried it was never recognised)."""
+    t = UplinkTuning()
+    up = Uplink(t)
+    for peer in ("a", "b"):
+        arrived(up, peer, 0.0, got=2_000_000, loss=0.3, sent=2_000_000)  # the onset
+    now = 0.0
+    for _ in range(3):  # overloads of the 900 kbit/s link, the peers following
+        now += t.decrease_interval + 0.5
+        assert up.estimate_bps is not None
+        for peer in ("a", "b"):
+            arrived(up, peer, now, got=450_000, loss=0.3, sent=0.95 * up.estimate_bps / 2)
+    assert up.estimate_bps is not None and up.estimate_bps < 900_000
+    while up.limited and now < 60:  # the cap lifted: everything sent arrives
+        now += 0.5
+        assert up.estimate_bps is not None
+        sent = min(up.estimate_bps, 3_000_000.0) / 2
+        for peer in ("a", "b"):
+            arrived(up, peer, now, got=sent, sent=sent)
+    assert not up.limited and up.released == "grown", (
+        f"expected the limit let go as grown, saw {up.released!r} after {now} s")
+    assert now < 30, f"expected it let go soon after 1.3 x 900 kbit/s went through, took {now} s"
