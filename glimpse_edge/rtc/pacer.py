@@ -321,7 +321,7 @@ class Pacer:
             wait = self._resend((ssrc, original), data, now)
             if self.repair is not None:
                 if wait is None:
-                    self.repair.skipped(original, rtp_sequence(data),
+                    self.repair.skipped(original, rtp_sequence(data), now,
                                         owed=self._skip_reason == "budget")
                 else:
                     self.repair.resent(original, rtp_sequence(data), now)

@@ -47,6 +47,14 @@ which of a few hundred was lost, so any one lost owes them all again, and
 without a bound that went on report after report. (Sent once and not
 watched, a lost filler left its hole: 6-12 s freezes remained.)
 
+A filler goes only to a packet surely lost (the report's new loss covers
+every resend it covers, none arrived at all, or its NACK was never
+answered): one that lands on a packet the receiver has, still in its jitter
+buffer, overwrites it. And the ledger acts only on what was owed
+:data:`REASK_S` and two round trips ago: a receiver that still asks has the
+packet resent by its own NACK. The agent repairs only while its shared
+uplink limits (rtc/feedback.py says why).
+
 A receiver report with no block for the RTX stream means no resend has
 arrived yet (aiortc and libwebrtc report every stream they received from):
 what was resent a round trip and a grace before it is owed as well. A
@@ -58,6 +66,7 @@ Pure: time comes in as ``now``; nothing here reads a clock or does I/O.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -69,6 +78,7 @@ TAIL_GRACE_S: Final = 0.25  # a resend not reported this long (plus a round trip
 MAX_TRACKED: Final = 1024  # resends watched at once (the oldest are forgotten)
 MAX_FILLS: Final = 4  # fillers sent for one packet at most
 HISTORY_MARGIN: Final = 16  # packets sent while a repair waits for its turn
+REASK_S: Final = 0.5  # (plus two round trips) a receiver that still asks has asked by then
 
 
 def filler_payload(codec: str) -> bytes:
@@ -110,7 +120,8 @@ class RepairLedger:
         self.history = history
         self.stats = RepairStats()
         self._pending: dict[int, tuple[int, float]] = {}  # original -> (RTX seq, sent at)
-        self._owed: dict[int, None] = {}  # originals to send again (an ordered set)
+        # originals to send again -> (since when, surely lost: may get a filler)
+        self._owed: dict[int, tuple[float, bool]] = {}
         self._skipped: dict[int, None] = {}  # RTX sequence numbers assigned, never sent
         self._lost: int | None = None  # the receiver's cumulative loss at its last report
         self._fills: dict[int, int] = {}  # original -> fillers handed out for it
@@ -134,7 +145,7 @@ class RepairLedger:
         if len(self._pending) > MAX_TRACKED:
             del self._pending[next(iter(self._pending))]
 
-    def skipped(self, original: int, rtx_sequence: int, *, owed: bool) -> None:
+    def skipped(self, original: int, rtx_sequence: int, now: float, *, owed: bool) -> None:
         """The pacer did not send RTX packet ``rtx_sequence`` (resending ``original``).
 
         ``owed``: skipped for the resend budget, so nothing answered the NACK
@@ -145,7 +156,7 @@ class RepairLedger:
         if len(self._skipped) > MAX_TRACKED:
             del self._skipped[next(iter(self._skipped))]
         if owed and original not in self._pending:
-            self._owe(original)
+            self._owe(original, now, sure=True)  # nothing answered its NACK
 
     # -- what the receiver says -------------------------------------------------------
 
@@ -157,7 +168,7 @@ class RepairLedger:
         for original, (_rtx, sent_at) in list(self._pending.items()):
             if sent_at < overdue:
                 del self._pending[original]
-                self._owe(original)
+                self._owe(original, now, sure=True)
 
     def report(self, highest: int, lost: int, now: float, rtt_s: float | None) -> None:
         """A report block for our RTX stream: ``highest`` sequence number received
@@ -167,23 +178,28 @@ class RepairLedger:
             del self._skipped[s]
         # the first report cannot show what was lost before the receiver's first
         # RTX packet arrived: what it covers is owed once more
-        grew = self._lost is None or lost - self._lost > len(skipped)
+        first = self._lost is None
+        new_loss = 0 if self._lost is None else lost - self._lost - len(skipped)
+        grew = first or new_loss > 0
         self._lost = lost
         overdue = now - TAIL_GRACE_S - (rtt_s or 0.0)
-        for original, (rtx, sent_at) in list(self._pending.items()):
-            if _not_after(rtx, highest):
+        covered = [o for o, (rtx, _at) in self._pending.items() if _not_after(rtx, highest)]
+        sure = not first and new_loss >= len(covered)  # all of them were lost
+        for original in covered:
+            del self._pending[original]
+            if grew:
+                self._owe(original, now, sure=sure)
+            else:
+                self.stats.confirmed += 1
+        for original, (_rtx, sent_at) in list(self._pending.items()):
+            if sent_at < overdue:
                 del self._pending[original]
-                if grew:
-                    self._owe(original)
-                else:
-                    self.stats.confirmed += 1
-            elif sent_at < overdue:
-                del self._pending[original]
-                self._owe(original)
+                self._owe(original, now, sure=False)
 
     # -- what to send again ---------------------------------------------------------
 
-    def take_owed(self, newest: int | None, key_frames: Iterable[Sequence[int]] = ()
+    def take_owed(self, newest: int | None, key_frames: Iterable[Sequence[int]] = (), *,
+                  now: float = math.inf, rtt_s: float | None = None
                   ) -> tuple[list[int], list[int]]:
         """The owed packets still in the sender's history (``newest``: the last one
         it sent), oldest first (the receiver is stuck on the oldest), as (to
@@ -200,19 +216,37 @@ class RepairLedger:
         if it is stuck behind the hole, and key frames come often under loss
         (every PLI); filling up to the last one sent filled holes of every key
         frame in turn, and three viewers decoded nothing for 25 s.
+
+        Only what was owed :data:`REASK_S` and two round trips ago (``now``,
+        ``rtt_s``): a receiver that still asks for a packet (a browser every
+        round trip; aiortc at each new gap, under steady loss several times a
+        second) has it resent by its NACK, which settles the debt. Acting at
+        once duplicated most resends under 10 % random loss (a report cannot
+        say which one was lost), spent the resend budget on them, and NACKs
+        of new losses went unanswered (a viewer froze 6.8 s).
         """
-        owed, self._owed = list(self._owed), {}
+        due = now - REASK_S - 2 * (rtt_s or 0.0)
+        owed = [s for s, (since, _sure) in self._owed.items() if since <= due]
+        sure = {s for s in owed if self._owed[s][1]}
+        for s in owed:
+            del self._owed[s]
         if newest is None:
             return [], []
-        outstanding = [*owed, *self._pending]
+        outstanding = [*owed, *self._owed, *self._pending]
         whole = next((first for first, last in reversed(list(key_frames)) if not any(
             _not_after(first, s) and _not_after(s, last) for s in outstanding)), None)
 
         def held(s: int) -> bool:  # still in the sender's history
             return (newest - s) % SEQ_MOD < self.history - HISTORY_MARGIN
 
-        def older(s: int) -> bool:  # older than a key frame the receiver has whole
-            return whole is not None and s != whole and _not_after(s, whole)
+        def older(s: int) -> bool:
+            """Older than a key frame the receiver has whole, and surely lost: a
+            filler that lands on a packet the receiver has, still in its
+            jitter buffer, overwrites it (a report that shows some loss cannot
+            say which; under 10 % random loss fillers broke frames that had
+            arrived whole, and a viewer froze 7.9 s)."""
+            return (s in sure and whole is not None and s != whole
+                    and _not_after(s, whole))
 
         keep = sorted((s for s in owed if held(s)), key=lambda s: -((newest - s) % SEQ_MOD))
         self.stats.expired += len(owed) - len(keep)
@@ -234,7 +268,7 @@ class RepairLedger:
     def put_back(self, originals: list[int], *, fillers: bool) -> None:
         """Handed out by :meth:`take_owed` but not sent (no room in the resend
         budget): owed as before, first in line."""
-        self._owed = dict.fromkeys([*originals, *self._owed])
+        self._owed = {**dict.fromkeys(originals, (-math.inf, fillers)), **self._owed}
         if fillers:
             self.stats.filled -= len(originals)
             for s in originals:
@@ -242,6 +276,6 @@ class RepairLedger:
         else:
             self.stats.repaired -= len(originals)
 
-    def _owe(self, original: int) -> None:
+    def _owe(self, original: int, now: float, *, sure: bool) -> None:
         self.stats.lost += 1
-        self._owed[original] = None
+        self._owed.setdefault(original, (now, sure))

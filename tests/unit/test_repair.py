@@ -18,6 +18,7 @@ from glimpse_edge.rtc.pacer import Pacer, starts_key_frame
 from glimpse_edge.rtc.repair import (
     HISTORY_MARGIN,
     MAX_FILLS,
+    REASK_S,
     TAIL_GRACE_S,
     RepairLedger,
     filler_payload,
@@ -54,7 +55,7 @@ def test_rtx_numbers_the_pacer_skipped_are_not_taken_for_loss() -> None:
     ledger = RepairLedger(HISTORY)
     ledger.report(highest=99, lost=0, now=0.0, rtt_s=None)
     ledger.resent(1000, 100, now=1.0)
-    ledger.skipped(1000, 101, owed=False)  # again within a round trip: watched already
+    ledger.skipped(1000, 101, 0.0, owed=False)  # again within a round trip: watched already
     ledger.resent(1001, 102, now=1.0)
     ledger.report(highest=102, lost=1, now=1.5, rtt_s=None)
     assert ledger.owed == 0 and ledger.stats.confirmed == 2
@@ -62,7 +63,7 @@ def test_rtx_numbers_the_pacer_skipped_are_not_taken_for_loss() -> None:
 
 def test_a_resend_skipped_for_the_budget_is_owed() -> None:
     ledger = RepairLedger(HISTORY)
-    ledger.skipped(1000, 100, owed=True)
+    ledger.skipped(1000, 100, 0.0, owed=True)
     assert ledger.owed == 1
     assert ledger.take_owed(newest=1010) == ([1000], [])
 
@@ -91,7 +92,7 @@ def test_the_first_report_owes_what_it_covers() -> None:
 def test_owed_packets_older_than_the_last_key_frame_get_fillers() -> None:
     ledger = RepairLedger(HISTORY)
     for n in (1000, 1001, 1050):
-        ledger.skipped(n, n - 900, owed=True)
+        ledger.skipped(n, n - 900, 0.0, owed=True)
     again, fillers = ledger.take_owed(newest=1100, key_frames=[[1040, 1045]])
     assert again == [1050] and fillers == [1000, 1001]
     assert ledger.stats.filled == 2 and ledger.stats.repaired == 1
@@ -102,11 +103,11 @@ def test_fillers_only_below_a_key_frame_the_receiver_has_whole() -> None:
     that one lacks a packet too, only an older whole one makes the rest stale."""
     ledger = RepairLedger(HISTORY)
     for n in (1000, 1030, 1062):
-        ledger.skipped(n, n - 900, owed=True)
+        ledger.skipped(n, n - 900, 0.0, owed=True)
     again, fillers = ledger.take_owed(newest=1100, key_frames=[[1020, 1025], [1060, 1064]])
     assert fillers == [1000], "the key frame at 1060 lacks 1062: 1020 is the whole one"
     assert again == [1030, 1062]
-    ledger.skipped(1001, 2000, owed=True)
+    ledger.skipped(1001, 2000, 0.0, owed=True)
     ledger.resent(1061, 2001, now=1.0)  # awaiting a report: not known whole either
     assert ledger.take_owed(newest=1100, key_frames=[[1060, 1064]]) == ([1001], [])
 
@@ -139,13 +140,13 @@ def test_a_report_without_an_rtx_block_means_no_resend_arrived() -> None:
 
 def test_owed_packets_no_longer_in_the_history_expire() -> None:
     ledger = RepairLedger(HISTORY)
-    ledger.skipped(100, 5, owed=True)
-    ledger.skipped(65530, 6, owed=True)  # before the wrap
+    ledger.skipped(100, 5, 0.0, owed=True)
+    ledger.skipped(65530, 6, 0.0, owed=True)  # before the wrap
     newest = (100 + HISTORY - HISTORY_MARGIN) % 65536
     again, fillers = ledger.take_owed(newest=newest)
     assert again == [] and fillers == []
     assert ledger.stats.expired == 2
-    ledger.skipped(65530, 7, owed=True)
+    ledger.skipped(65530, 7, 0.0, owed=True)
     assert ledger.take_owed(newest=20) == ([65530], []), "across the wrap, still held"
 
 
@@ -205,3 +206,34 @@ def test_fillers_are_payloads_the_depayloaders_accept() -> None:
     assert h264 == b"\x00\x00\x00\x01" + filler_payload("h264")
     descriptor, vp8 = VpxPayloadDescriptor.parse(filler_payload("vp8"))
     assert not descriptor.partition_start and vp8
+
+
+def test_what_the_receiver_asks_for_again_is_left_to_its_nack() -> None:
+    """A receiver that still asks (a browser every round trip, aiortc at each new
+    gap) gets the packet through its NACK; the ledger acts only on what nobody asks
+    for any more, or it duplicates resends and spends the budget on them."""
+    ledger = RepairLedger(HISTORY)
+    ledger.report(highest=99, lost=0, now=0.0, rtt_s=0.01)
+    ledger.resent(1000, 100, now=1.0)
+    ledger.resent(1001, 101, now=1.0)
+    ledger.report(highest=101, lost=1, now=1.5, rtt_s=0.01)
+    assert ledger.owed == 2
+    assert ledger.take_owed(newest=1100, now=1.6, rtt_s=0.01) == ([], []), "too soon"
+    ledger.resent(1000, 102, now=1.7)  # the receiver asked again: its NACK's answer
+    assert ledger.owed == 1
+    assert ledger.take_owed(newest=1100, now=1.5 + REASK_S + 0.03, rtt_s=0.01) == ([1001], [])
+
+
+def test_a_filler_only_for_a_packet_surely_lost() -> None:
+    """A report that shows one of two resends lost cannot say which: a filler
+    landing on the one that arrived would overwrite it in the receiver's buffer."""
+    ledger = RepairLedger(HISTORY)
+    ledger.report(highest=99, lost=0, now=0.0, rtt_s=None)
+    ledger.resent(1000, 100, now=1.0)
+    ledger.resent(1001, 101, now=1.0)
+    ledger.report(highest=101, lost=1, now=1.5, rtt_s=None)  # one of the two
+    assert ledger.take_owed(newest=1100, key_frames=[[1040, 1045]]) == ([1000, 1001], [])
+    ledger.resent(1000, 102, now=3.0)
+    ledger.resent(1001, 103, now=3.0)
+    ledger.report(highest=103, lost=3, now=3.5, rtt_s=None)  # both
+    assert ledger.take_owed(newest=1100, key_frames=[[1040, 1045]]) == ([], [1000, 1001])
