@@ -10,7 +10,10 @@ across all of its connections:
   the first packet on a lingering connection whose path came back;
 - key frames: a PLI or FIR asks the shared encoder of the stream the peer
   reads (aiortc's own key-frame flag is never read for encoded packets);
-- the bandwidth estimate (rtc/bandwidth.py) from receiver reports and REMB;
+- the bandwidth estimate (rtc/bandwidth.py) from receiver reports and REMB,
+  and what each report tells the shared uplink (rtc/uplink.py), what the
+  receiver counted arriving included;
+- repair: resends its reports show lost are sent again (rtc/repair.py);
 - the quality tier (rtc/tiers.py): the estimate picks which of the hub's
   shared encodings the peer receives and tells the lowest one what the link
   takes; a change of tier moves the video track to the other stream at that
