@@ -104,7 +104,7 @@ class RepairStats:
     confirmed: int = 0  # ... shown arrived by a report
     lost: int = 0  # ... found lost (or skipped over budget): owed again
     repaired: int = 0  # owed packets handed back to be sent again
-    filled: int = 0  # ... to be sent as fillers (older than the last key frame)
+    filled: int = 0  # ... as fillers (surely lost, older than a key frame received whole)
     expired: int = 0  # owed packets that had left the sender's history
     abandoned: int = 0  # ... or been filled MAX_FILLS times already
 
