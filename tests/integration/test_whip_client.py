@@ -274,11 +274,12 @@ async def test_doctor_asks_the_endpoint_without_publishing(
 @pytest.mark.timeout(60)
 async def test_a_stop_while_the_post_is_out_still_deletes_the_session(tmp_path: Path) -> None:
     posted = trio.Event()
+    stopping = trio.Event()  # the agent logged that it stops: answer the POST then
 
     async def slow(stream: trio.SocketStream, request: bytes) -> None:
         if request.startswith(b"POST"):
             posted.set()
-            await trio.sleep(1.5)
+            await stopping.wait()
             await stream.send_all(response("201 Created", {
                 "Content-Type": "application/sdp", "Location": "/whip/resource/7"},
                 ANSWER.encode()))
@@ -303,6 +304,8 @@ async def test_a_stop_while_the_post_is_out_still_deletes_the_session(tmp_path: 
         with trio.fail_after(20):
             await posted.wait()
         agent.signal(signal.SIGTERM)  # while the POST waits for its answer
+        await agent.wait_for("agent.stopping", timeout=10)
+        stopping.set()
         assert await agent.wait_exit(10) == 0
         nursery.cancel_scope.cancel()
     methods = [r.split(b" ", 2)[:2] for r in server.requests]
