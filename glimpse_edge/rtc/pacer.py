@@ -249,6 +249,7 @@ class Pacer:
         # the last few key frames sent, as [first, last] sequence numbers
         self.key_frames: deque[list[int]] = deque(maxlen=KEY_FRAMES_KEPT)
         self._key_frame_timestamp = b""
+        self._frame_timestamp = b""
 
     def newest(self, ssrc: int) -> int | None:
         """The sequence number of the last new packet of ``ssrc`` (None: none yet)."""
@@ -335,9 +336,11 @@ class Pacer:
             timestamp = data[4:8]
             if timestamp == self._key_frame_timestamp:  # a key frame's later packet
                 self.key_frames[-1][1] = sequence
-            elif starts_key_frame(data, self.codec):
-                self._key_frame_timestamp = timestamp
-                self.key_frames.append([sequence, sequence])
+            elif timestamp != self._frame_timestamp:  # a frame's first: parse only that
+                self._frame_timestamp = timestamp
+                if starts_key_frame(data, self.codec):
+                    self._key_frame_timestamp = timestamp
+                    self.key_frames.append([sequence, sequence])
         start = max(self._free_at, now - BURST_S)
         self._free_at = start + len(data) * 8 / self.rate_bps
         wait = start - now
