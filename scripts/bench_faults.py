@@ -36,7 +36,9 @@ audio frames/s (settled), the tier changes (agent) or resolution changes
 (Chromium's senders), the swing of the lowest tier's rate (agent) or of each
 connection's targetBitrate (Chromium, the worst), (max - min) / median while
 settled, and the recovery: the cap lifted -> every viewer decodes the top size
-again.
+again. The per-viewer table adds "hole s": the longest time, over the cap, an
+aiortc viewer's jitter buffer held a gap (a missing packet, later ones waiting
+behind it): a loss not repaired, as opposed to a slow link.
 
 Needs root, ``ip netns``, nftables and (for e) coturn. Traffic stays inside
 namespaces this script creates (10.77.N.0/24) and the root namespace's veth
@@ -316,7 +318,7 @@ def uplink_table(outcomes: list[Outcome]) -> str:
 
 def viewers_table(outcomes: list[Outcome]) -> str:
     """One row per viewer and run: what each one got during the cap."""
-    head = ["scenario / viewer", "fps", "freeze s", "freeze cap s", "audio fps", "kbit/s",
+    head = ["scenario / viewer", "fps", "freeze s", "freeze cap s", "hole s", "audio fps", "kbit/s",
             "top share", "size", "at lift", "recover s"]
     rows = []
     for o in outcomes:
@@ -324,7 +326,8 @@ def viewers_table(outcomes: list[Outcome]) -> str:
             down = v.get("downlink_kbit")
             rows.append([f"{o.scenario.split(':')[0]} {name}" + (f" (down {down})" if down else ""),
                          fmt(v["fps"], 1, 1), fmt(v["freeze_settled_s"]),
-                         fmt(v["freeze_cap_s"]), fmt(v["audio_fps"], 1, 1),
+                         fmt(v["freeze_cap_s"]), fmt(v.get("hole_cap_s")),
+                         fmt(v["audio_fps"], 1, 1),
                          fmt(v["kbps"], 1, 0), fmt(v["top_share"]), str(v["size"]),
                          str(v["size_at_lift"]), fmt(v["recover_s"], 1, 1)])
     return _aligned(head, rows)

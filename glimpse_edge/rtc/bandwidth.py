@@ -370,6 +370,12 @@ class ReportBlock:
     dlsr: int  # delay since that SR at the receiver, 1/65536 s
 
 
+def arrivals(before: ReportBlock, after: ReportBlock) -> int:
+    """Packets a receiver counted arriving on one stream between two of its reports:
+    the growth of its highest sequence number less that of its cumulative loss."""
+    return (after.highest - before.highest) - (after.packets_lost - before.packets_lost)
+
+
 def report_blocks(packet: Any, ssrc: int) -> list[ReportBlock]:
     """Report blocks about ``ssrc`` in an RR or SR packet (others: none)."""
     if not isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):

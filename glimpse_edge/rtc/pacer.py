@@ -280,12 +280,16 @@ class Pacer:
             return True
         return False
 
+    @property
+    def resend_budget(self) -> float:
+        """Bytes resending may take per :data:`RESEND_WINDOW_S`."""
+        return RESEND_SHARE * self.rate_bps / PACING_FACTOR * RESEND_WINDOW_S / 8
+
     def resend_room(self, size: int) -> bool:
         """Whether a resend of ``size`` bytes fits the resend budget now."""
         if self._clock() - self._resend_window_start >= RESEND_WINDOW_S:
             return True
-        budget = RESEND_SHARE * self.rate_bps / PACING_FACTOR * RESEND_WINDOW_S / 8
-        return self._resend_bytes + size <= budget
+        return self._resend_bytes + size <= self.resend_budget
 
     def _may_resend(self, key: tuple[int, int], size: int, now: float) -> str | None:
         """Why a retransmission of ``key`` is over its bounds ("again" within a round
@@ -295,8 +299,7 @@ class Pacer:
             return "again"
         if now - self._resend_window_start >= RESEND_WINDOW_S:
             self._resend_window_start, self._resend_bytes = now, 0
-        budget = RESEND_SHARE * self.rate_bps / PACING_FACTOR * RESEND_WINDOW_S / 8
-        if self._resend_bytes + size > budget:
+        if self._resend_bytes + size > self.resend_budget:
             return "budget"
         self._resend_bytes += size
         self._resent_at.pop(key, None)

@@ -47,10 +47,17 @@ which of a few hundred was lost, so any one lost owes them all again, and
 without a bound that went on report after report. (Sent once and not
 watched, a lost filler left its hole: 6-12 s freezes remained.)
 
-A filler goes only to a packet surely lost (the report's new loss covers
-every resend it covers, none arrived at all, or its NACK was never
-answered): one that lands on a packet the receiver has, still in its jitter
-buffer, overwrites it. And the ledger acts only on what was owed
+A filler goes only to a packet the receiver very likely waits for: one it
+lacks (each owed packet carries the odds: 1 when surely lost, because the
+report's new loss covers every resend it covers, none arrived at all, or
+its NACK was never answered; else the share of the covered resends the
+report lost) lies before it or less than :data:`MISORDER_SAFE` after it
+(aiortc's receiver takes a packet 100 behind where it got to as a new
+stream, and starts over); a filler goes again only for a packet surely
+lost since. When more is owed than the resend budget sends in a second
+and no key frame followed the losses, the agent asks its encoder for one
+(:func:`key_frame_would_help`), so the fillers can start. And the ledger
+acts only on what was owed
 :data:`REASK_S` and two round trips ago: a receiver that still asks has the
 packet resent by its own NACK. The agent repairs only while its shared
 uplink limits (rtc/feedback.py says why).
@@ -71,7 +78,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["TAIL_GRACE_S", "RepairLedger", "RepairStats", "filler_payload"]
+__all__ = ["TAIL_GRACE_S", "RepairLedger", "RepairStats", "filler_payload", "key_frame_would_help"]
 
 SEQ_MOD: Final = 65536
 TAIL_GRACE_S: Final = 0.25  # a resend not reported this long (plus a round trip) was lost
@@ -79,6 +86,13 @@ MAX_TRACKED: Final = 1024  # resends watched at once (the oldest are forgotten)
 MAX_FILLS: Final = 4  # fillers sent for one packet at most
 HISTORY_MARGIN: Final = 16  # packets sent while a repair waits for its turn
 REASK_S: Final = 0.5  # (plus two round trips) a receiver that still asks has asked by then
+# aiortc's receiver takes a packet this far behind the oldest it waits for as a
+# new stream: it empties its jitter buffer and asks for a key frame
+# (jitterbuffer.py, MAX_MISORDER = 100); a filler lands at most this far behind
+# a packet the receiver lacks (RepairLedger._waited_for)...
+MISORDER_SAFE: Final = 90
+WAIT_ODDS: Final = 0.9  # ... with these odds at least
+TAIL_LACKS: Final = 0.9  # a resend unreported a round trip and a grace later: lost, most likely
 
 
 def filler_payload(codec: str) -> bytes:
@@ -96,6 +110,25 @@ def _not_after(a: int, b: int) -> bool:
     return (b - a) % SEQ_MOD < SEQ_MOD // 2
 
 
+def key_frame_would_help(again: Sequence[int], key_frames: Sequence[Sequence[int]],
+                         affordable: float) -> bool:
+    """Whether to ask the encoder for a key frame rather than resend ``again``
+    (owed packets, oldest first) one by one: more of them than the resend
+    budget sends in its window (``affordable`` packets), and no key frame sent
+    since the oldest (one is on its way: once the receiver has it whole, the
+    packets before it get fillers).
+
+    The receiver cannot skip a hole (aiortc's buffer waits for it until 512
+    packets have passed) nor knows to ask for a key frame: a cap's onset lost
+    200-300 packets per viewer, resent ~10 a report within the budget, and
+    the viewers froze 15-28 s. libwebrtc's receiver does this itself (a NACK
+    list too long or too old: it asks for a key frame instead).
+    """
+    if len(again) <= affordable:
+        return False
+    return not key_frames or _not_after(key_frames[-1][0], again[0])
+
+
 @dataclass
 class RepairStats:
     """What the ledger saw, for /metrics and /status."""
@@ -104,9 +137,11 @@ class RepairStats:
     confirmed: int = 0  # ... shown arrived by a report
     lost: int = 0  # ... found lost (or skipped over budget): owed again
     repaired: int = 0  # owed packets handed back to be sent again
-    filled: int = 0  # ... as fillers (surely lost, older than a key frame received whole)
+    filled: int = 0  # ... as fillers (older than a key frame received whole, waited for)
     expired: int = 0  # owed packets that had left the sender's history
-    abandoned: int = 0  # ... or been filled MAX_FILLS times already
+    # ... or were given up: filled MAX_FILLS times, or older than a key frame the
+    # receiver has whole and maybe received (nothing sent: see take_owed)
+    abandoned: int = 0
 
 
 class RepairLedger:
@@ -120,11 +155,13 @@ class RepairLedger:
         self.history = history
         self.stats = RepairStats()
         self._pending: dict[int, tuple[int, float]] = {}  # original -> (RTX seq, sent at)
-        # originals to send again -> (since when, surely lost: may get a filler)
-        self._owed: dict[int, tuple[float, bool]] = {}
+        # originals to send again -> (since when, how likely the receiver lacks it:
+        # 1.0 surely, else the share of the resends its report covered that it lost)
+        self._owed: dict[int, tuple[float, float]] = {}
         self._skipped: dict[int, None] = {}  # RTX sequence numbers assigned, never sent
         self._lost: int | None = None  # the receiver's cumulative loss at its last report
         self._fills: dict[int, int] = {}  # original -> fillers handed out for it
+        self._handed: dict[int, float] = {}  # what take_owed handed out last -> its odds
 
     @property
     def owed(self) -> int:
@@ -156,7 +193,7 @@ class RepairLedger:
         if len(self._skipped) > MAX_TRACKED:
             del self._skipped[next(iter(self._skipped))]
         if owed and original not in self._pending:
-            self._owe(original, now, sure=True)  # nothing answered its NACK
+            self._owe(original, now, lacks=1.0)  # nothing answered its NACK
 
     # -- what the receiver says -------------------------------------------------------
 
@@ -168,7 +205,7 @@ class RepairLedger:
         for original, (_rtx, sent_at) in list(self._pending.items()):
             if sent_at < overdue:
                 del self._pending[original]
-                self._owe(original, now, sure=True)
+                self._owe(original, now, lacks=1.0)
 
     def report(self, highest: int, lost: int, now: float, rtt_s: float | None) -> None:
         """A report block for our RTX stream: ``highest`` sequence number received
@@ -184,17 +221,19 @@ class RepairLedger:
         self._lost = lost
         overdue = now - TAIL_GRACE_S - (rtt_s or 0.0)
         covered = [o for o, (rtx, _at) in self._pending.items() if _not_after(rtx, highest)]
-        sure = not first and new_loss >= len(covered)  # all of them were lost
+        # each of them lost with the odds of the report's share (all lost: surely);
+        # the first report's loss says nothing of them
+        lacks = 0.0 if first else min(1.0, new_loss / max(len(covered), 1))
         for original in covered:
             del self._pending[original]
             if grew:
-                self._owe(original, now, sure=sure)
+                self._owe(original, now, lacks=lacks)
             else:
                 self.stats.confirmed += 1
         for original, (_rtx, sent_at) in list(self._pending.items()):
-            if sent_at < overdue:
+            if sent_at < overdue:  # nothing at or after it arrived: the tail of a burst
                 del self._pending[original]
-                self._owe(original, now, sure=False)
+                self._owe(original, now, lacks=TAIL_LACKS)
 
     # -- what to send again ---------------------------------------------------------
 
@@ -211,11 +250,17 @@ class RepairLedger:
         them that is believed whole at the receiver (none of its packets owed
         or awaiting a report) holds nothing the receiver will show: it gets a
         filler of that sequence number instead (see the module's
-        docstring), ~60 bytes rather than a full one. Not merely older than
-        the last key frame *sent*: the receiver has not decoded that one yet
-        if it is stuck behind the hole, and key frames come often under loss
-        (every PLI); filling up to the last one sent filled holes of every key
-        frame in turn, and three viewers decoded nothing for 25 s.
+        docstring), ~60 bytes rather than a full one, if the receiver very
+        likely waits for it (:meth:`_waited_for`); else nothing, and never a
+        full resend. aiortc's receiver takes a packet 100 behind the oldest
+        it waits for as a new stream: it empties its jitter buffer and waits
+        from that packet on, until 512 have passed. A viewer that fillers had
+        unblocked was set back so by the full resends of 39 older packets it
+        had received, and froze 20 s more. Not merely older than the last key
+        frame *sent*: the receiver has not decoded that one yet if it is
+        stuck behind the hole, and key frames come often under loss (every
+        PLI); filling up to the last one sent filled holes of every key frame
+        in turn, and three viewers decoded nothing for 25 s.
 
         Only what was owed :data:`REASK_S` and two round trips ago (``now``,
         ``rtt_s``): a receiver that still asks for a packet (a browser every
@@ -226,8 +271,7 @@ class RepairLedger:
         of new losses went unanswered (a viewer froze 6.8 s).
         """
         due = now - REASK_S - 2 * (rtt_s or 0.0)
-        owed = [s for s, (since, _sure) in self._owed.items() if since <= due]
-        sure = {s for s in owed if self._owed[s][1]}
+        owed = {s: lacks for s, (since, lacks) in self._owed.items() if since <= due}
         for s in owed:
             del self._owed[s]
         if newest is None:
@@ -235,40 +279,76 @@ class RepairLedger:
         outstanding = [*owed, *self._owed, *self._pending]
         whole = next((first for first, last in reversed(list(key_frames)) if not any(
             _not_after(first, s) and _not_after(s, last) for s in outstanding)), None)
+        waited_for = self._waited_for(newest, {**{s: v[1] for s, v in self._owed.items()},
+                                               **owed})
 
         def held(s: int) -> bool:  # still in the sender's history
             return (newest - s) % SEQ_MOD < self.history - HISTORY_MARGIN
 
-        def older(s: int) -> bool:
-            """Older than a key frame the receiver has whole, and surely lost: a
-            filler that lands on a packet the receiver has, still in its
-            jitter buffer, overwrites it (a report that shows some loss cannot
-            say which; under 10 % random loss fillers broke frames that had
-            arrived whole, and a viewer froze 7.9 s)."""
-            return (s in sure and whole is not None and s != whole
-                    and _not_after(s, whole))
+        def older(s: int) -> bool:  # older than a key frame the receiver has whole
+            return whole is not None and s != whole and _not_after(s, whole)
 
         keep = sorted((s for s in owed if held(s)), key=lambda s: -((newest - s) % SEQ_MOD))
         self.stats.expired += len(owed) - len(keep)
-        again = [s for s in keep if not older(s)]
-        stale = []
+        again, stale = [], []
         for s in keep:
-            if older(s):
-                if (fills := self._fills.get(s, 0)) >= MAX_FILLS:
-                    self.stats.abandoned += 1
-                    continue
+            if not older(s):
+                again.append(s)
+            elif s not in waited_for or (fills := self._fills.get(s, 0)) >= MAX_FILLS or (
+                    fills and owed[s] < 1.0):
+                # filled before and not surely lost since: the receiver most likely
+                # moved on past the key frame, and another filler lands behind it
+                # (a batch's report that showed some loss refilled 63 packets the
+                # receiver had passed 100 ago: it started over and froze 20 s)
+                self.stats.abandoned += 1
+            else:
                 self._fills[s] = fills + 1
                 stale.append(s)
         for s in [s for s in self._fills if not held(s)]:
             del self._fills[s]
+        # a key frame sent after the oldest of them is what the receiver will
+        # show next: its packets (and later ones) go first, and once it is
+        # whole the older ones get fillers (oldest first, it held them behind
+        # a hundred older resends at ~10 a report, and never became whole)
+        newest_key = next((first for first, _last in reversed(list(key_frames))), None)
+        if again and newest_key is not None and _not_after(again[0], newest_key):
+            again.sort(key=lambda s: not _not_after(newest_key, s))
+        self._handed = owed
         self.stats.repaired += len(again)
         self.stats.filled += len(stale)
         return again, stale
 
+    @staticmethod
+    def _waited_for(newest: int, lacks: dict[int, float]) -> set[int]:
+        """Of the owed packets (-> how likely the receiver lacks each), those it
+        very likely has not got 100 past: one it lacks lies at most
+        :data:`MISORDER_SAFE` after it, or anywhere before it, with odds of at
+        least :data:`WAIT_ODDS`. Only those may get a filler.
+
+        aiortc's receiver waits at its oldest hole, and takes a packet 100
+        behind that for a new stream. A report's partial loss (60 of 100
+        resends lost) cannot say which arrived: filling only the surely lost
+        left every hole of a cap's onset burst to full resends at ~10 a
+        report, or, older than a key frame, to nothing, and viewers froze
+        13-28 s; but one resend of a few reported lost is most likely there.
+        """
+        ascending = sorted(lacks, key=lambda s: -((newest - s) % SEQ_MOD))
+        out: set[int] = set()
+        has_all = 1.0  # odds the receiver has every one up to the window's end
+        end = 0
+        for s in ascending:
+            while end < len(ascending) and (ascending[end] - s) % SEQ_MOD < MISORDER_SAFE:
+                has_all *= 1.0 - lacks[ascending[end]]
+                end += 1
+            if 1.0 - has_all >= WAIT_ODDS:
+                out.add(s)
+        return out
+
     def put_back(self, originals: list[int], *, fillers: bool) -> None:
         """Handed out by :meth:`take_owed` but not sent (no room in the resend
         budget): owed as before, first in line."""
-        self._owed = {**dict.fromkeys(originals, (-math.inf, fillers)), **self._owed}
+        self._owed = {**{s: (-math.inf, self._handed.get(s, 0.0)) for s in originals},
+                      **self._owed}
         if fillers:
             self.stats.filled -= len(originals)
             for s in originals:
@@ -276,6 +356,6 @@ class RepairLedger:
         else:
             self.stats.repaired -= len(originals)
 
-    def _owe(self, original: int, now: float, *, sure: bool) -> None:
+    def _owe(self, original: int, now: float, *, lacks: float) -> None:
         self.stats.lost += 1
-        self._owed.setdefault(original, (now, sure))
+        self._owed.setdefault(original, (now, lacks))

@@ -91,8 +91,9 @@ class UplinkTuning:
     max_increase_per_s: float = 0.5
     max_increase_span: float = 1.0  # an increase never counts more than this many seconds
     release_after: float = 10.0  # no congestion this long, and all get what they want
-    # ... or, clear this long, we sent this share of what the link carried at its
-    # last overload: the bottleneck is gone, each peer's own estimate rules again
+    # ... or, clear, what got through stayed above this share of what the link
+    # carried at its last overloads for this long: the bottleneck is gone, each
+    # peer's own estimate rules again
     grown_share: float = 1.3
     grown_clear: float = 3.0
 
@@ -177,6 +178,7 @@ class Uplink:
         self._carried: deque[float] = deque(maxlen=KNOWN_FROM)
         self._clean_peak = 0.0  # the most we sent with clean reports since the last decrease
         self._beyond_since = math.inf  # since when the estimate is past it (growing fast)
+        self._grown_since = math.inf  # since when the link carries well past it, clear
         self._congested_since = -math.inf
         self._last_update: float | None = None
 
@@ -298,6 +300,7 @@ class Uplink:
                 self._congested_since = now
             self.congested = True
             self._last_congested = now
+            self._grown_since = math.inf
             if fresh:
                 self._last_overload = now
             rtt = max((r.queue_s or 0.0) for r in live.values())
@@ -313,8 +316,8 @@ class Uplink:
         # a repair's, which a full link drops; taken as carried, 1.3 x a 692 kbit/s
         # link's last overload looked reached, the limit was let go, and two
         # viewers went back to the top tier through the 1 Mbit/s cap
-        self._clean_peak = max(self._clean_peak, min(
-            self.through_bps(now), sum(r.sent_bps or 0.0 for r in live.values())))
+        carrying = min(self.through_bps(now), sum(r.sent_bps or 0.0 for r in live.values()))
+        self._clean_peak = max(self._clean_peak, carrying)
         # growth restarts slowly from the last congestion, not the last decrease:
         # a congestion held at the peers' floor makes no decrease, and counting
         # from the one before it grew the estimate 692 kbit/s -> 8.7 Mbit/s in
@@ -345,7 +348,16 @@ class Uplink:
         # last overloaded, and it took it. Waiting for the estimate to reach what
         # every peer wants (their top tiers: 8.5 Mbit/s for three) kept three
         # viewers on the lowest tier for ~50 s after a 1 Mbit/s cap was lifted
-        grown = self._known_bps > 0 and self._clean_peak >= t.grown_share * self._known_bps
+        # Held for grown_clear, not seen once: each receiver's count is over its
+        # own report's interval, timed by when the report reaches us, and the
+        # sum of the three once read 1.3 x a 950 kbit/s link through it; the
+        # limit was let go, all three went to the top tier, and a loss burst
+        # froze them for 20 s.
+        if self._known_bps > 0 and carrying >= t.grown_share * self._known_bps:
+            self._grown_since = min(self._grown_since, now)
+        else:
+            self._grown_since = math.inf
+        grown = now - self._grown_since >= t.grown_clear
         if clear_for >= t.release_after and self.estimate_bps >= wanted:
             self.released = "satisfied"
         elif grown and clear_for >= t.grown_clear:

@@ -723,6 +723,7 @@ async def _uplink_run(lab: Lab, label: str, kbit: int, seconds: float, settle_s:
             "fps": round(view.frames_between(t_settle, t_free) / (t_free - t_settle), 1),
             "freeze_settled_s": round(view.longest_gap(t_settle, t_free), 3),
             "freeze_cap_s": round(view.longest_gap(t_cap, t_free), 3),
+            "hole_cap_s": view.longest_hole(t_cap, t_free),
             "audio_fps": round((audio_free[name] - audio_settle[name]) / (t_free - t_settle), 1),
             "audio_fps_cap": round((audio_free[name] - audio_cap[name]) / (t_free - t_cap), 1),
             "kbps": None if rate is None else round(rate / 1000),

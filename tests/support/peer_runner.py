@@ -12,8 +12,9 @@ stdout, which :class:`~support.peerproc.PeerProcess` reads:
   and ``audio`` frame totals, the burned-in frame ``codes`` decoded since the
   last report (``[counter, sent_ms, received_ms]``; wall clock, the same on
   every namespace of the machine), the transport's ``bytes`` received so
-  far and the peer connection's ``state``; ``log`` holds the BrowserPeer's
-  new log lines (states, signaling lost/joined).
+  far, the peer connection's ``state`` and its video jitter buffer's ``jb``
+  (:func:`jitter_buffer`); ``log`` holds the BrowserPeer's new log lines
+  (states, signaling lost/joined).
 
 Run as ``python tests/support/peer_runner.py --ws-url ... --token ... --room ...``.
 """
@@ -41,6 +42,34 @@ def emit(event: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def jitter_buffer(pc: Any) -> dict[str, Any] | None:
+    """Where aiortc's video jitter buffer stands: its ``origin`` (the oldest
+    sequence number it waits for), how many packets it ``held``, the ``span``
+    from the origin to the newest one, and the ``missing`` sequence numbers
+    within that span (the first ten; ``gaps`` counts them all).
+
+    aiortc's buffer releases frames only in order, and asks for a lost packet
+    only when a new gap appears: one lost retransmission holds every later
+    frame until 512 packets have passed (issue 15). A fault benchmark that
+    sees a freeze needs this to tell such a hole from a slow link. It reads
+    aiortc's private state, so a version that renamed it reports None.
+    """
+    for receiver in pc.getReceivers() if pc is not None else ():
+        if receiver.track is None or receiver.track.kind != "video":
+            continue
+        buffer = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
+        slots = getattr(buffer, "_packets", None)
+        if buffer is None or slots is None or buffer._origin is None:
+            return None
+        origin, size = buffer._origin, len(slots)
+        present = [slots[(origin + i) % size] is not None for i in range(size)]
+        span = max((i + 1 for i, here in enumerate(present) if here), default=0)
+        missing = [(origin + i) % 65536 for i in range(span) if not present[i]]
+        return {"origin": origin, "held": sum(present), "span": span,
+                "gaps": len(missing), "missing": missing[:10]}
+    return None
+
+
 async def report(peer: BrowserPeer, interval: float) -> None:
     sent_codes: dict[str, int] = {}
     sent_sizes: dict[str, int] = {}
@@ -62,6 +91,7 @@ async def report(peer: BrowserPeer, interval: float) -> None:
                 "video": rec.video_frames, "audio": rec.audio_frames, "codes": codes,
                 "sizes": sizes,
                 "bytes": received, "state": pc.connectionState if pc is not None else None,
+                "jb": jitter_buffer(pc),
             }
         new_log, sent_log = peer.log[sent_log:], len(peer.log)
         emit({"event": "report", "t": time.time(), "peers": peers, "log": new_log})

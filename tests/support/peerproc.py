@@ -36,6 +36,9 @@ class RemoteView:
     # (wall s, width, height): the first decoded frame's size and each change of it
     sizes: list[tuple[float, int, int]] = field(default_factory=list)
     state: str | None = None
+    # (wall s, origin, blocked): the video jitter buffer at each report, blocked
+    # while a packet is missing in it (later frames wait; peer_runner.py)
+    jitter: list[tuple[float, int, bool]] = field(default_factory=list)
 
     def frame_times(self, t0: float = 0.0, t1: float = float("inf")) -> list[float]:
         """Receive times (wall s) of decoded, coded frames within [t0, t1]."""
@@ -48,6 +51,24 @@ class RemoteView:
         """Longest time without a decoded frame within [t0, t1] (edges count)."""
         times = [t0, *self.frame_times(t0, t1), t1]
         return max(b - a for a, b in pairwise(times))
+
+    def longest_hole(self, t0: float, t1: float) -> float | None:
+        """Longest time within [t0, t1] the jitter buffer held a gap (a missing packet,
+        later ones waiting behind it); None if the peer did not report its buffer.
+
+        A freeze this long is a loss not repaired, not a slow link."""
+        samples = [j for j in self.jitter if t0 <= j[0] <= t1]
+        if not samples:
+            return None
+        longest, since = 0.0, None
+        for t, _origin, blocked in samples:
+            if blocked and since is None:
+                since = t
+            elif not blocked and since is not None:
+                longest, since = max(longest, t - since), None
+        if since is not None:
+            longest = max(longest, samples[-1][0] - since)
+        return round(longest, 2)
 
     def first_frame_after(self, t: float) -> float | None:
         later = self.frame_times(t)
@@ -142,6 +163,8 @@ class PeerProcess:
                 view = self.remote(remote_id)
                 view.video, view.audio, view.state = r["video"], r["audio"], r["state"]
                 view.codes.extend((int(c), float(s), float(v)) for c, s, v in r["codes"])
+                if (jb := r.get("jb")) is not None:
+                    view.jitter.append((t, int(jb["origin"]), bool(jb["gaps"])))
                 if r.get("bytes") is not None:
                     view.bytes.append((t, int(r["bytes"])))
                 view.sizes.extend((float(at) / 1000, int(w), int(h))

@@ -32,6 +32,7 @@ from glimpse_edge.rtc.bandwidth import (
     ChangeGate,
     ReportBlock,
     Tuning,
+    arrivals,
     remb_bitrate,
     replay,
     report_blocks,
@@ -277,6 +278,16 @@ def test_report_blocks_and_remb_are_read_from_real_packets() -> None:
     assert remb_bitrate(pli2, OURS) is None and remb_bitrate(junk2, OURS) is None
 
 
+def test_arrivals_are_the_highest_sequence_growth_less_the_loss_growth() -> None:
+    before = ReportBlock(0.0, packets_lost=10, highest=65_530, jitter=0, lsr=0, dlsr=0)
+    # the extended highest sequence crosses a 16-bit wrap: 20 newer, 3 of them lost
+    after = ReportBlock(0.1, packets_lost=13, highest=65_550, jitter=0, lsr=0, dlsr=0)
+    assert arrivals(before, after) == 17
+    # a late packet the receiver had counted lost arrives: its loss count goes back
+    late = ReportBlock(0.0, packets_lost=12, highest=65_550, jitter=0, lsr=0, dlsr=0)
+    assert arrivals(after, late) == 1
+
+
 def test_rtt_only_from_a_report_that_echoes_our_latest_sender_report() -> None:
     block = ReportBlock(0.0, 0, 0, 0, lsr=0xABCD0000, dlsr=65536 // 10)  # held 100 ms
     rtt = report_rtt(block, 0xABCD0000, 1000.0, 1000.125)
@@ -337,10 +348,11 @@ def test_change_gate_logs_big_moves_rate_limited() -> None:
 
 
 class _Sender:
-    """Just what the hook reads from an aiortc sender (SSRC, our last SR)."""
+    """Just what the hook reads from an aiortc sender (SSRCs, our last SR)."""
 
     def __init__(self, ssrc: int) -> None:
         self._ssrc = ssrc
+        self._rtx_ssrc = ssrc + 1
         self._RTCRtpSender__lsr = 0x00010000
         self._RTCRtpSender__lsr_time = 1000.0
 

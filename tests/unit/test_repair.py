@@ -18,10 +18,12 @@ from glimpse_edge.rtc.pacer import Pacer, starts_key_frame
 from glimpse_edge.rtc.repair import (
     HISTORY_MARGIN,
     MAX_FILLS,
+    MISORDER_SAFE,
     REASK_S,
     TAIL_GRACE_S,
     RepairLedger,
     filler_payload,
+    key_frame_would_help,
 )
 
 HISTORY = 512
@@ -106,7 +108,7 @@ def test_fillers_only_below_a_key_frame_the_receiver_has_whole() -> None:
         ledger.skipped(n, n - 900, 0.0, owed=True)
     again, fillers = ledger.take_owed(newest=1100, key_frames=[[1020, 1025], [1060, 1064]])
     assert fillers == [1000], "the key frame at 1060 lacks 1062: 1020 is the whole one"
-    assert again == [1030, 1062]
+    assert again == [1062, 1030], "the last key frame sent first: it is what the receiver shows"
     ledger.skipped(1001, 2000, 0.0, owed=True)
     ledger.resent(1061, 2001, now=1.0)  # awaiting a report: not known whole either
     assert ledger.take_owed(newest=1100, key_frames=[[1060, 1064]]) == ([1001], [])
@@ -127,6 +129,27 @@ def test_a_packet_gets_a_bounded_number_of_fillers() -> None:
         fills += 1
         ledger.resent(1000, 100 + n, now=float(n))
     assert fills == MAX_FILLS and ledger.stats.abandoned == 1
+
+
+def test_a_filler_goes_again_only_if_it_was_surely_lost() -> None:
+    """Once fillers went out the receiver most likely moved past the key frame;
+    another filler of a packet it has passed by 100 makes it start over. A
+    report that lost some of a batch (which ones, it cannot say) refills none."""
+    burst = list(range(1000, 1020))
+    ledger = _partly_lost(*burst, lost=20)
+    _again, fillers = ledger.take_owed(newest=1300, key_frames=[[1200, 1205]])
+    assert fillers == burst
+    for n, original in enumerate(burst):
+        ledger.resent(original, 120 + n, now=2.0)
+    ledger.report(highest=139, lost=25, now=2.5, rtt_s=None)  # 5 of the 20 fillers lost
+    assert ledger.take_owed(newest=1300, key_frames=[[1200, 1205]]) == ([], [])
+    assert ledger.stats.abandoned == 20
+    ledger = _partly_lost(*burst, lost=20)
+    ledger.take_owed(newest=1300, key_frames=[[1200, 1205]])
+    for n, original in enumerate(burst):
+        ledger.resent(original, 120 + n, now=2.0)
+    ledger.report(highest=139, lost=40, now=2.5, rtt_s=None)  # every one lost
+    assert ledger.take_owed(newest=1300, key_frames=[[1200, 1205]]) == ([], burst)
 
 
 def test_a_report_without_an_rtx_block_means_no_resend_arrived() -> None:
@@ -224,16 +247,64 @@ def test_what_the_receiver_asks_for_again_is_left_to_its_nack() -> None:
     assert ledger.take_owed(newest=1100, now=1.5 + REASK_S + 0.03, rtt_s=0.01) == ([1001], [])
 
 
-def test_a_filler_only_for_a_packet_surely_lost() -> None:
-    """A report that shows one of two resends lost cannot say which: a filler
-    landing on the one that arrived would overwrite it in the receiver's buffer."""
+def _partly_lost(*originals: int, lost: int = 1) -> RepairLedger:
+    """A ledger whose resends of ``originals`` a report showed ``lost`` of lost."""
     ledger = RepairLedger(HISTORY)
     ledger.report(highest=99, lost=0, now=0.0, rtt_s=None)
-    ledger.resent(1000, 100, now=1.0)
-    ledger.resent(1001, 101, now=1.0)
-    ledger.report(highest=101, lost=1, now=1.5, rtt_s=None)  # one of the two
-    assert ledger.take_owed(newest=1100, key_frames=[[1040, 1045]]) == ([1000, 1001], [])
-    ledger.resent(1000, 102, now=3.0)
-    ledger.resent(1001, 103, now=3.0)
-    ledger.report(highest=103, lost=3, now=3.5, rtt_s=None)  # both
-    assert ledger.take_owed(newest=1100, key_frames=[[1040, 1045]]) == ([], [1000, 1001])
+    for n, original in enumerate(originals):
+        ledger.resent(original, 100 + n, now=1.0)
+    ledger.report(highest=99 + len(originals), lost=lost, now=1.5, rtt_s=None)
+    return ledger
+
+
+def test_a_packet_likely_received_before_a_whole_key_frame_gets_nothing() -> None:
+    """A report that shows one of ten resends lost cannot say which. Anything sent
+    for one that arrived, if the receiver got 100 past it, makes aiortc's receiver
+    start over from it; and before a key frame it has whole, the packet is worth
+    nothing to show."""
+    burst = list(range(1000, 1010))
+    ledger = _partly_lost(*burst, lost=1)
+    assert ledger.take_owed(newest=1300, key_frames=[[1200, 1205]]) == ([], [])
+    assert ledger.stats.abandoned == 10
+    assert _partly_lost(*burst, lost=1).take_owed(
+        newest=1300, key_frames=[[900, 905]]) == (burst, []), (
+        "after the last whole key frame: resent in full")
+
+
+def test_a_burst_mostly_lost_gets_fillers() -> None:
+    """Fifteen of twenty lost: the receiver lacks one of them (almost surely) and
+    waits at the oldest it lacks, so none is 100 behind where it got to."""
+    burst = list(range(1000, 1020))
+    again, fillers = _partly_lost(*burst, lost=15).take_owed(
+        newest=1300, key_frames=[[1200, 1205]])
+    assert fillers == burst and again == [], (again, fillers)
+
+
+def test_a_packet_maybe_lost_is_filled_just_behind_one_surely_lost() -> None:
+    """The receiver waits at the surely lost packet, so it is not past one
+    shortly before it: a filler there cannot land 100 behind where it got to."""
+    lost = 1000 + 2 * MISORDER_SAFE
+    far, near = 1000, lost - 5
+    ledger = _partly_lost(far, near)  # one of the two
+    ledger.skipped(lost, 102, now=1.5, owed=True)  # its NACK unanswered: surely lost
+    again, fillers = ledger.take_owed(newest=lost + 100, key_frames=[[lost + 10, lost + 20]])
+    assert fillers == [near, lost], f"expected {near}, 5 before {lost}: got {fillers}"
+    assert again == [] and ledger.stats.abandoned == 1, (
+        f"{far} lies {2 * MISORDER_SAFE} before {lost}, with nothing lacked before it: "
+        f"the receiver may be past it; got {again}, abandoned {ledger.stats.abandoned}")
+    ledger = _partly_lost(far)
+    ledger.resent(far, 101, now=3.0)
+    ledger.report(highest=101, lost=2, now=3.5, rtt_s=None)  # the one resent, lost
+    assert ledger.take_owed(newest=1300, key_frames=[[1240, 1245]]) == ([], [far])
+
+
+def test_a_key_frame_is_asked_for_when_more_is_owed_than_the_budget_resends() -> None:
+    owed = list(range(1000, 1040))
+    assert key_frame_would_help(owed, [[900, 910]], affordable=20)
+    assert not key_frame_would_help(owed, [[900, 910]], affordable=40), "within the budget"
+    assert not key_frame_would_help(owed, [[900, 910], [1050, 1060]], affordable=20), (
+        "a key frame after the losses is on its way")
+    assert key_frame_would_help(owed, [], affordable=20), "none sent yet"
+    wrapped = list(range(65530, 65536)) + list(range(0, 30))
+    assert not key_frame_would_help(wrapped, [[10, 20]], affordable=20)
+    assert key_frame_would_help(wrapped, [[65500, 65510]], affordable=20)

@@ -501,3 +501,24 @@ def test_the_known_link_is_the_median_of_the_last_overloads() -> None:
     assert not up.limited and up.released == "grown", (
         f"expected the limit let go as grown, saw {up.released!r} after {now} s")
     assert now < 30, f"expected it let go soon after 1.3 x 900 kbit/s went through, took {now} s"
+
+
+def test_one_report_that_reads_past_the_link_does_not_let_go() -> None:
+    """Each receiver counts over its own report's interval, timed by when the
+    report reaches us, and what we sent over 2 s holds a burst (key frames, a
+    repair): both can read well past the link at once. The link has grown only
+    if what gets through stays past it."""
+    t = UplinkTuning()
+    up = Uplink(t)
+    for peer in ("a", "b"):
+        arrived(up, peer, 0.0, got=450_000, loss=0.3, sent=600_000)  # a 900 kbit/s link
+    now = 0.0
+    while now < 20:
+        now += 0.5
+        assert up.estimate_bps is not None, f"let go at {now} s: {up.released!r}"
+        sent = min(up.estimate_bps, 900_000.0) / 2
+        if now == 10.0:  # one report pair reads 1.5 x
+            sent *= 1.5
+        for peer in ("a", "b"):
+            arrived(up, peer, now, got=sent, sent=sent)
+    assert up.limited, f"expected still limited, released as {up.released!r}"
