@@ -35,3 +35,12 @@ def test_back_at_ignores_a_picture_frozen_at_the_top_size() -> None:
     assert _back_at(climbed, top, since=5.0, frames=3) == 9.0
     assert _back_at(climbed, top, since=5.0, frames=4) is None
     assert frame_sizes(climbed, 5.0, 10.0) == [(640, 360), top, top, top]
+
+
+def test_the_longest_hole_is_the_longest_run_of_reports_with_a_gap() -> None:
+    view = RemoteView()
+    view.jitter = [(1.0, 10, False), (1.2, 10, True), (1.4, 10, True), (1.6, 40, False),
+                   (2.0, 40, True), (2.2, 41, True), (2.4, 41, True), (2.6, 41, True)]
+    assert view.longest_hole(0.0, 3.0) == 0.6, "the run still open at the window's end counts"
+    assert view.longest_hole(0.0, 1.9) == 0.4
+    assert RemoteView().longest_hole(0.0, 3.0) is None, "a peer that did not report it"
