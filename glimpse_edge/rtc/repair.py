@@ -139,8 +139,8 @@ class RepairStats:
     repaired: int = 0  # owed packets handed back to be sent again
     filled: int = 0  # ... as fillers (older than a key frame received whole, waited for)
     expired: int = 0  # owed packets that had left the sender's history
-    # ... or were given up: filled MAX_FILLS times, or older than a key frame the
-    # receiver has whole and maybe received (nothing sent: see take_owed)
+    # ... or were given up: filled MAX_FILLS times, or maybe received and the
+    # receiver maybe 100 past them (nothing sent: see take_owed)
     abandoned: int = 0
 
 
@@ -256,7 +256,11 @@ class RepairLedger:
         it waits for as a new stream: it empties its jitter buffer and waits
         from that packet on, until 512 have passed. A viewer that fillers had
         unblocked was set back so by the full resends of 39 older packets it
-        had received, and froze 20 s more. Not merely older than the last key
+        had received, and froze 20 s more; so a full resend goes only where a
+        filler may, or within :data:`MISORDER_SAFE` of ``newest`` (the
+        receiver cannot be past that: one 100 behind, sent before the key
+        frame after it was whole, set a viewer back so at 15 s and it froze
+        till 35 s). Not merely older than the last key
         frame *sent*: the receiver has not decoded that one yet if it is
         stuck behind the hole, and key frames come often under loss (every
         PLI); filling up to the last one sent filled holes of every key frame
@@ -293,7 +297,10 @@ class RepairLedger:
         again, stale = [], []
         for s in keep:
             if not older(s):
-                again.append(s)
+                if s in waited_for or (newest - s) % SEQ_MOD < MISORDER_SAFE:
+                    again.append(s)
+                else:  # a full resend lands as far behind as a filler
+                    self.stats.abandoned += 1
             elif s not in waited_for or (fills := self._fills.get(s, 0)) >= MAX_FILLS or (
                     fills and owed[s] < 1.0):
                 # filled before and not surely lost since: the receiver most likely

@@ -46,7 +46,7 @@ def test_new_loss_in_a_report_owes_every_resend_it_covers() -> None:
         ledger.resent(1000 + n, 100 + n, now=1.0)
     ledger.report(highest=103, lost=4, now=1.5, rtt_s=0.01)
     assert ledger.owed == 4, "which one was lost the report cannot say"
-    again, fillers = ledger.take_owed(newest=1100)
+    again, fillers = ledger.take_owed(newest=1050)
     assert again == [1000, 1001, 1002, 1003] and fillers == []
     assert ledger.owed == 0, "handed out: forgotten until sent"
 
@@ -244,7 +244,7 @@ def test_what_the_receiver_asks_for_again_is_left_to_its_nack() -> None:
     assert ledger.take_owed(newest=1100, now=1.6, rtt_s=0.01) == ([], []), "too soon"
     ledger.resent(1000, 102, now=1.7)  # the receiver asked again: its NACK's answer
     assert ledger.owed == 1
-    assert ledger.take_owed(newest=1100, now=1.5 + REASK_S + 0.03, rtt_s=0.01) == ([1001], [])
+    assert ledger.take_owed(newest=1050, now=1.5 + REASK_S + 0.03, rtt_s=0.01) == ([1001], [])
 
 
 def _partly_lost(*originals: int, lost: int = 1) -> RepairLedger:
@@ -267,8 +267,12 @@ def test_a_packet_likely_received_before_a_whole_key_frame_gets_nothing() -> Non
     assert ledger.take_owed(newest=1300, key_frames=[[1200, 1205]]) == ([], [])
     assert ledger.stats.abandoned == 10
     assert _partly_lost(*burst, lost=1).take_owed(
-        newest=1300, key_frames=[[900, 905]]) == (burst, []), (
-        "after the last whole key frame: resent in full")
+        newest=1050, key_frames=[[900, 905]]) == (burst, []), (
+        "after the last whole key frame, the receiver not 100 past them: resent in full")
+    ledger = _partly_lost(*burst, lost=1)
+    assert ledger.take_owed(newest=1300, key_frames=[[900, 905]]) == ([], []), (
+        "300 behind the newest, most likely received: a full resend lands as far behind")
+    assert ledger.stats.abandoned == 10
 
 
 def test_a_burst_mostly_lost_gets_fillers() -> None:
