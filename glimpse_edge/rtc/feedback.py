@@ -299,9 +299,12 @@ class PeerFeedback:
             self._sent.add(now, sent_bytes)
             seen = False
             uplink = self.uplink
-            for block in report_blocks(packet, ssrc):
+            blocks = report_blocks(packet, ssrc)
+            # the resends' own report block (RTX): what arrived, what to repair
+            rtx = report_blocks(packet, compat.rtx_ssrc(sender)) if blocks and kind == "video" \
+                else []
+            for block in blocks:
                 rtt = report_rtt(block, *compat.last_sender_report(sender), time.time())
-                rtx = report_blocks(packet, compat.rtx_ssrc(sender)) if kind == "video" else []
                 self._report_uplink(conn, now, block.loss, rtt, self._arrived_bps(
                     conn, now, block, rtx[0] if rtx else None, sent_bytes))
                 # a shared bottleneck's loss and queue are the uplink's to answer
@@ -309,8 +312,8 @@ class PeerFeedback:
                     now, uplink.own_loss(self.peer_id, block.loss),
                     None if uplink.congested else rtt))
                 seen = True
-            if conn.pacer is not None and conn.pacer.repair is not None:
-                self._repair(conn, sender, packet, now)
+            if blocks and conn.pacer is not None and conn.pacer.repair is not None:
+                self._repair(conn, sender, rtx, now)
             if self._uplink_limited and not uplink.limited:  # the uplink let go
                 self.bandwidth.expect_rise(now, REMB_AFTER_UPLINK)
             elif uplink.limited and not self._uplink_limited:  # it takes the REMB over
@@ -334,22 +337,21 @@ class PeerFeedback:
                 self._failed = True
                 self.log.warning("peer.bandwidth_error", error=f"{type(exc).__name__}: {exc}")
 
-    def _repair(self, conn: Connection, sender: RTCRtpSender, packet: Any, now: float) -> None:
+    def _repair(self, conn: Connection, sender: RTCRtpSender, rtx: list[ReportBlock],
+                now: float) -> None:
         """Send again the resends a receiver report shows lost (rtc/repair.py).
 
-        Once per receiver report (its blocks are what tells), one batch at a
+        ``rtx``: the report's blocks for our RTX stream (none: the receiver got
+        no resend yet). Once per receiver report, one batch at a
         time per connection, in a task of aiortc's loop: this runs in its
         RTCP path, which must not wait.
         """
         pacer = conn.pacer
         assert pacer is not None and pacer.repair is not None
         ledger = pacer.repair
-        rtx = report_blocks(packet, compat.rtx_ssrc(sender))
         for block in rtx:
             ledger.report(block.highest % 65536, block.packets_lost, now, self.bandwidth.rtt_s)
         if not rtx:
-            if not report_blocks(packet, compat.sender_ssrc(sender)):
-                return  # not a receiver report
             ledger.unreported(now, self.bandwidth.rtt_s)
         if not ledger.owed or (conn.repair_task is not None and not conn.repair_task.done()):
             return
