@@ -231,9 +231,14 @@ def _peers(agent: AgentState) -> Iterator[Metric]:
     pacer_expired = CounterMetricFamily("glimpse_edge_peer_pacer_repair_expired",
                                         "Lost resends no longer in the sender's history.",
                                         labels=_PEER)
+    pacer_restarted = CounterMetricFamily(
+        "glimpse_edge_peer_pacer_receiver_restarts",
+        "Key frames sent after a skip of sequence numbers, to restart a receiver stuck "
+        "behind old holes.", labels=_PEER)
     pacing: tuple[GaugeMetricFamily | CounterMetricFamily, ...] = (
         pacer_rate, pacer_delay, pacer_wait_avg, pacer_packets, pacer_delayed,
-        pacer_wait, pacer_rtx, pacer_skipped, pacer_repaired, pacer_filled, pacer_expired)
+        pacer_wait, pacer_rtx, pacer_skipped, pacer_repaired, pacer_filled, pacer_expired,
+        pacer_restarted)
     for peer in agent.peers:
         who = (peer.peer_id, peer.username)
         state.add_metric((*who, peer.state), 1.0)
@@ -243,7 +248,8 @@ def _peers(agent: AgentState) -> Iterator[Metric]:
             for family, value in zip(pacing, (
                 pace.rate_bps, pace.queue_delay_s, pace.wait_avg_s, pace.packets,
                 pace.delayed, pace.wait_s, pace.retransmissions, pace.resends_skipped,
-                pace.repaired, pace.repair_filled, pace.repair_expired), strict=True):
+                pace.repaired, pace.repair_filled, pace.repair_expired,
+                pace.receiver_restarts), strict=True):
                 family.add_metric(who, value)
         restarts.add_metric(who, peer.restarts)
         if peer.estimate_bps is not None:

@@ -49,7 +49,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from aiortc.rtp import (
@@ -374,6 +374,26 @@ def arrivals(before: ReportBlock, after: ReportBlock) -> int:
     """Packets a receiver counted arriving on one stream between two of its reports:
     the growth of its highest sequence number less that of its cumulative loss."""
     return (after.highest - before.highest) - (after.packets_lost - before.packets_lost)
+
+
+def without_skipped(block: ReportBlock, before: ReportBlock | None, skipped: int,
+                    newly: int) -> ReportBlock:
+    """``block`` as if the sequence numbers a restart skipped (rtc/restart.py) had
+    never been: the receiver counts them lost. ``skipped``: how many its reports
+    have passed so far, ``newly`` of them first by this one; ``before``: the
+    previous report's block, corrected alike. The fraction lost of a report
+    that newly passes some is recomputed from the two (none before: 0); else
+    the receiver's own stands.
+    """
+    if not skipped:
+        return block
+    highest, lost = block.highest - skipped, block.packets_lost - skipped
+    loss = block.loss
+    if newly:
+        expected = highest - before.highest if before is not None else 0
+        loss = min(max((lost - before.packets_lost) / expected, 0.0), 1.0) \
+            if before is not None and expected > 0 else 0.0
+    return replace(block, loss=loss, packets_lost=lost, highest=highest)
 
 
 def report_blocks(packet: Any, ssrc: int) -> list[ReportBlock]:

@@ -31,6 +31,7 @@ import threading
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from importlib import import_module, metadata
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -56,6 +57,7 @@ __all__ = [
     "last_sender_report",
     "pace_rtp",
     "problems",
+    "renumber_sent",
     "resend",
     "rtx_ssrc",
     "selected_candidates",
@@ -167,6 +169,11 @@ NEEDS: Final[tuple[Need, ...]] = (
          in_method="__init__"),
     Need("aiortc", "aiortc.rtcrtpsender:RTCRtpSender", "_retransmit", "coroutine", "resend",
          params=("self", "sequence_number")),
+    # renumber_sent
+    Need("aiortc", "aiortc.rtcrtpsender:RTCRtpSender", "_RTCRtpSender__rtp_history", "used_by",
+         "renumber_sent", in_method="_run_rtp"),
+    Need("aiortc", "aiortc.rtcrtpsender:RTCRtpSender", "_RTCRtpSender__rtp_history", "used_by",
+         "renumber_sent", in_method="_retransmit"),
     # size_rtp_history
     Need("aiortc", "aiortc.rtcrtpsender:RTCRtpSender", "RTP_HISTORY_SIZE", "global",
          "size_rtp_history"),
@@ -456,6 +463,29 @@ async def resend(sender: Any, sequence: int, *, filler: bytes | None = None) -> 
             history[key] = packet
 
 
+def renumber_sent(sender: Any, original: int, sequence: int) -> None:
+    """The packet ``sender`` just handed over as ``original`` goes out as ``sequence``:
+    its history entry is renumbered, so a NACK for ``sequence`` finds it and
+    its RTX resend names it.
+
+    aiortc: ``_run_rtp`` files each packet (an ``RtpPacket``) in
+    ``__rtp_history`` under ``sequence_number % RTP_HISTORY_SIZE`` before it
+    awaits the transport's ``_send_rtp`` (the pacer, which calls this), and
+    ``_retransmit`` looks a NACKed number up there and checks the entry's
+    ``sequence_number``. The two numbers must share the entry's place (they
+    differ by a multiple of the history's size: rtc/restart.py). Why: aiortc
+    keeps its next sequence number in a local of that task, and a restart
+    skips numbers (rtc/restart.py). Without it: packets after a restart are
+    never resent.
+    """
+    size = _history_size()
+    if (sequence - original) % size:
+        raise ValueError(f"{original} and {sequence} do not share a place in the history")
+    packet = sender._RTCRtpSender__rtp_history.get(original % size)
+    if packet is not None and packet.sequence_number == original:
+        packet.sequence_number = sequence
+
+
 def _history_size() -> int:
     """The size of aiortc senders' RTP history (:func:`size_rtp_history`)."""
     import aiortc.rtcrtpsender as sender_module
@@ -532,6 +562,7 @@ def pace_rtp(sender: Any, pacer: Pacer) -> None:
     target.rtx_ssrcs.add(sender._rtx_ssrc)
     if installed is not None:
         return
+    pacer.renumber = partial(renumber_sent, sender)
     original = transport._send_rtp
 
     async def send_rtp(data: bytes) -> None:

@@ -48,6 +48,7 @@ from .bandwidth import (
     remb_bitrate,
     report_blocks,
     report_rtt,
+    without_skipped,
 )
 from .connection import Connection, ConnectionEvent, PathRevived, TierChosen
 from .pacer import ABS_SEND_TIME_URI, Pacer
@@ -122,6 +123,7 @@ class PeerFeedback:
         self._failed = False
         self._uplink_limited = False  # the shared uplink limited us at the last report
         self._repair_keyframe_at = -math.inf  # when the repair last asked for a key frame
+        self._restarts = 0  # the current connection's restarts logged (rtc/restart.py)
         self._sent = RateMeter()  # the video we send, new and resent
         # (generation, at, video block, RTX block, sent bytes, packets) at the last
         # report: what the receiver counted since (_arrived_bps)
@@ -183,6 +185,7 @@ class PeerFeedback:
             conn.pacer = Pacer(self._pacing_target(conn, None), abs_send_time_id=(
                 header_extension_id(sdp, "video", ABS_SEND_TIME_URI)), codec=conn.codec)
             conn.pacer.repair = RepairLedger(compat.RTP_HISTORY)
+            self._restarts = 0
             compat.pace_rtp(transceiver.sender, conn.pacer)
 
     def _pacing_target(self, conn: Connection, budget: int | None,
@@ -304,6 +307,7 @@ class PeerFeedback:
             rtx = report_blocks(packet, compat.rtx_ssrc(sender)) if blocks and kind == "video" \
                 else []
             for block in blocks:
+                block = self._unskipped(conn, block)
                 rtt = report_rtt(block, *compat.last_sender_report(sender), time.time())
                 self._report_uplink(conn, now, block.loss, rtt, self._arrived_bps(
                     conn, now, block, rtx[0] if rtx else None, sent_bytes))
@@ -349,6 +353,13 @@ class PeerFeedback:
         pacer = conn.pacer
         assert pacer is not None and pacer.repair is not None
         ledger = pacer.repair
+        # a receiver stuck behind old holes is restarted at the next key frame
+        # (rtc/restart.py) while the repair acts
+        pacer.restarts_allowed = self.uplink.limited
+        if pacer.shift.restarts != self._restarts:
+            self._restarts = pacer.shift.restarts
+            self.log.info("peer.video_restarted", restarts=self._restarts,
+                          start=pacer.shift.start, cleared=ledger.stats.cleared)
         for block in rtx:
             ledger.report(block.highest % 65536, block.packets_lost, now, self.bandwidth.rtt_s)
         if not rtx:
@@ -404,6 +415,18 @@ class PeerFeedback:
                 await compat.resend(sender, sequence)
         except Exception as exc:  # a connection closing under it: nothing to repair
             self.log.debug("peer.repair_failed", error=f"{type(exc).__name__}: {exc}")
+
+    def _unskipped(self, conn: Connection, block: ReportBlock) -> ReportBlock:
+        """The video's report ``block`` without the sequence numbers restarts skipped
+        (rtc/restart.py): the receiver counts them lost, and 512 lost in one
+        report would read as a collapsed link."""
+        shift = conn.pacer.shift if conn.pacer is not None else None
+        if shift is None or not shift.restarts:
+            return block
+        newly = shift.passed(block.highest % 65536)
+        last = self._arrival
+        before = last[2] if last is not None and last[0] == conn.generation else None
+        return without_skipped(block, before, shift.reported, newly)
 
     def _arrived_bps(self, conn: Connection, now: float, block: ReportBlock,
                      rtx: ReportBlock | None, sent_bytes: int) -> float | None:

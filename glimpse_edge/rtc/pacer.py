@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from .repair import RepairLedger
+from .restart import SequenceShift, with_sequence
 
 __all__ = [
     "ABS_SEND_TIME_URI",
@@ -193,6 +194,7 @@ class PacerStats:
     retransmissions: int = 0  # NACK answers (sent at once, charged)
     resent_bytes: int = 0  # ... their bytes (on the wire beside the new video)
     resends_skipped: int = 0  # NACK answers skipped (again within a round trip, or over budget)
+    resends_refused: int = 0  # resends of packets sent before a restart (rtc/restart.py)
     wait_s: float = 0.0  # total time packets waited
     wait_avg_s: float = 0.0  # running average of a packet's wait (recent packets)
     wait_max_s: float = 0.0  # the longest wait of a packet so far
@@ -214,6 +216,7 @@ class PacingState:
     repaired: int = 0  # resends found lost and sent again (rtc/repair.py)
     repair_filled: int = 0  # ... answered with a filler (older than the last key frame)
     repair_expired: int = 0  # ... found lost once no longer in the history
+    receiver_restarts: int = 0  # key frames sent after a skip of sequence numbers (rtc/restart.py)
 
 
 class Pacer:
@@ -250,6 +253,13 @@ class Pacer:
         self.key_frames: deque[list[int]] = deque(maxlen=KEY_FRAMES_KEPT)
         self._key_frame_timestamp = b""
         self._frame_timestamp = b""
+        # restarting a receiver stuck behind old holes (rtc/restart.py): allowed
+        # while the repair acts (set by feedback); ``renumber(original, sent_as)``
+        # moves the sender's history entry to the number sent
+        self.shift = SequenceShift()
+        self.restarts_allowed = False
+        self.renumber: Callable[[int, int], None] | None = None
+        self._renumber_timestamp = b""
 
     def newest(self, ssrc: int) -> int | None:
         """The sequence number of the last new packet of ``ssrc`` (None: none yet)."""
@@ -271,7 +281,7 @@ class Pacer:
                            stats.delayed, stats.retransmissions, stats.wait_s,
                            stats.wait_avg_s, stats.wait_max_s, stats.resends_skipped,
                            repair.repaired if repair else 0, repair.filled if repair else 0,
-                           repair.expired if repair else 0)
+                           repair.expired if repair else 0, self.shift.restarts)
 
     def _is_new(self, ssrc: int, sequence: int) -> bool:
         last = self._last_sequence.get(ssrc)
@@ -359,7 +369,12 @@ class Pacer:
         return wait
 
     def _resend(self, key: tuple[int, int], data: bytes, now: float) -> float | None:
-        """A retransmission: at once and charged, or None when over its bounds."""
+        """A retransmission: at once and charged, or None when over its bounds (or
+        of a packet sent before a restart)."""
+        if self.shift.before_restart(key[1]):
+            self._skip_reason = "restart"
+            self.stats.resends_refused += 1
+            return None
         self._skip_reason = self._may_resend(key, len(data), now)
         if self._skip_reason is not None:
             self.stats.resends_skipped += 1
@@ -369,8 +384,40 @@ class Pacer:
         self.stats.resent_bytes += len(data)
         return 0.0
 
+    def renumbered(self, data: bytes) -> bytes:
+        """``data`` with the sequence number it goes out with (rtc/restart.py): a new
+        video packet's is aiortc's plus the shift, which grows when a key frame
+        starts while the receiver may wait for something older. Anything else
+        comes back unchanged.
+
+        A restart needs a resend the repair ledger watches, and it watches
+        RTX resends only: once there is a shift, RTX is negotiated, and aiortc
+        then resends on the RTX stream only, so every packet of the video
+        stream is a new one.
+        """
+        repair = self.repair
+        if repair is None or len(data) < 12 or rtp_ssrc(data) not in self.ssrcs:
+            return data
+        original = rtp_sequence(data)
+        timestamp = data[4:8]
+        shift = self.shift
+        if timestamp != self._renumber_timestamp:  # a frame's first packet
+            self._renumber_timestamp = timestamp
+            if self.restarts_allowed and self.codec and repair.waits() \
+                    and starts_key_frame(data, self.codec):
+                repair.restart()
+                shift.restart(original)
+        sequence = shift.sent_as(original)
+        shift.sent(sequence)
+        if sequence == original:
+            return data
+        if self.renumber is not None:
+            self.renumber(original, sequence)
+        return with_sequence(data, sequence)
+
     async def send(self, data: bytes, send: Callable[[bytes], Awaitable[None]]) -> None:
         """Send ``data`` with ``send`` once the bucket allows (from aiortc's sender task)."""
+        data = self.renumbered(data)
         wait = self.admit(data)
         if wait is None:
             return

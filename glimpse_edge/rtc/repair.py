@@ -142,6 +142,7 @@ class RepairStats:
     # ... or were given up: filled MAX_FILLS times, or maybe received and the
     # receiver maybe 100 past them (nothing sent: see take_owed)
     abandoned: int = 0
+    cleared: int = 0  # owed or watched when the receiver restarted (rtc/restart.py)
 
 
 class RepairLedger:
@@ -162,6 +163,7 @@ class RepairLedger:
         self._lost: int | None = None  # the receiver's cumulative loss at its last report
         self._fills: dict[int, int] = {}  # original -> fillers handed out for it
         self._handed: dict[int, float] = {}  # what take_owed handed out last -> its odds
+        self._moot: set[int] = set()  # watched resends sent before the receiver restarted
 
     @property
     def owed(self) -> int:
@@ -171,12 +173,28 @@ class RepairLedger:
     def pending(self) -> int:
         return len(self._pending)
 
+    def waits(self) -> bool:
+        """Whether the receiver may wait for a packet: one is owed, or a resend sent
+        since its last restart is not yet reported."""
+        return bool(self._owed) or any(s not in self._moot for s in self._pending)
+
+    def restart(self) -> None:
+        """A key frame leaves with a skip of sequence numbers (rtc/restart.py): the
+        receiver will drop everything older, so nothing older is owed any more.
+        The resends still watched go on being counted in its reports' loss (a
+        report cannot say which were lost), but are never owed again."""
+        self.stats.cleared += len(self._owed)
+        self._owed.clear()
+        self._fills.clear()
+        self._moot = set(self._pending)
+
     # -- what the pacer did --------------------------------------------------------
 
     def resent(self, original: int, rtx_sequence: int, now: float) -> None:
         """``original`` left again as RTX packet ``rtx_sequence``."""
         self._owed.pop(original, None)
         self._pending.pop(original, None)
+        self._moot.discard(original)
         self._pending[original] = (rtx_sequence, now)
         self.stats.tracked += 1
         if len(self._pending) > MAX_TRACKED:
@@ -229,6 +247,7 @@ class RepairLedger:
             if grew:
                 self._owe(original, now, lacks=lacks)
             else:
+                self._moot.discard(original)
                 self.stats.confirmed += 1
         for original, (_rtx, sent_at) in list(self._pending.items()):
             if sent_at < overdue:  # nothing at or after it arrived: the tail of a burst
@@ -364,5 +383,9 @@ class RepairLedger:
             self.stats.repaired -= len(originals)
 
     def _owe(self, original: int, now: float, *, lacks: float) -> None:
+        if original in self._moot:
+            self._moot.discard(original)
+            self.stats.cleared += 1
+            return
         self.stats.lost += 1
         self._owed.setdefault(original, (now, lacks))

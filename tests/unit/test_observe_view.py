@@ -111,7 +111,7 @@ class Peer:
     pacing: PacingState | None = field(default_factory=lambda: PacingState(
         rate_bps=1_500_000, queue_delay_s=0.012, packets=900, delayed=300, retransmissions=4,
         wait_s=1.5, wait_avg_s=0.002, wait_max_s=0.04, resends_skipped=6, repaired=5,
-        repair_filled=3, repair_expired=1))
+        repair_filled=3, repair_expired=1, receiver_restarts=2))
     keyframe_requests: tuple[int, int] = (7, 5)
 
 
@@ -243,6 +243,7 @@ async def test_the_endpoint_serves_a_stand_in_for_the_agent(tmp_path: Path) -> N
     assert value(samples, "glimpse_edge_peer_pacer_repaired_total", **alice) == 5
     assert value(samples, "glimpse_edge_peer_pacer_repair_filled_total", **alice) == 3
     assert value(samples, "glimpse_edge_peer_pacer_repair_expired_total", **alice) == 1
+    assert value(samples, "glimpse_edge_peer_pacer_receiver_restarts_total", **alice) == 2
     assert value(samples, "glimpse_edge_peer_state", state="offering", peer=CAROL.user_id) == 1
     assert not [s for s in samples if s.labels.get("peer") == BOB.user_id]  # no session
     assert value(samples, "glimpse_edge_encoder_frames_total", codec="h264", tier="320x180") == 20
@@ -271,7 +272,8 @@ async def test_the_endpoint_serves_a_stand_in_for_the_agent(tmp_path: Path) -> N
                                          "wait_avg_ms": 2.0, "wait_max_ms": 40.0,
                                          "packets": 900, "delayed": 300, "retransmissions": 4,
                                          "resends_skipped": 6, "repaired": 5,
-                                         "repair_filled": 3, "repair_expired": 1}
+                                         "repair_filled": 3, "repair_expired": 1,
+                                         "receiver_restarts": 2}
     assert people["bob"]["pacing"] is None
     assert status["uplink"] == {"estimate_bps": 900_000, "congested": True, "episodes": 2,
                                 "peers": 2, "sent_bps": 1_000_000,

@@ -3,16 +3,10 @@ the pacer's key-frame mark it relies on, and fillers a real depayloader accepts.
 
 from __future__ import annotations
 
-import fractions
-
-import av
-import numpy as np
 import pytest
-from aiortc.codecs import get_encoder
 from aiortc.codecs.h264 import H264PayloadDescriptor
 from aiortc.codecs.vpx import VpxPayloadDescriptor
-from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtp import RtpPacket
+from support.encoded import encoded_packets
 
 from glimpse_edge.rtc.pacer import Pacer, starts_key_frame
 from glimpse_edge.rtc.repair import (
@@ -184,28 +178,9 @@ def test_sequence_numbers_wrap_in_reports() -> None:
 
 # -- what the ledger relies on: key frames seen in the pacer, fillers received ------
 
-def _encoded_packets(codec: str, frames: int = 3) -> list[bytes]:
-    """Real RTP packets of aiortc's own encoder: a key frame, then others."""
-    mime = {"h264": "video/H264", "vp8": "video/VP8"}[codec]
-    encoder = get_encoder(RTCRtpCodecParameters(mimeType=mime, clockRate=90000,
-                                                payloadType=96))
-    out: list[bytes] = []
-    rng = np.random.default_rng(1)
-    for n in range(frames):
-        frame = av.VideoFrame.from_ndarray(
-            rng.integers(0, 255, (180, 320, 3), dtype=np.uint8), format="rgb24")
-        frame.pts, frame.time_base = n * 3000, fractions.Fraction(1, 90000)
-        payloads, timestamp = encoder.encode(frame, force_keyframe=(n == 0))
-        for i, payload in enumerate(payloads):
-            out.append(RtpPacket(payload_type=96, sequence_number=len(out) % 65536,
-                                 timestamp=timestamp, marker=i == len(payloads) - 1,
-                                 ssrc=1, payload=payload).serialize())
-    return out
-
-
 @pytest.mark.parametrize("codec", ["h264", "vp8"])
 def test_the_pacer_marks_where_the_last_key_frame_starts(codec: str) -> None:
-    packets = _encoded_packets(codec)
+    packets = encoded_packets(codec)
     frames = {data[4:8] for data in packets if starts_key_frame(data, codec)}
     assert frames == {packets[0][4:8]}, "only the first frame is a key frame"
     assert starts_key_frame(packets[0], codec)
@@ -216,7 +191,7 @@ def test_the_pacer_marks_where_the_last_key_frame_starts(codec: str) -> None:
         pacer.admit(data)
     key_end = max(n for n, data in enumerate(packets) if data[4:8] == packets[0][4:8])
     assert list(pacer.key_frames) == [[0, key_end]], "its first and last packet"
-    again = _encoded_packets(codec, frames=1)[0]
+    again = encoded_packets(codec, frames=1)[0]
     key = again[:2] + (len(packets) + 5).to_bytes(2, "big") + (99).to_bytes(4, "big") + again[8:]
     pacer.admit(key)
     assert pacer.key_frames[-1] == [len(packets) + 5, len(packets) + 5]
