@@ -53,7 +53,7 @@ VIDEO_QUEUE_PACKETS: Final = 30  # ~1 s at 30 fps before a slow peer is skipped 
 # The lowest tier keeps its full frame rate down to this share of its bitrate;
 # below, frames are skipped in proportion (a sharp picture at 10 fps reads
 # better than mush at 30), down to LOWEST_FPS.
-LOW_FRAMERATE_SHARE: Final = 0.5
+LOW_FRAMERATE_SHARE: Final = 0.4
 LOWEST_FPS: Final = 5.0
 # The lowest tier's encoder follows its peers' demand when it moved by this
 # share, at most every ADAPT_INTERVAL seconds.

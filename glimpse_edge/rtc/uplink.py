@@ -73,6 +73,9 @@ class UplinkTuning:
     # ... and if we send more than this share of it, the peers have not followed
     # the last decrease yet: only a link that carries less than the estimate counts
     lag_share: float = 1.1
+    # ... and sending about the estimate, the link carries more than this share of
+    # it: the congestion is the last overload's, draining (a 1 Mbit/s link)
+    carried_share: float = 1.05
     # ... or the congestion lasted this long since the last decrease though we
     # send less than the estimate: the link is narrower than what we send
     stuck: float = 2.5
@@ -85,6 +88,7 @@ class UplinkTuning:
     # seconds, not the half minute a steady 8 % needs. Doubling from the start
     # overshot a 1 Mbit/s link twofold every ~12 s, each time a loss burst.
     increase_per_s: float = 0.03
+    use_share: float = 0.7  # no growth while what gets through is under this share of it
     growth_queue: float = 0.02  # a queue this long (s of RTT above base) holds growth
     known_margin: float = 1.1
     double_every: float = 3.0
@@ -329,10 +333,23 @@ class Uplink:
         # ~20 s (the estimate 0.7 -> 1.6 Mbit/s in 15 s, the lowest tier's rate
         # with it, then a loss burst)
         queued = any((r.queue_s or 0.0) >= t.growth_queue for r in live.values())
+        # past the known link, and it carries past it too: it grew. Past it
+        # alone is not enough: "known" is a median of overloads' counts and
+        # can lie below the link (865 kbit/s on a 1 Mbit/s one), and doubling
+        # there took the estimate to 1.24 Mbit/s before the loss showed
+        limit = t.known_margin * self._known_bps
+        beyond = self.estimate_bps > limit and carrying > limit
+        # short of that, growth needs the estimate used: what gets through well
+        # under it says nothing of the link above it. Growing anyway (the peers'
+        # own estimates held them low after a cap's onset) took the estimate to
+        # 1.5 x the 1 Mbit/s link in 10 s clear, the limit was let go as
+        # "satisfied", and the peers' own estimates overshot it in turn (the
+        # lowest tier's rate 150-350 kbit/s, three times). Not once it carries
+        # past the known link: what we send lags a doubling estimate by seconds
+        idle = carrying < t.use_share * self.estimate_bps and carrying <= limit
         if queued:
             self._beyond_since = math.inf
-        elif since > t.hold:
-            beyond = self.estimate_bps > t.known_margin * self._known_bps
+        elif since > t.hold and not idle:
             if not beyond:
                 self._beyond_since = math.inf
             elif self._beyond_since == math.inf:
@@ -433,6 +450,16 @@ class Uplink:
                 return
             target = max(t.backoff * carried, cut * estimate)
         elif sent >= t.comply_share * estimate:
+            # what the receivers counted is what the link carried; what we sent
+            # less the loss may be more
+            if carried > (1.0 if cut == 0.0 else t.carried_share) * estimate:
+                # it carries clearly more than the estimate: the congestion is
+                # the last overload's, draining. Cutting 15 % each time took a
+                # 1 Mbit/s link's estimate 849 -> 722 -> 692 kbit/s (the peers'
+                # floor) in 5 s while it carried 912: the lowest tier's rate
+                # swung 150-288 kbit/s. What it carried counts.
+                self._learn(carried)
+                return
             target = min(max(t.backoff * carried, cut * estimate), t.backoff * estimate)
         elif now - max(self._last_decrease, self._congested_since) >= t.stuck:
             target = t.backoff * min(sent, estimate)

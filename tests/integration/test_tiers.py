@@ -33,7 +33,7 @@ from support.tiering import climb_back
 
 from glimpse_edge.config import ConfigError, QualityTier, VideoConfig, load_config
 from glimpse_edge.media.fanout import PacketQueue, PacketStream
-from glimpse_edge.media.pipeline import LOWEST_FPS, lowest_tier_rate
+from glimpse_edge.media.pipeline import LOW_FRAMERATE_SHARE, LOWEST_FPS, lowest_tier_rate
 from glimpse_edge.rtc.bandwidth import BandwidthEstimator, RateMeter
 from glimpse_edge.rtc.tiers import TierSelector, TierTuning, link_bps, video_budget
 from glimpse_edge.rtc.tracks import PacketTrack
@@ -103,12 +103,13 @@ def test_the_lowest_tier_follows_its_worst_peer_then_lowers_its_frame_rate() -> 
     tier = QualityTier(width=320, height=180, bitrate=LOW)
     assert lowest_tier_rate(tier, 30, 50_000, None) == (LOW, None)
     assert lowest_tier_rate(tier, 30, 50_000, 10_000_000) == (LOW, None)
-    assert lowest_tier_rate(tier, 30, 50_000, 150_000) == (150_000, None)
-    assert lowest_tier_rate(tier, 30, 50_000, 100_000) == (100_000, None)  # the knee
+    knee = int(LOW * LOW_FRAMERATE_SHARE)
+    assert lowest_tier_rate(tier, 30, 50_000, knee + 50_000) == (knee + 50_000, None)
+    assert lowest_tier_rate(tier, 30, 50_000, knee) == (knee, None)
     bitrate, fps = lowest_tier_rate(tier, 30, 50_000, 60_000)
-    assert bitrate == 60_000 and fps == pytest.approx(18.0)
+    assert bitrate == 60_000 and fps == pytest.approx(30 * 60_000 / knee)
     # below min_bitrate: the bitrate stops there, the frame rate goes on down to its floor
-    assert lowest_tier_rate(tier, 30, 50_000, 1_000) == (50_000, 15.0)
+    assert lowest_tier_rate(tier, 30, 50_000, 1_000) == (50_000, 30 * 50_000 / knee)
     assert lowest_tier_rate(tier, 30, 10_000, 1_000)[1] == LOWEST_FPS
 
 

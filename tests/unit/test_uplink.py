@@ -77,8 +77,8 @@ def test_after_a_decrease_it_holds_then_grows_ever_faster_then_lets_go() -> None
     while up.estimate_bps is not None and now < 200:
         before = up.estimate_bps
         now += 1.0
-        for peer in ("a", "b"):
-            report(up, peer, now, sent=first / 2, wants=600_000)
+        for peer in ("a", "b"):  # the peers send their shares
+            report(up, peer, now, sent=before / 2, wants=600_000)
         if up.estimate_bps is not None:
             steps.append(up.estimate_bps / before - 1)
     assert steps[0] == pytest.approx(t.increase_per_s, rel=0.3), "slowly at first"
@@ -360,6 +360,80 @@ def test_it_creeps_up_to_where_the_link_was_then_searches_beyond() -> None:
         f"expected growth to speed up past it, saw {searching}")
 
 
+def test_past_the_known_link_it_creeps_while_the_link_carries_no_more() -> None:
+    """"Known" is a median of overloads' counts and can lie below the link; past it
+    the estimate doubles only once the link carries past it too, not while what
+    gets through stays where it was (doubling there overshot a 1 Mbit/s link by
+    a quarter before the loss showed)."""
+    t = UplinkTuning(grown_share=math.inf)
+    up = Uplink(t)
+    for peer in ("a", "b"):
+        report(up, peer, 0.0, loss=0.2, sent=500_000)
+    known = 2 * 500_000 * (1 - 0.2)
+    now, steps = t.congested_hold, []
+    while up.estimate_bps is not None and up.estimate_bps < known * 2 and now < 60:
+        before = up.estimate_bps
+        now += 0.5
+        for peer in ("a", "b"):  # the link takes ``known`` and no more, and loses nothing
+            arrived(up, peer, now, got=min(before, known) / 2, sent=before / 2)
+        if now > t.congested_hold + t.hold:
+            steps.append((up.estimate_bps / before) ** 2 - 1)
+    assert steps and max(steps) == pytest.approx(t.increase_per_s, rel=0.05), (
+        f"expected {t.increase_per_s}/s all along, saw up to {max(steps):.3f}/s")
+
+
+def test_an_estimate_the_peers_do_not_use_does_not_grow() -> None:
+    """What gets through well under the estimate says nothing of the link above it:
+    after a cap's onset the peers' own estimates held them low, the estimate grew
+    unused to 1.5 x the link, and was let go as "satisfied" through the cap."""
+    t = UplinkTuning()
+    up = Uplink(t)
+    for peer in ("a", "b"):
+        arrived(up, peer, 0.0, got=500_000, loss=0.1, sent=600_000)
+    estimate = up.estimate_bps
+    assert estimate is not None
+    now = 0.0
+    while now < t.release_after + 5:
+        now += 0.5
+        for peer in ("a", "b"):  # the peers send a third of it (their own estimates)
+            arrived(up, peer, now, got=estimate / 6, sent=estimate / 6, wants=estimate)
+    assert up.estimate_bps == estimate, (
+        f"expected {estimate:.0f} held while unused, saw {up.estimate_bps}")
+
+
+def test_no_cut_while_the_link_carries_more_than_the_estimate() -> None:
+    """Sending about the estimate, a report still congested while the receivers
+    count more than it arriving is the last overload draining: no cut (15 % a time
+    took a 1 Mbit/s link to the peers' floor while it carried 912 kbit/s); what it
+    carried is what the link is known to take. Without their counts, what we sent
+    less the loss must be clearly more."""
+    t = UplinkTuning()
+    up = Uplink(t)
+    for peer in ("a", "b"):
+        arrived(up, peer, 0.0, got=400_000, loss=0.1, sent=600_000)
+    estimate = up.estimate_bps
+    assert estimate == pytest.approx(t.backoff * 800_000)
+    now = t.decrease_interval + 0.5
+    for peer in ("a", "b"):
+        arrived(up, peer, now, got=1.01 * estimate / 2, loss=0.05, sent=estimate / 2)
+    assert up.congested and up.estimate_bps == estimate, (
+        f"expected no cut from {estimate:.0f}, saw {up.estimate_bps:.0f}")
+    now += t.decrease_interval + 0.5
+    for peer in ("a", "b"):  # it carries a little less than the estimate: cut
+        arrived(up, peer, now, got=0.98 * estimate / 2, loss=0.05, sent=estimate / 2)
+    assert up.estimate_bps == pytest.approx(t.backoff * 0.995 * estimate), (
+        "cut at the first report: its 0.98 and the other's 1.01 x the estimate")
+    # no counts: what we sent less the loss, a little more than the estimate
+    estimate = up.estimate_bps
+    now += t.decrease_interval + 0.5
+    sent = 1.07 * estimate
+    for peer in ("a", "b"):
+        report(up, peer, now, loss=0.03, sent=sent / 2)
+    assert up.estimate_bps == pytest.approx(t.backoff * estimate), (
+        f"expected a cut from {estimate:.0f} ({sent * 0.97:.0f} got through, by our "
+        f"count), saw {up.estimate_bps:.0f}")
+
+
 def test_a_loss_burst_does_not_make_the_link_look_narrower_than_it_carried() -> None:
     """Creeping up, the total went through clean up to ~1 Mbit/s; the overload's own
     report loses a burst (30 %). The decrease backs off from what the link carried
@@ -427,8 +501,8 @@ def test_a_link_that_grew_is_let_go_once_it_carries_well_past_its_old_size() -> 
 
 
 def arrived(up: Uplink, peer: str, now: float, *, got: float, loss: float = 0.0,
-            queue: float = 0.0, sent: float = 500_000) -> None:
-    up.report(peer, now, loss=loss, queue_s=queue, sent_bps=sent, wants_bps=TOP,
+            queue: float = 0.0, sent: float = 500_000, wants: float = TOP) -> None:
+    up.report(peer, now, loss=loss, queue_s=queue, sent_bps=sent, wants_bps=int(wants),
               audio_bps=AUDIO, arrived_bps=got)
 
 
