@@ -32,6 +32,10 @@ from its history, with neither bound; a retransmission over them is skipped.
 A packet that waited gets a new abs-send-time (aiortc stamps it before the
 send): a receiver's delay-based estimate must see when a packet really
 left, or the pacer's own delay looks like a congested path.
+
+Every new video packet passes :meth:`Pacer.renumbered` first: the number it
+goes out with, which differs from aiortc's once a receiver stuck behind old
+holes was restarted at a key frame (rtc/restart.py).
 """
 
 from __future__ import annotations

@@ -56,7 +56,9 @@ report lost) lies before it or less than :data:`MISORDER_SAFE` after it
 stream, and starts over); a filler goes again only for a packet surely
 lost since. When more is owed than the resend budget sends in a second
 and no key frame followed the losses, the agent asks its encoder for one
-(:func:`key_frame_would_help`), so the fillers can start. And the ledger
+(:func:`key_frame_would_help`), so the fillers can start; and a key frame
+that leaves while the receiver may still wait for something older restarts
+it instead (rtc/restart.py: nothing older is owed after that). And the ledger
 acts only on what was owed
 :data:`REASK_S` and two round trips ago: a receiver that still asks has the
 packet resent by its own NACK. The agent repairs only while its shared
