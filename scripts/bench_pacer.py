@@ -7,6 +7,10 @@ CPU time per video packet (process time, so waiting is free):
 
 - ``admit``: the bucket's bookkeeping alone (SSRC, sequence, rate);
 - ``admit + abs-send-time``: plus the header rewrite a packet that waited gets;
+- ``renumbered``: what every new packet of a connection with a repair ledger
+  costs before that (rtc/restart.py): the frame's first packet checked for a
+  restart, and, once a receiver was restarted, its number and the sender's
+  history entry rewritten;
 - streams: :meth:`Pacer.send` as aiortc's sender task runs it, under
   trio-asyncio, for a stream of frames in real time (30 fps, a key frame of
   eight frames' size every 2 s), against the same stream unpaced; each wait
@@ -28,12 +32,14 @@ import trio_asyncio
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 
+from glimpse_edge.rtc import compat
 from glimpse_edge.rtc.pacer import (
     ABS_SEND_TIME_URI,
     Pacer,
     abs_send_time_now,
     set_abs_send_time,
 )
+from glimpse_edge.rtc.repair import RepairLedger
 
 SSRC, ABS_ID = 0x1234, 2
 
@@ -58,6 +64,22 @@ def per_packet_us(fn: object, data: list[bytes]) -> float:
     for d in data:
         fn(d)  # type: ignore[operator]
     return (time.process_time() - t0) / len(data) * 1e6
+
+
+def renumbered_us(data: list[bytes], restarted: bool) -> float:
+    """:meth:`Pacer.renumbered` per packet, with a repair ledger and aiortc's history
+    (its entries as aiortc's sender files them: one RtpPacket per number)."""
+    compat.size_rtp_history()  # as the agent does at start-up
+    pacer = Pacer(1_000_000_000, codec="h264")
+    pacer.ssrcs.add(SSRC)
+    pacer.repair = RepairLedger(compat.RTP_HISTORY)
+    history = {seq % compat.RTP_HISTORY: RtpPacket(sequence_number=seq % 65536)
+               for seq in range(max(0, len(data) - compat.RTP_HISTORY), len(data))}
+    sender = type("Sender", (), {"_RTCRtpSender__rtp_history": history})()
+    pacer.renumber = lambda original, sequence: compat.renumber_sent(sender, original, sequence)
+    if restarted:
+        pacer.shift.restart(0)
+    return per_packet_us(pacer.renumbered, data)
 
 
 async def stream_cost(seconds: float, rate_bps: int, paced: bool) -> tuple[float, int, int]:
@@ -104,6 +126,9 @@ async def main(n: int, seconds: float) -> None:
     print(f"{'what':44} {'us/packet':>10} {'packets':>8} {'waited':>7}")
     print(f"{'admit':44} {admit:10.2f} {n:8d}")
     print(f"{'admit + abs-send-time rewrite':44} {admit + stamp:10.2f} {n:8d}")
+    for restarted in (False, True):
+        what = "renumbered, " + ("after a restart" if restarted else "no restart")
+        print(f"{what:44} {renumbered_us(data, restarted):10.2f} {n:8d}")
     for rate in (150_000, 500_000, 1_500_000):
         unpaced, sent, _ = await stream_cost(seconds, rate, paced=False)
         paced, _, delayed = await stream_cost(seconds, rate, paced=True)

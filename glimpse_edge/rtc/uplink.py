@@ -88,7 +88,7 @@ class UplinkTuning:
     # seconds, not the half minute a steady 8 % needs. Doubling from the start
     # overshot a 1 Mbit/s link twofold every ~12 s, each time a loss burst.
     increase_per_s: float = 0.03
-    use_share: float = 0.7  # no growth while what gets through is under this share of it
+    use_share: float = 0.7  # ... while what gets through is at least this share of it
     growth_queue: float = 0.02  # a queue this long (s of RTT above base) holds growth
     known_margin: float = 1.1
     double_every: float = 3.0
@@ -339,14 +339,14 @@ class Uplink:
         # there took the estimate to 1.24 Mbit/s before the loss showed
         limit = t.known_margin * self._known_bps
         beyond = self.estimate_bps > limit and carrying > limit
-        # short of that, growth needs the estimate used: what gets through well
-        # under it says nothing of the link above it. Growing anyway (the peers'
-        # own estimates held them low after a cap's onset) took the estimate to
-        # 1.5 x the 1 Mbit/s link in 10 s clear, the limit was let go as
-        # "satisfied", and the peers' own estimates overshot it in turn (the
-        # lowest tier's rate 150-350 kbit/s, three times). Not once it carries
-        # past the known link: what we send lags a doubling estimate by seconds
-        idle = carrying < t.use_share * self.estimate_bps and carrying <= limit
+        # up to the known link, growth needs the estimate used: what gets through
+        # well under it says nothing of the link above it, and once the peers
+        # catch up they overshoot together (scenario f: settled freezes 0.3-1.2 s
+        # and a rate swing of 0.42-0.45 growing it anyway, 0.07-0.32 s and
+        # 0.32-0.36 not). Past it the estimate creeps whatever we send: an
+        # encoder may never fill its share (0.69 of a 2 Mbit/s link's estimate
+        # with five viewers), and held there it never found the cap lifted
+        idle = carrying < t.use_share * self.estimate_bps and self.estimate_bps <= limit
         if queued:
             self._beyond_since = math.inf
         elif since > t.hold and not idle:

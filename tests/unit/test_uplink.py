@@ -382,23 +382,40 @@ def test_past_the_known_link_it_creeps_while_the_link_carries_no_more() -> None:
         f"expected {t.increase_per_s}/s all along, saw up to {max(steps):.3f}/s")
 
 
-def test_an_estimate_the_peers_do_not_use_does_not_grow() -> None:
-    """What gets through well under the estimate says nothing of the link above it:
-    after a cap's onset the peers' own estimates held them low, the estimate grew
-    unused to 1.5 x the link, and was let go as "satisfied" through the cap."""
-    t = UplinkTuning()
+def test_up_to_the_known_link_an_unused_estimate_does_not_grow() -> None:
+    """What gets through well under the estimate says nothing of the link above it,
+    and once the peers catch up they overshoot it together. Past the known link it
+    creeps on whatever we send: an encoder may never fill its share, and an
+    estimate held there never finds a lifted cap."""
+    t = UplinkTuning(grown_share=math.inf)
     up = Uplink(t)
     for peer in ("a", "b"):
         arrived(up, peer, 0.0, got=500_000, loss=0.1, sent=600_000)
     estimate = up.estimate_bps
     assert estimate is not None
     now = 0.0
-    while now < t.release_after + 5:
+    while now < t.release_after - 1:  # the peers send a third of it
         now += 0.5
-        for peer in ("a", "b"):  # the peers send a third of it (their own estimates)
+        for peer in ("a", "b"):
             arrived(up, peer, now, got=estimate / 6, sent=estimate / 6, wants=estimate)
     assert up.estimate_bps == estimate, (
         f"expected {estimate:.0f} held while unused, saw {up.estimate_bps}")
+    up = Uplink(t)
+    for peer in ("a", "b"):
+        arrived(up, peer, 0.0, got=500_000, loss=0.1, sent=600_000)
+    known, now = 1_000_000, 0.0
+    while up.estimate_bps is not None and up.estimate_bps <= t.known_margin * known:
+        now += 0.5  # the peers send what they get
+        sent = up.estimate_bps / 2
+        for peer in ("a", "b"):
+            arrived(up, peer, now, got=sent, sent=sent, wants=10 * known)
+    assert now < 30, f"expected it to creep past the known link, at {now} s"
+    past = up.estimate_bps
+    for _ in range(6):  # past it, the peers fill 0.6 of it, and it still creeps
+        now += 0.5
+        for peer in ("a", "b"):
+            arrived(up, peer, now, got=0.3 * past, sent=0.3 * past, wants=10 * known)
+    assert up.estimate_bps is not None and up.estimate_bps > past
 
 
 def test_no_cut_while_the_link_carries_more_than_the_estimate() -> None:
