@@ -342,8 +342,8 @@ class Uplink:
         # up to the known link, growth needs the estimate used: what gets through
         # well under it says nothing of the link above it, and once the peers
         # catch up they overshoot together (scenario f: settled freezes 0.3-1.2 s
-        # and a rate swing of 0.42-0.45 growing it anyway, 0.07-0.32 s and
-        # 0.32-0.36 not). Past it the estimate creeps whatever we send: an
+        # and a rate swing of 0.42-0.45 growing it anyway, 0.07-0.92 s and
+        # 0.23-0.50 not). Past it the estimate creeps whatever we send: an
         # encoder may never fill its share (0.69 of a 2 Mbit/s link's estimate
         # with five viewers), and held there it never found the cap lifted
         idle = carrying < t.use_share * self.estimate_bps and self.estimate_bps <= limit
