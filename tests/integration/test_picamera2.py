@@ -44,6 +44,7 @@ from glimpse_edge.media.factory import make_video_source
 from glimpse_edge.media.hub import MediaHub
 from glimpse_edge.media.picamera import PiCamera2Source
 from glimpse_edge.media.picamera import source as picamera
+from glimpse_edge.media.pipeline import lowest_tier_rate
 from glimpse_edge.media.source import SourceError
 from glimpse_edge.rtc.aio import open_aio_loop
 
@@ -649,10 +650,16 @@ async def test_a_slow_peer_gets_the_camera_lores_stream_alone(
             assert changed["stream"] == f"h264/{low[0]}x{low[1]}", changed
             await bob.wait_until(lambda: low in got_bob.sizes, "the lores stream's size", 10)
             switched_at = next(t for t, w, h in got_bob.size_changes if (w, h) == low)
-            # the lores encoder runs at the worst link's rate: 50 kbit/s, 15 fps
+            # the lores encoder runs at the worst link's rate: 50 kbit/s, and the
+            # frame rate that leaves it (the lores tier is max_bitrate / 4), which
+            # the camera gives it as every second frame: 15 fps
+            rate = lowest_tier_rate(QualityTier(width=low[0], height=low[1], bitrate=200_000),
+                                    FPS, 50_000, 50_000)
             adapted = await agent.wait_for("media.tier.adapted", since=mark, timeout=15,
                                            where=lambda e: (e.get("max_fps") or 99) < 25)
-            assert (adapted["bitrate"], adapted["max_fps"]) == (50_000, 15.0), adapted
+            assert rate[1] is not None and round(FPS / rate[1]) == 2, rate
+            assert (adapted["bitrate"], adapted["max_fps"]) == (50_000, round(rate[1], 1)), \
+                adapted
             await agent.wait_for("media.picamera2.encoder_started", since=mark, stream="lores",
                                  where=lambda e: e.get("max_fps") == 15.0, timeout=10)
             n = got_bob.video_frames
