@@ -37,8 +37,23 @@ VIDEO_TIME_BASE = Fraction(1, 90000)
 # asked has nothing to decode until a key frame comes.
 KEYFRAME_MIN_INTERVAL = 0.5
 # Rebuilding an encoder for a new bitrate implies a key frame: not too often.
-# (libx264 takes a new rate in place, without a key frame; libvpx is rebuilt.)
 BITRATE_MIN_INTERVAL = 1.0
+# libx264 does not take a new average rate in place: FFmpeg hands it over, but
+# x264 reconfigures only the VBV ("We don't support changing the ABR bitrate
+# right now", ratecontrol.c). Measured: 300 -> 500 kbit/s asked of an open
+# encoder, 300 kept; 500 -> 250, 500 kept. A new rate takes a reopened encoder,
+# whose first frame is a key frame: the next key frame due anyway (the GOP's,
+# or one asked for) reopens it, and if none comes within this long one is made
+# for it. (Applied "in place", the lowest tier kept the rate of its last reopen
+# for 37 s under a 1 Mbit/s uplink cap, and after the cap lifted the uplink's
+# estimate doubled while what we sent stayed flat.)
+RATE_APPLY_WITHIN = 2.0
+# ... but a rate this much above the encoder's is applied at the next frame: the
+# link has room (an uplink cap lifted), and the key frame costs little there.
+# Waiting for the GOP's, what we sent lagged the uplink's estimate by ~5 s
+# (x264 also takes a second or two after a reopen to reach its rate), and the
+# estimate doubled for seconds before what the link carried showed it had grown.
+RAISE_AT_ONCE = 1.25
 # libx264's VBV buffer, in seconds of its ceiling: no frame (an IDR above all)
 # is much bigger than this, so the pacer (2.5 x the rate, rtc/pacer.py) sends
 # a key frame in a few frame intervals rather than a burst a Wi-Fi queue drops.
@@ -46,10 +61,8 @@ VBV_SECONDS = 1 / 3
 # A frame is encoded when this little short of a whole credit is there (time
 # stamps jitter by a tick or two around the frame interval).
 _CREDIT_SLACK = 0.02
-# At a key frame due anyway, an encoder whose ceiling is this far above its
-# rate is reopened at the rate, so that the key frame is sized for the link.
-VBV_RESIZE_RATIO = 2.0
-VBV_HEADROOM = 1.5  # ... with this much room above the rate for it to climb in place
+# libx264's VBV ceiling (maxrate) above the rate: room for a complex frame.
+VBV_HEADROOM = 1.5
 # libvpx's cap on a key frame, in % of an average frame: libwebrtc's rule
 # (half the optimal buffer, 600 ms, in frames).
 VP8_OPTIMAL_BUFFER_MS = 600
@@ -78,8 +91,8 @@ class VideoEncoder:
         self.framerate = framerate
         self.bitrate = bitrate
         self.preset = preset or ("ultrafast" if width * height > 640 * 480 else "veryfast")
-        # libx264's VBV ceiling (maxrate): the first bitrate, or a higher one asked for
-        # later; lower rates are applied in place beneath it
+        # libx264's VBV ceiling (maxrate): the first bitrate, then VBV_HEADROOM above
+        # the rate of each reopen
         self.ceiling = bitrate
         self.nominal = bitrate  # the rate it was made for: the ceiling's upper bound
         self.gop = max(1, round(framerate * keyframe_interval))
@@ -99,7 +112,9 @@ class VideoEncoder:
         self._last_time: float | None = None  # source time of the last frame seen
         self._fps_credit = 1.0  # frames that may be encoded now, under ``max_fps``
         self._since_keyframe = 0  # frames encoded since the last key frame
-        self.keyframes_resized = 0  # reopened at a key frame to size it for the rate
+        self.keyframes_resized = 0  # reopened for a new rate (its first frame a key frame)
+        self._opened_rate = 0  # what libx264 was opened with (rate x frame-skip factor)
+        self._rate_pending_since: float | None = None  # a new rate waits for a reopen since
 
     # -- requests (any thread) ---------------------------------------------
 
@@ -150,8 +165,7 @@ class VideoEncoder:
             # Constrained baseline, no B-frames, SPS/PPS with every IDR: what
             # browsers decode and what a mid-stream joiner needs. VBV keeps a
             # frame from bursting far above the target (no pacing in aiortc).
-            # VBV given as codec options (not x264-params): then a new
-            # bit_rate on the open context is applied by libx264 in place.
+            # A new rate needs a reopen (RATE_APPLY_WITHIN says why).
             buf = max(round(self.ceiling * VBV_SECONDS), 50_000)
             ctx.options = {
                 "preset": self.preset,
@@ -185,7 +199,7 @@ class VideoEncoder:
         ctx.pix_fmt = "yuv420p"
         ctx.time_base = VIDEO_TIME_BASE
         ctx.framerate = Fraction(self.framerate, 1)
-        ctx.bit_rate = round(self.bitrate * self._rate_factor)
+        ctx.bit_rate = self._opened_rate = round(self.bitrate * self._rate_factor)
         ctx.thread_count = 2 if self.width * self.height > 640 * 480 else 1
         ctx.open()
         log.info("media.encoder.opened", codec=self.codec, width=self.width, height=self.height,
@@ -201,20 +215,20 @@ class VideoEncoder:
         log.info("media.encoder.bitrate", codec=self.codec, old=self.bitrate, new=want,
                  max_fps=self.max_fps)
         self.bitrate = want
-        if self._context is not None and self.codec == "h264":
-            # In place, no key frame (a bad link is the last place to send one),
-            # up to the VBV ceiling: a rate above it waits for the next key
-            # frame that is due anyway (_resize_for_keyframe), so a link that
-            # recovers step by step costs no IDR per step.
-            self._context.bit_rate = self._in_place_rate()
-        else:
-            self.ceiling = max(self.ceiling, want)
-            self.close()  # reopened below with the new rate; starts with a key frame
+        if self.codec != "h264":
+            self.close()  # libvpx is rebuilt for the new rate; starts with a key frame
 
-    def _in_place_rate(self) -> int:
-        return round(min(self.bitrate, self.ceiling) * self._rate_factor)
-
-    _opened_factor = 1.0
+    def _rate_waits(self) -> bool:
+        """An open libx264 runs at another rate than asked (it changes only on reopening)."""
+        if self.codec != "h264" or self._context is None:
+            self._rate_pending_since = None
+            return False
+        if round(self.bitrate * self._rate_factor) == self._opened_rate:
+            self._rate_pending_since = None
+            return False
+        if self._rate_pending_since is None:
+            self._rate_pending_since = self._clock()
+        return True
 
     def _skip(self, frame: av.VideoFrame) -> bool:
         """True if encoding ``frame`` would go over ``max_fps``.
@@ -242,15 +256,14 @@ class VideoEncoder:
         """Encode one frame; returns the packets (one access unit, usually one packet)."""
         if self._skip(frame):
             return []
-        if self._rate_factor != self._opened_factor and self._context is not None:
-            self._context.bit_rate = self._in_place_rate()
-            self._opened_factor = self._rate_factor
         self._apply_bitrate()
-        if self._keyframe_due() or self._since_keyframe + 1 >= self.gop:
-            self._resize_for_keyframe()
+        if self._rate_waits() and (
+                self._keyframe_due() or self._since_keyframe + 1 >= self.gop
+                or self._clock() - (self._rate_pending_since or 0.0) >= RATE_APPLY_WITHIN
+                or self.bitrate * self._rate_factor >= RAISE_AT_ONCE * self._opened_rate):
+            self._reopen_for_rate()
         if self._context is None:
             self._context = self._open()
-            self._opened_factor = self._rate_factor
             self._want_keyframe = True
         shared = True
         if frame.width != self.width or frame.height != self.height or frame.format.name != (
@@ -287,21 +300,17 @@ class VideoEncoder:
         return self._want_keyframe and (
             self._urgent_keyframe or self._clock() - self._last_keyframe >= KEYFRAME_MIN_INTERVAL)
 
-    def _resize_for_keyframe(self) -> None:
-        """At a key frame due anyway, reopen libx264 with a VBV fitted to the rate.
+    def _reopen_for_rate(self) -> None:
+        """Reopen libx264 at the rate asked, with a VBV fitted to it.
 
-        A rate lowered in place (no key frame on a bad link) keeps the VBV
-        ceiling of the rate it was opened with, and an IDR may fill that
-        buffer: a 31 kB IDR on a 150 kbit/s link. A rate raised above the
-        ceiling is held at it until now. At a key frame that is coming
-        anyway (asked for, or the GOP's), reopening costs nothing more, and
-        the new buffer sizes the IDR for the rate.
+        At a key frame due anyway this costs nothing more; the new buffer
+        also sizes the key frame for the link (a rate lowered without it
+        kept the buffer of the rate before: a 31 kB IDR on a 150 kbit/s
+        link).
         """
-        if self.codec != "h264" or self._context is None or (
-                self.bitrate <= self.ceiling <= VBV_RESIZE_RATIO * self.bitrate):
-            return
         self.ceiling = min(round(self.bitrate * VBV_HEADROOM), max(self.nominal, self.bitrate))
         self.keyframes_resized += 1
+        self._rate_pending_since = None
         self.close()  # reopened by encode(): its first frame is the key frame
 
     def close(self) -> None:

@@ -263,7 +263,7 @@ class FramePipeline(VideoPipeline):
 
     def _adapt(self, enc: _VideoEncoding) -> None:
         """Fit the lowest tier's encoder to the worst link on it, at most every
-        ``ADAPT_INTERVAL``; libx264 takes a new rate in place, VP8 is rebuilt."""
+        ``ADAPT_INTERVAL``; each encoder is reopened for a new rate (encoder.py)."""
         tiers = self.tiers
         now = time.monotonic()
         if enc.tier != len(tiers) - 1 or now - enc.adapted_at < ADAPT_INTERVAL:

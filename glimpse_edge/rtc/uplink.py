@@ -392,10 +392,14 @@ class Uplink:
         second), and a later one can count a drained burst (495 kbit/s). As
         the most, "known" stayed at 5 Mbit/s and a lifted cap was never
         recognised; as the last, our ordinary 920 kbit/s looked like a lifted
-        cap and the limit was let go through the cap, twice a run.
+        cap and the limit was let go through the cap, twice a run. Of an
+        even count, the lower middle: the mean of the onset's 6.5 Mbit/s and
+        the next overload's 705 kbit/s made "known" 3.6 Mbit/s on a 1 Mbit/s
+        link, and the estimate crept to 1.4 Mbit/s before the peers' encoders
+        caught up with it and overloaded the link.
         """
         self._carried.append(carried)
-        self._known_bps = statistics.median(self._carried)
+        self._known_bps = statistics.median_low(self._carried)
 
     def _decrease(self, now: float, live: dict[str, PeerReport]) -> None:
         """Congested: set the estimate from what got through, if that is news.
