@@ -35,10 +35,14 @@ from functools import partial
 from importlib import import_module, metadata
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+import structlog
+
 from ..fatal import Fatal
 
 if TYPE_CHECKING:
     from .pacer import Pacer
+
+log = structlog.get_logger(__name__)
 
 __all__ = [
     "AUDIO_LEVEL_NEEDS",
@@ -48,6 +52,7 @@ __all__ = [
     "Need",
     "cap_remb",
     "check",
+    "guard_connect_task",
     "guard_ice_connect",
     "hook_audio_level",
     "hook_keyframe_request",
@@ -154,6 +159,11 @@ NEEDS: Final[tuple[Need, ...]] = (
          params=("self",)),
     Need("aioice", "aioice.ice:Connection", "_closing", "used_by", "guard_ice_connect",
          in_method="close"),
+    # guard_connect_task
+    Need("aiortc", "aiortc.rtcpeerconnection:RTCPeerConnection", "_RTCPeerConnection__connect",
+         "coroutine", "guard_connect_task", params=("self",)),
+    Need("aiortc", "aiortc.rtcpeerconnection:RTCPeerConnection", "_RTCPeerConnection__isClosed",
+         "used_by", "guard_connect_task", in_method="close"),
     # pace_rtp
     Need("aiortc", "aiortc.rtcdtlstransport:RTCDtlsTransport", "_send_rtp", "coroutine",
          "pace_rtp", params=("self", "data")),
@@ -321,6 +331,7 @@ def install() -> None:
     """
     check()
     guard_ice_connect()
+    guard_connect_task()
     size_rtp_history()
 
 
@@ -770,6 +781,37 @@ def guard_ice_connect() -> None:
 
     connect._closed_while_connecting_guard = True  # type: ignore[attr-defined]
     Connection.connect = connect  # type: ignore[method-assign]
+
+
+def guard_connect_task() -> None:
+    """Let aiortc's connect task end quietly when its connection closed meanwhile.
+
+    aiortc (1.x) checks once, when its connect task starts, that the
+    connection is open; a ``close()`` while the task awaits ICE or DTLS
+    makes its next step raise ``InvalidStateError`` ("RTCIceTransport is
+    closed") in a task nobody awaits, which asyncio reports as an error
+    (seen in the soak test's churn: a viewer that leaves while connecting).
+    Nothing is wrong then, and nothing is left to do. Any other failure, or
+    one on an open connection, is raised as before. Installed once on the
+    class.
+    """
+    from aiortc.exceptions import InvalidStateError
+    from aiortc.rtcpeerconnection import RTCPeerConnection
+
+    original = RTCPeerConnection._RTCPeerConnection__connect  # type: ignore[attr-defined]
+    if getattr(original, "_closed_while_connecting_guard", False):
+        return
+
+    async def connect(self: RTCPeerConnection) -> None:
+        try:
+            await original(self)
+        except InvalidStateError:
+            if getattr(self, "_RTCPeerConnection__isClosed", None) is None:
+                raise
+            log.info("rtc.closed_while_connecting")
+
+    connect._closed_while_connecting_guard = True  # type: ignore[attr-defined]
+    RTCPeerConnection._RTCPeerConnection__connect = connect  # type: ignore[attr-defined]
 
 
 # -- trio-websocket ----------------------------------------------------------------

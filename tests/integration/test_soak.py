@@ -3,7 +3,7 @@
 Leaks (peer connections, tasks, file descriptors, memory) show as numbers that
 only grow. The agent logs its Trio task, asyncio task and fd counts with every
 ``peer.removed``; RSS is read with psutil. After a warm-up, RSS may grow by less
-than 10 MB and the counts must come back to their baseline, while a participant
+than 16 MiB and the counts must come back to their baseline, while a participant
 that stays throughout keeps receiving. ``scripts/soak.py`` is the long version.
 """
 
@@ -24,7 +24,13 @@ CYCLES = 100
 CONCURRENT = 4  # churn peers at a time (2 cores: the agent, the server and the peers)
 RESTARTS = 10
 WARMUP_ROUNDS = 5  # 20 cycles: allocator arenas and caches settle
-RSS_GROWTH_LIMIT = 10 * 2**20
+# The allocator warms up for a few hundred cycles, longer than this test:
+# scripts/soak.py --minutes 8 made 4670 cycles; RSS grew 12 MB over the first
+# minute (~500 cycles) and 0.9 MB over the next 4000. Here the 100 cycles after
+# the warm-up grew it 8.8-10.6 MiB, with the encoder of 2026-12-05 and of
+# 2026-12-06 alike (10.6 failed a clean-clone CI run at a 10 MiB limit). A leak
+# of a connection's objects (well over 160 kB a cycle) still shows above this.
+RSS_GROWTH_LIMIT = 16 * 2**20
 JOIN_TIMEOUT = 20.0
 
 MEDIA = LIGHT_MEDIA

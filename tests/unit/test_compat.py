@@ -45,9 +45,9 @@ def test_every_compat_function_is_checked() -> None:
     """A function reaching into a library's internals is covered by the start-up check."""
     checked = {need.used_for for need in compat.NEEDS}
     patches = {"hook_rtcp", "hook_keyframe_request", "sender_ssrc", "last_sender_report",
-               "selected_candidates", "guard_ice_connect", "websocket_stream", "pace_rtp",
-               "size_rtp_history", "tap_encoded_video", "send_pli", "cap_remb",
-                   "resend", "rtx_ssrc", "renumber_sent"}
+               "selected_candidates", "guard_ice_connect", "guard_connect_task",
+               "websocket_stream", "pace_rtp", "size_rtp_history", "tap_encoded_video",
+               "send_pli", "cap_remb", "resend", "rtx_ssrc", "renumber_sent"}
     assert patches <= set(compat.__all__)
     assert checked == patches
 
