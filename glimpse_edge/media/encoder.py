@@ -41,18 +41,19 @@ BITRATE_MIN_INTERVAL = 1.0
 # libx264 does not take a new average rate in place: FFmpeg hands it over, but
 # x264 reconfigures only the VBV ("We don't support changing the ABR bitrate
 # right now", ratecontrol.c). Measured: 300 -> 500 kbit/s asked of an open
-# encoder, 300 kept; 500 -> 250, 500 kept. A new rate takes a reopened encoder,
-# whose first frame is a key frame: the next key frame due anyway (the GOP's,
-# or one asked for) reopens it, and if none comes within this long one is made
-# for it. (Applied "in place", the lowest tier kept the rate of its last reopen
-# for 37 s under a 1 Mbit/s uplink cap, and after the cap lifted the uplink's
-# estimate doubled while what we sent stayed flat.)
+# encoder, 300 kept; 500 -> 250, 500 kept. (Applied "in place", the lowest
+# tier kept the rate of its last reopen for 37 s under a 1 Mbit/s uplink cap.)
+# A new rate takes a reopened encoder, whose first frame is a key frame:
+# - a lower rate at the next frame: a congested link must not carry the old
+#   rate until the GOP's key frame, and the key frame it gets instead (sized
+#   by the new, smaller VBV) replaces that one (the GOP counts from it);
+# - a raise of RAISE_AT_ONCE or more at the next frame too: the link has room
+#   (a cap lifted), and waiting, what we sent lagged the uplink's estimate by
+#   ~5 s;
+# - a smaller raise (a link creeping back) at the next key frame due anyway,
+#   the GOP's or one asked for, or after RATE_APPLY_WITHIN at the latest:
+#   one IDR per step of a recovering link made five in five seconds.
 RATE_APPLY_WITHIN = 2.0
-# ... but a rate this much above the encoder's is applied at the next frame: the
-# link has room (an uplink cap lifted), and the key frame costs little there.
-# Waiting for the GOP's, what we sent lagged the uplink's estimate by ~5 s
-# (x264 also takes a second or two after a reopen to reach its rate), and the
-# estimate doubled for seconds before what the link carried showed it had grown.
 RAISE_AT_ONCE = 1.25
 # libx264's VBV buffer, in seconds of its ceiling: no frame (an IDR above all)
 # is much bigger than this, so the pacer (2.5 x the rate, rtc/pacer.py) sends
@@ -260,7 +261,8 @@ class VideoEncoder:
         if self._rate_waits() and (
                 self._keyframe_due() or self._since_keyframe + 1 >= self.gop
                 or self._clock() - (self._rate_pending_since or 0.0) >= RATE_APPLY_WITHIN
-                or self.bitrate * self._rate_factor >= RAISE_AT_ONCE * self._opened_rate):
+                or not self._opened_rate <= self.bitrate * self._rate_factor
+                < RAISE_AT_ONCE * self._opened_rate):
             self._reopen_for_rate()
         if self._context is None:
             self._context = self._open()

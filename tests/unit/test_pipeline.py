@@ -258,9 +258,11 @@ def _kbps(packets: list[Packet], frames: int) -> float:
     return sum(p.size for p in packets) * 8 / (frames / 30) / 1000
 
 
-def test_a_new_rate_reaches_libx264_by_the_next_key_frame() -> None:
-    """What libx264 emits follows a new rate, at a key frame due anyway or within
-    RATE_APPLY_WITHIN; its VBV is fitted to the rate, so the key frame is sized for it.
+def test_a_new_rate_reaches_libx264_at_once_down_and_by_a_key_frame_up() -> None:
+    """What libx264 emits follows a new rate: a lower one at the next frame (a
+    congested link), a raise of RAISE_AT_ONCE too (the link has room), a small
+    raise at the next key frame due anyway or within RATE_APPLY_WITHIN. Its VBV
+    is fitted to each rate, so the key frame that opens it is sized for it.
 
     libx264 ignores a rate set on an open encoder (x264 reconfigures only its
     VBV): "applied in place", the rate of the last reopen stayed for 37 s.
@@ -271,38 +273,39 @@ def test_a_new_rate_reaches_libx264_by_the_next_key_frame() -> None:
     first = _encode_for(enc, source, clock, 0, 90)
     assert 400 <= _kbps(first[30:], 60) <= 600, f"500 kbit/s asked, saw {_kbps(first[30:], 60):.0f}"
 
-    enc.set_bitrate(200_000)  # no key frame due: one is made within RATE_APPLY_WITHIN
-    waited = _encode_for(enc, source, clock, 90, round(RATE_APPLY_WITHIN * 30) - 2)
-    assert not any(p.is_keyframe for p in waited), "no key frame before RATE_APPLY_WITHIN"
-    n = len(waited) + 90
-    lowered = _encode_for(enc, source, clock, n, 90)
-    assert [p.is_keyframe for p in lowered[:3]].count(True) == 1 and enc.keyframes_resized == 1
-    assert max(p.size for p in lowered[:3]) * 8 <= enc.ceiling * VBV_SECONDS * 1.1, \
-        f"key frame of {max(p.size for p in lowered[:3])} bytes, VBV {enc.ceiling} bit/s"
-    assert enc.ceiling == round(200_000 * VBV_HEADROOM)
+    enc.set_bitrate(200_000)  # lower: at the next frame
+    lowered = _encode_for(enc, source, clock, 90, 90)
+    assert lowered[0].is_keyframe and not any(p.is_keyframe for p in lowered[1:])
+    assert enc.keyframes_resized == 1 and enc.ceiling == round(200_000 * VBV_HEADROOM)
+    assert lowered[0].size * 8 <= enc.ceiling * VBV_SECONDS * 1.1, \
+        f"key frame of {lowered[0].size} bytes, VBV {enc.ceiling} bit/s"
     # libx264's average rate control undershoots a low rate (a grainy pattern
     # at 200 kbit/s: 144-180); without the reopen this stays at 500
     got = _kbps(lowered[30:], 60)
     assert 120 <= got <= 240, f"200 kbit/s asked, saw {got:.0f}"
 
-    n += 90
-    clock.now = n / 30 + BITRATE_MIN_INTERVAL
+    enc.set_bitrate(230_000)  # a small raise, no key frame due: one within RATE_APPLY_WITHIN
+    waited = _encode_for(enc, source, clock, 180, round(RATE_APPLY_WITHIN * 30) - 2)
+    assert not any(p.is_keyframe for p in waited), "no key frame before RATE_APPLY_WITHIN"
+    n = 180 + len(waited)
+    applied = _encode_for(enc, source, clock, n, 3)
+    assert [p.is_keyframe for p in applied].count(True) == 1 and enc.keyframes_resized == 2
+
+    n += 3 + 30
     enc.set_bitrate(450_000)  # RAISE_AT_ONCE above it: the link has room, at once
-    raised = _encode_for(enc, source, clock, n + 30, 90)
+    raised = _encode_for(enc, source, clock, n, 90)
     assert raised[0].is_keyframe and not any(p.is_keyframe for p in raised[1:])
-    assert enc.keyframes_resized == 2 and enc.ceiling == 500_000, "up to its nominal rate"
+    assert enc.keyframes_resized == 3 and enc.ceiling == 500_000, "up to its nominal rate"
     got = _kbps(raised[30:], 60)
     assert 320 <= got <= 540, f"450 kbit/s asked, saw {got:.0f}"
 
-    n += 120
-    clock.now = n / 30 + BITRATE_MIN_INTERVAL
-    enc.set_bitrate(400_000)  # a small step waits for the next key frame due anyway
-    clock.now += KEYFRAME_MIN_INTERVAL
+    n += 90 + 30
+    enc.set_bitrate(500_000)  # a small raise waits for the next key frame due anyway
+    clock.now = n / 30
     enc.request_keyframe()  # a PLI: its key frame is the reopened encoder's first
-    stepped = _encode_for(enc, source, clock, n + 45, 60)
+    stepped = _encode_for(enc, source, clock, n, 60)
     assert stepped[0].is_keyframe and not any(p.is_keyframe for p in stepped[1:])
-    assert enc.keyframes_resized == 3 and enc.keyframes_encoded == 4, "one key frame, not two"
-    assert enc.ceiling == 500_000
+    assert enc.keyframes_resized == 4 and enc.keyframes_encoded == 5, "one key frame, not two"
 
 
 @pytest.mark.parametrize("max_fps", [29.3, 25.0, 20.0, 14.4, 10.0, 5.0])
