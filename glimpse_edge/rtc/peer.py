@@ -370,6 +370,15 @@ class PeerSession:
                     await self._restart(f"connection {sender.transport.state}",
                                         first_delay=self.settings.offer_wait)
                     return
+                track = conn.tracks.get(event.kind)
+                if track is not None and track.source_closed:
+                    # the stream it read closed: the hub replaced its video
+                    # pipeline (a frame source became a camera that encodes,
+                    # found as this peer negotiated) or the source stopped.
+                    # Subscribing again is the plan (media/hub.py), not a fault.
+                    self.log.info("peer.source_changed", kind=event.kind)
+                    await self._restart(f"{event.kind} source changed")
+                    return
                 # aiortc's RTP task died (its traceback went to the log as a
                 # warning); the pc would stay "connected" without media.
                 self.log.error("peer.track_ended", kind=event.kind)

@@ -50,6 +50,9 @@ class PacketTrack(MediaStreamTrack):
         self._retired_delivered = 0
         self._retired_dropped = 0
         self.switches = 0
+        # it ended because its stream closed (the hub's video pipeline was
+        # replaced, or the source stopped), not because aiortc's RTP task died
+        self.source_closed = False
 
     @property
     def queue(self) -> PacketQueue | None:
@@ -145,6 +148,7 @@ class PacketTrack(MediaStreamTrack):
                     # the old stream ended (its encoder stopped): wait on the new one
                     self._adopt_next()
                     continue
+                self.source_closed = True
                 self.stop()
                 raise MediaStreamError from None
             if packet.pts is not None:
@@ -171,6 +175,7 @@ class FrameTrack(MediaStreamTrack):
         super().__init__()
         self._subscribe = subscribe
         self._slot: FrameSlot | None = None
+        self.source_closed = False  # as PacketTrack's
 
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
@@ -180,6 +185,7 @@ class FrameTrack(MediaStreamTrack):
         try:
             return await self._slot.get_aio()
         except QueueClosed:
+            self.source_closed = True
             self.stop()
             raise MediaStreamError from None
 

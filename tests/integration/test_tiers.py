@@ -18,6 +18,7 @@ import av
 import msgspec
 import pytest
 import trio
+from aiortc.mediastreams import MediaStreamError
 from support.agent import (
     STREAMING_HEIGHT,
     STREAMING_MAX_BITRATE,
@@ -200,6 +201,30 @@ def test_a_track_switches_at_a_key_frame_of_a_picture_it_has_not_sent() -> None:
         track.switch(top.subscribe("peer"), release(top, "top again"))
         track.cancel_switch()
         assert released == ["top", "top again"] and top.subscribers == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_track_whose_stream_closed_says_so() -> None:
+    """A stream that closes (the hub replaced its video pipeline: a camera that
+    encodes found as the peer negotiated) ends the track as planned, which the
+    peer logs as a source change, not as aiortc's RTP task dying (an error)."""
+    async def scenario() -> None:
+        stream = PacketStream("video", "top", 30)
+        track = PacketTrack("video")
+        track.bind(stream.subscribe("peer"), stream.unsubscribe)
+        stream.publish(packet(0, key=True))
+        assert (await track.recv()).pts == 0 and not track.source_closed
+        stream.close()
+        with pytest.raises(MediaStreamError):
+            await track.recv()
+        assert track.source_closed and track.readyState == "ended"
+        stopped = PacketTrack("video")  # stopped by aiortc: not the source's doing
+        stopped.bind(PacketStream("video", "other", 30).subscribe("peer"))
+        stopped.stop()
+        with pytest.raises(MediaStreamError):
+            await stopped.recv()
+        assert not stopped.source_closed
 
     asyncio.run(scenario())
 
