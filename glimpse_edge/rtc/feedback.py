@@ -313,8 +313,7 @@ class PeerFeedback:
                     conn, now, block, rtx[0] if rtx else None, sent_bytes))
                 # a shared bottleneck's loss and queue are the uplink's to answer
                 self._estimate_changed(now, self.bandwidth.on_report(
-                    now, uplink.own_loss(self.peer_id, block.loss),
-                    None if uplink.congested else rtt))
+                    now, uplink.own_loss(self.peer_id, block.loss), self._own_rtt(rtt)))
                 seen = True
             if blocks and conn.pacer is not None and conn.pacer.repair is not None:
                 self._repair(conn, sender, rtx, now)
@@ -340,6 +339,19 @@ class PeerFeedback:
             if not self._failed:  # once per session: this runs per packet
                 self._failed = True
                 self.log.warning("peer.bandwidth_error", error=f"{type(exc).__name__}: {exc}")
+
+    def _own_rtt(self, rtt: float | None) -> float | None:
+        """The round trip this peer's own estimator hears: all of it, or, while the
+        shared uplink is congested, the path's base plus the queue that is this
+        peer's own (:meth:`Uplink.own_queue`). Ignored whole there, a viewer behind
+        its own slow downlink never heard its own queue: with the lowest tier
+        sending its share exactly, 450 ms of it and 13-37 % loss (scenario h)."""
+        base = self.bandwidth.base_rtt_s
+        if not self.uplink.congested:
+            return rtt
+        if rtt is None or base is None:
+            return None
+        return base + self.uplink.own_queue(self.peer_id, max(rtt - base, 0.0))
 
     def _repair(self, conn: Connection, sender: RTCRtpSender, rtx: list[ReportBlock],
                 now: float) -> None:

@@ -21,7 +21,8 @@ peer's receiver reports:
   drains; then, after a hold, grow slowly (a few percent a second, where a
   peer's own estimate grows 8 %) up to a little above what the link carried,
   so that the total creeps up to the link instead of overshooting it; past
-  that the link has grown (a cap lifted), and growth doubles every few
+  that, carried clear for a second and a half, the link has grown (a cap
+  lifted): the estimate jumps well past it, and growth doubles every few
   seconds. Clear for ``release_after`` seconds with every peer getting
   what it wants, or once we sent well past what the link carried at its
   last overload without a complaint (it grew), the limit is dropped and
@@ -100,6 +101,18 @@ class UplinkTuning:
     # peer's own estimate rules again
     grown_share: float = 1.3
     grown_clear: float = 3.0
+    # past the known link and carrying past it, clear, this long: the link grew
+    # (at its old size, a creep past it overloads it within a second or so). The
+    # estimate jumps to ``jump_share`` x the known link, so the encoders (a raise
+    # of 1.25 x reopens libx264 at once) send enough to show it grown
+    # (``grown_share``) without doubling up to it: the doubling took 4-6 s of a
+    # 1 Mbit/s cap's 12-22 s recovery. But never more than ``jump_carried`` x what
+    # got through: a jump tests the link, it is not taken for its size (at 1.25 x,
+    # 1.1 x the known link carried made a jump to ~1.37 x, which the encoders
+    # did not always carry to the 1.3 x that shows the link grown: 16-27 s recoveries)
+    beyond_clear: float = 1.5
+    jump_share: float = 1.6
+    jump_carried: float = 1.5
 
 
 @dataclass(frozen=True)
@@ -183,6 +196,7 @@ class Uplink:
         self._clean_peak = 0.0  # the most we sent with clean reports since the last decrease
         self._beyond_since = math.inf  # since when the estimate is past it (growing fast)
         self._grown_since = math.inf  # since when the link carries well past it, clear
+        self._crept = False  # what got through was under the known margin since the last overload
         self._congested_since = -math.inf
         self._last_update: float | None = None
 
@@ -252,6 +266,22 @@ class Uplink:
             return loss
         mine = live[peer].smooth_loss if peer in live else loss
         return max(0.0, mine - statistics.median(r.smooth_loss for r in live.values()))
+
+    def own_queue(self, peer: str, queue_s: float) -> float:
+        """The part of ``peer``'s queueing delay (RTT above its base) that is its own.
+
+        Without a shared bottleneck, all of it; with one, how far it lies above
+        the median of the peers' latest: the uplink's queue is every peer's,
+        and the uplink answers it once. A peer behind its own slow downlink
+        queues on top of that (450 ms against the others' 50, scenario h).
+        """
+        if not self.congested:
+            return queue_s
+        queues = [r.queue_s for p, r in self.live(self._last_update or 0.0).items()
+                  if r.queue_s is not None and p != peer]
+        if not queues:
+            return queue_s
+        return max(0.0, queue_s - statistics.median([queue_s, *queues]))
 
     def shares(self, now: float) -> dict[str, int]:
         """Each reporting peer's budget on the wire (bits/s); empty without a limit.
@@ -339,6 +369,10 @@ class Uplink:
         # there took the estimate to 1.24 Mbit/s before the loss showed
         limit = t.known_margin * self._known_bps
         beyond = self.estimate_bps > limit and carrying > limit
+        # a jump needs what got through to have crept past the margin: above it
+        # from the start (a congestion held at the peers' floor, over a link
+        # "known" from the floor's own loss) nothing was tested
+        self._crept = self._crept or carrying <= limit
         # up to the known link, growth needs the estimate used: what gets through
         # well under it says nothing of the link above it, and once the peers
         # catch up they overshoot together (scenario f: settled freezes 0.3-1.2 s
@@ -359,6 +393,9 @@ class Uplink:
             rate = min(t.increase_per_s * 2.0 ** (doubling / t.double_every),
                        t.max_increase_per_s)
             self.estimate_bps *= (1.0 + rate) ** span
+            if doubling >= t.beyond_clear and self._crept:  # it grew: show it
+                self.estimate_bps = max(self.estimate_bps, min(
+                    t.jump_share * self._known_bps, t.jump_carried * carrying))
         wanted = sum(r.wants_bps for r in live.values())
         clear_for = now - self._last_congested
         # the link grew (a cap lifted): we sent well past what it carried when it
@@ -472,4 +509,5 @@ class Uplink:
         self.estimate_bps = max(target, float(floor))
         self._learn(max(carried, self.estimate_bps))
         self._clean_peak = 0.0
+        self._crept = False
         self._last_decrease = now

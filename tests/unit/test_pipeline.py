@@ -279,10 +279,10 @@ def test_a_new_rate_reaches_libx264_at_once_down_and_by_a_key_frame_up() -> None
     assert enc.keyframes_resized == 1 and enc.ceiling == round(200_000 * VBV_HEADROOM)
     assert lowered[0].size * 8 <= enc.ceiling * VBV_SECONDS * 1.1, \
         f"key frame of {lowered[0].size} bytes, VBV {enc.ceiling} bit/s"
-    # libx264's average rate control undershoots a low rate (a grainy pattern
-    # at 200 kbit/s: 144-180); without the reopen this stays at 500
+    # below its nominal rate it runs constant-rate: the rate asked, not the
+    # 144-180 kbit/s average rate control gave; without the reopen this stays at 500
     got = _kbps(lowered[30:], 60)
-    assert 120 <= got <= 240, f"200 kbit/s asked, saw {got:.0f}"
+    assert 180 <= got <= 220, f"200 kbit/s asked, saw {got:.0f}"
 
     enc.set_bitrate(230_000)  # a small raise, no key frame due: one within RATE_APPLY_WITHIN
     waited = _encode_for(enc, source, clock, 180, round(RATE_APPLY_WITHIN * 30) - 2)
@@ -297,7 +297,7 @@ def test_a_new_rate_reaches_libx264_at_once_down_and_by_a_key_frame_up() -> None
     assert raised[0].is_keyframe and not any(p.is_keyframe for p in raised[1:])
     assert enc.keyframes_resized == 3 and enc.ceiling == 500_000, "up to its nominal rate"
     got = _kbps(raised[30:], 60)
-    assert 320 <= got <= 540, f"450 kbit/s asked, saw {got:.0f}"
+    assert 405 <= got <= 495, f"450 kbit/s asked, saw {got:.0f}"
 
     n += 90 + 30
     enc.set_bitrate(500_000)  # a small raise waits for the next key frame due anyway
@@ -306,6 +306,30 @@ def test_a_new_rate_reaches_libx264_at_once_down_and_by_a_key_frame_up() -> None
     stepped = _encode_for(enc, source, clock, n, 60)
     assert stepped[0].is_keyframe and not any(p.is_keyframe for p in stepped[1:])
     assert enc.keyframes_resized == 4 and enc.keyframes_encoded == 5, "one key frame, not two"
+
+
+@pytest.mark.parametrize(("rate", "max_fps"), [(150_000, None), (230_000, 24.0),
+                                              (340_000, 17.0), (90_000, 8.0)])
+def test_below_its_nominal_rate_libx264_sends_the_rate_asked(rate: int,
+                                                             max_fps: float | None) -> None:
+    """The lowest tier on a limited link: what it sends is how the link is measured,
+    so it sends the rate asked (constant-rate, filler making up the rest), most
+    of it from the first second after the reopen (77-99 % measured), whatever
+    frames are skipped. Average rate control sent 70-85 % of it."""
+    clock = StepClock()
+    enc = VideoEncoder("h264", 640, 360, 30, 625_000, keyframe_interval=2.0, clock=clock)
+    enc.set_bitrate(rate)
+    enc.set_max_fps(max_fps)
+    source = TestPatternSource(640, 360, 30, noise=4)
+    opening = _encode_for(enc, source, clock, 0, 30)  # the first second
+    after = _encode_for(enc, source, clock, 30, 120)
+    first, rest = _kbps(opening, 30), _kbps(after, 120)
+    asked = rate / 1000
+    assert 0.75 * asked <= first and 0.93 * asked <= rest <= 1.07 * asked, (
+        f"{asked:.0f} kbit/s asked at {max_fps} fps: saw {first:.0f} in the first second, "
+        f"{rest:.0f} after")
+    filler = sum(1 for p in after for t in nal_types(p) if t == 12)
+    assert filler, "expected filler NAL units making up the rate"
 
 
 @pytest.mark.parametrize("max_fps", [29.3, 25.0, 20.0, 14.4, 10.0, 5.0])

@@ -454,8 +454,9 @@ def test_no_cut_while_the_link_carries_more_than_the_estimate() -> None:
 def test_a_loss_burst_does_not_make_the_link_look_narrower_than_it_carried() -> None:
     """Creeping up, the total went through clean up to ~1 Mbit/s; the overload's own
     report loses a burst (30 %). The decrease backs off from what the link carried
-    clean, not from the burst's through (which cut to the peers' floor before)."""
-    t = UplinkTuning()
+    clean, not from the burst's through (which cut to the peers' floor before).
+    (Without the jump of a link carried clear past the known one: a creep here.)"""
+    t = UplinkTuning(beyond_clear=math.inf)
     up = Uplink(t)
     for peer in ("a", "b"):
         report(up, peer, 0.0, loss=0.2, sent=500_000)
@@ -615,3 +616,68 @@ def test_one_report_that_reads_past_the_link_does_not_let_go() -> None:
         for peer in ("a", "b"):
             arrived(up, peer, now, got=sent, sent=sent)
     assert up.limited, f"expected still limited, released as {up.released!r}"
+
+
+def _lifted(up: Uplink, known: float, link: float, until: float) -> tuple[float, float | None]:
+    """After an overload that showed ``known``, the peers send what the estimate
+    gives over a link of ``link`` (past it, a queue and loss). (When what got
+    through first passed the known margin, when the estimate first reached
+    ``jump_share`` x the known link or ``jump_carried`` x what got through, or None.)"""
+    t, now = up.tuning, 0.0
+    passed, jumped = math.inf, None
+    while now < until and up.estimate_bps is not None:
+        now += 0.25
+        sent = up.estimate_bps
+        got = min(sent, link)
+        over = max(0.0, sent - link) / sent
+        for peer in ("a", "b"):
+            arrived(up, peer, now, got=got / 2, sent=sent / 2, loss=over,
+                    queue=0.06 if over else 0.0, wants=50_000_000)
+        if got > t.known_margin * known:
+            passed = min(passed, now)
+        if jumped is None and up.estimate_bps is not None and (
+                up.estimate_bps >= min(t.jump_share * known, t.jump_carried * got) * 0.999):
+            jumped = now
+    return passed, jumped
+
+
+def test_carried_past_the_known_link_clear_it_jumps_to_show_the_link_grown() -> None:
+    """A cap lifted: once what gets through stays past the known link for
+    ``beyond_clear`` without a complaint, the estimate jumps to ``jump_share`` x
+    it (at most ``jump_carried`` x what got through), so the encoders show the
+    link grown at once (doubling up to it took 4-6 s of the recovery). A link
+    only a little wider than the known one overloads first: no jump there."""
+    t = UplinkTuning(grown_share=math.inf)
+    known = 800_000
+    up = Uplink(t)
+    for peer in ("a", "b"):
+        report(up, peer, 0.0, loss=0.2, sent=500_000)  # the link carried 800 kbit/s
+    passed, jumped = _lifted(up, known, link=10_000_000, until=40.0)
+    assert jumped is not None and jumped - passed <= t.beyond_clear + 0.5, (
+        f"expected a jump to {t.jump_share} x {known} within {t.beyond_clear} s of what got "
+        f"through passing {t.known_margin} x it at {passed} s, saw it at {jumped} s")
+
+    up = Uplink(t)
+    for peer in ("a", "b"):
+        report(up, peer, 0.0, loss=0.2, sent=500_000)
+    passed, jumped = _lifted(up, known, link=t.known_margin * known * 1.02, until=40.0)
+    assert passed < 40.0 and jumped is None, (
+        f"expected no jump on a link 1.02 x past the margin (got through past it at "
+        f"{passed} s), saw one at {jumped} s")
+
+
+def test_a_peers_own_queue_is_what_it_queues_above_the_others() -> None:
+    """While the uplink is congested its queue is every peer's, answered once by
+    the uplink; a peer behind its own slow downlink queues on top of it, and that
+    excess is its own estimator's to hear (ignored whole, a viewer's 450 ms queue
+    went unheard)."""
+    up = Uplink()
+    for peer in ("a", "b", "c"):
+        report(up, peer, 10.0, queue=0.0)
+    assert not up.congested
+    assert up.own_queue("c", 0.45) == 0.45, "no shared bottleneck: all of it is its own"
+    for peer, queue in (("a", 0.06), ("b", 0.05), ("c", 0.45)):
+        report(up, peer, 11.0, loss=0.1, queue=queue)
+    assert up.congested
+    assert up.own_queue("c", 0.45) == pytest.approx(0.39)
+    assert up.own_queue("a", 0.06) == 0.0 and up.own_queue("b", 0.05) == 0.0
