@@ -196,7 +196,7 @@ class Uplink:
         self._clean_peak = 0.0  # the most we sent with clean reports since the last decrease
         self._beyond_since = math.inf  # since when the estimate is past it (growing fast)
         self._grown_since = math.inf  # since when the link carries well past it, clear
-        self._crept = False  # what got through was under the known margin since the last overload
+        self._crept = False  # what got through was under the known margin since the last decrease
         self._congested_since = -math.inf
         self._last_update: float | None = None
 
