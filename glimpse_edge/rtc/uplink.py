@@ -16,7 +16,7 @@ peer's receiver reports:
   downlink is not shared, and its own estimate handles it (scenario (b)).
 - **estimate** its capacity when it is seen: what the link carried (the
   rate we sent all peers less what they lost, or, if more, the most we sent
-  with clean reports since the last decrease: an overload's own reports
+  with clean reports in the last few seconds: an overload's own reports
   lose a burst), backed off a little so the queue in front of the link
   drains; then, after a hold, grow slowly (a few percent a second, where a
   peer's own estimate grows 8 %) up to a little above what the link carried,
@@ -193,7 +193,8 @@ class Uplink:
         self._last_overload = -math.inf  # the last time the latest reports were congested
         self._known_bps = 0.0  # what the link carried when it last overloaded
         self._carried: deque[float] = deque(maxlen=KNOWN_FROM)
-        self._clean_peak = 0.0  # the most we sent with clean reports since the last decrease
+        # what got through by each clean report since the last decrease, its last ``window`` s
+        self._clean: deque[tuple[float, float]] = deque()
         self._beyond_since = math.inf  # since when the estimate is past it (growing fast)
         self._grown_since = math.inf  # since when the link carries well past it, clear
         self._crept = False  # what got through was under the known margin since the last decrease
@@ -351,7 +352,8 @@ class Uplink:
         # link's last overload looked reached, the limit was let go, and two
         # viewers went back to the top tier through the 1 Mbit/s cap
         carrying = min(self.through_bps(now), sum(r.sent_bps or 0.0 for r in live.values()))
-        self._clean_peak = max(self._clean_peak, carrying)
+        self._clean.append((now, carrying))
+        self._clean_peak(now)  # (drops what is older than the window)
         # growth restarts slowly from the last congestion, not the last decrease:
         # a congestion held at the peers' floor makes no decrease, and counting
         # from the one before it grew the estimate 692 kbit/s -> 8.7 Mbit/s in
@@ -421,6 +423,19 @@ class Uplink:
         self.estimate_bps = None
         self.releases += 1
 
+    def _clean_peak(self, now: float) -> float:
+        """The most that got through by a clean report in the last ``window`` seconds
+        (since the last decrease; 0: none).
+
+        Recent only: a limit set once (a congestion as the viewers joined)
+        then idle for a minute kept a key frame's burst from 50 s before as
+        what the link carried, and a cap then went 12 s without a decrease
+        (Chromium viewers, whose NACKs kept what we sent at the estimate).
+        """
+        while self._clean and now - self._clean[0][0] > self.tuning.window:
+            self._clean.popleft()
+        return max((carried for _, carried in self._clean), default=0.0)
+
     def _learn(self, carried: float) -> None:
         """What the link carried at an overload: ``known`` is the median of the last few.
 
@@ -458,12 +473,17 @@ class Uplink:
         """
         t = self.tuning
         # what the link carried: what got through now, or, if more, what we sent
-        # with clean reports since the last decrease (the overload's own reports
+        # with clean reports in the last few seconds (the overload's own reports
         # lose a burst: 0.85 x through cut a 1 Mbit/s link's estimate to the
-        # peers' floor, 690 kbit/s, and each climb back overshot)
-        carried = max(sum(r.through_bps() for r in live.values()), self._clean_peak)
-        sent = sum(r.sent_bps or 0.0 for r in live.values())
+        # peers' floor, 690 kbit/s, and each climb back overshot). But a through
+        # under ``max_cut`` x the estimate is a narrower link, not a lost burst: a
+        # limit left from the viewers joining (8 Mbit/s) let the 8.2 Mbit/s carried
+        # just before a 1 Mbit/s cap hold off its first decrease for 2.2 s
+        through = sum(r.through_bps() for r in live.values())
         estimate = self.estimate_bps
+        narrower = estimate is not None and through < t.max_cut * estimate
+        carried = through if narrower else max(through, self._clean_peak(now))
+        sent = sum(r.sent_bps or 0.0 for r in live.values())
         floor = sum(r.floor_bps for r in live.values())
         # counted by every receiver, what got through during an overload is what
         # the link carries, not a burst's loss: no bound on one cut then (halving
@@ -508,6 +528,6 @@ class Uplink:
             return
         self.estimate_bps = max(target, float(floor))
         self._learn(max(carried, self.estimate_bps))
-        self._clean_peak = 0.0
+        self._clean.clear()
         self._crept = False
         self._last_decrease = now

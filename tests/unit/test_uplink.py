@@ -681,3 +681,63 @@ def test_a_peers_own_queue_is_what_it_queues_above_the_others() -> None:
     assert up.congested
     assert up.own_queue("c", 0.45) == pytest.approx(0.39)
     assert up.own_queue("a", 0.06) == 0.0 and up.own_queue("b", 0.05) == 0.0
+
+
+def test_what_the_link_carried_long_before_an_overload_does_not_hold_off_its_decrease() -> None:
+    """The most that got through with clean reports counts for an overload only if it
+    is recent: a limit set once (a congestion as the viewers joined) and then
+    idle for a minute kept a key frame's burst from 50 s before as "carried",
+    and a cap then went 12 s without a decrease (Chromium viewers, whose NACKs
+    kept what we send at the estimate): every viewer froze 7.6 s."""
+    t = UplinkTuning()
+    up = Uplink(t)
+    for peer in ("a", "b"):  # the limit: set as the viewers joined
+        arrived(up, peer, 0.0, got=1_500_000, loss=0.3, sent=2_000_000)
+    estimate = up.estimate_bps
+    assert estimate is not None
+    now = 0.0
+    while now < 60.0:  # idle under it, and one burst past it, 50 s before the cap
+        now += 0.5
+        got = 1.3 * estimate / 2 if now == 10.0 else 0.6 * estimate / 2
+        for peer in ("a", "b"):
+            arrived(up, peer, now, got=got, sent=got)
+    estimate = up.estimate_bps
+    assert estimate is not None and not up.congested
+    # the cap: we send about the estimate (resends included); a third gets through
+    cap = now
+    while up.estimate_bps == estimate and now < cap + 3.0:
+        now += 0.5
+        for peer in ("a", "b"):
+            arrived(up, peer, now, got=0.3 * estimate / 2, loss=0.7, queue=0.2,
+                    sent=0.95 * estimate / 2)
+    assert up.estimate_bps is not None and up.estimate_bps < 0.5 * estimate, (
+        f"expected a cut towards the 30 % that got through within {now - cap} s of the "
+        f"cap; the estimate went {estimate:.0f} -> {up.estimate_bps}")
+
+
+def test_through_under_half_the_estimate_is_a_narrower_link_not_a_lost_burst() -> None:
+    """What the link carried just before an overload stands for the burst its own
+    reports lose (30 % in one report), not for a link a cap made eight times
+    narrower: a limit left from the viewers joining (8 Mbit/s) and the 8.2
+    Mbit/s carried just before a 1 Mbit/s cap held off its first decrease 2.2 s."""
+    t = UplinkTuning()
+    up = Uplink(t)
+    for peer in ("a", "b"):  # the viewers join: a congestion, a limit
+        arrived(up, peer, 0.0, got=4_700_000, loss=0.1, sent=5_000_000)
+    limit = up.estimate_bps
+    assert limit is not None
+    now = 0.0
+    wants = 3 * limit  # each viewer's own link: the top tier, more than the limit
+    while now < 20.0:  # clear: we send all of it and more (a tier's fixed rate)
+        now += 0.5
+        for peer in ("a", "b"):
+            arrived(up, peer, now, got=0.55 * limit, sent=0.55 * limit, wants=wants)
+    estimate = up.estimate_bps
+    assert estimate is not None and not up.congested
+    for peer in ("a", "b"):  # the cap: an eighth of it gets through
+        now += 0.2
+        arrived(up, peer, now, got=estimate / 16, loss=0.8, queue=0.2, sent=0.55 * estimate,
+                wants=wants)
+    assert up.estimate_bps == pytest.approx(t.backoff * estimate / 8), (
+        f"expected {t.backoff} x the {estimate / 8:.0f} that got through at the cap's "
+        f"first reports, saw {estimate:.0f} -> {up.estimate_bps}")
