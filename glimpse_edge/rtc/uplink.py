@@ -353,7 +353,7 @@ class Uplink:
         # viewers went back to the top tier through the 1 Mbit/s cap
         carrying = min(self.through_bps(now), sum(r.sent_bps or 0.0 for r in live.values()))
         self._clean.append((now, carrying))
-        self._clean_peak(now)  # (drops what is older than the window)
+        self._forget_clean(now)
         # growth restarts slowly from the last congestion, not the last decrease:
         # a congestion held at the peers' floor makes no decrease, and counting
         # from the one before it grew the estimate 692 kbit/s -> 8.7 Mbit/s in
@@ -432,9 +432,14 @@ class Uplink:
         what the link carried, and a cap then went 12 s without a decrease
         (Chromium viewers, whose NACKs kept what we sent at the estimate).
         """
+        self._forget_clean(now)
+        return max((carried for _, carried in self._clean), default=0.0)
+
+    def _forget_clean(self, now: float) -> None:
+        """Drop the clean reports older than ``window``: on every clear report, so the
+        deque stays as short as the window (a browser reports ~30 times a second)."""
         while self._clean and now - self._clean[0][0] > self.tuning.window:
             self._clean.popleft()
-        return max((carried for _, carried in self._clean), default=0.0)
 
     def _learn(self, carried: float) -> None:
         """What the link carried at an overload: ``known`` is the median of the last few.
