@@ -148,6 +148,13 @@ def _peers(agent: AgentState) -> Iterator[Metric]:
         yield GaugeMetricFamily("glimpse_edge_uplink_sent_bps",
                                 "What the agent sends all peers, on the wire, as of their "
                                 "latest reports.", value=uplink.sent_bps)
+        probes = CounterMetricFamily("glimpse_edge_uplink_probes",
+                                     "Probes of a limited uplink (padding past the link it "
+                                     "knows), by whether they found it grown.",
+                                     labels=("result",))
+        probes.add_metric(("grown",), uplink.probes_passed)
+        probes.add_metric(("not_grown",), uplink.probes - uplink.probes_passed)
+        yield probes
 
     state = GaugeMetricFamily("glimpse_edge_peer_state",
                               "1 for each peer's current connection state.",
@@ -235,10 +242,14 @@ def _peers(agent: AgentState) -> Iterator[Metric]:
         "glimpse_edge_peer_pacer_receiver_restarts",
         "Key frames sent after a skip of sequence numbers, to restart a receiver stuck "
         "behind old holes.", labels=_PEER)
+    pacer_padding = CounterMetricFamily(
+        "glimpse_edge_peer_pacer_padding_bytes",
+        "Bytes of padding sent while the uplink probed (resends of recent packets).",
+        labels=_PEER)
     pacing: tuple[GaugeMetricFamily | CounterMetricFamily, ...] = (
         pacer_rate, pacer_delay, pacer_wait_avg, pacer_packets, pacer_delayed,
         pacer_wait, pacer_rtx, pacer_skipped, pacer_repaired, pacer_filled, pacer_expired,
-        pacer_restarted)
+        pacer_restarted, pacer_padding)
     for peer in agent.peers:
         who = (peer.peer_id, peer.username)
         state.add_metric((*who, peer.state), 1.0)
@@ -249,7 +260,7 @@ def _peers(agent: AgentState) -> Iterator[Metric]:
                 pace.rate_bps, pace.queue_delay_s, pace.wait_avg_s, pace.packets,
                 pace.delayed, pace.wait_s, pace.retransmissions, pace.resends_skipped,
                 pace.repaired, pace.repair_filled, pace.repair_expired,
-                pace.receiver_restarts), strict=True):
+                pace.receiver_restarts, pace.padding_bytes), strict=True):
                 family.add_metric(who, value)
         restarts.add_metric(who, peer.restarts)
         if peer.estimate_bps is not None:

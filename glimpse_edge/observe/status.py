@@ -81,7 +81,8 @@ def status_document(state: AgentState) -> dict[str, Any]:
         "uplink": None if (up := state.uplink) is None else {
             "estimate_bps": up.estimate_bps, "congested": up.congested,
             "episodes": up.episodes, "peers": up.peers, "sent_bps": up.sent_bps,
-            "shares_bps": dict(up.shares)},
+            "shares_bps": dict(up.shares), "probes": up.probes,
+            "probes_passed": up.probes_passed},
         "publish": None if (pub := state.publish) is None else {
             "url": pub.url, "state": pub.state, "since": iso(pub.since), "codec": pub.codec,
             "tier": pub.tier, "bitrate_bps": pub.bitrate_bps,
@@ -143,7 +144,8 @@ def _participants(state: AgentState) -> list[dict[str, Any]]:
                     "resends_skipped": pace.resends_skipped, "repaired": pace.repaired,
                     "repair_filled": pace.repair_filled,
                     "repair_expired": pace.repair_expired,
-                    "receiver_restarts": pace.receiver_restarts},
+                    "receiver_restarts": pace.receiver_restarts,
+                    "padding_bytes": pace.padding_bytes},
                 keyframe_requests={"received": peer.keyframe_requests,
                                    "coalesced": peer.keyframe_requests_coalesced},
                 stats=stats,

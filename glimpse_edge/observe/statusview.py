@@ -118,7 +118,10 @@ def render(status: dict[str, Any]) -> str:
                         if estimate is not None else "no shared limit")
                      + (", congested" if uplink.get("congested") else "")
                      + f" ({uplink.get('episodes', 0)} episode"
-                     + f"{'' if uplink.get('episodes') == 1 else 's'})")
+                     + f"{'' if uplink.get('episodes') == 1 else 's'}"
+                     + (f"; {uplink['probes']} probe{'' if uplink['probes'] == 1 else 's'}, "
+                        f"{uplink.get('probes_passed', 0)} found it grown"
+                        if uplink.get("probes") else "") + ")")
     publish = status.get("publish")
     if publish:
         n = publish.get("reconnects", 0)

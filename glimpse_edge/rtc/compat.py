@@ -68,6 +68,7 @@ __all__ = [
     "selected_candidates",
     "send_pli",
     "sender_ssrc",
+    "sends_rtx",
     "size_rtp_history",
     "tap_encoded_video",
     "websocket_stream",
@@ -179,6 +180,11 @@ NEEDS: Final[tuple[Need, ...]] = (
          in_method="__init__"),
     Need("aiortc", "aiortc.rtcrtpsender:RTCRtpSender", "_retransmit", "coroutine", "resend",
          params=("self", "sequence_number")),
+    # sends_rtx
+    Need("aiortc", "aiortc.rtcrtpsender:RTCRtpSender", "_RTCRtpSender__rtx_payload_type",
+         "used_by", "sends_rtx", in_method="__init__"),
+    Need("aiortc", "aiortc.rtcrtpsender:RTCRtpSender", "_RTCRtpSender__rtx_payload_type",
+         "used_by", "sends_rtx", in_method="_retransmit"),
     # renumber_sent
     Need("aiortc", "aiortc.rtcrtpsender:RTCRtpSender", "_RTCRtpSender__rtp_history", "used_by",
          "renumber_sent", in_method="_run_rtp"),
@@ -438,6 +444,19 @@ def rtx_ssrc(sender: Any) -> int:
     """
     ssrc: int = sender._rtx_ssrc
     return ssrc
+
+
+def sends_rtx(sender: Any) -> bool:
+    """Whether ``sender`` resends on its RTX stream (RTX was negotiated).
+
+    aiortc: ``_retransmit`` wraps a resend in RTX when the private
+    ``__rtx_payload_type`` is set (``send`` sets it from the negotiated
+    codecs; ``__init__`` to None). Why: a probe's padding is resends of packets
+    the receiver has already (rtc/feedback.py); on the RTX stream a receiver
+    counts them there and drops the duplicate, on the video stream itself they
+    would confuse its loss count. Without RTX, no padding.
+    """
+    return sender._RTCRtpSender__rtx_payload_type is not None
 
 
 async def resend(sender: Any, sequence: int, *, filler: bytes | None = None) -> None:

@@ -99,6 +99,7 @@ class Connection:
     released_bytes: int = 0  # video sent from queues no longer subscribed (tier switches)
     pacer: Pacer | None = None  # paces the video sender once negotiated (rtc/pacer.py)
     repair_task: asyncio.Task[None] | None = None  # resends sent again (rtc/repair.py)
+    padding_task: asyncio.Task[None] | None = None  # a probe's padding (rtc/uplink.py)
     # the display's decoders of the remote video, by codec, made on its first frame
     decoders: dict[str, VideoDecoder] = field(default_factory=dict)
     shown_at: float | None = None  # the last decoded frame (monotonic; set by a decoder)

@@ -87,6 +87,10 @@ RESEND_BYTES = 1200
 # The repair asks for a key frame at most once this long (plus two round trips):
 # the one it asked for takes that long to be sent and reported whole.
 REPAIR_KEYFRAME_INTERVAL = 1.0
+# A probe's padding resends the last PADDING_SPAN packets in turn (the newest
+# first): the receiver has them, or is about to, and drops the copies.
+PADDING_SPAN = 16
+PADDING_IDLE_S = 0.01  # the wait when there is nothing to pad with yet
 
 
 class PeerFeedback:
@@ -295,7 +299,8 @@ class PeerFeedback:
             # REMB (for the video SSRC) is compared with, and what the uplink adds
             # up (uncounted, RTX resends kept a 1 Mbit/s uplink overloaded for 24 s
             # at the peers' floor: Chromium viewers NACK every loss)
-            resent = conn.pacer.stats.resent_bytes if conn.pacer is not None else 0
+            pacing = conn.pacer.stats if conn.pacer is not None else None
+            resent = pacing.resent_bytes + pacing.padding_bytes if pacing is not None else 0
             sent_bytes = conn.released_bytes + resent + sum(
                 queue.bytes_delivered for stream, queue in conn.subscriptions
                 if stream.kind == "video")
@@ -317,6 +322,8 @@ class PeerFeedback:
                 seen = True
             if blocks and conn.pacer is not None and conn.pacer.repair is not None:
                 self._repair(conn, sender, rtx, now)
+            if blocks and kind == "video":
+                self._probe(conn, sender, now)
             if self._uplink_limited and not uplink.limited:  # the uplink let go
                 self.bandwidth.expect_rise(now, REMB_AFTER_UPLINK)
             elif uplink.limited and not self._uplink_limited:  # it takes the REMB over
@@ -324,6 +331,7 @@ class PeerFeedback:
             self._uplink_limited = uplink.limited
             remb = remb_bitrate(packet, ssrc)
             if remb is not None and uplink.limited:
+                uplink.remb(self.peer_id, now, remb)
                 # it follows the share the uplink gave, and after a shared
                 # bottleneck it climbs back slower than the uplink's estimate
                 # (a browser's REMB grew 51 -> 250 kbit/s in 30 s): no news of
@@ -428,6 +436,54 @@ class PeerFeedback:
         except Exception as exc:  # a connection closing under it: nothing to repair
             self.log.debug("peer.repair_failed", error=f"{type(exc).__name__}: {exc}")
 
+    def _probe(self, conn: Connection, sender: RTCRtpSender, now: float) -> None:
+        """Pad what we send this peer while the shared uplink probes (rtc/uplink.py).
+
+        In a task of aiortc's loop, one at a time per connection; only with
+        RTX, whose stream carries the padding (compat.sends_rtx).
+        """
+        pacer = conn.pacer
+        padding = self.uplink.padding_bps(self.peer_id, now)
+        if (pacer is None or padding is None or not compat.sends_rtx(sender)
+                or (conn.padding_task is not None and not conn.padding_task.done())):
+            return
+        conn.padding_task = asyncio.get_running_loop().create_task(
+            self._pad(sender, pacer, padding))
+
+    async def _pad(self, sender: RTCRtpSender, pacer: Pacer, rate_bps: int) -> None:
+        """Resend the last few packets sent, in turn, at ``rate_bps`` while the probe
+        lasts (its time, or less: rtc/uplink.py).
+
+        libwebrtc pads with resends of recent packets too ("payload padding"):
+        a receiver drops the copies, and counts them in its report of the RTX
+        stream, which is how what got through is counted (``_arrived_bps``).
+        Video goes first: padding only into the pacer's idle bucket, so a
+        frame never waits behind it. Not watched by the repair; a padding
+        packet lost adds to the RTX stream's loss, and may have a watched
+        resend sent again (the repair cannot tell which was lost).
+        """
+        ssrc = compat.sender_ssrc(sender)
+        back = 0
+        try:
+            while self.uplink.padding_bps(self.peer_id, time.monotonic()) is not None:
+                if (busy := pacer.queue_delay_s) > 0.0:
+                    await asyncio.sleep(busy)
+                    continue
+                newest = pacer.newest(ssrc)
+                if newest is None:
+                    await asyncio.sleep(PADDING_IDLE_S)
+                    continue
+                sequence = (newest - back) % 65536
+                back = (back + 1) % PADDING_SPAN
+                before = pacer.stats.padding_bytes
+                pacer.padding.add(sequence)
+                await compat.resend(sender, sequence)
+                pacer.padding.discard(sequence)  # (not in the history: nothing went)
+                sent = pacer.stats.padding_bytes - before
+                await asyncio.sleep(sent * 8 / rate_bps if sent else PADDING_IDLE_S)
+        except Exception as exc:  # a connection closing under it: nothing to pad
+            self.log.debug("peer.padding_failed", error=f"{type(exc).__name__}: {exc}")
+
     def _unskipped(self, conn: Connection, block: ReportBlock) -> ReportBlock:
         """The video's report ``block`` without the sequence numbers restarts skipped
         (rtc/restart.py): the receiver counts them lost, and 512 lost in one
@@ -457,7 +513,7 @@ class PeerFeedback:
         pacer = conn.pacer
         if pacer is None:
             return None
-        packets = pacer.stats.packets + pacer.stats.retransmissions
+        packets = pacer.stats.packets + pacer.stats.retransmissions + pacer.stats.padding_packets
         last, self._arrival = self._arrival, (conn.generation, now, block, rtx, sent_bytes,
                                               packets)
         if last is None or last[0] != conn.generation:
@@ -478,6 +534,7 @@ class PeerFeedback:
         audio = "audio" in conn.tracks
         video_sent = self._sent.rate_bps()
         was, before = self.uplink.congested, self.uplink.estimate_bps
+        probes, passed = self.uplink.probes, self.uplink.probes_passed
         self.uplink.report(
             self.peer_id, now, loss=loss,
             queue_s=None if rtt is None or base is None else max(rtt - base, 0.0),
@@ -495,6 +552,13 @@ class PeerFeedback:
         if before is not None and after is None:
             self.log.info("uplink.released", reason=self.uplink.released,
                           previous_bps=int(before), sent_bps=self.uplink.state(now).sent_bps)
+        if self.uplink.probes != probes and (probe := self.uplink.probe) is not None:
+            self.log.info("uplink.probing", padding_bps=probe.total_bps,
+                          sent_bps=int(probe.sent_bps), carried_bps=int(probe.carried_bps),
+                          seconds=round(probe.until - probe.start, 1))
+        if self.uplink.probes_passed != passed:
+            self.log.info("uplink.probe_passed", estimate_bps=int(self.uplink.estimate_bps or 0),
+                          through_bps=int(self.uplink.through_bps(now)))
         if self.uplink.congested != was:
             state = self.uplink.state(now)
             self.log.info("uplink.congested" if state.congested else "uplink.clear",

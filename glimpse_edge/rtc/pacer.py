@@ -33,6 +33,12 @@ A packet that waited gets a new abs-send-time (aiortc stamps it before the
 send): a receiver's delay-based estimate must see when a packet really
 left, or the pacer's own delay looks like a congested path.
 
+A probe's padding (rtc/uplink.py) is RTX resends of recent packets too,
+marked in :attr:`Pacer.padding` before they are sent: free of those
+bounds (it resends the same few packets again and again), not watched by
+the repair, counted apart, and sent only into an idle bucket, so video
+never waits behind it.
+
 Every new video packet passes :meth:`Pacer.renumbered` first: the number it
 goes out with, which differs from aiortc's once a receiver stuck behind old
 holes was restarted at a key frame (rtc/restart.py).
@@ -199,6 +205,8 @@ class PacerStats:
     resent_bytes: int = 0  # ... their bytes (on the wire beside the new video)
     resends_skipped: int = 0  # NACK answers skipped (again within a round trip, or over budget)
     resends_refused: int = 0  # resends of packets sent before a restart (rtc/restart.py)
+    padding_packets: int = 0  # resends sent as a probe's padding (rtc/uplink.py)
+    padding_bytes: int = 0  # ... their bytes
     wait_s: float = 0.0  # total time packets waited
     wait_avg_s: float = 0.0  # running average of a packet's wait (recent packets)
     wait_max_s: float = 0.0  # the longest wait of a packet so far
@@ -221,6 +229,7 @@ class PacingState:
     repair_filled: int = 0  # ... answered with a filler (older than the last key frame)
     repair_expired: int = 0  # ... found lost once no longer in the history
     receiver_restarts: int = 0  # key frames sent after a skip of sequence numbers (rtc/restart.py)
+    padding_bytes: int = 0  # a probe's padding sent (rtc/uplink.py)
 
 
 class Pacer:
@@ -262,6 +271,9 @@ class Pacer:
         # moves the sender's history entry to the number sent
         self.shift = SequenceShift()
         self.restarts_allowed = False
+        # original sequence numbers whose next RTX resend is a probe's padding:
+        # free of the resend bounds, and not watched by the repair
+        self.padding: set[int] = set()
         self.renumber: Callable[[int, int], None] | None = None
         self._renumber_timestamp = b""
 
@@ -285,7 +297,8 @@ class Pacer:
                            stats.delayed, stats.retransmissions, stats.wait_s,
                            stats.wait_avg_s, stats.wait_max_s, stats.resends_skipped,
                            repair.repaired if repair else 0, repair.filled if repair else 0,
-                           repair.expired if repair else 0, self.shift.restarts)
+                           repair.expired if repair else 0, self.shift.restarts,
+                           stats.padding_bytes)
 
     def _is_new(self, ssrc: int, sequence: int) -> bool:
         last = self._last_sequence.get(ssrc)
@@ -335,6 +348,11 @@ class Pacer:
         if ssrc in self.rtx_ssrcs:
             original = rtx_original_sequence(data)
             if original is None:
+                return 0.0
+            if original in self.padding:
+                self.padding.discard(original)
+                self.stats.padding_packets += 1
+                self.stats.padding_bytes += len(data)
                 return 0.0
             wait = self._resend((ssrc, original), data, now)
             if self.repair is not None:

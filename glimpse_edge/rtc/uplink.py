@@ -27,6 +27,13 @@ peer's receiver reports:
   what it wants, or once we sent well past what the link carried at its
   last overload without a complaint (it grew), the limit is dropped and
   each peer's own estimate rules.
+- **probe** it: the encoders' creep tests the link only every ten seconds
+  or so (a decrease, a hold, the creep back), so every few seconds while
+  limited and clear the peers pad what they send (resends of recent
+  packets, rtc/feedback.py) past the known link for a couple of seconds.
+  Carried, the link grew, and the estimate jumps; a peer's REMB falling
+  (its receiver saw a queue grow) ends the probe before the queue
+  overflows.
 - **allocate** it: audio first (every peer's Opus), then video by max-min
   fairness (water-filling): a peer whose own link takes less than an equal
   share keeps its own budget, and what it leaves goes to the others. So the
@@ -48,7 +55,7 @@ import statistics
 from collections import deque
 from dataclasses import dataclass, field, replace
 
-__all__ = ["PeerReport", "Uplink", "UplinkState", "UplinkTuning"]
+__all__ = ["PeerReport", "Probe", "Uplink", "UplinkState", "UplinkTuning"]
 
 KNOWN_FROM = 3  # overloads whose carried rate make up the known link (Uplink._learn)
 QUEUE_NOISE_S = 0.005  # a queue "drains" if it shrinks by more than this between two reports
@@ -113,6 +120,30 @@ class UplinkTuning:
     beyond_clear: float = 1.5
     jump_share: float = 1.6
     jump_carried: float = 1.5
+    # A probe: while limited and clear (``hold`` after an overload, no queue),
+    # every ``probe_every`` seconds the peers pad what they send (resends of
+    # recent packets, rtc/feedback.py) up to ``probe_share`` x the known link for
+    # ``probe_s`` seconds. If the link carries ``probe_pass`` of that meanwhile
+    # (past the known margin, and by half the padding more than before:
+    # ``probe_confirm`` updates in a row, judged until ``probe_judge`` after the
+    # padding ends), it grew: the estimate jumps, as above. Without it, the
+    # encoders' creep was the only test past the link, and a cap that lifted
+    # just after an overload showed only once the estimate had crept back up to
+    # ~1.2 x the known link (what we send trails it by ~10 %): 13-15 s of
+    # 15-23 s recoveries. A peer's REMB falling ends a probe at once: its
+    # receiver saw the queue grow (a delay-based detector, within a few hundred
+    # ms), where our RTT, one sample per sender report, showed it only after
+    # the queue had overflowed (a probe at 1.2 x every 4 s under a 1 Mbit/s cap
+    # overloaded it each time: settled freezes of 1.4-1.5 s). So does a queue
+    # (``growth_queue``) or a congestion; the congestion its own padding caused
+    # makes no decrease.
+    probe_share: float = 1.25
+    probe_s: float = 2.5
+    probe_every: float = 4.0
+    probe_judge: float = 1.0
+    probe_confirm: int = 2
+    probe_pass: float = 0.92
+    probe_remb_fall: float = 0.97  # a REMB under this share of the peer's last one fell
 
 
 @dataclass(frozen=True)
@@ -166,6 +197,21 @@ class PeerReport:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """Padding each peer adds while a probe runs (:attr:`Uplink.probe`)."""
+
+    start: float
+    until: float  # the padding stops then
+    padding_bps: dict[str, int]  # by peer, on the wire
+    sent_bps: float  # what we sent all peers as it started (without padding)
+    carried_bps: float  # what got through as it started
+
+    @property
+    def total_bps(self) -> int:
+        return sum(self.padding_bps.values())
+
+
+@dataclass(frozen=True)
 class UplinkState:
     """The uplink as of one moment (observe/)."""
 
@@ -175,6 +221,8 @@ class UplinkState:
     peers: int  # peers reporting within the window
     sent_bps: int  # what we send them all, on the wire
     shares: dict[str, int] = field(default_factory=dict)  # per peer, on the wire
+    probes: int = 0  # probes made (padding up past the known link)
+    probes_passed: int = 0  # ... that found the link grown
 
 
 class Uplink:
@@ -193,6 +241,8 @@ class Uplink:
         self._last_overload = -math.inf  # the last time the latest reports were congested
         self._known_bps = 0.0  # what the link carried when it last overloaded
         self._carried: deque[float] = deque(maxlen=KNOWN_FROM)
+        # what got through as each of the last overloads was answered (no clean peak)
+        self._saturated: deque[float] = deque(maxlen=KNOWN_FROM)
         # what got through by each clean report since the last decrease, its last ``window`` s
         self._clean: deque[tuple[float, float]] = deque()
         self._beyond_since = math.inf  # since when the estimate is past it (growing fast)
@@ -200,6 +250,14 @@ class Uplink:
         self._crept = False  # what got through was under the known margin since the last decrease
         self._congested_since = -math.inf
         self._last_update: float | None = None
+        self.probe: Probe | None = None  # the probe running now, or judged now
+        self.probes = 0
+        self.probes_passed = 0
+        self._last_probe: Probe | None = None
+        self._probe_ended = -math.inf
+        self._probe_seen = 0  # updates in a row that saw the link carry past the margin
+        self._remb: dict[str, float] = {}  # each peer's last REMB
+        self.probes_stopped = 0  # probes a falling REMB ended
 
     # -- inputs -------------------------------------------------------------------
 
@@ -230,9 +288,21 @@ class Uplink:
         self._reports[peer] = new
         self._update(now)
 
+    def remb(self, peer: str, now: float, bps: float) -> None:
+        """``peer``'s receiver sent a REMB of ``bps``: one lower than its last says
+        it saw a queue grow (its estimator cuts only then). During a probe, that
+        queue is the padding's: the probe ends at once."""
+        last = self._remb.get(peer)
+        self._remb[peer] = bps
+        if self.probe is not None and last is not None \
+                and bps < self.tuning.probe_remb_fall * last:
+            self.probes_stopped += 1
+            self._end_probe(now)
+
     def forget(self, peer: str) -> None:
         """``peer`` left: its reports no longer count, its share goes to the others."""
         self._reports.pop(peer, None)
+        self._remb.pop(peer, None)
 
     # -- what it says -----------------------------------------------------------
 
@@ -304,6 +374,14 @@ class Uplink:
             left -= give
         return out
 
+    def padding_bps(self, peer: str, now: float) -> int | None:
+        """What ``peer`` should pad its video with now (on the wire) while a probe
+        runs; None otherwise."""
+        probe = self.probe
+        if probe is None or now >= probe.until or peer not in self.live(now):
+            return None
+        return probe.padding_bps.get(peer)
+
     def share(self, peer: str, now: float) -> int | None:
         """``peer``'s budget on the wire, or None when the uplink sets no limit."""
         return self.shares(now).get(peer)
@@ -312,7 +390,8 @@ class Uplink:
         estimate = None if self.estimate_bps is None else int(self.estimate_bps)
         live = self.live(now)
         return UplinkState(estimate, self.congested, self.episodes, len(live),
-                           int(sum(r.sent_bps or 0.0 for r in live.values())), self.shares(now))
+                           int(sum(r.sent_bps or 0.0 for r in live.values())), self.shares(now),
+                           self.probes, self.probes_passed)
 
     # -- the controller ----------------------------------------------------------
 
@@ -339,7 +418,17 @@ class Uplink:
             if fresh:
                 self._last_overload = now
             rtt = max((r.queue_s or 0.0) for r in live.values())
-            if fresh and now - self._last_decrease >= t.decrease_interval + rtt:
+            self._end_probe(now)
+            # a probe's padding took what we sent past the known link, and the link
+            # still carries what it carried at its overloads: the congestion is the
+            # padding's (the link did not grow), not news of the link. Not if the
+            # encoders alone sent the known link (their creep overloads it too),
+            # nor at a cap's onset during a probe (far less gets through)
+            last = self._last_probe
+            probed = last is not None and now - self._probe_ended < t.probe_judge + rtt \
+                and last.sent_bps < self._known_bps \
+                and self.through_bps(now) >= t.comply_share * self._known_bps
+            if fresh and not probed and now - self._last_decrease >= t.decrease_interval + rtt:
                 self._decrease(now, live)
             return
         self.congested = False
@@ -383,7 +472,9 @@ class Uplink:
         # encoder may never fill its share (0.69 of a 2 Mbit/s link's estimate
         # with five viewers), and held there it never found the cap lifted
         idle = carrying < t.use_share * self.estimate_bps and self.estimate_bps <= limit
-        if queued:
+        if self._probed(now, live, since, queued, carrying, limit):
+            pass
+        elif queued:
             self._beyond_since = math.inf
         elif since > t.hold and not idle:
             if not beyond:
@@ -422,6 +513,88 @@ class Uplink:
             return
         self.estimate_bps = None
         self.releases += 1
+        self._end_probe(now)
+
+    def _probed(self, now: float, live: dict[str, PeerReport], since: float, queued: bool,
+                carrying: float, limit: float) -> bool:
+        """Start, judge or end a probe (``probe_share`` in :class:`UplinkTuning` says
+        why); True when a probe found the link grown and the estimate jumped."""
+        t = self.tuning
+        probe = self.probe
+        if probe is None:
+            sent = sum(r.sent_bps or 0.0 for r in live.values())
+            level = t.probe_share * self._probe_base()
+            # a probe that could not pass (the known link read well above what
+            # got through at the overloads) would be all cost
+            if (t.probe_every > 0 and t.probe_pass * level > limit and since > t.hold
+                    and not queued
+                    and now - self._probe_ended >= t.probe_every and sent < level
+                    and carrying <= limit and live):
+                padding = self._padding(live, level - sent)
+                # short of what the probe needs (most peers' own links full): it
+                # could not pass, and would cost a queue all the same
+                if sum(padding.values()) >= t.probe_pass * (level - sent):
+                    self.probe = self._last_probe = Probe(now, now + t.probe_s, padding, sent,
+                                                          carrying)
+                    self.probes += 1
+                    self._probe_seen = 0
+            return False
+        if queued or now >= probe.until + t.probe_judge:  # it filled a queue, or it is over
+            self._end_probe(now)
+            return False
+        # (nearly) the probe's level, past the known margin, and up by half the
+        # padding at least: the padding got through. A link a little past the
+        # margin overloads before it carries that (the encoders' creep past
+        # the margin alone is no proof: see ``beyond_clear``)
+        padded = probe.total_bps
+        passed = carrying > max(limit, t.probe_pass * (probe.sent_bps + padded),
+                                probe.carried_bps + 0.5 * padded)
+        self._probe_seen = self._probe_seen + 1 if passed else 0
+        if self._probe_seen < t.probe_confirm:
+            return False
+        # the link carried past what it carried at its overloads: it grew
+        self.probes_passed += 1
+        self._end_probe(now)
+        assert self.estimate_bps is not None
+        self.estimate_bps = max(self.estimate_bps, min(t.jump_share * self._known_bps,
+                                                       t.jump_carried * carrying))
+        self._beyond_since = now - t.beyond_clear  # growing fast from here
+        self._crept = True
+        return True
+
+    def _probe_base(self) -> float:
+        """What a probe goes past: the known link, or, if less, what got through
+        while the last overloads were answered (the link full, and no clean
+        peak in it). "Known" can read above the link (a burst counted in a
+        clean report): a probe at 1.25 x a known 1066 kbit/s on a 970 kbit/s
+        link sent 1.37 x the link, and the queue overflowed before anything
+        said so (a 2 s freeze)."""
+        if not self._saturated:
+            return self._known_bps
+        return min(self._known_bps, statistics.median_low(self._saturated))
+
+    @staticmethod
+    def _padding(live: dict[str, PeerReport], total: float) -> dict[str, int]:
+        """``total`` padding split over the peers, each within its own link's room
+        (what its own estimate says it takes, less what we send it): max-min
+        fair, as the shares are. A viewer behind its own slow downlink gets
+        none: padded like the others (scenario h, 300 kbit/s), its own link
+        overflowed at each probe, which no more showed whether the uplink
+        grew, and its own estimator heard loss that was ours."""
+        room = {p: max(0.0, r.wants_bps - (r.sent_bps or 0.0)) for p, r in live.items()}
+        out: dict[str, int] = {}
+        left = total
+        for n, peer in enumerate(sorted(room, key=room.__getitem__)):
+            give = min(room[peer], max(left, 0.0) / (len(room) - n))
+            if give >= 1.0:
+                out[peer] = int(give)
+            left -= give
+        return out
+
+    def _end_probe(self, now: float) -> None:
+        if self.probe is not None:
+            self.probe = None
+            self._probe_ended = now
 
     def _clean_peak(self, now: float) -> float:
         """The most that got through by a clean report in the last ``window`` seconds
@@ -485,6 +658,8 @@ class Uplink:
         # limit left from the viewers joining (8 Mbit/s) let the 8.2 Mbit/s carried
         # just before a 1 Mbit/s cap hold off its first decrease for 2.2 s
         through = sum(r.through_bps() for r in live.values())
+        if through > 0:
+            self._saturated.append(through)
         estimate = self.estimate_bps
         narrower = estimate is not None and through < t.max_cut * estimate
         carried = through if narrower else max(through, self._clean_peak(now))

@@ -47,7 +47,7 @@ def test_every_compat_function_is_checked() -> None:
     patches = {"hook_rtcp", "hook_keyframe_request", "sender_ssrc", "last_sender_report",
                "selected_candidates", "guard_ice_connect", "guard_connect_task",
                "websocket_stream", "pace_rtp", "size_rtp_history", "tap_encoded_video",
-               "send_pli", "cap_remb", "resend", "rtx_ssrc", "renumber_sent"}
+               "send_pli", "cap_remb", "resend", "rtx_ssrc", "renumber_sent", "sends_rtx"}
     assert patches <= set(compat.__all__)
     assert checked == patches
 

@@ -111,7 +111,7 @@ class Peer:
     pacing: PacingState | None = field(default_factory=lambda: PacingState(
         rate_bps=1_500_000, queue_delay_s=0.012, packets=900, delayed=300, retransmissions=4,
         wait_s=1.5, wait_avg_s=0.002, wait_max_s=0.04, resends_skipped=6, repaired=5,
-        repair_filled=3, repair_expired=1, receiver_restarts=2))
+        repair_filled=3, repair_expired=1, receiver_restarts=2, padding_bytes=12_000))
     keyframe_requests: tuple[int, int] = (7, 5)
 
 
@@ -178,7 +178,8 @@ def stand_in(tmp_path: Path) -> StandIn:
         config=config, config_path=tmp_path / "config.toml", session=Session(),
         room=Room([ALICE, BOB]), hub=hub, peers_refused=4,
         uplink=UplinkState(estimate_bps=900_000, congested=True, episodes=2, peers=2,
-                           sent_bps=1_000_000, shares={ALICE.user_id: 450_000}),
+                           sent_bps=1_000_000, shares={ALICE.user_id: 450_000}, probes=5,
+                           probes_passed=1),
         config_problem="config.toml: video.width: must be even",
         peers={ALICE.user_id: Peer(ALICE, connection=Connection()),
                # an early offer: a session before the room lists them
@@ -244,6 +245,9 @@ async def test_the_endpoint_serves_a_stand_in_for_the_agent(tmp_path: Path) -> N
     assert value(samples, "glimpse_edge_peer_pacer_repair_filled_total", **alice) == 3
     assert value(samples, "glimpse_edge_peer_pacer_repair_expired_total", **alice) == 1
     assert value(samples, "glimpse_edge_peer_pacer_receiver_restarts_total", **alice) == 2
+    assert value(samples, "glimpse_edge_peer_pacer_padding_bytes_total", **alice) == 12_000
+    assert value(samples, "glimpse_edge_uplink_probes_total", result="grown") == 1
+    assert value(samples, "glimpse_edge_uplink_probes_total", result="not_grown") == 4
     assert value(samples, "glimpse_edge_peer_state", state="offering", peer=CAROL.user_id) == 1
     assert not [s for s in samples if s.labels.get("peer") == BOB.user_id]  # no session
     assert value(samples, "glimpse_edge_encoder_frames_total", codec="h264", tier="320x180") == 20
@@ -273,13 +277,14 @@ async def test_the_endpoint_serves_a_stand_in_for_the_agent(tmp_path: Path) -> N
                                          "packets": 900, "delayed": 300, "retransmissions": 4,
                                          "resends_skipped": 6, "repaired": 5,
                                          "repair_filled": 3, "repair_expired": 1,
-                                         "receiver_restarts": 2}
+                                         "receiver_restarts": 2, "padding_bytes": 12_000}
     assert people["bob"]["pacing"] is None
     assert status["uplink"] == {"estimate_bps": 900_000, "congested": True, "episodes": 2,
                                 "peers": 2, "sent_bps": 1_000_000,
-                                "shares_bps": {ALICE.user_id: 450_000}}
-    assert "uplink      sending 1000.0 kbit/s; estimate 900.0 kbit/s shared out, congested" in (
-        render(status))
+                                "shares_bps": {ALICE.user_id: 450_000}, "probes": 5,
+                                "probes_passed": 1}
+    assert "uplink      sending 1000.0 kbit/s; estimate 900.0 kbit/s shared out, congested " \
+        "(2 episodes; 5 probes, 1 found it grown)" in render(status)
     assert people["bob"]["state"] == "no session" and people["bob"]["stats"] == {}
     assert people["carol"]["state"] == "offering" and people["carol"]["tier"] is None
     sources = {s["kind"]: s for s in status["sources"]}

@@ -23,6 +23,7 @@ from glimpse_edge.rtc.pacer import (
     abs_send_time_now,
     set_abs_send_time,
 )
+from glimpse_edge.rtc.repair import RepairLedger
 from glimpse_edge.rtc.sdp import header_extension_id
 
 VIDEO, AUDIO = 0x1111, 0x2222
@@ -167,6 +168,30 @@ def test_rtx_packets_are_resends_bounded_like_the_others() -> None:
     clock.now += 1.0
     sent = [p.admit(rtx(600 + n, 2000 + n)) is not None for n in range(100)]
     assert sum(sent) == int(RESEND_SHARE * 400_000 * RESEND_WINDOW_S / 8 // len(rtx(0, 0)))
+
+
+def test_padding_is_free_of_the_resend_bounds_and_the_repair() -> None:
+    """A probe's padding (rtc/uplink.py) is resends of the last few packets, again and
+    again: the resend bounds (once per round trip, a share of the rate) would drop
+    most of it, and the repair must not watch it (a padding packet lost is not a
+    hole). Counted apart, so what we send includes it."""
+    p, _clock = pacer(400_000)
+    p.rtx_ssrcs.add(RTX)
+    p.repair = RepairLedger(4096)
+    for n in range(1000, 1010):
+        p.admit(rtp(VIDEO, n))
+    before = p.queue_delay_s
+    for n in range(200):  # far past the resend budget, the same packets over and over
+        p.padding.add(1009 - n % 4)
+        assert p.admit(rtx(700 + n, 1009 - n % 4)) == 0.0
+    assert not p.padding, "each mark is used once"
+    assert p.stats.padding_packets == 200 and p.stats.padding_bytes == 200 * len(rtx(0, 0))
+    assert p.stats.retransmissions == 0 and p.stats.resends_skipped == 0
+    assert p.repair.pending == 0, "the repair does not watch padding"
+    assert p.queue_delay_s == before, "padding takes nothing from video"
+    assert p.snapshot().padding_bytes == p.stats.padding_bytes
+    # the same packet NACKed meanwhile is a resend like any other
+    assert p.admit(rtx(900, 1009)) == 0.0 and p.stats.retransmissions == 1
 
 
 async def test_a_skipped_resend_is_not_sent() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -455,8 +456,9 @@ def test_a_loss_burst_does_not_make_the_link_look_narrower_than_it_carried() -> 
     """Creeping up, the total went through clean up to ~1 Mbit/s; the overload's own
     report loses a burst (30 %). The decrease backs off from what the link carried
     clean, not from the burst's through (which cut to the peers' floor before).
-    (Without the jump of a link carried clear past the known one: a creep here.)"""
-    t = UplinkTuning(beyond_clear=math.inf)
+    (Without the jump of a link carried clear past the known one, nor a probe's:
+    a creep here.)"""
+    t = UplinkTuning(beyond_clear=math.inf, probe_every=0)
     up = Uplink(t)
     for peer in ("a", "b"):
         report(up, peer, 0.0, loss=0.2, sent=500_000)
@@ -741,3 +743,158 @@ def test_through_under_half_the_estimate_is_a_narrower_link_not_a_lost_burst() -
     assert up.estimate_bps == pytest.approx(t.backoff * estimate / 8), (
         f"expected {t.backoff} x the {estimate / 8:.0f} that got through at the cap's "
         f"first reports, saw {estimate:.0f} -> {up.estimate_bps}")
+
+
+# -- probes -------------------------------------------------------------------------
+
+
+def _probe_run(up: Uplink, link: float, until: float, *, remb: bool = False,
+               start: float = 0.0) -> tuple[float, list[float]]:
+    """Two peers send what the estimate gives (90 % of it, as the encoders do) plus
+    what the probe pads with, over a link of ``link``: past it, loss and a queue;
+    with ``remb``, each receiver's REMB falls as soon as the link queues. (When
+    the estimate first jumped by a probe, or inf; the estimate at each step.)"""
+    t, now = up.tuning, start
+    jumped, seen = math.inf, []
+    while now < until and up.estimate_bps is not None:
+        now += 0.25
+        before = up.probes_passed
+        encoders = 0.9 * up.estimate_bps
+        padding = sum(up.padding_bps(p, now) or 0 for p in ("a", "b"))
+        sent = encoders + padding
+        got = min(sent, link)
+        over = max(0.0, sent - link) / sent
+        for peer in ("a", "b"):
+            if remb:
+                up.remb(peer, now, 0.85 * got / 2 if over else 50_000_000)
+            arrived(up, peer, now, got=got / 2, sent=sent / 2, loss=over,
+                    queue=0.06 if over else 0.0, wants=50_000_000)
+        seen.append(up.estimate_bps or 0.0)
+        if up.probes_passed != before:
+            jumped = min(jumped, now)
+            break
+    assert t.probe_every > 0
+    return jumped, seen
+
+
+def test_a_probe_pads_past_the_known_link_and_a_link_that_carries_it_has_grown() -> None:
+    """Right after an overload (the estimate backed off, the encoders trailing it)
+    a cap lifts. The encoders' creep would show it only once the estimate had
+    grown ~1.2 x the known link (13-15 s); the probe's padding shows it within a
+    probe's time of the hold, and the estimate jumps."""
+    t = UplinkTuning()
+    known = 800_000
+    up = Uplink(t)
+    for peer in ("a", "b"):
+        report(up, peer, 0.0, loss=0.2, sent=500_000)  # the link carried 800 kbit/s
+    assert up.estimate_bps == pytest.approx(t.backoff * known)
+    jumped, _ = _probe_run(up, link=10_000_000, until=30.0)
+    due = t.hold + t.probe_s + t.probe_judge + 0.5
+    assert jumped <= due, f"expected a probe to find the link grown within {due} s, saw {jumped}"
+    assert up.estimate_bps is not None and up.estimate_bps >= t.jump_share * known * 0.99
+
+    slow = Uplink(replace(t, probe_every=0))  # the same without probes: the creep alone
+    for peer in ("a", "b"):
+        report(slow, peer, 0.0, loss=0.2, sent=500_000)
+    now = 0.0
+    while now < due:
+        now += 0.25
+        assert slow.estimate_bps is not None
+        sent = 0.9 * slow.estimate_bps
+        for peer in ("a", "b"):
+            arrived(slow, peer, now, got=sent / 2, sent=sent / 2, wants=50_000_000)
+    assert slow.estimate_bps is not None and slow.estimate_bps < t.known_margin * known, (
+        f"without probes the estimate should still creep at {due} s, saw {slow.estimate_bps}")
+
+
+def test_a_probe_the_capped_link_does_not_carry_ends_and_cuts_nothing() -> None:
+    """Under a cap the probe's padding overloads the link: the probe ends, and the
+    congestion it caused is not news of the link (no decrease, no jump). The
+    encoders' own overload, later, still cuts."""
+    t = UplinkTuning()
+    known = 800_000
+    up = Uplink(t)
+    for peer in ("a", "b"):
+        report(up, peer, 0.0, loss=0.2, sent=500_000)
+    estimate = up.estimate_bps
+    assert estimate is not None
+    # the link carries the known link and a little (what the encoders send fits)
+    _, seen = _probe_run(up, link=known * 1.02, until=t.hold + t.probe_s + 1.0)
+    assert up.probes >= 1 and up.probes_passed == 0, "expected a probe, and no link grown"
+    assert min(seen) >= estimate, (
+        f"expected no decrease for the probe's own overload, saw {min(seen):.0f} "
+        f"from {estimate:.0f}")
+    # then the encoders creep past the link by themselves: that overload cuts
+    jumped, seen = _probe_run(up, link=known * 1.02, until=60.0, start=t.hold + t.probe_s + 1.0)
+    assert jumped == math.inf and up.probes >= 3, (up.probes, jumped)
+    assert min(seen) < max(seen) * t.backoff * 1.05, (
+        f"expected the encoders' own overload to cut the estimate, saw {min(seen):.0f} "
+        f"at least, {max(seen):.0f} at most")
+
+
+def test_a_falling_remb_ends_a_probe_before_the_queue_overflows() -> None:
+    """A receiver's delay-based estimator sees the queue the padding builds within
+    a few hundred ms; our RTT, one sample per sender report, only after the
+    queue overflowed. A REMB lower than the peer's last ends the probe at once."""
+    t = UplinkTuning()
+    up = Uplink(t)
+    for peer in ("a", "b"):
+        report(up, peer, 0.0, loss=0.2, sent=500_000)
+        up.remb(peer, 0.0, 900_000)
+    now = 0.0
+    while up.probe is None and now < 10:
+        now += 0.25
+        for peer in ("a", "b"):
+            arrived(up, peer, now, got=300_000, sent=300_000, wants=50_000_000)
+    assert up.probe is not None, "expected a probe after the hold"
+    assert (up.padding_bps("a", now) or 0) > 0
+    up.remb("a", now + 0.1, 950_000)  # a rise: nothing
+    assert up.probe is not None
+    up.remb("b", now + 0.2, 0.8 * 900_000)
+    assert up.probe is None and up.padding_bps("a", now + 0.2) is None
+    assert up.probes_stopped == 1 and up.probes_passed == 0
+
+
+def test_a_caps_onset_during_a_probe_is_cut_at_once() -> None:
+    """Far less got through than the known link: not the probe's padding but a
+    narrower link. It is cut as any onset is, probe or not."""
+    t = UplinkTuning()
+    up = Uplink(t)
+    for peer in ("a", "b"):
+        report(up, peer, 0.0, loss=0.2, sent=500_000)
+    now = 0.0
+    while up.probe is None and now < 10:
+        now += 0.25
+        for peer in ("a", "b"):
+            arrived(up, peer, now, got=300_000, sent=300_000, wants=50_000_000)
+    assert up.probe is not None
+    before = up.estimate_bps
+    assert before is not None
+    now += 0.25
+    for peer in ("a", "b"):  # the encoders and the padding send the estimate
+        arrived(up, peer, now, got=100_000, sent=before / 2, loss=0.5, queue=0.1,
+                wants=50_000_000)
+    assert up.estimate_bps is not None and up.estimate_bps < 0.5 * before, (
+        f"expected a cut to what got through, saw {up.estimate_bps:.0f} from {before:.0f}")
+
+
+def test_a_probe_pads_only_peers_whose_own_link_has_room() -> None:
+    """A viewer behind its own slow downlink takes no padding (it would overflow its
+    link and back its own estimate off at each probe); the others share it."""
+    t = UplinkTuning()
+    up = Uplink(t)
+    for peer in ("a", "b", "c"):
+        report(up, peer, 0.0, loss=0.2, sent=300_000)
+    each = 0.85 * up._known_bps / 3  # the peers send under the link they showed
+    now = 0.0
+    while up.probe is None and now < 10:
+        now += 0.25
+        for peer in ("a", "b"):
+            arrived(up, peer, now, got=each, sent=each, wants=2_000_000)
+        arrived(up, "c", now, got=each, sent=each, wants=int(each) + 5_000)  # its link: full
+    assert up.probe is not None, "expected a probe after the hold"
+    padding = up.probe.padding_bps
+    assert padding.get("c", 0) <= 5_000, f"expected (almost) no padding for c, saw {padding}"
+    assert padding["a"] == padding["b"] > 0
+    assert up.probe.total_bps == pytest.approx(
+        t.probe_share * up._known_bps - 3 * each, abs=3), padding
