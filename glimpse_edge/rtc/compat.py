@@ -452,7 +452,7 @@ def sends_rtx(sender: Any) -> bool:
     aiortc: ``_retransmit`` wraps a resend in RTX when the private
     ``__rtx_payload_type`` is set (``send`` sets it from the negotiated
     codecs; ``__init__`` to None). Why: a probe's padding is resends of packets
-    the receiver has already (rtc/feedback.py); on the RTX stream a receiver
+    the receiver has already (rtc/probe.py); on the RTX stream a receiver
     counts them there and drops the duplicate, on the video stream itself they
     would confuse its loss count. Without RTX, no padding.
     """

@@ -52,6 +52,7 @@ from .bandwidth import (
 )
 from .connection import Connection, ConnectionEvent, PathRevived, TierChosen
 from .pacer import ABS_SEND_TIME_URI, Pacer
+from .probe import pad
 from .repair import RepairLedger, filler_payload, key_frame_would_help
 from .sdp import header_extension_id
 from .tiers import AUDIO_ON_WIRE_BPS, TierSelector, link_bps, video_budget
@@ -87,10 +88,6 @@ RESEND_BYTES = 1200
 # The repair asks for a key frame at most once this long (plus two round trips):
 # the one it asked for takes that long to be sent and reported whole.
 REPAIR_KEYFRAME_INTERVAL = 1.0
-# A probe's padding resends the last PADDING_SPAN packets in turn (the newest
-# first): the receiver has them, or is about to, and drops the copies.
-PADDING_SPAN = 16
-PADDING_IDLE_S = 0.01  # the wait when there is nothing to pad with yet
 
 
 class PeerFeedback:
@@ -451,36 +448,10 @@ class PeerFeedback:
             self._pad(sender, pacer, padding))
 
     async def _pad(self, sender: RTCRtpSender, pacer: Pacer, rate_bps: int) -> None:
-        """Resend the last few packets sent, in turn, at ``rate_bps`` while the probe
-        lasts (its time, or less: rtc/uplink.py).
-
-        libwebrtc pads with resends of recent packets too ("payload padding"):
-        a receiver drops the copies, and counts them in its report of the RTX
-        stream, which is how what got through is counted (``_arrived_bps``).
-        Video goes first: padding only into the pacer's idle bucket, so a
-        frame never waits behind it. Not watched by the repair; a padding
-        packet lost adds to the RTX stream's loss, and may have a watched
-        resend sent again (the repair cannot tell which was lost).
-        """
-        ssrc = compat.sender_ssrc(sender)
-        back = 0
+        """The padding (rtc/probe.py) while the uplink's probe lasts."""
         try:
-            while self.uplink.padding_bps(self.peer_id, time.monotonic()) is not None:
-                if (busy := pacer.queue_delay_s) > 0.0:
-                    await asyncio.sleep(busy)
-                    continue
-                newest = pacer.newest(ssrc)
-                if newest is None:
-                    await asyncio.sleep(PADDING_IDLE_S)
-                    continue
-                sequence = (newest - back) % 65536
-                back = (back + 1) % PADDING_SPAN
-                before = pacer.stats.padding_bytes
-                pacer.padding.add(sequence)
-                await compat.resend(sender, sequence)
-                pacer.padding.discard(sequence)  # (not in the history: nothing went)
-                sent = pacer.stats.padding_bytes - before
-                await asyncio.sleep(sent * 8 / rate_bps if sent else PADDING_IDLE_S)
+            await pad(sender, pacer, rate_bps, lambda: self.uplink.padding_bps(
+                self.peer_id, time.monotonic()) is not None)
         except Exception as exc:  # a connection closing under it: nothing to pad
             self.log.debug("peer.padding_failed", error=f"{type(exc).__name__}: {exc}")
 

@@ -33,7 +33,7 @@ A packet that waited gets a new abs-send-time (aiortc stamps it before the
 send): a receiver's delay-based estimate must see when a packet really
 left, or the pacer's own delay looks like a congested path.
 
-A probe's padding (rtc/uplink.py) is RTX resends of recent packets too,
+A probe's padding (rtc/probe.py) is RTX resends of recent packets too,
 marked in :attr:`Pacer.padding` before they are sent: free of those
 bounds (it resends the same few packets again and again), not watched by
 the repair, counted apart, and sent only into an idle bucket, so video

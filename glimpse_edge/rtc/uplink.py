@@ -30,7 +30,7 @@ peer's receiver reports:
 - **probe** it: the encoders' creep tests the link only every ten seconds
   or so (a decrease, a hold, the creep back), so every few seconds while
   limited and clear the peers pad what they send (resends of recent
-  packets, rtc/feedback.py) past the known link for a couple of seconds.
+  packets, rtc/probe.py) past the known link for a couple of seconds.
   Carried, the link grew, and the estimate jumps; a peer's REMB falling
   (its receiver saw a queue grow) ends the probe before the queue
   overflows.
@@ -55,7 +55,9 @@ import statistics
 from collections import deque
 from dataclasses import dataclass, field, replace
 
-__all__ = ["PeerReport", "Probe", "Uplink", "UplinkState", "UplinkTuning"]
+from .probe import Probe, split_padding
+
+__all__ = ["PeerReport", "Uplink", "UplinkState", "UplinkTuning"]
 
 KNOWN_FROM = 3  # overloads whose carried rate make up the known link (Uplink._learn)
 QUEUE_NOISE_S = 0.005  # a queue "drains" if it shrinks by more than this between two reports
@@ -120,17 +122,14 @@ class UplinkTuning:
     beyond_clear: float = 1.5
     jump_share: float = 1.6
     jump_carried: float = 1.5
-    # A probe: while limited and clear (``hold`` after an overload, no queue),
-    # every ``probe_every`` seconds the peers pad what they send (resends of
-    # recent packets, rtc/feedback.py) up to ``probe_share`` x the known link for
-    # ``probe_s`` seconds. If the link carries ``probe_pass`` of that meanwhile
-    # (past the known margin, and by half the padding more than before:
-    # ``probe_confirm`` updates in a row, judged until ``probe_judge`` after the
-    # padding ends), it grew: the estimate jumps, as above. Without it, the
-    # encoders' creep was the only test past the link, and a cap that lifted
-    # just after an overload showed only once the estimate had crept back up to
-    # ~1.2 x the known link (what we send trails it by ~10 %): 13-15 s of
-    # 15-23 s recoveries. A peer's REMB falling ends a probe at once: its
+    # A probe (rtc/probe.py says why): while limited and clear (``hold`` after
+    # an overload, no queue), every ``probe_every`` seconds the peers pad what
+    # they send up to ``probe_share`` x the link (:meth:`Uplink._probe_base`)
+    # for ``probe_s`` seconds. If the link carries ``probe_pass`` of that
+    # meanwhile (past the known margin, and by half the padding more than
+    # before: ``probe_confirm`` updates in a row, judged until ``probe_judge``
+    # after the padding ends), it grew: the estimate jumps, as above. A peer's
+    # REMB falling ends a probe at once: its
     # receiver saw the queue grow (a delay-based detector, within a few hundred
     # ms), where our RTT, one sample per sender report, showed it only after
     # the queue had overflowed (a probe at 1.2 x every 4 s under a 1 Mbit/s cap
@@ -194,21 +193,6 @@ class PeerReport:
         if self.arrived_bps is not None:
             return self.arrived_bps
         return (self.sent_bps or 0.0) * (1.0 - self.loss)
-
-
-@dataclass(frozen=True)
-class Probe:
-    """Padding each peer adds while a probe runs (:attr:`Uplink.probe`)."""
-
-    start: float
-    until: float  # the padding stops then
-    padding_bps: dict[str, int]  # by peer, on the wire
-    sent_bps: float  # what we sent all peers as it started (without padding)
-    carried_bps: float  # what got through as it started
-
-    @property
-    def total_bps(self) -> int:
-        return sum(self.padding_bps.values())
 
 
 @dataclass(frozen=True)
@@ -530,7 +514,8 @@ class Uplink:
                     and not queued
                     and now - self._probe_ended >= t.probe_every and sent < level
                     and carrying <= limit and live):
-                padding = self._padding(live, level - sent)
+                padding = split_padding({p: max(0.0, r.wants_bps - (r.sent_bps or 0.0))
+                                         for p, r in live.items()}, level - sent)
                 # short of what the probe needs (most peers' own links full): it
                 # could not pass, and would cost a queue all the same
                 if sum(padding.values()) >= t.probe_pass * (level - sent):
@@ -572,24 +557,6 @@ class Uplink:
         if not self._saturated:
             return self._known_bps
         return min(self._known_bps, statistics.median_low(self._saturated))
-
-    @staticmethod
-    def _padding(live: dict[str, PeerReport], total: float) -> dict[str, int]:
-        """``total`` padding split over the peers, each within its own link's room
-        (what its own estimate says it takes, less what we send it): max-min
-        fair, as the shares are. A viewer behind its own slow downlink gets
-        none: padded like the others (scenario h, 300 kbit/s), its own link
-        overflowed at each probe, which no more showed whether the uplink
-        grew, and its own estimator heard loss that was ours."""
-        room = {p: max(0.0, r.wants_bps - (r.sent_bps or 0.0)) for p, r in live.items()}
-        out: dict[str, int] = {}
-        left = total
-        for n, peer in enumerate(sorted(room, key=room.__getitem__)):
-            give = min(room[peer], max(left, 0.0) / (len(room) - n))
-            if give >= 1.0:
-                out[peer] = int(give)
-            left -= give
-        return out
 
     def _end_probe(self, now: float) -> None:
         if self.probe is not None:

@@ -1,0 +1,101 @@
+"""Probing a limited uplink: padding past the link it knows, to see if it grew.
+
+While the shared uplink (rtc/uplink.py) limits what we send, the encoders'
+creep is its only test past the link, and it comes every ten seconds or so
+(a decrease, a hold, the creep back). A cap that lifted just after an
+overload showed only once the estimate had crept back up to ~1.2 x the
+known link (what we send trails it by ~10 %): 13-15 s of 15-23 s
+recoveries. A probe tests it whenever the link is clear: for a couple of
+seconds the peers pad what they send past the known link; if the link
+carries it, it grew.
+
+The padding (:func:`pad`) is what libwebrtc pads with too, "payload
+padding": resends, on the RTX stream, of the last few packets sent. A
+receiver drops the copies and counts them in its report of the RTX stream,
+which is how what got through is counted (rtc/feedback.py,
+``_arrived_bps``). The pacer sends them free of its resend bounds and
+unwatched by the repair (:attr:`~.pacer.Pacer.padding`); padding goes only
+into the pacer's idle bucket, so a frame never waits behind it.
+
+:func:`split_padding` shares a probe's padding out over the peers: only a
+peer whose own link has room gets any.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from . import compat
+from .pacer import Pacer
+
+__all__ = ["PADDING_SPAN", "Probe", "pad", "split_padding"]
+
+# Padding resends the last PADDING_SPAN packets in turn (the newest first): the
+# receiver has them, or is about to, and drops the copies.
+PADDING_SPAN: Final = 16
+_IDLE_S: Final = 0.01  # the wait when there is nothing to pad with yet
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Padding each peer adds while a probe runs (:attr:`.uplink.Uplink.probe`)."""
+
+    start: float
+    until: float  # the padding stops then
+    padding_bps: dict[str, int]  # by peer, on the wire
+    sent_bps: float  # what we sent all peers as it started (without padding)
+    carried_bps: float  # what got through as it started
+
+    @property
+    def total_bps(self) -> int:
+        return sum(self.padding_bps.values())
+
+
+def split_padding(room: Mapping[str, float], total: float) -> dict[str, int]:
+    """``total`` padding (bits/s) split over the peers, each within its ``room``:
+    what its own estimate says its link takes, less what we send it. Max-min
+    fair, as the uplink's shares are; a peer with no room gets none.
+
+    A viewer behind its own slow downlink (scenario h, 300 kbit/s), padded
+    like the others, had its own link overflow at each probe: that showed
+    nothing of the uplink, and its own estimator heard loss that was ours.
+    """
+    out: dict[str, int] = {}
+    left = total
+    for n, peer in enumerate(sorted(room, key=room.__getitem__)):
+        give = min(room[peer], max(left, 0.0) / (len(room) - n))
+        if give >= 1.0:
+            out[peer] = int(give)
+        left -= give
+    return out
+
+
+async def pad(sender: Any, pacer: Pacer, rate_bps: int, running: Callable[[], bool]) -> None:
+    """Resend ``sender``'s last few packets, in turn, at ``rate_bps`` while
+    ``running()`` (the probe's time, or less: the uplink ends a probe early).
+
+    In aiortc's loop; only with RTX negotiated (``compat.sends_rtx``): on the
+    video stream itself the copies would confuse the receiver's loss count.
+    Raises what a closing connection raises.
+    """
+    ssrc = compat.sender_ssrc(sender)
+    back = 0
+    while running():
+        if (busy := pacer.queue_delay_s) > 0.0:  # video first
+            await asyncio.sleep(busy)
+            continue
+        newest = pacer.newest(ssrc)
+        if newest is None:
+            await asyncio.sleep(_IDLE_S)
+            continue
+        sequence = (newest - back) % 65536
+        back = (back + 1) % PADDING_SPAN
+        before = pacer.stats.padding_bytes
+        pacer.padding.add(sequence)
+        await compat.resend(sender, sequence)
+        pacer.padding.discard(sequence)  # (not in the history: nothing went)
+        sent = pacer.stats.padding_bytes - before
+        await asyncio.sleep(sent * 8 / rate_bps if sent else _IDLE_S)
