@@ -15,23 +15,21 @@ receiver drops the copies and counts them in its report of the RTX stream,
 which is how what got through is counted (rtc/feedback.py,
 ``_arrived_bps``). The pacer sends them free of its resend bounds and
 unwatched by the repair (:attr:`~.pacer.Pacer.padding`); padding goes only
-into the pacer's idle bucket, so a frame never waits behind it.
-
-:func:`split_padding` shares a probe's padding out over the peers: only a
-peer whose own link has room gets any.
+into the pacer's idle bucket, so a frame never waits behind it. Only a
+peer whose own link has room gets padding (the uplink shares it out).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
 from . import compat
 from .pacer import Pacer
 
-__all__ = ["PADDING_SPAN", "Probe", "pad", "split_padding"]
+__all__ = ["PADDING_SPAN", "Probe", "pad"]
 
 # Padding resends the last PADDING_SPAN packets in turn (the newest first): the
 # receiver has them, or is about to, and drops the copies.
@@ -52,25 +50,6 @@ class Probe:
     @property
     def total_bps(self) -> int:
         return sum(self.padding_bps.values())
-
-
-def split_padding(room: Mapping[str, float], total: float) -> dict[str, int]:
-    """``total`` padding (bits/s) split over the peers, each within its ``room``:
-    what its own estimate says its link takes, less what we send it. Max-min
-    fair, as the uplink's shares are; a peer with no room gets none.
-
-    A viewer behind its own slow downlink (scenario h, 300 kbit/s), padded
-    like the others, had its own link overflow at each probe: that showed
-    nothing of the uplink, and its own estimator heard loss that was ours.
-    """
-    out: dict[str, int] = {}
-    left = total
-    for n, peer in enumerate(sorted(room, key=room.__getitem__)):
-        give = min(room[peer], max(left, 0.0) / (len(room) - n))
-        if give >= 1.0:
-            out[peer] = int(give)
-        left -= give
-    return out
 
 
 async def pad(sender: Any, pacer: Pacer, rate_bps: int, running: Callable[[], bool]) -> None:

@@ -53,9 +53,10 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from .probe import Probe, split_padding
+from .probe import Probe
 
 __all__ = ["PeerReport", "Uplink", "UplinkState", "UplinkTuning"]
 
@@ -209,6 +210,17 @@ class UplinkState:
     probes_passed: int = 0  # ... that found the link grown
 
 
+def max_min_fair(wants: Mapping[str, float], total: float) -> dict[str, float]:
+    """``total`` split over ``wants`` by water-filling: nobody gets more than it
+    wants, and what one leaves is split equally among the others."""
+    out: dict[str, float] = {}
+    left = total
+    for n, key in enumerate(sorted(wants, key=wants.__getitem__)):
+        out[key] = give = min(float(wants[key]), max(left, 0.0) / (len(wants) - n))
+        left -= give
+    return out
+
+
 class Uplink:
     """One estimate of the device's upload, shared by every peer's feedback."""
 
@@ -348,21 +360,17 @@ class Uplink:
         live = self.live(now)
         if self.estimate_bps is None or not live:
             return {}
-        left = self.estimate_bps - sum(r.audio_bps for r in live.values())
-        video = {p: max(r.wants_bps - r.audio_bps, 0) for p, r in live.items()}
-        out: dict[str, int] = {}
-        for n, peer in enumerate(sorted(video, key=video.__getitem__)):
-            fair = max(left, 0.0) / (len(video) - n)
-            give = min(float(video[peer]), fair)
-            out[peer] = int(give) + live[peer].audio_bps
-            left -= give
-        return out
+        video = max_min_fair({p: max(r.wants_bps - r.audio_bps, 0) for p, r in live.items()},
+                             self.estimate_bps - sum(r.audio_bps for r in live.values()))
+        return {p: int(give) + live[p].audio_bps for p, give in video.items()}
 
     def padding_bps(self, peer: str, now: float) -> int | None:
         """What ``peer`` should pad its video with now (on the wire) while a probe
         runs; None otherwise."""
         probe = self.probe
-        if probe is None or now >= probe.until or peer not in self.live(now):
+        report = self._reports.get(peer)  # (per padding packet: no copy of live())
+        if probe is None or now >= probe.until or report is None \
+                or now - report.at > self.tuning.window:
             return None
         return probe.padding_bps.get(peer)
 
@@ -514,8 +522,14 @@ class Uplink:
                     and not queued
                     and now - self._probe_ended >= t.probe_every and sent < level
                     and carrying <= limit and live):
-                padding = split_padding({p: max(0.0, r.wants_bps - (r.sent_bps or 0.0))
-                                         for p, r in live.items()}, level - sent)
+                # each peer within its own link's room (what its own estimate says
+                # it takes, less what we send it): a viewer behind its own slow
+                # downlink (scenario h, 300 kbit/s), padded like the others, had
+                # its link overflow at each probe, which showed nothing of the
+                # uplink, and its own estimator heard loss that was ours
+                fair = max_min_fair({p: max(0.0, r.wants_bps - (r.sent_bps or 0.0))
+                                     for p, r in live.items()}, level - sent)
+                padding = {p: int(give) for p, give in fair.items() if give >= 1.0}
                 # short of what the probe needs (most peers' own links full): it
                 # could not pass, and would cost a queue all the same
                 if sum(padding.values()) >= t.probe_pass * (level - sent):
