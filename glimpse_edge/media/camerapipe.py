@@ -35,6 +35,7 @@ from .pipeline import (
     ENCODER_IDLE_STOP,
     VIDEO_QUEUE_PACKETS,
     EncoderInfo,
+    LowestRate,
     VideoPipeline,
     adapt_lowest_tier,
     watch_stall,
@@ -53,7 +54,7 @@ class _LowerTier:
     stream: PacketStream
     tier: int
     spec: QualityTier
-    rate: tuple[int, float | None] | None = None  # last (bitrate, max fps) asked of the source
+    rate: LowestRate | None = None  # last asked of the source (its size is fixed: scale 1)
     idle_since: float | None = None
 
 
@@ -190,8 +191,10 @@ class CameraPipeline(VideoPipeline):
                 lower.idle_since = None
                 if lower.tier != len(tiers) - 1:
                     continue
+                # the lores stream's size is fixed when the camera is configured:
+                # a slower link skips frames (one scale)
                 move = adapt_lowest_tier(lower.stream, lower.spec, self.video,
-                                         lower.rate or (lower.spec.bitrate, None))
+                                         lower.rate or LowestRate(lower.spec.bitrate))
                 if move is not None:
-                    lower.rate = (move.bitrate, move.max_fps)
-                    source.set_tier_rate(lower.tier, move.bitrate, move.max_fps)
+                    lower.rate = move.rate
+                    source.set_tier_rate(lower.tier, move.rate.bitrate, move.rate.max_fps)

@@ -36,8 +36,11 @@ VIDEO_TIME_BASE = Fraction(1, 90000)
 # within this interval is deferred to its end, not dropped: the peer that
 # asked has nothing to decode until a key frame comes.
 KEYFRAME_MIN_INTERVAL = 0.5
-# Rebuilding an encoder for a new bitrate implies a key frame: not too often.
+# Rebuilding an encoder for a new bitrate implies a key frame: not too often,
+# except for a rate under FALL_AT_ONCE of the one it runs at (a peer that moved
+# down at a congestion's onset cannot carry it: media/pipeline.py says more).
 BITRATE_MIN_INTERVAL = 1.0
+FALL_AT_ONCE = 0.6
 # libx264 does not take a new average rate in place: FFmpeg hands it over, but
 # x264 reconfigures only the VBV ("We don't support changing the ABR bitrate
 # right now", ratecontrol.c). Measured: 300 -> 500 kbit/s asked of an open
@@ -126,6 +129,7 @@ class VideoEncoder:
         self.keyframes_resized = 0  # reopened for a new rate (its first frame a key frame)
         self._opened_rate = 0  # what libx264 was opened with (rate x frame-skip factor)
         self._rate_pending_since: float | None = None  # a new rate waits for a reopen since
+        self._want_size: tuple[int, int] | None = None  # a new size, from the next frame
 
     # -- requests (any thread) ---------------------------------------------
 
@@ -151,6 +155,22 @@ class VideoEncoder:
     def target_bitrate(self) -> int:
         """The bitrate asked for last (applied at the next frame, or already)."""
         return self._want_bitrate or self.bitrate
+
+    def set_size(self, width: int, height: int) -> None:
+        """Encode at ``width`` x ``height`` from the next frame on (frames are scaled to it).
+
+        The lowest tier's step down on a slow link (media/pipeline.py): fewer
+        pixels at the full frame rate. Applied at once, with a bitrate asked
+        for meanwhile, in one reopen whose first frame is a key frame (the new
+        size's SPS): the receivers' decoders change size there.
+        """
+        self._want_size = None if (width, height) == (self.width, self.height) \
+            else (width, height)
+
+    @property
+    def target_size(self) -> tuple[int, int]:
+        """The size asked for last (applied at the next frame, or already)."""
+        return self._want_size or (self.width, self.height)
 
     def set_max_fps(self, fps: float | None) -> None:
         """Encode at most ``fps`` frames a second (None: every frame the source gives).
@@ -222,7 +242,8 @@ class VideoEncoder:
 
     def _apply_bitrate(self) -> None:
         want = self._want_bitrate
-        if want is None or self._clock() - self._last_bitrate_change < BITRATE_MIN_INTERVAL:
+        if want is None or (self._clock() - self._last_bitrate_change < BITRATE_MIN_INTERVAL
+                            and want >= FALL_AT_ONCE * self.bitrate):
             return
         self._want_bitrate = None
         self._last_bitrate_change = self._clock()
@@ -270,6 +291,12 @@ class VideoEncoder:
         """Encode one frame; returns the packets (one access unit, usually one packet)."""
         if self._skip(frame):
             return []
+        if self._want_size is not None:
+            self.width, self.height = self._want_size
+            self._want_size = None
+            self._last_bitrate_change = -BITRATE_MIN_INTERVAL  # a new rate in the same reopen
+            self._apply_bitrate()
+            self._reopen_for_rate()
         self._apply_bitrate()
         if self._rate_waits() and (
                 self._keyframe_due() or self._since_keyframe + 1 >= self.gop
@@ -316,7 +343,7 @@ class VideoEncoder:
             self._urgent_keyframe or self._clock() - self._last_keyframe >= KEYFRAME_MIN_INTERVAL)
 
     def _reopen_for_rate(self) -> None:
-        """Reopen libx264 at the rate asked, with a VBV fitted to it.
+        """Reopen libx264 at the rate (and size) asked, with a VBV fitted to it.
 
         At a key frame due anyway this costs nothing more; the new buffer
         also sizes the key frame for the link (a rate lowered without it

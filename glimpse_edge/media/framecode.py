@@ -25,6 +25,7 @@ Why it looks the way it does:
 from __future__ import annotations
 
 import binascii
+from collections.abc import Iterable
 from typing import Final, NamedTuple
 
 import av
@@ -157,18 +158,20 @@ def read_luma_code(y_plane: npt.NDArray[np.uint8]) -> FrameCode | None:
     return FrameCode(int.from_bytes(payload[:4], "big"), int.from_bytes(payload[4:], "big"))
 
 
-def read_code(frame: av.VideoFrame, scales: tuple[int, ...] = (1,)) -> FrameCode | None:
+def read_code(frame: av.VideoFrame, widths: Iterable[int] = ()) -> FrameCode | None:
     """Read the code from a decoded frame of any pixel format.
 
     The code's layout follows the width it was drawn at: for a picture sent
-    smaller than it was made (a lower quality tier), ``scales`` (e.g. (1, 2, 4))
-    also tries the frame enlarged by those factors. Returns None when the
-    frame carries no valid code (the CRC or border check fails).
+    smaller than it was made (a lower quality tier, scaled by any factor),
+    ``widths`` are the widths it may have been drawn at, and the frame is
+    also tried enlarged to each, in order (its aspect kept). Returns None
+    when the frame carries no valid code (the CRC or border check fails).
     """
-    for scale in scales:
-        scaled = frame if scale == 1 else frame.reformat(
-            width=frame.width * scale, height=frame.height * scale, format="yuv420p")
-        code = read_luma_code(_luma(scaled))
+    code = read_luma_code(_luma(frame))
+    for width in dict.fromkeys(w for w in widths if w > frame.width):
         if code is not None:
-            return code
-    return None
+            break
+        height = round(frame.height * width / frame.width)
+        code = read_luma_code(_luma(frame.reformat(width=width, height=height,
+                                                   format="yuv420p")))
+    return code

@@ -30,12 +30,15 @@ from ..supervise import raise_sole
 from .encoder import VideoCodec, VideoEncoder
 from .fanout import FrameSlot, PacketStream
 from .pipeline import (
-    ADAPT_INTERVAL,
     ENCODER_IDLE_STOP,
+    TIER_SCALES,
     VIDEO_QUEUE_PACKETS,
     EncoderInfo,
+    LowestRate,
     VideoPipeline,
+    adapt_due,
     adapt_lowest_tier,
+    scaled_size,
     watch_stall,
 )
 from .source import AnyVideoSource, EncodedVideoSource
@@ -52,6 +55,7 @@ class _VideoEncoding:
     tier: int = 0
     adapted_at: float = 0.0
     idle_since: float | None = None
+    scale: float = 1.0  # the lowest tier's size, as a share of its own (pipeline.TIER_SCALES)
 
 
 def _preset(tier: int) -> str | None:
@@ -126,8 +130,12 @@ class FramePipeline(VideoPipeline):
         return slot
 
     def encoders(self) -> list[EncoderInfo]:
-        return [(codec, f"{enc.encoder.width}x{enc.encoder.height}", enc.encoder)
-                for (codec, _tier), enc in sorted(self._encodings.items())]
+        # labelled by the tier's own size: the lowest tier's scaled size is the
+        # encoder's width and height
+        tiers = self.video.quality_tiers()
+        return [(codec, f"{spec.width}x{spec.height}", enc.encoder)
+                for (codec, tier), enc in sorted(self._encodings.items())
+                for spec in (tiers[min(tier, len(tiers) - 1)],)]
 
     def set_bitrate(self, bitrate: int) -> None:
         for (_codec, tier), enc in self._encodings.items():
@@ -181,6 +189,7 @@ class FramePipeline(VideoPipeline):
             # The old one may be encoding in a worker thread right now, so it
             # is left to finish and be collected rather than closed under it.
             enc.encoder = encoder
+            enc.scale = 1.0
             enc.stream.on_need_keyframe = encoder.request_keyframe
         return False
 
@@ -262,19 +271,25 @@ class FramePipeline(VideoPipeline):
             encoder.close()
 
     def _adapt(self, enc: _VideoEncoding) -> None:
-        """Fit the lowest tier's encoder to the worst link on it, at most every
-        ``ADAPT_INTERVAL``; each encoder is reopened for a new rate (encoder.py)."""
+        """Fit the lowest tier's encoder to the worst link on it, every
+        ``ADAPT_INTERVAL`` or at once on a steep fall (:func:`~.pipeline.adapt_due`);
+        each encoder is reopened for a new rate (encoder.py)."""
         tiers = self.tiers
         now = time.monotonic()
-        if enc.tier != len(tiers) - 1 or now - enc.adapted_at < ADAPT_INTERVAL:
-            return
         encoder = enc.encoder
+        if enc.tier != len(tiers) - 1 or not adapt_due(
+                now - enc.adapted_at, enc.stream.lowest_demand(), encoder.target_bitrate,
+                self.video.min_bitrate):
+            return
         move = adapt_lowest_tier(enc.stream, tiers[-1], self.video,
-                                 (encoder.target_bitrate, encoder.max_fps))
+                                 LowestRate(encoder.target_bitrate, enc.scale, encoder.max_fps),
+                                 TIER_SCALES)
         if move is None:
             return
         enc.adapted_at = now
-        if move.fps_moved:
-            encoder.set_max_fps(move.max_fps)
+        if move.shape_moved:
+            enc.scale = move.rate.scale
+            encoder.set_max_fps(move.rate.max_fps)
+            encoder.set_size(*scaled_size(tiers[-1], move.rate.scale))
         if move.bitrate_moved:
-            encoder.set_bitrate(move.bitrate)
+            encoder.set_bitrate(move.rate.bitrate)

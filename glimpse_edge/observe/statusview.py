@@ -176,11 +176,11 @@ def render(status: dict[str, Any]) -> str:
     encoders = status.get("encoders") or []
     if encoders:
         lines.append("")
-        lines += table(["ENCODER", "TIER", "FRAMES", "KEY FRAMES", "TARGET kbit/s"], [
-            [e.get("codec", "?"), e.get("tier") or "-", number(e.get("frames")),
+        lines += table(["ENCODER", "TIER", "ENCODED", "FRAMES", "KEY FRAMES", "TARGET kbit/s"], [
+            [e.get("codec", "?"), e.get("tier") or "-", _encoded(e), number(e.get("frames")),
              number(e.get("keyframes")), kbits(e.get("target_bitrate_bps"))]
             for e in encoders
-        ], right_from=2)
+        ], right_from=3)
 
     tasks = status.get("tasks") or []
     if tasks:
@@ -199,6 +199,15 @@ def render(status: dict[str, Any]) -> str:
                      f"trio tasks {res.get('trio_tasks', '-')}, "
                      f"asyncio tasks {res.get('asyncio_tasks', '-')}")
     return "\n".join(lines)
+
+
+def _encoded(encoder: dict[str, Any]) -> str:
+    """The size an encoder runs at now, and its frame-rate limit: the lowest tier
+    shrinks, then skips frames, on a slow link (media/pipeline.py)."""
+    if not encoder.get("width"):
+        return "-"
+    fps = encoder.get("max_fps")
+    return f"{encoder['width']}x{encoder['height']}" + (f" {fps:g} fps" if fps else "")
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], *,

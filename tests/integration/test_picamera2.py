@@ -657,8 +657,8 @@ async def test_a_slow_peer_gets_the_camera_lores_stream_alone(
                                     FPS, 50_000, 50_000)
             adapted = await agent.wait_for("media.tier.adapted", since=mark, timeout=15,
                                            where=lambda e: (e.get("max_fps") or 99) < 25)
-            assert rate[1] is not None and round(FPS / rate[1]) == 2, rate
-            assert (adapted["bitrate"], adapted["max_fps"]) == (50_000, round(rate[1], 1)), \
+            assert rate.max_fps is not None and round(FPS / rate.max_fps) == 2, rate
+            assert (adapted["bitrate"], adapted["max_fps"]) == (50_000, round(rate.max_fps, 1)), \
                 adapted
             await agent.wait_for("media.picamera2.encoder_started", since=mark, stream="lores",
                                  where=lambda e: e.get("max_fps") == 15.0, timeout=10)

@@ -10,6 +10,7 @@ tests/system/faults (scenario b).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +35,15 @@ from support.tiering import climb_back
 
 from glimpse_edge.config import ConfigError, QualityTier, VideoConfig, load_config
 from glimpse_edge.media.fanout import PacketQueue, PacketStream
-from glimpse_edge.media.pipeline import LOW_FRAMERATE_SHARE, LOWEST_FPS, lowest_tier_rate
+from glimpse_edge.media.pipeline import (
+    LOW_FRAMERATE_SHARE,
+    LOWEST_FPS,
+    SCALE_UP_MARGIN,
+    TIER_SCALES,
+    LowestRate,
+    lowest_tier_rate,
+    scaled_size,
+)
 from glimpse_edge.rtc.bandwidth import BandwidthEstimator, RateMeter
 from glimpse_edge.rtc.tiers import TierSelector, TierTuning, link_bps, video_budget
 from glimpse_edge.rtc.tracks import PacketTrack
@@ -101,17 +110,45 @@ def test_budget_and_link_are_inverse_and_leave_room_for_audio() -> None:
 
 
 def test_the_lowest_tier_follows_its_worst_peer_then_lowers_its_frame_rate() -> None:
+    """A tier that cannot be resized (the Pi's lores stream): frames are skipped."""
     tier = QualityTier(width=320, height=180, bitrate=LOW)
-    assert lowest_tier_rate(tier, 30, 50_000, None) == (LOW, None)
-    assert lowest_tier_rate(tier, 30, 50_000, 10_000_000) == (LOW, None)
+    assert lowest_tier_rate(tier, 30, 50_000, None) == LowestRate(LOW)
+    assert lowest_tier_rate(tier, 30, 50_000, 10_000_000) == LowestRate(LOW)
     knee = int(LOW * LOW_FRAMERATE_SHARE)
-    assert lowest_tier_rate(tier, 30, 50_000, knee + 50_000) == (knee + 50_000, None)
-    assert lowest_tier_rate(tier, 30, 50_000, knee) == (knee, None)
-    bitrate, fps = lowest_tier_rate(tier, 30, 50_000, 55_000)
-    assert bitrate == 55_000 and fps == pytest.approx(30 * 55_000 / knee)
+    assert lowest_tier_rate(tier, 30, 50_000, knee + 50_000) == LowestRate(knee + 50_000)
+    assert lowest_tier_rate(tier, 30, 50_000, knee) == LowestRate(knee)
+    rate = lowest_tier_rate(tier, 30, 50_000, 55_000)
+    assert (rate.bitrate, rate.scale) == (55_000, 1.0)
+    assert rate.max_fps == pytest.approx(30 * 55_000 / knee)
     # below min_bitrate: the bitrate stops there, the frame rate goes on down to its floor
-    assert lowest_tier_rate(tier, 30, 50_000, 1_000) == (50_000, 30 * 50_000 / knee)
-    assert lowest_tier_rate(tier, 30, 10_000, 1_000)[1] == LOWEST_FPS
+    assert lowest_tier_rate(tier, 30, 50_000, 1_000) == LowestRate(50_000, 1.0, 30 * 50_000 / knee)
+    assert lowest_tier_rate(tier, 30, 10_000, 1_000).max_fps == LOWEST_FPS
+
+
+@pytest.mark.parametrize("bitrate", [LOW, 800_000])
+def test_a_resizable_lowest_tier_gets_smaller_before_it_gets_slower(bitrate: int) -> None:
+    """Each size at the knee's bits per pixel and frame; frames skipped only below the
+    smallest; a step up only with SCALE_UP_MARGIN to spare."""
+    tier = QualityTier(width=640, height=360, bitrate=bitrate)
+    knee = bitrate * LOW_FRAMERATE_SHARE
+
+    def rate(demand: float, now: float = 1.0) -> LowestRate:
+        return lowest_tier_rate(tier, 30, 10_000, int(demand), TIER_SCALES, now)
+
+    assert rate(knee) == LowestRate(int(knee), 1.0)
+    for big, small in itertools.pairwise(TIER_SCALES):
+        edge = knee * small * small
+        assert rate(knee * big * big - 1, big).scale == small, (big, small)
+        assert rate(edge, big) == LowestRate(int(edge), small)
+        # coming back up: the step's own threshold is not enough, the margin is
+        assert rate(knee * big * big, small).scale == small
+        assert rate(knee * big * big * SCALE_UP_MARGIN + 1, small).scale == big
+    smallest = TIER_SCALES[-1]
+    slow = rate(knee * smallest * smallest / 2)
+    assert slow.scale == smallest and slow.max_fps == pytest.approx(15, abs=0.1)
+    assert scaled_size(tier, 0.75) == (480, 270) and scaled_size(tier, 0.5) == (320, 180)
+    assert all(n % 2 == 0 for n in scaled_size(QualityTier(width=1366, height=766,
+                                                            bitrate=LOW), 0.75))
 
 
 # -- REMB: a cap only when the receiver asks for less than we send ------------------
@@ -272,10 +309,13 @@ def test_explicit_tiers_come_out_best_first(tmp_path: Path) -> None:
 # -- real peers ---------------------------------------------------------------------------
 
 WIDTH, HEIGHT = STREAMING_WIDTH, STREAMING_HEIGHT
-# a floor low enough for the lowest tier to show its frame-rate rule
+# a floor low enough for the lowest tier to show its size rule
 MEDIA = STREAMING_MEDIA.replace("[video]\n", "[video]\nmin_bitrate = 50000\n")
 assert TOP == STREAMING_MAX_BITRATE
 LOW_SIZE = (WIDTH // 2, HEIGHT // 2)
+# the sizes the low tier is encoded at as bob's link slows (its own, then smaller)
+LOW_SIZES = {scaled_size(QualityTier(width=LOW_SIZE[0], height=LOW_SIZE[1], bitrate=LOW), s)
+             for s in TIER_SCALES}
 
 
 async def test_a_peer_that_says_its_link_is_slow_gets_the_low_tier_alone(
@@ -298,24 +338,33 @@ async def test_a_peer_that_says_its_link_is_slow_gets_the_low_tier_alone(
         assert got_bob.sizes == {(WIDTH, HEIGHT)}, got_bob.sizes
 
         # 1. bob's receiver says 60 kbit/s: bob alone moves to the low tier, at a key
-        #    frame, without a gap; the low tier's rate follows him, then its frame rate
+        #    frame, without a gap; the low tier's rate follows him, then its size
         mark = len(agent.events)
         bob.remb_cap = 60_000
         changed = await agent.wait_for("peer.tier_changed", since=mark, peer=bob.user_id,
                                        timeout=15)
         assert changed["stream"] == f"h264/{LOW_SIZE[0]}x{LOW_SIZE[1]}", changed
-        await bob.wait_until(lambda: (*LOW_SIZE,) in got_bob.sizes, "the low tier's size", 10)
-        switched_at = next(t for t, w, h in got_bob.size_changes if (w, h) == LOW_SIZE)
+        await bob.wait_until(lambda: bool(got_bob.sizes & LOW_SIZES), "the low tier's size", 10)
+        switched_at = next(t for t, w, h in got_bob.size_changes if (w, h) in LOW_SIZES)
         adapted = await agent.wait_for("media.tier.adapted", since=mark, timeout=15,
-                                       where=lambda e: (e.get("max_fps") or 99) < 25)
+                                       where=lambda e: e.get("width", 0) < LOW_SIZE[0])
+        small = (adapted["width"], adapted["height"])
+        assert small in LOW_SIZES, (small, LOW_SIZES)
+        await bob.wait_until(lambda: small in got_bob.sizes, f"the smaller size {small}", 10)
+        resized_at = next(t for t, w, h in got_bob.size_changes if (w, h) == small)
         n = got_bob.video_frames
         await bob.wait_frames(device_id, video=n + 45)
         fps = got_bob.fps_since(got_bob.frame_times[n])
-        print(f"low tier adapted to {adapted['bitrate']} bit/s at {adapted['max_fps']} fps; "
-              f"bob decoded {fps:.1f} fps")
-        assert 10 <= fps <= 22, (fps, adapted)
-        assert got_bob.longest_gap_ms(switched_at - 2000, switched_at + 2000) < 500, \
-            "the switch waits for the new stream's key frame: no freeze"
+        print(f"low tier adapted to {adapted['bitrate']} bit/s, {small}, at "
+              f"{adapted['max_fps'] or 'full'} fps; bob decoded {fps:.1f} fps")
+        if adapted["max_fps"] is None:  # smaller, and every frame
+            assert fps > 24, (fps, adapted)
+        else:  # the smallest size, and frames skipped too
+            assert small == min(LOW_SIZES) and 0.7 < fps / adapted["max_fps"] < 1.2, \
+                (fps, adapted)
+        for at, what in ((switched_at, "the switch waits for the new stream's key frame"),
+                         (resized_at, "the new size starts at its own key frame")):
+            assert got_bob.longest_gap_ms(at - 2000, at + 2000) < 500, f"{what}: no freeze"
         # alice never left the top tier
         a0 = got_alice.video_frames
         await alice.wait_frames(device_id, video=a0 + 30)
@@ -341,7 +390,7 @@ async def test_a_peer_that_says_its_link_is_slow_gets_the_low_tier_alone(
         # (if the move up had not completed yet, bob simply stays where he is)
         await agent.wait_for("peer.tier_chosen", since=mark, peer=bob.user_id, tier=1,
                              timeout=15)
-        await bob.wait_until(lambda: got_bob.size_changes[-1][1:] == LOW_SIZE,
+        await bob.wait_until(lambda: got_bob.size_changes[-1][1:] in LOW_SIZES,
                              "the low tier's size again", 10)
 
         # 3. the cap is lifted: bob's estimate climbs, a try of the top tier holds

@@ -302,7 +302,10 @@ class BrowserPeer:
                 rec.first_frame_at = rec.first_frame_at or now
                 rec.last_frame_at = now
                 if self.read_codes:
-                    code = read_code(frame, scales=(1, 2, 4))  # lower tiers are smaller
+                    # lower tiers are smaller, by any factor: the code was drawn at the
+                    # widest size seen, or (a first frame on a lower tier) 2 or 4 times it
+                    widest = max(w for w, _h in rec.sizes)
+                    code = read_code(frame, (widest, 2 * frame.width, 4 * frame.width))
                     if code is not None:
                         rec.codes.append((code.counter, code.wall_ms, now))
             else:

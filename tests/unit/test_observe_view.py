@@ -170,7 +170,7 @@ def stand_in(tmp_path: Path) -> StandIn:
     hub = Hub(video, frame, [
         ("h264", "640x360", EncodingStats(640, 360, 15, 600_000, frames_encoded=40,
                                           keyframes_encoded=2, bytes_encoded=50_000)),
-        ("h264", "320x180", EncodingStats(320, 180, 15, 150_000, max_fps=7.5,
+        ("h264", "320x180", EncodingStats(160, 90, 15, 150_000, max_fps=7.5,
                                           frames_encoded=20, keyframes_encoded=1,
                                           bytes_encoded=9_000)),
     ])
@@ -295,6 +295,11 @@ async def test_the_endpoint_serves_a_stand_in_for_the_agent(tmp_path: Path) -> N
     assert [(e["codec"], e["tier"], e["frames"]) for e in status["encoders"]] == [
         ("h264", "640x360", 40), ("h264", "320x180", 20), ("opus", "audio", 500)]
     assert status["encoders"][1]["max_fps"] == 7.5
+    # the lowest tier shrunk and skips frames: the view shows what it encodes now
+    encoded = {line.split()[1]: line.split()[2:5] for line in render(status).splitlines()
+               if line.startswith("h264 ")}
+    assert encoded == {"640x360": ["640x360", "40", "2"],
+                       "320x180": ["160x90", "7.5", "fps"]}, encoded
     assert status["errors"] == [{"task": "media.audio", "error": "SourceError: no mic",
                                  "at": "2001-09-09T01:46:40Z"}]
     assert "alice" in render(status) and "1h 02m" in render(status)

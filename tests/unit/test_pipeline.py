@@ -15,6 +15,7 @@ from trio_asyncio import aio_as_trio
 from glimpse_edge.config import AudioConfig, VideoConfig
 from glimpse_edge.media.encoder import (
     BITRATE_MIN_INTERVAL,
+    FALL_AT_ONCE,
     KEYFRAME_MIN_INTERVAL,
     RATE_APPLY_WITHIN,
     VBV_HEADROOM,
@@ -25,6 +26,7 @@ from glimpse_edge.media.encoder import (
 from glimpse_edge.media.fanout import FrameSlot, PacketStream, QueueClosed
 from glimpse_edge.media.framecode import read_code
 from glimpse_edge.media.hub import MediaHub
+from glimpse_edge.media.pipeline import ADAPT_INTERVAL, adapt_due
 from glimpse_edge.media.source import VideoSink, VideoSource
 from glimpse_edge.media.testpattern import TestPatternSource
 from glimpse_edge.rtc.aio import open_aio_loop
@@ -306,6 +308,58 @@ def test_a_new_rate_reaches_libx264_at_once_down_and_by_a_key_frame_up() -> None
     stepped = _encode_for(enc, source, clock, n, 60)
     assert stepped[0].is_keyframe and not any(p.is_keyframe for p in stepped[1:])
     assert enc.keyframes_resized == 4 and enc.keyframes_encoded == 5, "one key frame, not two"
+
+
+def test_a_steep_fall_reaches_libx264_at_once_a_small_one_after_the_interval() -> None:
+    """A rate under FALL_AT_ONCE of the last does not wait BITRATE_MIN_INTERVAL (a
+    peer that moved down at a congestion's onset); a small fall still does."""
+    clock = StepClock()
+    enc = VideoEncoder("h264", 640, 360, 30, 600_000, keyframe_interval=100.0, clock=clock)
+    source = TestPatternSource(640, 360, 30, noise=4)
+    _encode_for(enc, source, clock, 0, 30)
+    enc.set_bitrate(500_000)
+    (first,) = _encode_for(enc, source, clock, 30, 1)
+    assert first.is_keyframe and enc.bitrate == 500_000  # the first change: at once
+    enc.set_bitrate(int(0.9 * 500_000))  # small, within the interval: waits
+    assert not any(p.is_keyframe for p in _encode_for(enc, source, clock, 31, 5))
+    assert enc.bitrate == 500_000
+    steep = int(FALL_AT_ONCE * 500_000) - 1
+    enc.set_bitrate(steep)  # steep, still within the interval: at once
+    (fell,) = _encode_for(enc, source, clock, 36, 1)
+    assert clock.now - 31 / 30 < BITRATE_MIN_INTERVAL
+    assert fell.is_keyframe and enc.bitrate == steep and enc.keyframes_resized == 2
+
+
+def test_a_new_size_starts_at_a_key_frame_with_the_rate_asked_meanwhile() -> None:
+    """The lowest tier made smaller: one reopen for size and rate, its first frame a
+    key frame a decoder shows at the new size; frames still come in any size."""
+    clock = StepClock()
+    enc = VideoEncoder("h264", 640, 360, 30, 625_000, keyframe_interval=100.0, clock=clock)
+    source = TestPatternSource(1280, 720, 30, noise=4)
+    before = _encode_for(enc, source, clock, 0, 10)
+    enc.set_bitrate(200_000)
+    _encode_for(enc, source, clock, 10, 1)  # the rate at once (first change)
+    enc.set_bitrate(180_000)  # a small fall: would wait the interval...
+    enc.set_size(480, 270)  # ...but goes with the new size
+    assert enc.target_size == (480, 270) and (enc.width, enc.height) == (640, 360)
+    after = _encode_for(enc, source, clock, 11, 30)
+    assert after[0].is_keyframe and not any(p.is_keyframe for p in after[1:])
+    assert (enc.width, enc.height, enc.bitrate) == (480, 270, 180_000)
+    assert enc.keyframes_resized == 2
+    decoder = av.CodecContext.create("h264", "r")
+    sizes = [(f.width, f.height) for p in [*before, *after] for f in decoder.decode(p)]
+    assert sizes[0] == (640, 360) and sizes[-1] == (480, 270)
+    assert sizes.index((480, 270)) == len(before), "every frame decodes across the change"
+    enc.set_size(480, 270)  # the size it has: nothing to do
+    assert not any(p.is_keyframe for p in _encode_for(enc, source, clock, 41, 3))
+
+
+def test_the_lowest_tier_follows_a_steep_fall_at_once_and_the_rest_each_interval() -> None:
+    assert adapt_due(ADAPT_INTERVAL, None, 300_000, 150_000)
+    assert not adapt_due(0.2, 250_000, 300_000, 150_000)  # a small fall waits
+    assert adapt_due(0.2, int(FALL_AT_ONCE * 300_000) - 1, 400_000, 150_000)
+    assert not adapt_due(0.2, 10_000, 200_000, 150_000), "min_bitrate is as low as it goes"
+    assert not adapt_due(0.2, None, 300_000, 150_000)
 
 
 @pytest.mark.parametrize(("rate", "max_fps"), [(150_000, None), (230_000, 24.0),

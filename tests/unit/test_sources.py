@@ -94,6 +94,17 @@ def test_frame_code_reads_any_pixel_format(pix_fmt: str) -> None:
     assert read_code(frame) == FrameCode(123456, 1_700_000_000_123), pix_fmt
 
 
+@pytest.mark.parametrize("size", [(960, 540), (480, 270), (320, 180), (240, 136)])
+def test_frame_code_reads_from_a_smaller_picture_given_the_width_it_was_drawn_at(
+        size: tuple[int, int]) -> None:
+    """A lower tier scales the picture by 3/4, 1/2, 3/8, ... of the source's size."""
+    frame = coded_frame(1280, 720, 99, 1_700_000_000_456).reformat(
+        width=size[0], height=size[1], format="yuv420p")
+    assert read_code(frame, (2 * size[0], 1280, 4 * size[0])) == FrameCode(99, 1_700_000_000_456)
+    if 1280 % size[0]:  # not an integer factor: only the source's width reads it
+        assert read_code(frame, (2 * size[0], 4 * size[0])) is None
+
+
 def test_damaged_or_missing_code_reads_as_none() -> None:
     frame = coded_frame(640, 360, 7, 1_700_000_000_000)
     y = plane_view(frame, 0, 640, 360)
