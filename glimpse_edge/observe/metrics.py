@@ -150,7 +150,7 @@ def _peers(agent: AgentState) -> Iterator[Metric]:
                                 "latest reports.", value=uplink.sent_bps)
         probes = CounterMetricFamily("glimpse_edge_uplink_probes",
                                      "Probes of a limited uplink (padding past the link it "
-                                     "knows), by whether they found it grown.",
+                                     "knows), by whether it carried the padding.",
                                      labels=("result",))
         probes.add_metric(("grown",), uplink.probes_passed)
         probes.add_metric(("not_grown",), uplink.probes - uplink.probes_passed)

@@ -528,7 +528,8 @@ class PeerFeedback:
                           sent_bps=int(probe.sent_bps), carried_bps=int(probe.carried_bps),
                           seconds=round(probe.until - probe.start, 1))
         if self.uplink.probes_passed != passed:
-            self.log.info("uplink.probe_passed", estimate_bps=int(self.uplink.estimate_bps or 0),
+            self.log.info("uplink.probe_passed", result=self.uplink.last_pass,
+                          estimate_bps=int(self.uplink.estimate_bps or 0),
                           through_bps=int(self.uplink.through_bps(now)))
         if self.uplink.congested != was:
             state = self.uplink.state(now)

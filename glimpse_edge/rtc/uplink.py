@@ -127,10 +127,13 @@ class UplinkTuning:
     # an overload, no queue), every ``probe_every`` seconds the peers pad what
     # they send up to ``probe_share`` x the link (:meth:`Uplink._probe_base`)
     # for ``probe_s`` seconds. If the link carries ``probe_pass`` of that
-    # meanwhile (past the known margin, and by half the padding more than
-    # before: ``probe_confirm`` updates in a row, judged until ``probe_judge``
-    # after the padding ends), it grew: the estimate jumps, as above. A peer's
-    # REMB falling ends a probe at once: its
+    # meanwhile (past the margin over the link the probe went past, and by
+    # half the padding more than before: ``probe_confirm`` updates in a row,
+    # judged until ``probe_judge`` after the padding ends), it carried the
+    # padding: past the known margin it grew, and the estimate jumps, as
+    # above; short of it (the probe went past the overloads' lower reading)
+    # the estimate rises to what got through, and the next probe goes on from
+    # there. A peer's REMB falling ends a probe at once: its
     # receiver saw the queue grow (a delay-based detector, within a few hundred
     # ms), where our RTT, one sample per sender report, showed it only after
     # the queue had overflowed (a probe at 1.2 x every 4 s under a 1 Mbit/s cap
@@ -249,9 +252,13 @@ class Uplink:
         self.probe: Probe | None = None  # the probe running now, or judged now
         self.probes = 0
         self.probes_passed = 0
+        # the last pass: "raised" (the estimate to what got through, past the
+        # overloads' level) or "grown" (past the known link: it jumped)
+        self.last_pass = ""
         self._last_probe: Probe | None = None
         self._probe_ended = -math.inf
         self._probe_seen = 0  # updates in a row that saw the link carry past the margin
+        self._probed_to = 0.0  # what got through at a probe since the last decrease
         self._remb: dict[str, float] = {}  # each peer's last REMB
         self.probes_stopped = 0  # probes a falling REMB ended
 
@@ -510,15 +517,14 @@ class Uplink:
     def _probed(self, now: float, live: dict[str, PeerReport], since: float, queued: bool,
                 carrying: float, limit: float) -> bool:
         """Start, judge or end a probe (``probe_share`` in :class:`UplinkTuning` says
-        why); True when a probe found the link grown and the estimate jumped."""
+        why); True when a probe passed and the estimate rose (or jumped)."""
         t = self.tuning
         probe = self.probe
+        base = self._probe_base()
         if probe is None:
             sent = sum(r.sent_bps or 0.0 for r in live.values())
-            level = t.probe_share * self._probe_base()
-            # a probe that could not pass (the known link read well above what
-            # got through at the overloads) would be all cost
-            if (t.probe_every > 0 and t.probe_pass * level > limit and since > t.hold
+            level = t.probe_share * base
+            if (t.probe_every > 0 and since > t.hold
                     and not queued
                     and now - self._probe_ended >= t.probe_every and sent < level
                     and carrying <= limit and live):
@@ -541,20 +547,33 @@ class Uplink:
         if queued or now >= probe.until + t.probe_judge:  # it filled a queue, or it is over
             self._end_probe(now)
             return False
-        # (nearly) the probe's level, past the known margin, and up by half the
-        # padding at least: the padding got through. A link a little past the
-        # margin overloads before it carries that (the encoders' creep past
-        # the margin alone is no proof: see ``beyond_clear``)
+        # (nearly) the probe's level, past the margin over what it went past, and
+        # up by half the padding at least: the padding got through. A link a
+        # little past the margin overloads before it carries that (the
+        # encoders' creep past the margin alone is no proof: see ``beyond_clear``)
         padded = probe.total_bps
-        passed = carrying > max(limit, t.probe_pass * (probe.sent_bps + padded),
+        passed = carrying > max(t.known_margin * base,
+                                t.probe_pass * (probe.sent_bps + padded),
                                 probe.carried_bps + 0.5 * padded)
         self._probe_seen = self._probe_seen + 1 if passed else 0
         if self._probe_seen < t.probe_confirm:
             return False
-        # the link carried past what it carried at its overloads: it grew
         self.probes_passed += 1
         self._end_probe(now)
         assert self.estimate_bps is not None
+        if carrying <= limit:
+            # past what got through at the last overloads, not past the known
+            # link: the link carries what it carried now, and the next probe
+            # goes on from there. (Withheld instead, as once, a probe never came
+            # when "known" read ~4 % above those overloads, and the creep alone
+            # found a lifted cap in ~21 s; a jump from here would take a "known"
+            # read too high for the link's size)
+            self.estimate_bps = max(self.estimate_bps, carrying)
+            self._probed_to = carrying
+            self.last_pass = "raised"
+            return True
+        self.last_pass = "grown"
+        # the link carried past what it carried at its overloads: it grew
         self.estimate_bps = max(self.estimate_bps, min(t.jump_share * self._known_bps,
                                                        t.jump_carried * carrying))
         self._beyond_since = now - t.beyond_clear  # growing fast from here
@@ -564,13 +583,14 @@ class Uplink:
     def _probe_base(self) -> float:
         """What a probe goes past: the known link, or, if less, what got through
         while the last overloads were answered (the link full, and no clean
-        peak in it). "Known" can read above the link (a burst counted in a
-        clean report): a probe at 1.25 x a known 1066 kbit/s on a 970 kbit/s
-        link sent 1.37 x the link, and the queue overflowed before anything
-        said so (a 2 s freeze)."""
+        peak in it) or at a probe since that carried more. "Known" can read
+        above the link (a burst counted in a clean report): a probe at 1.25 x
+        a known 1066 kbit/s on a 970 kbit/s link sent 1.37 x the link, and the
+        queue overflowed before anything said so (a 2 s freeze)."""
         if not self._saturated:
             return self._known_bps
-        return min(self._known_bps, statistics.median_low(self._saturated))
+        return min(self._known_bps,
+                   max(statistics.median_low(self._saturated), self._probed_to))
 
     def _end_probe(self, now: float) -> None:
         if self.probe is not None:
@@ -691,4 +711,5 @@ class Uplink:
         self._learn(max(carried, self.estimate_bps))
         self._clean.clear()
         self._crept = False
+        self._probed_to = 0.0
         self._last_decrease = now

@@ -898,3 +898,46 @@ def test_a_probe_pads_only_peers_whose_own_link_has_room() -> None:
     assert padding["a"] == padding["b"] > 0
     assert up.probe.total_bps == pytest.approx(
         t.probe_share * up._known_bps - 3 * each, abs=3), padding
+
+
+def test_a_known_link_read_above_the_overloads_is_probed_in_two_steps() -> None:
+    """"Known" can read above what got through at the overloads (a clean burst
+    counted). A probe past the overloads' level cannot then pass the known margin:
+    withheld, as once, none came and the creep alone found a lifted cap (~21 s).
+    Now the first pass raises the estimate to what got through (no jump from a
+    "known" that may be too high), and the next probe, from there, jumps."""
+    t = UplinkTuning()
+    overloads = 800_000
+    up = Uplink(t)
+    for peer in ("a", "b"):
+        report(up, peer, 0.0, loss=0.2, sent=500_000)  # 800 kbit/s got through
+    up._known_bps = known = 1.2 * overloads  # and a clean peak counted in "known"
+    assert t.probe_pass * t.probe_share * overloads <= t.known_margin * known, \
+        "the case a probe was withheld in"
+    first, _ = _probe_run(up, link=10_000_000, until=30.0)
+    due = t.hold + t.probe_s + t.probe_judge + 0.5
+    assert first <= due, f"expected a first probe to pass within {due} s, saw {first}"
+    estimate = up.estimate_bps
+    assert estimate is not None
+    assert t.known_margin * overloads < estimate <= t.known_margin * known, (
+        f"expected the estimate at what got through, past the overloads' margin "
+        f"({t.known_margin * overloads:.0f}) and no jump, saw {estimate:.0f}")
+    second, _ = _probe_run(up, link=10_000_000, until=60.0, start=first)
+    due = first + t.probe_every + t.probe_judge + 0.5
+    assert second <= due, f"expected the next probe to find the link grown by {due} s, " \
+        f"saw {second}"
+    assert up.estimate_bps is not None and up.estimate_bps >= t.jump_share * known * 0.99
+
+
+def test_a_two_step_probe_under_a_cap_goes_no_further_than_the_link() -> None:
+    """The same "known" read too high, and the cap still on: probes come, and none
+    passes (the link carries no more than the overloads showed)."""
+    t = UplinkTuning()
+    overloads = 800_000
+    up = Uplink(t)
+    for peer in ("a", "b"):
+        report(up, peer, 0.0, loss=0.2, sent=500_000)
+    up._known_bps = 1.2 * overloads
+    link = 1.02 * overloads
+    _probe_run(up, link=link, until=40.0, remb=True)
+    assert up.probes >= 3 and up.probes_passed == 0, (up.probes, up.probes_passed)
