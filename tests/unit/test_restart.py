@@ -188,6 +188,12 @@ def test_the_skipped_numbers_are_taken_out_of_the_loss_a_report_shows() -> None:
     later = ReportBlock(0.0, 12 + JUMP, 1300 + JUMP, 0, 0, 0)
     assert without_skipped(later, block, shift.reported, 0).packets_lost == 12
     assert without_skipped(raw, None, shift.reported, newly).loss == 0.0
+    # libwebrtc's receiver takes the jump for a restarted stream: its loss never
+    # counts the skipped numbers, and only its highest number is corrected
+    webrtc = ReportBlock(0.01, 10 + 2, 1000 + JUMP + 100, 0, 0, 0)
+    block = without_skipped(webrtc, before, shift.reported, newly, counted_lost=False)
+    assert (block.loss, block.packets_lost) == (0.01, 12)
+    assert arrivals(before, block) == 99
 
 
 def test_a_restart_is_forgotten_once_nothing_before_it_can_be_resent() -> None:
