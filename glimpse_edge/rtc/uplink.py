@@ -24,9 +24,9 @@ peer's receiver reports:
   that, carried clear for a second and a half, the link has grown (a cap
   lifted): the estimate jumps well past it, and growth doubles every few
   seconds. Clear for ``release_after`` seconds with every peer getting
-  what it wants, or once we sent well past what the link carried at its
-  last overload without a complaint (it grew), the limit is dropped and
-  each peer's own estimate rules.
+  all its own estimate could ask (its top tier), or once we sent well past
+  what the link carried at its last overload without a complaint (it
+  grew), the limit is dropped and each peer's own estimate rules.
 - **probe** it: the encoders' creep tests the link only every ten seconds
   or so (a decrease, a hold, the creep back), so every few seconds while
   limited and clear the peers pad what they send (resends of recent
@@ -105,7 +105,7 @@ class UplinkTuning:
     double_every: float = 3.0
     max_increase_per_s: float = 0.5
     max_increase_span: float = 1.0  # an increase never counts more than this many seconds
-    release_after: float = 10.0  # no congestion this long, and all get what they want
+    release_after: float = 10.0  # no congestion this long, and all get their top tier
     # ... or, clear, what got through stayed above this share of what the link
     # carried at its last overloads for this long: the bottleneck is gone, each
     # peer's own estimate rules again
@@ -164,6 +164,7 @@ class PeerReport:
     floor_bps: int = 0  # the least we send it (audio and the lowest video rate), on the wire
     queue_draining: bool = False  # the queue shrank since this peer's report before
     arrived_bps: float | None = None  # what the receiver counted arriving since its last report
+    ceiling_bps: int = 0  # the most its own estimate can say (its top tier), on the wire
 
     def congested(self, tuning: UplinkTuning) -> bool:
         """This report alone shows loss or a queue."""
@@ -266,7 +267,8 @@ class Uplink:
 
     def report(self, peer: str, now: float, *, loss: float, queue_s: float | None,
                sent_bps: float | None, wants_bps: int, audio_bps: int,
-               floor_bps: int = 0, arrived_bps: float | None = None) -> None:
+               floor_bps: int = 0, arrived_bps: float | None = None,
+               ceiling_bps: int | None = None) -> None:
         """What ``peer``'s latest receiver report says.
 
         ``floor_bps`` is the least this peer can be sent (its audio and the
@@ -276,6 +278,8 @@ class Uplink:
         three peers at their floor, the estimate cut to 111 kbit/s).
         ``arrived_bps``: what the receiver counted arriving since its report
         before (on the wire), when known (:meth:`PeerReport.through_bps`).
+        ``ceiling_bps``: the most the peer's own estimate can say (what its
+        top tier takes); without it, what it says now.
         """
         loss = min(max(loss, 0.0), 1.0) if math.isfinite(loss) else 0.0
         last = self._reports.get(peer)
@@ -283,7 +287,8 @@ class Uplink:
         smooth = loss if last is None else a * loss + (1.0 - a) * last.smooth_loss
         new = PeerReport(now, -math.inf if last is None else last.congested_at, loss, smooth,
                          queue_s, sent_bps, wants_bps, audio_bps, floor_bps,
-                         arrived_bps=arrived_bps)
+                         arrived_bps=arrived_bps,
+                         ceiling_bps=wants_bps if ceiling_bps is None else ceiling_bps)
         if last is not None and last.queue_s is not None and queue_s is not None:
             new = replace(new, queue_draining=queue_s < last.queue_s - QUEUE_NOISE_S)
         if new.congested(self.tuning):
@@ -427,8 +432,12 @@ class Uplink:
             probed = last is not None and now - self._probe_ended < t.probe_judge + rtt \
                 and last.sent_bps < self._known_bps \
                 and self.through_bps(now) >= t.comply_share * self._known_bps
-            if fresh and not probed and now - self._last_decrease >= t.decrease_interval + rtt:
+            if not fresh or probed:
+                return
+            if now - self._last_decrease >= t.decrease_interval + rtt:
                 self._decrease(now, live)
+            elif (link := self._narrower_since_decrease(live)) is not None:
+                self._decrease(now, live, link)
             return
         self.congested = False
         if self.estimate_bps is None:
@@ -488,7 +497,16 @@ class Uplink:
             if doubling >= t.beyond_clear and self._crept:  # it grew: show it
                 self.estimate_bps = max(self.estimate_bps, min(
                     t.jump_share * self._known_bps, t.jump_carried * carrying))
-        wanted = sum(r.wants_bps for r in live.values())
+        # every peer gets all its own estimate can ever ask (its top tier), not
+        # what it asks now: a cap's onset knocks the peers' own estimates down
+        # (their receivers' REMB falls at once), they climb back slowly while
+        # the uplink limits, and, once the estimate covered what they asked
+        # 10 s on, the limit was let go through the cap (three runs of f of
+        # seven, 2026-12-07): each peer's own estimate then grew into the
+        # link as its own, and the lowest tier saw-toothed 150-325 kbit/s
+        # for the rest of the cap (rate swing 0.6-1.0). A lifted cap lets go
+        # as "grown" below
+        wanted = sum(max(r.wants_bps, r.ceiling_bps) for r in live.values())
         clear_for = now - self._last_congested
         # the link grew (a cap lifted): we sent well past what it carried when it
         # last overloaded, and it took it. Waiting for the estimate to reach what
@@ -632,7 +650,38 @@ class Uplink:
         self._carried.append(carried)
         self._known_bps = statistics.median_low(self._carried)
 
-    def _decrease(self, now: float, live: dict[str, PeerReport]) -> None:
+    def _narrower_since_decrease(self, live: dict[str, PeerReport]) -> float | None:
+        """What the link carries by the reports since the last decrease alone, when
+        those say it is under ``max_cut`` x the estimate; None otherwise.
+
+        A cap's first decrease reads reports that straddle its onset (3.8
+        Mbit/s "carried" on a 1 Mbit/s link), and waiting ``decrease_interval``
+        and a round trip for the next one kept the link overloaded 1.3-1.6 s
+        more: the freeze at a cap's onset was 1.9-3.1 s, against the Chromium
+        mesh's 0.9-1.3. Reports after it that all show the link overloaded,
+        from at least two peers (as a shared bottleneck needs), measure it
+        without waiting. Each peer's count is scaled by its part of what we
+        send (a full FIFO delivers every flow in proportion to what it
+        offers), and the highest reading counts: a peer behind its own slow
+        downlink (scenario h) reads its own link, not ours.
+        """
+        t = self.tuning
+        if self.estimate_bps is None:
+            return None
+        after = [r for r in live.values() if r.at > self._last_decrease]
+        if len(after) < 2 or len(after) < t.shared_share * len(live) \
+                or not all(r.fresh(t) for r in after):
+            return None
+        sent = sum(r.sent_bps or 0.0 for r in live.values())
+        readings = [r.arrived_bps * sent / r.sent_bps for r in after
+                    if r.arrived_bps is not None and r.sent_bps]
+        if len(readings) < len(after):
+            return None
+        link = max(readings)
+        return link if link < t.max_cut * self.estimate_bps else None
+
+    def _decrease(self, now: float, live: dict[str, PeerReport],
+                  link: float | None = None) -> None:
         """Congested: set the estimate from what got through, if that is news.
 
         What got through measures the link only while we send more than it
@@ -649,6 +698,9 @@ class Uplink:
         estimate, from reports that straddle the overload's start, was 2.6
         and 4.9 Mbit/s on a 1 Mbit/s link; backing off from the estimate
         itself took half a minute to get down to the link.)
+        ``link``, when given, is what the reports since the last decrease say
+        the link carries (:meth:`_narrower_since_decrease`), in place of the
+        sum of every peer's latest report.
         """
         t = self.tuning
         # what the link carried: what got through now, or, if more, what we sent
@@ -658,7 +710,7 @@ class Uplink:
         # under ``max_cut`` x the estimate is a narrower link, not a lost burst: a
         # limit left from the viewers joining (8 Mbit/s) let the 8.2 Mbit/s carried
         # just before a 1 Mbit/s cap hold off its first decrease for 2.2 s
-        through = sum(r.through_bps() for r in live.values())
+        through = sum(r.through_bps() for r in live.values()) if link is None else link
         if through > 0:
             self._saturated.append(through)
         estimate = self.estimate_bps

@@ -100,6 +100,33 @@ def test_a_limit_stays_while_peers_want_more_than_it() -> None:
     assert up.estimate_bps is not None, "not released: the peers want more than it"
 
 
+def test_peers_whose_own_estimates_a_cap_knocked_down_do_not_let_it_go() -> None:
+    """At a cap's onset each receiver's REMB falls at once, and the peers' own
+    estimates with it; they climb back slowly. Covering what they ask now is
+    not "satisfied": let go then, each peer's own estimate grew into the link
+    as its own, and the lowest tier saw-toothed for the rest of the cap. Only
+    covering all their top tiers ask (their ceilings) is."""
+    t = UplinkTuning()
+    up = Uplink(t)
+    for peer in ("a", "b"):
+        up.report(peer, 0.0, loss=0.3, queue_s=0.1, sent_bps=1_000_000, wants_bps=300_000,
+                  audio_bps=AUDIO, ceiling_bps=TOP)
+    assert up.estimate_bps is not None
+    now = 0.0
+    while now < 3 * t.release_after:
+        now += 0.5
+        for peer in ("a", "b"):
+            up.report(peer, now, loss=0.0, queue_s=0.0, sent_bps=300_000, wants_bps=300_000,
+                      audio_bps=AUDIO, ceiling_bps=TOP)
+    assert up.limited, (
+        f"expected the limit kept while the peers' top tiers ({2 * TOP}) are more than it, "
+        f"saw it let go as {up.released!r} at {up.estimate_bps}")
+    for peer in ("a", "b"):  # their top tier is what they ask: nothing more to give
+        up.report(peer, now + 0.5, loss=0.0, queue_s=0.0, sent_bps=300_000,
+                  wants_bps=300_000, audio_bps=AUDIO, ceiling_bps=300_000)
+    assert not up.limited and up.released == "satisfied", up.released
+
+
 def test_decreases_are_spaced_and_do_not_chase_our_own_rate() -> None:
     t = UplinkTuning()
     up = Uplink(t)
@@ -743,6 +770,55 @@ def test_through_under_half_the_estimate_is_a_narrower_link_not_a_lost_burst() -
     assert up.estimate_bps == pytest.approx(t.backoff * estimate / 8), (
         f"expected {t.backoff} x the {estimate / 8:.0f} that got through at the cap's "
         f"first reports, saw {estimate:.0f} -> {up.estimate_bps}")
+
+
+def _straddled_onset(t: UplinkTuning, up: Uplink) -> tuple[float, float]:
+    """Three peers at 2.9 Mbit/s each; a 1 Mbit/s cap at t=10, whose first decrease
+    reads two reports that straddle it and c's from before. Returns (the first
+    decrease's time, its estimate)."""
+    for peer in ("a", "b", "c"):
+        arrived(up, peer, 9.8, got=2_900_000, sent=2_900_000)
+    arrived(up, "a", 10.5, got=1_500_000, loss=0.5, queue=0.1, sent=2_900_000)
+    arrived(up, "b", 10.7, got=1_500_000, loss=0.5, queue=0.1, sent=2_900_000)
+    first = up.estimate_bps
+    assert first is not None and first > 2 * 1_000_000, "the case: a first decrease far " \
+        f"above the link, saw {first}"
+    return 10.7, first
+
+
+def test_reports_after_a_decrease_that_read_half_of_it_cut_without_waiting() -> None:
+    """A cap's first decrease reads reports that straddle its onset (3.8 Mbit/s on
+    a 1 Mbit/s link), and waiting ``decrease_interval`` for the next held the
+    link overloaded 1.3-1.6 s more. Reports from two peers since, all overloaded,
+    that read the link under half the estimate cut at once, to what they read."""
+    t = UplinkTuning()
+    up = Uplink(t)
+    decreased, first = _straddled_onset(t, up)
+    # each gets a third of the link: 1/3 Mbit/s of the 2.9 we send it
+    arrived(up, "c", decreased + 0.2, got=1_000_000 / 3, loss=0.8, queue=0.15,
+            sent=2_900_000)
+    assert up.estimate_bps == first, "one peer's report alone is not the shared link"
+    arrived(up, "a", decreased + 0.4, got=1_000_000 / 3, loss=0.8, queue=0.15,
+            sent=2_900_000)
+    assert t.decrease_interval > 0.4, "the case: sooner than decreases are spaced"
+    assert up.estimate_bps == pytest.approx(t.backoff * 1_000_000), (
+        f"expected a cut to {t.backoff} x the 1 Mbit/s that two reports since the "
+        f"decrease read, 0.4 s after it; the estimate went {first:.0f} -> {up.estimate_bps}")
+
+
+def test_a_peer_behind_its_own_slow_link_does_not_cut_the_uplink_early() -> None:
+    """Reports since the decrease count at their highest reading: c behind its own
+    300 kbit/s downlink reads its link, and a's report reads the uplink wider than
+    half the estimate. No early cut: decreases stay spaced."""
+    t = UplinkTuning()
+    up = Uplink(t)
+    decreased, first = _straddled_onset(t, up)
+    arrived(up, "c", decreased + 0.2, got=300_000, loss=0.8, queue=0.15, sent=2_900_000)
+    arrived(up, "a", decreased + 0.4, got=0.4 * first, loss=0.3, queue=0.15,
+            sent=2_900_000)
+    assert up.estimate_bps == first, (
+        f"expected no cut before {t.decrease_interval} s, saw {first:.0f} -> "
+        f"{up.estimate_bps}")
 
 
 # -- probes -------------------------------------------------------------------------
