@@ -501,7 +501,7 @@ class Uplink:
         # what it asks now: a cap's onset knocks the peers' own estimates down
         # (their receivers' REMB falls at once), they climb back slowly while
         # the uplink limits, and, once the estimate covered what they asked
-        # 10 s on, the limit was let go through the cap (three runs of f of
+        # 10 s on, the limit was let go through the cap (two runs of f of
         # seven, 2026-12-07): each peer's own estimate then grew into the
         # link as its own, and the lowest tier saw-toothed 150-325 kbit/s
         # for the rest of the cap (rate swing 0.6-1.0). A lifted cap lets go
