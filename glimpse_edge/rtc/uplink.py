@@ -434,10 +434,16 @@ class Uplink:
                 and self.through_bps(now) >= t.comply_share * self._known_bps
             if not fresh or probed:
                 return
-            if now - self._last_decrease >= t.decrease_interval + rtt:
-                self._decrease(now, live)
-            elif (link := self._narrower_since_decrease(live)) is not None:
+            # reports since the last decrease that read the link under half the
+            # estimate cut at once, and whatever we send: a decrease that read
+            # through a cap's onset, followed by the peers' own estimates taking
+            # them under the link, left a limit 2.3 x the link that no later
+            # congestion cut (we sent under 0.9 x it); 20 s on, their own
+            # estimates grew into the link together (scenario g1: a 3.2 s freeze)
+            if (link := self._narrower_since_decrease(live)) is not None:
                 self._decrease(now, live, link)
+            elif now - self._last_decrease >= t.decrease_interval + rtt:
+                self._decrease(now, live)
             return
         self.congested = False
         if self.estimate_bps is None:
@@ -658,19 +664,19 @@ class Uplink:
         Mbit/s "carried" on a 1 Mbit/s link), and waiting ``decrease_interval``
         and a round trip for the next one kept the link overloaded 1.3-1.6 s
         more: the freeze at a cap's onset was 1.9-3.1 s, against the Chromium
-        mesh's 0.9-1.3. Reports after it that all show the link overloaded,
-        from at least two peers (as a shared bottleneck needs), measure it
-        without waiting. Each peer's count is scaled by its part of what we
-        send (a full FIFO delivers every flow in proportion to what it
-        offers), and the highest reading counts: a peer behind its own slow
-        downlink (scenario h) reads its own link, not ours.
+        mesh's 0.9-1.3. Reports after it that show the link overloaded, from
+        at least two peers and half of those reporting (as a shared
+        bottleneck needs), measure it without waiting. Each peer's count is
+        scaled by its part of what we send (a full FIFO delivers every flow
+        in proportion to what it offers), and the highest reading counts: a
+        peer behind its own slow downlink (scenario h) reads its own link,
+        not ours.
         """
         t = self.tuning
         if self.estimate_bps is None:
             return None
-        after = [r for r in live.values() if r.at > self._last_decrease]
-        if len(after) < 2 or len(after) < t.shared_share * len(live) \
-                or not all(r.fresh(t) for r in after):
+        after = [r for r in live.values() if r.at > self._last_decrease and r.fresh(t)]
+        if len(after) < 2 or len(after) < t.shared_share * len(live):
             return None
         sent = sum(r.sent_bps or 0.0 for r in live.values())
         readings = [r.arrived_bps * sent / r.sent_bps for r in after
@@ -733,6 +739,10 @@ class Uplink:
             if carried <= 0:
                 return
             target = t.backoff * carried
+        elif link is not None:
+            # the reports since the last decrease read the link under half the
+            # estimate: news, whatever we send (_narrower_since_decrease)
+            target = t.backoff * link
         elif sent > t.lag_share * estimate:
             # we still send more than the estimate: right after a decrease what
             # we send lags it (the rate is measured over 2 s and the lowest tier

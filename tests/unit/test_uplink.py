@@ -806,6 +806,34 @@ def test_reports_after_a_decrease_that_read_half_of_it_cut_without_waiting() -> 
         f"decrease read, 0.4 s after it; the estimate went {first:.0f} -> {up.estimate_bps}")
 
 
+def test_a_limit_far_above_what_we_send_is_cut_at_the_next_congestion() -> None:
+    """A first decrease that read through a cap's onset, and the peers' own
+    estimates took them under the link before a second: the limit sat at 2.3 x
+    the link, and no later congestion cut it (we sent under 0.9 x it, and the
+    congestion did not last the 2.5 s that "stuck" needs); 20 s on, the
+    peers' own estimates grew into the link together (scenario g1: a 3.2 s
+    freeze). The next congestion whose reports read the link under half the
+    estimate cuts it at once."""
+    t = UplinkTuning()
+    up = Uplink(t)
+    _straddled_onset(t, up)
+    first = up.estimate_bps
+    assert first is not None
+    now = 10.7
+    while now < 16.0:  # the peers' own estimates: a sixth of the limit, clear
+        now += 0.5
+        for peer in ("a", "b", "c"):
+            arrived(up, peer, now, got=first / 18, sent=first / 18)
+    assert up.estimate_bps == first, "the case: nothing cut it while clear"
+    for peer in ("a", "b"):  # a short congestion: what got through, a sixth of it
+        now += 0.3
+        arrived(up, peer, now, got=0.95 * first / 18, loss=0.05, queue=0.06,
+                sent=first / 18)
+    assert up.estimate_bps is not None and up.estimate_bps <= 0.2 * first, (
+        f"expected a cut to {t.backoff} x the {first / 6:.0f} the reports read, at the "
+        f"congestion's second report; the estimate went {first:.0f} -> {up.estimate_bps}")
+
+
 def test_a_peer_behind_its_own_slow_link_does_not_cut_the_uplink_early() -> None:
     """Reports since the decrease count at their highest reading: c behind its own
     300 kbit/s downlink reads its link, and a's report reads the uplink wider than
