@@ -31,13 +31,13 @@ import asyncio
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from aiortc.rtp import RTCP_RTPFB_NACK, RtcpRtpfbPacket
 
 from . import compat
+from .arrivals import ReceiverSpans
 from .bandwidth import (
     BandwidthEstimator,
     ChangeGate,
@@ -45,11 +45,9 @@ from .bandwidth import (
     ReportBlock,
     Tuning,
     Update,
-    arrivals,
     remb_bitrate,
     report_blocks,
     report_rtt,
-    without_skipped,
 )
 from .connection import Connection, ConnectionEvent, PathRevived, TierChosen
 from .pacer import ABS_SEND_TIME_URI, Pacer
@@ -86,25 +84,9 @@ CONGESTED_KEYFRAME_WINDOW = 1.0
 # header, extensions, the RTX original sequence number, two bytes), a full packet.
 FILLER_BYTES = 40
 RESEND_BYTES = 1200
-# What the receiver counted arriving is measured over at least this long (its
-# reports' counters are whole packets: over less, one packet is a large rate).
-ARRIVAL_SPAN = 0.2
 # The repair asks for a key frame at most once this long (plus two round trips):
 # the one it asked for takes that long to be sent and reported whole.
 REPAIR_KEYFRAME_INTERVAL = 1.0
-
-
-@dataclass(frozen=True)
-class _Arrival:
-    """What a receiver's report that counted said, and what we had sent by then."""
-
-    generation: int  # the connection's
-    at: float
-    block: ReportBlock  # the video's (restarts' skips taken out)
-    rtx: ReportBlock | None  # the resends' own, if it reported one
-    sent_bytes: int  # video, new and resent
-    packets: int  # video packets sent, new and resent
-    resends: int  # of them, on the RTX stream (NACK answers and padding)
 
 
 class PeerFeedback:
@@ -143,12 +125,7 @@ class PeerFeedback:
         self._repair_keyframe_at = -math.inf  # when the repair last asked for a key frame
         self._restarts = 0  # the current connection's restarts logged (rtc/restart.py)
         self._sent = RateMeter()  # the video we send, new and resent
-        # the last report that counted: what the receiver counted since (_span)
-        self._arrival: _Arrival | None = None
-        # (generation, the video block as received) at the last report, and whether
-        # this connection's receiver counts a restart's skipped numbers lost
-        self._raw_block: tuple[int, ReportBlock] | None = None
-        self._skip_lost: tuple[int, bool] | None = None
+        self._spans = ReceiverSpans()  # what its reports say arrived (rtc/arrivals.py)
         self.tiers = TierSelector([t.bitrate for t in hub.tiers])
         self.uplink = uplink if uplink is not None else Uplink()
         self.peer_id = peer_id or name
@@ -329,11 +306,13 @@ class PeerFeedback:
             rtx = report_blocks(packet, compat.rtx_ssrc(sender)) if blocks and kind == "video" \
                 else []
             for block in blocks:
-                block = self._unskipped(conn, block)
+                if conn.pacer is not None:
+                    block = self._spans.unskipped(conn.generation, conn.pacer.shift, block)
                 rtt = report_rtt(block, *compat.last_sender_report(sender), time.time())
-                span = self._span(conn, now, block, rtx[0] if rtx else None, sent_bytes)
+                span = self._spans.span(conn.generation, now, block, rtx[0] if rtx else None,
+                                        sent_bytes, pacing, "audio" in conn.tracks)
                 if span is not None:
-                    self._report_uplink(conn, now, span[0], rtt, span[1])
+                    self._report_uplink(conn, now, span.loss, rtt, span.arrived_bps)
                 # a shared bottleneck's loss and queue are the uplink's to answer
                 self._estimate_changed(now, self.bandwidth.on_report(
                     now, uplink.own_loss(self.peer_id, block.loss), self._own_rtt(rtt)))
@@ -475,91 +454,6 @@ class PeerFeedback:
                 self.peer_id, time.monotonic()) is not None)
         except Exception as exc:  # a connection closing under it: nothing to pad
             self.log.debug("peer.padding_failed", error=f"{type(exc).__name__}: {exc}")
-
-    def _unskipped(self, conn: Connection, block: ReportBlock) -> ReportBlock:
-        """The video's report ``block`` without the sequence numbers restarts skipped
-        (rtc/restart.py): 512 lost in one report would read as a collapsed
-        link, and 512 arrived (a receiver that does not count them lost) as
-        a link eight times wider.
-
-        Which receiver this is shows at the first report past a skip: its
-        cumulative loss grew by most of it (aiortc's) or not (libwebrtc's,
-        :func:`~.bandwidth.without_skipped`)."""
-        if conn.pacer is None:
-            return block
-        generation = conn.generation
-        raw = self._raw_block[1] if self._raw_block is not None \
-            and self._raw_block[0] == generation else None
-        self._raw_block = (generation, block)
-        shift = conn.pacer.shift
-        if not shift.restarts:
-            return block
-        newly = shift.passed(block.highest % 65536)
-        if newly and (self._skip_lost is None or self._skip_lost[0] != generation):
-            grew = block.packets_lost - (raw.packets_lost if raw is not None else 0)
-            self._skip_lost = (generation, grew >= newly // 2)
-        counted = self._skip_lost is None or self._skip_lost[1]
-        last = self._arrival
-        before = last.block if last is not None and last.generation == generation else None
-        return without_skipped(block, before, shift.reported, newly, counted)
-
-    def _span(self, conn: Connection, now: float, block: ReportBlock,
-              rtx: ReportBlock | None, sent_bytes: int) -> tuple[float, float | None] | None:
-        """What the receiver's reports say since the last one that counted, at least
-        :data:`ARRIVAL_SPAN` before: (the fraction lost, what arrived on the
-        wire, :meth:`_arrived_bps`); None within the span.
-
-        The shared uplink hears a receiver at most that often: a browser
-        sends a report with each NACK (every 10-30 ms under loss). Heard
-        report by report, none of them spanned enough to count what arrived
-        (the uplink read what we sent less the loss, 2.6 Mbit/s through a 1
-        Mbit/s cap 1.6 s after its onset), and each one's loss, over a few
-        packets, was 0 as often as not: the shared congestion held a
-        decrease back for seconds.
-        """
-        last = self._arrival
-        if last is not None and last.generation == conn.generation \
-                and now - last.at < ARRIVAL_SPAN:
-            return None
-        pacer = conn.pacer
-        stats = pacer.stats if pacer is not None else None
-        resends = stats.retransmissions + stats.padding_packets if stats is not None else 0
-        self._arrival = _Arrival(conn.generation, now, block, rtx, sent_bytes,
-                                 stats.packets + resends if stats is not None else 0, resends)
-        if last is None or last.generation != conn.generation:
-            return block.loss, None
-        expected = block.highest - last.block.highest
-        loss = min(max((block.packets_lost - last.block.packets_lost) / expected, 0.0), 1.0) \
-            if expected > 0 else block.loss
-        return loss, self._arrived_bps(conn, now, last, self._arrival)
-
-    @staticmethod
-    def _arrived_bps(conn: Connection, now: float, last: _Arrival,
-                     this: _Arrival) -> float | None:
-        """What the receiver counted arriving between two reports, on the wire.
-
-        Packets: the growth of its highest sequence number less that of its
-        cumulative loss, on the video stream and on its RTX stream (the
-        resends' own block, when the receiver reports one); bytes: those
-        times the mean size of what we sent meanwhile (new and resent). None
-        when it makes no sense (a counter that went back). Without the
-        resends, what got through read 730-770 kbit/s on a 1 Mbit/s uplink
-        whose overloads are answered with NACKs: the uplink's estimate
-        settled at the peers' floor and each climb from there looked like a
-        grown link.
-        """
-        packets = this.packets - last.packets
-        arrived = arrivals(last.block, this.block)
-        if this.rtx is not None and last.rtx is not None:
-            # no more than we resent meanwhile: the pacer drops resends (the
-            # budget, a resend within a round trip), and libwebrtc takes a
-            # jump of hundreds in their numbers for a restart of the stream
-            # and counts none lost, which read as 600 resends arrived in 0.2 s
-            arrived += min(max(arrivals(last.rtx, this.rtx), 0), this.resends - last.resends)
-        if packets <= 0 or arrived < 0 or this.sent_bytes < last.sent_bytes:
-            return None
-        size = (this.sent_bytes - last.sent_bytes) / packets
-        return float(link_bps(int(arrived * size * 8 / (now - last.at)), "audio" in conn.tracks))
 
     def _report_uplink(self, conn: Connection, now: float, loss: float,
                        rtt: float | None, arrived_bps: float | None = None) -> None:

@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from glimpse_edge.config import VideoConfig
+from glimpse_edge.rtc.arrivals import ARRIVAL_SPAN
 from glimpse_edge.rtc.bandwidth import (
     BandwidthEstimator,
     ChangeGate,
@@ -42,7 +43,7 @@ from glimpse_edge.rtc.bandwidth import (
     report_blocks,
     report_rtt,
 )
-from glimpse_edge.rtc.feedback import ARRIVAL_SPAN, PeerFeedback
+from glimpse_edge.rtc.feedback import PeerFeedback
 from glimpse_edge.rtc.pacer import Pacer
 from glimpse_edge.rtc.restart import JUMP
 from glimpse_edge.rtc.tiers import link_bps
