@@ -166,6 +166,11 @@ class RepairLedger:
         self._fills: dict[int, int] = {}  # original -> fillers handed out for it
         self._handed: dict[int, float] = {}  # what take_owed handed out last -> its odds
         self._moot: set[int] = set()  # watched resends sent before the receiver restarted
+        # given up (too far behind for a full resend, filled MAX_FILLS times, or
+        # maybe received): the receiver may still wait for them, until it
+        # restarts, or the history has passed them (its 512-packet buffer has
+        # then let go)
+        self._given_up: dict[int, None] = {}
 
     @property
     def owed(self) -> int:
@@ -176,9 +181,18 @@ class RepairLedger:
         return len(self._pending)
 
     def waits(self) -> bool:
-        """Whether the receiver may wait for a packet: one is owed, or a resend sent
-        since its last restart is not yet reported."""
-        return bool(self._owed) or any(s not in self._moot for s in self._pending)
+        """Whether the receiver may wait for a packet: one is owed, or was given up
+        on, or a resend sent since its last restart is not yet reported.
+
+        Given up too: twice in a dozen runs of scenario g1 a viewer waited
+        12-15 s at holes the ledger had given up on (their resends maybe
+        received, by a report that lost some of them), the 14-22 key frames it
+        asked for meanwhile left without a restart, and its jitter buffer let
+        go only 512 packets on. A restart that was not needed costs the few
+        packets the receiver held; a missed one, seconds of frozen picture.
+        """
+        return bool(self._owed) or bool(self._given_up) \
+            or any(s not in self._moot for s in self._pending)
 
     def restart(self) -> None:
         """A key frame leaves with a skip of sequence numbers (rtc/restart.py): the
@@ -188,6 +202,7 @@ class RepairLedger:
         self.stats.cleared += len(self._owed)
         self._owed.clear()
         self._fills.clear()
+        self._given_up.clear()
         self._moot = set(self._pending)
 
     # -- what the pacer did --------------------------------------------------------
@@ -322,6 +337,7 @@ class RepairLedger:
                     again.append(s)
                 else:  # a full resend lands as far behind as a filler
                     self.stats.abandoned += 1
+                    self._given_up[s] = None
             elif s not in waited_for or (fills := self._fills.get(s, 0)) >= MAX_FILLS or (
                     fills and owed[s] < 1.0):
                 # filled before and not surely lost since: the receiver most likely
@@ -329,11 +345,14 @@ class RepairLedger:
                 # (a batch's report that showed some loss refilled 63 packets the
                 # receiver had passed 100 ago: it started over and froze 20 s)
                 self.stats.abandoned += 1
+                self._given_up[s] = None
             else:
                 self._fills[s] = fills + 1
                 stale.append(s)
         for s in [s for s in self._fills if not held(s)]:
             del self._fills[s]
+        for s in [s for s in self._given_up if (newest - s) % SEQ_MOD >= self.history]:
+            del self._given_up[s]
         # a key frame sent after the oldest of them is what the receiver will
         # show next: its packets (and later ones) go first, and once it is
         # whole the older ones get fillers (oldest first, it held them behind

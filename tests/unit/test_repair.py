@@ -125,6 +125,37 @@ def test_a_packet_gets_a_bounded_number_of_fillers() -> None:
     assert fills == MAX_FILLS and ledger.stats.abandoned == 1
 
 
+def test_a_hole_given_up_on_still_restarts_the_receiver_at_the_next_key_frame() -> None:
+    """Every filler for a packet lost: the ledger gives up on it, but the receiver
+    may still wait there (aiortc's waits until 512 packets have passed: viewers
+    froze 12-15 s, scenario g1). It still counts as waited for, so the next key
+    frame restarts the receiver; until the history has passed it."""
+    ledger = RepairLedger(HISTORY)
+    ledger.resent(1000, 100, now=0.0)
+    for n in range(1, 10):
+        ledger.unreported(now=float(n), rtt_s=None)  # none of them arrives
+        _again, fillers = ledger.take_owed(newest=1100, key_frames=[[1040, 1045]])
+        if not fillers:
+            break
+        ledger.resent(1000, 100 + n, now=float(n))
+    assert ledger.stats.abandoned == 1 and ledger.owed == 0 and ledger.pending == 0
+    assert ledger.waits(), "expected the receiver taken to wait at the hole given up on"
+    ledger.restart()
+    assert not ledger.waits(), "expected nothing waited for after a restart"
+
+    ledger = RepairLedger(HISTORY)  # the same, and no restart: the history passes it
+    ledger.resent(1000, 100, now=0.0)
+    for n in range(1, 10):
+        ledger.unreported(now=float(n), rtt_s=None)
+        _again, fillers = ledger.take_owed(newest=1100, key_frames=[[1040, 1045]])
+        if not fillers:
+            break
+        ledger.resent(1000, 100 + n, now=float(n))
+    assert ledger.waits()
+    ledger.take_owed(newest=1000 + HISTORY, key_frames=[[1040, 1045]])
+    assert not ledger.waits(), f"expected the hole forgotten {HISTORY} packets on"
+
+
 def test_a_filler_goes_again_only_if_it_was_surely_lost() -> None:
     """Once fillers went out the receiver most likely moved past the key frame;
     another filler of a packet it has passed by 100 makes it start over. A
@@ -241,6 +272,8 @@ def test_a_packet_likely_received_before_a_whole_key_frame_gets_nothing() -> Non
     ledger = _partly_lost(*burst, lost=1)
     assert ledger.take_owed(newest=1300, key_frames=[[1200, 1205]]) == ([], [])
     assert ledger.stats.abandoned == 10
+    # the one lost may still hold the receiver: the next key frame restarts it
+    assert ledger.waits(), "expected the holes given up on still taken as waited for"
     assert _partly_lost(*burst, lost=1).take_owed(
         newest=1050, key_frames=[[900, 905]]) == (burst, []), (
         "after the last whole key frame, the receiver not 100 past them: resent in full")
