@@ -152,9 +152,12 @@ def _peers(agent: AgentState) -> Iterator[Metric]:
                                      "Probes of a limited uplink (padding past the link it "
                                      "knows), by whether it carried the padding.",
                                      labels=("result",))
-        probes.add_metric(("grown",), uplink.probes_passed)
-        probes.add_metric(("not_grown",), uplink.probes - uplink.probes_passed)
+        probes.add_metric(("carried",), uplink.probes_passed)
+        probes.add_metric(("not_carried",), uplink.probes - uplink.probes_passed)
         yield probes
+        yield CounterMetricFamily("glimpse_edge_uplink_grown",
+                                  "Times the limited uplink was found grown (a cap lifted) "
+                                  "and its estimate jumped.", value=uplink.grown)
 
     state = GaugeMetricFamily("glimpse_edge_peer_state",
                               "1 for each peer's current connection state.",

@@ -82,7 +82,7 @@ def status_document(state: AgentState) -> dict[str, Any]:
             "estimate_bps": up.estimate_bps, "congested": up.congested,
             "episodes": up.episodes, "peers": up.peers, "sent_bps": up.sent_bps,
             "shares_bps": dict(up.shares), "probes": up.probes,
-            "probes_passed": up.probes_passed},
+            "probes_passed": up.probes_passed, "grown": up.grown},
         "publish": None if (pub := state.publish) is None else {
             "url": pub.url, "state": pub.state, "since": iso(pub.since), "codec": pub.codec,
             "tier": pub.tier, "bitrate_bps": pub.bitrate_bps,

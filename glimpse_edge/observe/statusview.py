@@ -120,8 +120,11 @@ def render(status: dict[str, Any]) -> str:
                      + f" ({uplink.get('episodes', 0)} episode"
                      + f"{'' if uplink.get('episodes') == 1 else 's'}"
                      + (f"; {uplink['probes']} probe{'' if uplink['probes'] == 1 else 's'}, "
-                        f"{uplink.get('probes_passed', 0)} found it grown"
-                        if uplink.get("probes") else "") + ")")
+                        f"{uplink.get('probes_passed', 0)} carried"
+                        if uplink.get("probes") else "")
+                     + (f"; found grown {uplink['grown']} time"
+                        f"{'' if uplink['grown'] == 1 else 's'}" if uplink.get("grown") else "")
+                     + ")")
     publish = status.get("publish")
     if publish:
         n = publish.get("reconnects", 0)

@@ -51,7 +51,7 @@ from .bandwidth import (
 )
 from .connection import Connection, ConnectionEvent, PathRevived, TierChosen
 from .pacer import ABS_SEND_TIME_URI, Pacer
-from .probe import pad
+from .probe import Probe, pad
 from .repair import RepairLedger, filler_payload, key_frame_would_help
 from .sdp import header_extension_id
 from .tiers import AUDIO_ON_WIRE_BPS, TierSelector, link_bps, video_budget
@@ -125,6 +125,7 @@ class PeerFeedback:
         self._repair_keyframe_at = -math.inf  # when the repair last asked for a key frame
         self._restarts = 0  # the current connection's restarts logged (rtc/restart.py)
         self._sent = RateMeter()  # the video we send, new and resent
+        self._padded = RateMeter()  # ... of it, a probe's padding (rtc/probe.py)
         self._spans = ReceiverSpans()  # what its reports say arrived (rtc/arrivals.py)
         self.tiers = TierSelector([t.bitrate for t in hub.tiers])
         self.uplink = uplink if uplink is not None else Uplink()
@@ -299,6 +300,7 @@ class PeerFeedback:
                 queue.bytes_delivered for stream, queue in conn.subscriptions
                 if stream.kind == "video")
             self._sent.add(now, sent_bytes)
+            self._padded.add(now, pacing.padding_bytes if pacing is not None else 0)
             seen = False
             uplink = self.uplink
             blocks = report_blocks(packet, ssrc)
@@ -328,7 +330,9 @@ class PeerFeedback:
             self._uplink_limited = uplink.limited
             remb = remb_bitrate(packet, ssrc)
             if remb is not None and uplink.limited:
+                probe = uplink.probe
                 uplink.remb(self.peer_id, now, remb)
+                self._log_probe_end(probe, now)
                 # it follows the share the uplink gave, and after a shared
                 # bottleneck it climbs back slower than the uplink's estimate
                 # (a browser's REMB grew 51 -> 250 kbit/s in 30 s): no news of
@@ -440,18 +444,17 @@ class PeerFeedback:
         RTX, whose stream carries the padding (compat.sends_rtx).
         """
         pacer = conn.pacer
-        padding = self.uplink.padding_bps(self.peer_id, now)
-        if (pacer is None or padding is None or not compat.sends_rtx(sender)
+        if (pacer is None or self.uplink.padding_bps(self.peer_id, now) is None
+                or not compat.sends_rtx(sender)
                 or (conn.padding_task is not None and not conn.padding_task.done())):
             return
-        conn.padding_task = asyncio.get_running_loop().create_task(
-            self._pad(sender, pacer, padding))
+        conn.padding_task = asyncio.get_running_loop().create_task(self._pad(sender, pacer))
 
-    async def _pad(self, sender: RTCRtpSender, pacer: Pacer, rate_bps: int) -> None:
-        """The padding (rtc/probe.py) while the uplink's probe lasts."""
+    async def _pad(self, sender: RTCRtpSender, pacer: Pacer) -> None:
+        """The padding (rtc/probe.py) while the uplink's probes last, at each one's rate."""
         try:
-            await pad(sender, pacer, rate_bps, lambda: self.uplink.padding_bps(
-                self.peer_id, time.monotonic()) is not None)
+            await pad(sender, pacer, lambda: self.uplink.padding_bps(
+                self.peer_id, time.monotonic()))
         except Exception as exc:  # a connection closing under it: nothing to pad
             self.log.debug("peer.padding_failed", error=f"{type(exc).__name__}: {exc}")
 
@@ -461,8 +464,10 @@ class PeerFeedback:
         base = self.bandwidth.base_rtt_s
         audio = "audio" in conn.tracks
         video_sent = self._sent.rate_bps()
+        padded = self._padded.rate_bps()
         was, before = self.uplink.congested, self.uplink.estimate_bps
-        probes, passed = self.uplink.probes, self.uplink.probes_passed
+        probes, passed, jumps = self.uplink.probes, self.uplink.probes_passed, self.uplink.jumps
+        probe = self.uplink.probe
         self.uplink.report(
             self.peer_id, now, loss=loss,
             queue_s=None if rtt is None or base is None else max(rtt - base, 0.0),
@@ -470,7 +475,8 @@ class PeerFeedback:
             wants_bps=self.bandwidth.estimate_at(now),
             audio_bps=AUDIO_ON_WIRE_BPS if audio else 0,
             floor_bps=link_bps(self.bandwidth.min_bps, audio), arrived_bps=arrived_bps,
-            ceiling_bps=self.bandwidth.max_bps)
+            ceiling_bps=self.bandwidth.max_bps,
+            padding_bps=link_bps(int(padded or 0), False))
         after = self.uplink.estimate_bps
         if after is not None and (before is None or after < before):
             state = self.uplink.state(now)
@@ -484,16 +490,28 @@ class PeerFeedback:
         if self.uplink.probes != probes and (probe := self.uplink.probe) is not None:
             self.log.info("uplink.probing", padding_bps=probe.total_bps,
                           sent_bps=int(probe.sent_bps), carried_bps=int(probe.carried_bps),
-                          seconds=round(probe.until - probe.start, 1))
+                          seconds=round(probe.until - probe.start, 1), jump=probe.jump)
         if self.uplink.probes_passed != passed:
             self.log.info("uplink.probe_passed", result=self.uplink.last_pass,
                           estimate_bps=int(self.uplink.estimate_bps or 0),
                           through_bps=int(self.uplink.through_bps(now)))
+        elif self.uplink.jumps != jumps:  # without a probe (nothing to pad, or no room)
+            self.log.info("uplink.jumped", estimate_bps=int(self.uplink.estimate_bps or 0),
+                          through_bps=int(self.uplink.through_bps(now)))
+        self._log_probe_end(probe, now)
         if self.uplink.congested != was:
             state = self.uplink.state(now)
             self.log.info("uplink.congested" if state.congested else "uplink.clear",
                           estimate_bps=state.estimate_bps, sent_bps=state.sent_bps,
                           peers=state.peers, episodes=state.episodes)
+
+    def _log_probe_end(self, probe: Probe | None, now: float) -> None:
+        """``probe`` (the one running before this peer's feedback) ended without
+        passing: say why (a pass says so itself)."""
+        up = self.uplink
+        if probe is not None and up.probe is not probe and up.probe_ended != "passed":
+            self.log.info("uplink.probe_ended", reason=up.probe_ended, jump=probe.jump,
+                          through_bps=int(up.through_bps(now)))
 
     def leave_uplink(self) -> None:
         """The session ends: its share of the uplink goes to the others."""

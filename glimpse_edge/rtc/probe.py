@@ -46,15 +46,22 @@ class Probe:
     padding_bps: dict[str, int]  # by peer, on the wire
     sent_bps: float  # what we sent all peers as it started (without padding)
     carried_bps: float  # what got through as it started
+    # it pads up to the level a grown link jumps to (Uplink: "a jump is probed first")
+    jump: bool = False
 
     @property
     def total_bps(self) -> int:
         return sum(self.padding_bps.values())
 
 
-async def pad(sender: Any, pacer: Pacer, rate_bps: int, running: Callable[[], bool]) -> None:
-    """Resend ``sender``'s last few packets, in turn, at ``rate_bps`` while
-    ``running()`` (the probe's time, or less: the uplink ends a probe early).
+async def pad(sender: Any, pacer: Pacer, rate_bps: Callable[[], int | None]) -> None:
+    """Resend ``sender``'s last few packets, in turn, at ``rate_bps()`` until it
+    says None (the probe's time, or less: the uplink ends a probe early).
+
+    The rate is asked for at each packet, not once: a probe that follows
+    another at once (after a pass) found the last one's padding still
+    running at its rate, padded less than a third of what it asked, and
+    could not pass (Chromium viewers: a lifted cap found 8 s later).
 
     In aiortc's loop; only with RTX negotiated (``compat.sends_rtx``): on the
     video stream itself the copies would confuse the receiver's loss count.
@@ -62,7 +69,7 @@ async def pad(sender: Any, pacer: Pacer, rate_bps: int, running: Callable[[], bo
     """
     ssrc = compat.sender_ssrc(sender)
     back = 0
-    while running():
+    while (rate := rate_bps()) is not None:
         if (busy := pacer.queue_delay_s) > 0.0:  # video first
             await asyncio.sleep(busy)
             continue
@@ -77,4 +84,4 @@ async def pad(sender: Any, pacer: Pacer, rate_bps: int, running: Callable[[], bo
         await compat.resend(sender, sequence)
         pacer.padding.discard(sequence)  # (not in the history: nothing went)
         sent = pacer.stats.padding_bytes - before
-        await asyncio.sleep(sent * 8 / rate_bps if sent else _IDLE_S)
+        await asyncio.sleep(sent * 8 / max(rate, 1) if sent else _IDLE_S)

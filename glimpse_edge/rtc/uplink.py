@@ -21,9 +21,10 @@ peer's receiver reports:
   drains; then, after a hold, grow slowly (a few percent a second, where a
   peer's own estimate grows 8 %) up to a little above what the link carried,
   so that the total creeps up to the link instead of overshooting it; past
-  that, carried clear for a second and a half, the link has grown (a cap
-  lifted): the estimate jumps well past it, and growth doubles every few
-  seconds. Clear for ``release_after`` seconds with every peer getting
+  that, carried clear for a second and a half, the link may have grown (a
+  cap lifted): a probe pads up to well past it, and if the link carries
+  that, the estimate jumps there, and growth doubles every few seconds.
+  Clear for ``release_after`` seconds with every peer getting
   all its own estimate could ask (its top tier), or once we sent well past
   what the link carried at its last overload without a complaint (it
   grew), the limit is dropped and each peer's own estimate rules.
@@ -31,7 +32,8 @@ peer's receiver reports:
   or so (a decrease, a hold, the creep back), so every few seconds while
   limited and clear the peers pad what they send (resends of recent
   packets, rtc/probe.py) past the known link for a couple of seconds.
-  Carried, the link grew, and the estimate jumps; a peer's REMB falling
+  Carried, the estimate rises to what got through; past the known link, the
+  next probe pads up to the jump at once. A peer's REMB falling
   (its receiver saw a queue grow) ends the probe before the queue
   overflows.
 - **allocate** it: audio first (every peer's Opus), then video by max-min
@@ -147,6 +149,10 @@ class UplinkTuning:
     probe_confirm: int = 2
     probe_pass: float = 0.92
     probe_remb_fall: float = 0.97  # a REMB under this share of the peer's last one fell
+    # and a probe pads up to no more than this times what got through as it
+    # starts: a "known" read 1.5 x past a 2 Mbit/s link padded 1.16 Mbit/s of
+    # encoders with 2.6 more, three times in 10 s (scenario g2)
+    probe_carried: float = 1.5
 
 
 @dataclass(frozen=True)
@@ -165,6 +171,12 @@ class PeerReport:
     queue_draining: bool = False  # the queue shrank since this peer's report before
     arrived_bps: float | None = None  # what the receiver counted arriving since its last report
     ceiling_bps: int = 0  # the most its own estimate can say (its top tier), on the wire
+    padding_bps: int = 0  # of what we send it, a probe's padding, on the wire
+
+    @property
+    def media_bps(self) -> float:
+        """What we send it without padding (what the encoders and the repair send)."""
+        return max((self.sent_bps or 0.0) - self.padding_bps, 0.0)
 
     def congested(self, tuning: UplinkTuning) -> bool:
         """This report alone shows loss or a queue."""
@@ -211,7 +223,8 @@ class UplinkState:
     sent_bps: int  # what we send them all, on the wire
     shares: dict[str, int] = field(default_factory=dict)  # per peer, on the wire
     probes: int = 0  # probes made (padding up past the known link)
-    probes_passed: int = 0  # ... that found the link grown
+    probes_passed: int = 0  # ... whose padding the link carried
+    grown: int = 0  # times the link was found grown (a cap lifted): the estimate jumped
 
 
 def max_min_fair(wants: Mapping[str, float], total: float) -> dict[str, float]:
@@ -259,16 +272,24 @@ class Uplink:
         self._last_probe: Probe | None = None
         self._probe_ended = -math.inf
         self._probe_seen = 0  # updates in a row that saw the link carry past the margin
+        self._probe_low = 0.0  # ... the least what got through by those updates
         self._probed_to = 0.0  # what got through at a probe since the last decrease
+        self._jump_next = False  # the next probe pads up to the jump (:meth:`_jump`)
+        self._jumped = False  # the estimate jumped since the last decrease
         self._remb: dict[str, float] = {}  # each peer's last REMB
         self.probes_stopped = 0  # probes a falling REMB ended
+        self.jumps = 0  # times the estimate jumped: the link grew
+        # why the last probe ended: "passed", "remb_fell", "queued", "congested",
+        # "not_carried" (its time was up) or "released"
+        self.probe_ended = ""
+        self._jumped_at = -math.inf
 
     # -- inputs -------------------------------------------------------------------
 
     def report(self, peer: str, now: float, *, loss: float, queue_s: float | None,
                sent_bps: float | None, wants_bps: int, audio_bps: int,
                floor_bps: int = 0, arrived_bps: float | None = None,
-               ceiling_bps: int | None = None) -> None:
+               ceiling_bps: int | None = None, padding_bps: int = 0) -> None:
         """What ``peer``'s latest receiver report says.
 
         ``floor_bps`` is the least this peer can be sent (its audio and the
@@ -279,7 +300,11 @@ class Uplink:
         ``arrived_bps``: what the receiver counted arriving since its report
         before (on the wire), when known (:meth:`PeerReport.through_bps`).
         ``ceiling_bps``: the most the peer's own estimate can say (what its
-        top tier takes); without it, what it says now.
+        top tier takes); without it, what it says now. ``padding_bps``: of
+        ``sent_bps``, what a probe's padding takes (measured over the same
+        time): a probe right after another counted the last one's padding,
+        still in what we sent, as the encoders', padded too little and
+        could not pass (a lifted cap found 8-10 s later, f and g1).
         """
         loss = min(max(loss, 0.0), 1.0) if math.isfinite(loss) else 0.0
         last = self._reports.get(peer)
@@ -288,7 +313,8 @@ class Uplink:
         new = PeerReport(now, -math.inf if last is None else last.congested_at, loss, smooth,
                          queue_s, sent_bps, wants_bps, audio_bps, floor_bps,
                          arrived_bps=arrived_bps,
-                         ceiling_bps=wants_bps if ceiling_bps is None else ceiling_bps)
+                         ceiling_bps=wants_bps if ceiling_bps is None else ceiling_bps,
+                         padding_bps=padding_bps)
         if last is not None and last.queue_s is not None and queue_s is not None:
             new = replace(new, queue_draining=queue_s < last.queue_s - QUEUE_NOISE_S)
         if new.congested(self.tuning):
@@ -305,7 +331,7 @@ class Uplink:
         if self.probe is not None and last is not None \
                 and bps < self.tuning.probe_remb_fall * last:
             self.probes_stopped += 1
-            self._end_probe(now)
+            self._end_probe(now, "remb_fell")
 
     def forget(self, peer: str) -> None:
         """``peer`` left: its reports no longer count, its share goes to the others."""
@@ -395,7 +421,7 @@ class Uplink:
         live = self.live(now)
         return UplinkState(estimate, self.congested, self.episodes, len(live),
                            int(sum(r.sent_bps or 0.0 for r in live.values())), self.shares(now),
-                           self.probes, self.probes_passed)
+                           self.probes, self.probes_passed, self.jumps)
 
     # -- the controller ----------------------------------------------------------
 
@@ -422,7 +448,7 @@ class Uplink:
             if fresh:
                 self._last_overload = now
             rtt = max((r.queue_s or 0.0) for r in live.values())
-            self._end_probe(now)
+            self._end_probe(now, "congested")
             # a probe's padding took what we sent past the known link, and the link
             # still carries what it carried at its overloads: the congestion is the
             # padding's (the link did not grow), not news of the link. Not if the
@@ -500,9 +526,9 @@ class Uplink:
             rate = min(t.increase_per_s * 2.0 ** (doubling / t.double_every),
                        t.max_increase_per_s)
             self.estimate_bps *= (1.0 + rate) ** span
-            if doubling >= t.beyond_clear and self._crept:  # it grew: show it
-                self.estimate_bps = max(self.estimate_bps, min(
-                    t.jump_share * self._known_bps, t.jump_carried * carrying))
+            if doubling >= t.beyond_clear and self._crept and not self._jumped \
+                    and self.probe is None:
+                self._jump_next = True  # it may have grown: a probe at the jump shows it
         # every peer gets all its own estimate can ever ask (its top tier), not
         # what it asks now: a cap's onset knocks the peers' own estimates down
         # (their receivers' REMB falls at once), they climb back slowly while
@@ -523,9 +549,12 @@ class Uplink:
         # sum of the three once read 1.3 x a 950 kbit/s link through it; the
         # limit was let go, all three went to the top tier, and a loss burst
         # froze them for 20 s.
+        # Nor is it reset while the encoders take up a jump (``grown_clear`` after
+        # it): the probe's padding that showed the link grown stops before they
+        # send as much, and the clock started afresh took 4-5 s more (g1)
         if self._known_bps > 0 and carrying >= t.grown_share * self._known_bps:
             self._grown_since = min(self._grown_since, now)
-        else:
+        elif now - self._jumped_at > t.grown_clear:
             self._grown_since = math.inf
         grown = now - self._grown_since >= t.grown_clear
         if clear_for >= t.release_after and self.estimate_bps >= wanted:
@@ -536,7 +565,7 @@ class Uplink:
             return
         self.estimate_bps = None
         self.releases += 1
-        self._end_probe(now)
+        self._end_probe(now, "released")
 
     def _probed(self, now: float, live: dict[str, PeerReport], since: float, queued: bool,
                 carrying: float, limit: float) -> bool:
@@ -546,30 +575,45 @@ class Uplink:
         probe = self.probe
         base = self._probe_base()
         if probe is None:
-            sent = sum(r.sent_bps or 0.0 for r in live.values())
-            level = t.probe_share * base
+            sent = sum(r.media_bps for r in live.values())  # (the last probe's padding: not)
+            jump = self._jump_next
+            level = self._jump_level(carrying) if jump \
+                else min(t.probe_share * base, t.probe_carried * max(carrying, self._probed_to))
+            if queued:  # the link is full: no jump
+                self._jump_next = False
+            elif jump and (sent >= t.probe_pass * level or t.probe_every <= 0):
+                # what we send is (nearly) there: nothing to pad
+                self._jump(now, carrying)
+                return True
             if (t.probe_every > 0 and since > t.hold
                     and not queued
                     and now - self._probe_ended >= t.probe_every and sent < level
-                    and carrying <= limit and live):
+                    and (carrying <= limit or jump) and live):
                 # each peer within its own link's room (what its own estimate says
                 # it takes, less what we send it): a viewer behind its own slow
                 # downlink (scenario h, 300 kbit/s), padded like the others, had
                 # its link overflow at each probe, which showed nothing of the
                 # uplink, and its own estimator heard loss that was ours
-                fair = max_min_fair({p: max(0.0, r.wants_bps - (r.sent_bps or 0.0))
+                fair = max_min_fair({p: max(0.0, r.wants_bps - r.media_bps)
                                      for p, r in live.items()}, level - sent)
                 padding = {p: int(give) for p, give in fair.items() if give >= 1.0}
                 # short of what the probe needs (most peers' own links full): it
                 # could not pass, and would cost a queue all the same
                 if sum(padding.values()) >= t.probe_pass * (level - sent):
                     self.probe = self._last_probe = Probe(now, now + t.probe_s, padding, sent,
-                                                          carrying)
+                                                          min(carrying, sent), jump)
                     self.probes += 1
                     self._probe_seen = 0
+                    self._jump_next = False
+                elif jump:
+                    # the peers' own links have no room for it: their own
+                    # estimates bound what they take, so the jump cannot
+                    # overshoot the uplink by much, and it is all there is
+                    self._jump(now, carrying)
+                    return True
             return False
         if queued or now >= probe.until + t.probe_judge:  # it filled a queue, or it is over
-            self._end_probe(now)
+            self._end_probe(now, "queued" if queued else "not_carried")
             return False
         # (nearly) the probe's level, past the margin over what it went past, and
         # up by half the padding at least: the padding got through. A link a
@@ -580,29 +624,52 @@ class Uplink:
                                 t.probe_pass * (probe.sent_bps + padded),
                                 probe.carried_bps + 0.5 * padded)
         self._probe_seen = self._probe_seen + 1 if passed else 0
+        # the lowest of the updates that passed: through a tbf's burst allowance
+        # (16 kB) one reads up to ~13 % past a 1 Mbit/s link (Chromium viewers)
+        self._probe_low = min(self._probe_low, carrying) if self._probe_seen > 1 else carrying
         if self._probe_seen < t.probe_confirm:
             return False
+        carrying = self._probe_low
         self.probes_passed += 1
-        self._end_probe(now)
+        self._end_probe(now, "passed")
         assert self.estimate_bps is not None
-        if carrying <= limit:
-            # past what got through at the last overloads, not past the known
-            # link: the link carries what it carried now, and the next probe
-            # goes on from there. (Withheld instead, as once, a probe never came
-            # when "known" read ~4 % above those overloads, and the creep alone
-            # found a lifted cap in ~21 s; a jump from here would take a "known"
-            # read too high for the link's size)
-            self.estimate_bps = max(self.estimate_bps, carrying)
-            self._probed_to = carrying
-            self.last_pass = "raised"
+        if probe.jump:
+            self._jump(now, carrying)
             return True
-        self.last_pass = "grown"
-        # the link carried past what it carried at its overloads: it grew
-        self.estimate_bps = max(self.estimate_bps, min(t.jump_share * self._known_bps,
-                                                       t.jump_carried * carrying))
-        self._beyond_since = now - t.beyond_clear  # growing fast from here
-        self._crept = True
+        # the link carries what it carried now, and the next probe goes on from
+        # there. Past what got through at the last overloads but not past the
+        # known link: withheld instead, as once, a probe never came when "known"
+        # read ~4 % above those overloads, and the creep alone found a lifted cap
+        # in ~21 s. Past the known link too: the next probe pads up to the jump;
+        # jumping from here went past a "known" read under the link (a 0.46
+        # Mbit/s "known" passed at 0.58 of a 0.6 Mbit/s cap, the jump to 0.74:
+        # a 1.5 s freeze, scenario g1). The next probe comes at once, as
+        # libwebrtc probes further after a probe that got through: waiting
+        # ``probe_every`` after each pass took a lifted cap three probes and
+        # 14.5 s to find (Chromium viewers)
+        self.estimate_bps = max(self.estimate_bps, carrying)
+        self._probed_to = carrying
+        self.last_pass = "raised"
+        self._jump_next = carrying > limit
+        self._probe_ended = now - t.probe_every
         return True
+
+    def _jump_level(self, carrying: float) -> float:
+        """Where the estimate jumps when the link grew (``jump_share`` says why)."""
+        t = self.tuning
+        return min(t.jump_share * self._known_bps, t.jump_carried * carrying)
+
+    def _jump(self, now: float, carrying: float) -> None:
+        """The link grew (a cap lifted): the estimate jumps, and grows fast from there."""
+        assert self.estimate_bps is not None
+        self._jump_next = False
+        self._jumped = True
+        self._jumped_at = now
+        self.jumps += 1
+        self.last_pass = "grown"
+        self.estimate_bps = max(self.estimate_bps, self._jump_level(carrying))
+        self._beyond_since = now - self.tuning.beyond_clear
+        self._crept = True
 
     def _probe_base(self) -> float:
         """What a probe goes past: the known link, or, if less, what got through
@@ -616,8 +683,12 @@ class Uplink:
         return min(self._known_bps,
                    max(statistics.median_low(self._saturated), self._probed_to))
 
-    def _end_probe(self, now: float) -> None:
+    def _end_probe(self, now: float, why: str) -> None:
+        """End the running probe, if any; ``why`` is kept in :attr:`probe_ended`."""
         if self.probe is not None:
+            self.probe_ended = why
+            if self.probe.jump:  # (passed or not: a pass sets it again)
+                self._beyond_since = math.inf  # the link did not carry the jump
             self.probe = None
             self._probe_ended = now
 
@@ -668,9 +739,12 @@ class Uplink:
         at least two peers and half of those reporting (as a shared
         bottleneck needs), measure it without waiting. Each peer's count is
         scaled by its part of what we send (a full FIFO delivers every flow
-        in proportion to what it offers), and the highest reading counts: a
-        peer behind its own slow downlink (scenario h) reads its own link,
-        not ours.
+        in proportion to what it offers), and the upper median of the
+        readings counts (of two, the higher): a peer behind its own slow
+        downlink (scenario h) reads its own link, not ours; and one whose
+        count straddles the onset reads far past it (the highest of five
+        read 3.04 Mbit/s of a 2 Mbit/s cap, scenario g2: "known" and the
+        probes' padding then went 1.5-1.9 x past the link).
         """
         t = self.tuning
         if self.estimate_bps is None:
@@ -683,7 +757,7 @@ class Uplink:
                     if r.arrived_bps is not None and r.sent_bps]
         if len(readings) < len(after):
             return None
-        link = max(readings)
+        link = statistics.median_high(readings)
         return link if link < t.max_cut * self.estimate_bps else None
 
     def _decrease(self, now: float, live: dict[str, PeerReport],
@@ -774,4 +848,5 @@ class Uplink:
         self._clean.clear()
         self._crept = False
         self._probed_to = 0.0
+        self._jump_next = self._jumped = False
         self._last_decrease = now

@@ -9,16 +9,10 @@ The sender sends packets, as the agent's tracks do (aiortc only packetizes).
 
 from __future__ import annotations
 
-import asyncio
 import random
-from fractions import Fraction
 
-import av
-import numpy as np
 import trio
-from aiortc import RTCPeerConnection, RTCRtpSender
-from aiortc.mediastreams import MediaStreamTrack
-from av.packet import Packet
+from support.rtcpair import h264_pair, key_frame
 from trio_asyncio import aio_as_trio
 
 from glimpse_edge.introspect import asyncio_task_count
@@ -28,58 +22,16 @@ PAIRS = 40
 # Closes fall between the answer and this many times the time a pair takes to
 # connect here (measured first: a loaded machine connects more slowly).
 CLOSE_SPAN = 1.5
-FRAME_INTERVAL = 1 / 30
-
-
-def _key_frame() -> bytes:
-    codec = av.CodecContext.create("libx264", "w")
-    codec.width, codec.height, codec.pix_fmt = 160, 96, "yuv420p"
-    codec.time_base = Fraction(1, 30)
-    codec.options = {"profile": "baseline", "tune": "zerolatency"}
-    frame = av.VideoFrame.from_ndarray(np.zeros((96, 160, 3), np.uint8), format="rgb24")
-    return b"".join(bytes(p) for p in [*codec.encode(frame), *codec.encode(None)])
-
-
-class KeyFrames(MediaStreamTrack):
-    """The same H.264 key frame, 30 times a second, as packets."""
-
-    kind = "video"
-
-    def __init__(self, data: bytes) -> None:
-        super().__init__()
-        self._data, self._n = data, 0
-
-    async def recv(self) -> Packet:  # type: ignore[override]
-        await asyncio.sleep(FRAME_INTERVAL)  # the track's pace, as a camera's
-        packet = av.Packet(self._data)
-        packet.pts, packet.time_base = self._n * 3000, Fraction(1, 90000)
-        self._n += 1
-        return packet
-
-
-async def _pair(data: bytes) -> tuple[RTCPeerConnection, RTCPeerConnection]:
-    """A sender and a receiver, negotiated (H.264), connecting."""
-    sender, receiver = RTCPeerConnection(), RTCPeerConnection()
-    transceiver = sender.addTransceiver(KeyFrames(data), direction="sendonly")
-    capabilities = RTCRtpSender.getCapabilities("video")
-    assert capabilities is not None
-    transceiver.setCodecPreferences(
-        [c for c in capabilities.codecs if c.mimeType == "video/H264"])
-    await aio_as_trio(sender.setLocalDescription)(await aio_as_trio(sender.createOffer)())
-    await aio_as_trio(receiver.setRemoteDescription)(sender.localDescription)
-    await aio_as_trio(receiver.setLocalDescription)(await aio_as_trio(receiver.createAnswer)())
-    await aio_as_trio(sender.setRemoteDescription)(receiver.localDescription)
-    return sender, receiver
 
 
 async def test_connections_closed_while_connecting_leave_no_task_behind(
     nursery: trio.Nursery,
 ) -> None:
     rng = random.Random(7)
-    data = _key_frame()
+    data = key_frame()
     baseline = asyncio_task_count()
     started = trio.current_time()
-    sender, receiver = await _pair(data)
+    sender, receiver = await h264_pair(data)
     with trio.fail_after(10):
         while sender.connectionState != "connected":  # noqa: ASYNC110 - aiortc's state
             await trio.sleep(0.005)
@@ -88,7 +40,7 @@ async def test_connections_closed_while_connecting_leave_no_task_behind(
         await aio_as_trio(close_peer_connection)(pc)
     connected = 0
     for i in range(PAIRS):
-        sender, receiver = await _pair(data)
+        sender, receiver = await h264_pair(data)
         await trio.sleep(rng.random() * latest_close)  # a random moment of the connect
         connected += sender.connectionState == "connected"
         first, second = (sender, receiver) if i % 2 else (receiver, sender)

@@ -179,7 +179,7 @@ def stand_in(tmp_path: Path) -> StandIn:
         room=Room([ALICE, BOB]), hub=hub, peers_refused=4,
         uplink=UplinkState(estimate_bps=900_000, congested=True, episodes=2, peers=2,
                            sent_bps=1_000_000, shares={ALICE.user_id: 450_000}, probes=5,
-                           probes_passed=1),
+                           probes_passed=2, grown=1),
         config_problem="config.toml: video.width: must be even",
         peers={ALICE.user_id: Peer(ALICE, connection=Connection()),
                # an early offer: a session before the room lists them
@@ -246,8 +246,9 @@ async def test_the_endpoint_serves_a_stand_in_for_the_agent(tmp_path: Path) -> N
     assert value(samples, "glimpse_edge_peer_pacer_repair_expired_total", **alice) == 1
     assert value(samples, "glimpse_edge_peer_pacer_receiver_restarts_total", **alice) == 2
     assert value(samples, "glimpse_edge_peer_pacer_padding_bytes_total", **alice) == 12_000
-    assert value(samples, "glimpse_edge_uplink_probes_total", result="grown") == 1
-    assert value(samples, "glimpse_edge_uplink_probes_total", result="not_grown") == 4
+    assert value(samples, "glimpse_edge_uplink_probes_total", result="carried") == 2
+    assert value(samples, "glimpse_edge_uplink_probes_total", result="not_carried") == 3
+    assert value(samples, "glimpse_edge_uplink_grown_total") == 1
     assert value(samples, "glimpse_edge_peer_state", state="offering", peer=CAROL.user_id) == 1
     assert not [s for s in samples if s.labels.get("peer") == BOB.user_id]  # no session
     assert value(samples, "glimpse_edge_encoder_frames_total", codec="h264", tier="320x180") == 20
@@ -282,9 +283,9 @@ async def test_the_endpoint_serves_a_stand_in_for_the_agent(tmp_path: Path) -> N
     assert status["uplink"] == {"estimate_bps": 900_000, "congested": True, "episodes": 2,
                                 "peers": 2, "sent_bps": 1_000_000,
                                 "shares_bps": {ALICE.user_id: 450_000}, "probes": 5,
-                                "probes_passed": 1}
+                                "probes_passed": 2, "grown": 1}
     assert "uplink      sending 1000.0 kbit/s; estimate 900.0 kbit/s shared out, congested " \
-        "(2 episodes; 5 probes, 1 found it grown)" in render(status)
+        "(2 episodes; 5 probes, 2 carried; found grown 1 time)" in render(status)
     assert people["bob"]["state"] == "no session" and people["bob"]["stats"] == {}
     assert people["carol"]["state"] == "offering" and people["carol"]["tier"] is None
     sources = {s["kind"]: s for s in status["sources"]}

@@ -365,8 +365,9 @@ def test_growth_starts_slowly_after_a_long_congestion_without_decreases() -> Non
 def test_it_creeps_up_to_where_the_link_was_then_searches_beyond() -> None:
     """Up to a margin above what the link carried when it overloaded, the link is
     known to be there: creep; past it the link has grown, and growth doubles (seen
-    here without the early release of a grown link, which would end the climb)."""
-    t = UplinkTuning(grown_share=math.inf)
+    here without the early release of a grown link, which would end the climb,
+    and without probes, which these peers do not pad for)."""
+    t = UplinkTuning(grown_share=math.inf, probe_every=0)
     up = Uplink(t)
     for peer in ("a", "b"):
         report(up, peer, 0.0, loss=0.2, sent=500_000)
@@ -649,14 +650,15 @@ def test_one_report_that_reads_past_the_link_does_not_let_go() -> None:
 
 def _lifted(up: Uplink, known: float, link: float, until: float) -> tuple[float, float | None]:
     """After an overload that showed ``known``, the peers send what the estimate
-    gives over a link of ``link`` (past it, a queue and loss). (When what got
-    through first passed the known margin, when the estimate first reached
-    ``jump_share`` x the known link or ``jump_carried`` x what got through, or None.)"""
+    gives, and what a probe pads with, over a link of ``link`` (past it, a queue
+    and loss). (When what got through first passed the known margin, when the
+    estimate first reached ``jump_share`` x the known link or ``jump_carried`` x
+    what got through, or None.)"""
     t, now = up.tuning, 0.0
     passed, jumped = math.inf, None
     while now < until and up.estimate_bps is not None:
         now += 0.25
-        sent = up.estimate_bps
+        sent = up.estimate_bps + sum(up.padding_bps(p, now) or 0 for p in ("a", "b"))
         got = min(sent, link)
         over = max(0.0, sent - link) / sent
         for peer in ("a", "b"):
@@ -672,19 +674,29 @@ def _lifted(up: Uplink, known: float, link: float, until: float) -> tuple[float,
 
 def test_carried_past_the_known_link_clear_it_jumps_to_show_the_link_grown() -> None:
     """A cap lifted: once what gets through stays past the known link for
-    ``beyond_clear`` without a complaint, the estimate jumps to ``jump_share`` x
-    it (at most ``jump_carried`` x what got through), so the encoders show the
-    link grown at once (doubling up to it took 4-6 s of the recovery). A link
-    only a little wider than the known one overloads first: no jump there."""
+    ``beyond_clear`` without a complaint, a probe pads up to ``jump_share`` x
+    it (at most ``jump_carried`` x what got through); carried, the estimate
+    jumps there, so the encoders show the link grown at once (doubling up to
+    it took 4-6 s of the recovery). A link only a little wider than the known
+    one overloads first: no jump there."""
     t = UplinkTuning(grown_share=math.inf)
     known = 800_000
     up = Uplink(t)
     for peer in ("a", "b"):
         report(up, peer, 0.0, loss=0.2, sent=500_000)  # the link carried 800 kbit/s
     passed, jumped = _lifted(up, known, link=10_000_000, until=40.0)
-    assert jumped is not None and jumped - passed <= t.beyond_clear + 0.5, (
-        f"expected a jump to {t.jump_share} x {known} within {t.beyond_clear} s of what got "
+    due = t.beyond_clear + t.probe_s
+    assert jumped is not None and jumped - passed <= due, (
+        f"expected a jump to {t.jump_share} x {known} within {due} s of what got "
         f"through passing {t.known_margin} x it at {passed} s, saw it at {jumped} s")
+    assert up.jumps == 1 and up.probes_passed >= 1, (up.jumps, up.probes_passed)
+
+    # the same without probes (none could start): the creep past the margin jumps
+    up = Uplink(replace(t, probe_every=0))
+    for peer in ("a", "b"):
+        report(up, peer, 0.0, loss=0.2, sent=500_000)
+    passed, jumped = _lifted(up, known, link=10_000_000, until=40.0)
+    assert jumped is not None and jumped - passed <= t.beyond_clear + 0.5, (passed, jumped)
 
     up = Uplink(t)
     for peer in ("a", "b"):
@@ -850,6 +862,17 @@ def test_a_peer_behind_its_own_slow_link_does_not_cut_the_uplink_early() -> None
 
 
 # -- probes -------------------------------------------------------------------------
+def _until_probe(up: Uplink, got: float) -> float:
+    """Peers "a" and "b" each send ``got`` clear, which all gets through, until a
+    probe starts (or 10 s): when it started."""
+    now = 0.0
+    while up.probe is None and now < 10:
+        now += 0.25
+        for peer in ("a", "b"):
+            arrived(up, peer, now, got=got, sent=got, wants=50_000_000)
+    return now
+
+
 
 
 def _probe_run(up: Uplink, link: float, until: float, *, remb: bool = False,
@@ -892,9 +915,14 @@ def test_a_probe_pads_past_the_known_link_and_a_link_that_carries_it_has_grown()
     for peer in ("a", "b"):
         report(up, peer, 0.0, loss=0.2, sent=500_000)  # the link carried 800 kbit/s
     assert up.estimate_bps == pytest.approx(t.backoff * known)
-    jumped, _ = _probe_run(up, link=10_000_000, until=30.0)
+    first, _ = _probe_run(up, link=10_000_000, until=30.0)
     due = t.hold + t.probe_s + t.probe_judge + 0.5
-    assert jumped <= due, f"expected a probe to find the link grown within {due} s, saw {jumped}"
+    assert first <= due, f"expected a probe to find the link wider within {due} s, saw {first}"
+    assert up.last_pass == "raised" and up.jumps == 0, (up.last_pass, up.jumps)
+    jumped, _ = _probe_run(up, link=10_000_000, until=30.0, start=first)
+    due = first + t.probe_s
+    assert jumped <= due, f"expected the next probe to find it grown by {due} s, saw {jumped}"
+    assert up.last_pass == "grown" and up.jumps == 1
     assert up.estimate_bps is not None and up.estimate_bps >= t.jump_share * known * 0.99
 
     slow = Uplink(replace(t, probe_every=0))  # the same without probes: the creep alone
@@ -945,11 +973,7 @@ def test_a_falling_remb_ends_a_probe_before_the_queue_overflows() -> None:
     for peer in ("a", "b"):
         report(up, peer, 0.0, loss=0.2, sent=500_000)
         up.remb(peer, 0.0, 900_000)
-    now = 0.0
-    while up.probe is None and now < 10:
-        now += 0.25
-        for peer in ("a", "b"):
-            arrived(up, peer, now, got=300_000, sent=300_000, wants=50_000_000)
+    now = _until_probe(up, got=300_000)
     assert up.probe is not None, "expected a probe after the hold"
     assert (up.padding_bps("a", now) or 0) > 0
     up.remb("a", now + 0.1, 950_000)  # a rise: nothing
@@ -966,11 +990,7 @@ def test_a_caps_onset_during_a_probe_is_cut_at_once() -> None:
     up = Uplink(t)
     for peer in ("a", "b"):
         report(up, peer, 0.0, loss=0.2, sent=500_000)
-    now = 0.0
-    while up.probe is None and now < 10:
-        now += 0.25
-        for peer in ("a", "b"):
-            arrived(up, peer, now, got=300_000, sent=300_000, wants=50_000_000)
+    now = _until_probe(up, got=300_000)
     assert up.probe is not None
     before = up.estimate_bps
     assert before is not None
@@ -1009,7 +1029,8 @@ def test_a_known_link_read_above_the_overloads_is_probed_in_two_steps() -> None:
     counted). A probe past the overloads' level cannot then pass the known margin:
     withheld, as once, none came and the creep alone found a lifted cap (~21 s).
     Now the first pass raises the estimate to what got through (no jump from a
-    "known" that may be too high), and the next probe, from there, jumps."""
+    "known" that may be too high), the next probe, from there, passes the known
+    link, and the one after it pads up to the jump at once."""
     t = UplinkTuning()
     overloads = 800_000
     up = Uplink(t)
@@ -1027,9 +1048,14 @@ def test_a_known_link_read_above_the_overloads_is_probed_in_two_steps() -> None:
         f"expected the estimate at what got through, past the overloads' margin "
         f"({t.known_margin * overloads:.0f}) and no jump, saw {estimate:.0f}")
     second, _ = _probe_run(up, link=10_000_000, until=60.0, start=first)
-    due = first + t.probe_every + t.probe_judge + 0.5
-    assert second <= due, f"expected the next probe to find the link grown by {due} s, " \
+    due = first + t.probe_s  # at once, not ``probe_every`` on
+    assert second <= due, f"expected the next probe to pass the known link by {due} s, " \
         f"saw {second}"
+    third, _ = _probe_run(up, link=10_000_000, until=60.0, start=second)
+    due = second + t.probe_s
+    assert third <= due and up.jumps == 1, (
+        f"expected the one after at once to find it grown by {due} s, saw {third}, "
+        f"{up.jumps} jumps")
     assert up.estimate_bps is not None and up.estimate_bps >= t.jump_share * known * 0.99
 
 
@@ -1045,3 +1071,148 @@ def test_a_two_step_probe_under_a_cap_goes_no_further_than_the_link() -> None:
     link = 1.02 * overloads
     _probe_run(up, link=link, until=40.0, remb=True)
     assert up.probes >= 3 and up.probes_passed == 0, (up.probes, up.probes_passed)
+
+
+@pytest.mark.parametrize("under", [0.77, 0.87])
+def test_a_known_link_read_under_the_link_is_not_jumped_past_it(under: float) -> None:
+    """"Known" read under the link (an overload's count short of what the link
+    carries). A probe then passes the known margin, and the creep goes past it
+    clear, on a link that did not grow: a jump from there (``jump_share`` x
+    "known") overloaded it (a 1.5 s freeze, scenario g1). Now the jump is probed
+    first: the padding up to it is not carried, and the estimate stays near the
+    link (the encoders' creep past it is the usual overload, and cut)."""
+    t = UplinkTuning()
+    link = 1_000_000
+    up = Uplink(t)
+    for peer in ("a", "b"):  # the overload's count: ``under`` x the link got through
+        report(up, peer, 0.0, loss=0.2, sent=under * link / 2 / 0.8)
+    assert up._known_bps == pytest.approx(under * link)
+    assert t.jump_share * under > 1.1, "a jump from this known would overshoot the link"
+    now, seen = 0.0, []
+    while now < 60.0:
+        _, estimates = _probe_run(up, link=link, until=60.0, remb=True, start=now)
+        seen += estimates
+        now += 0.25 * max(len(estimates), 1)
+    # (what the encoders send trails the estimate by ~10 %: 1.2 x is ~1.08 x the link)
+    assert max(seen) <= 1.2 * link, (
+        f"expected the estimate within 1.2 x the link, saw it up to {max(seen) / link:.2f} x")
+    assert up.jumps == 0, f"expected no jump, saw {up.jumps}"
+
+
+def test_a_jump_the_link_carried_lets_go_while_the_encoders_take_it_up() -> None:
+    """The padding that showed the link grown stops before the encoders send as
+    much (a reopen, a tier's ramp). Counted afresh from there, the "grown" clock
+    kept the limit 4-5 s longer (scenario g1); now it runs on through the
+    hand-over, and the limit goes ``grown_clear`` after the link first carried
+    1.3 x its old size."""
+    t = UplinkTuning()
+    known = 800_000
+    up = Uplink(t)
+    for peer in ("a", "b"):
+        report(up, peer, 0.0, loss=0.2, sent=500_000)
+    now = 0.0
+    while up.jumps == 0 and now < 30.0:
+        passed, _ = _probe_run(up, link=10_000_000, until=30.0, start=now)
+        now = passed
+    assert up.jumps == 1 and up.last_pass == "grown", (up.jumps, up.last_pass, now)
+    jumped, lag = now, 1.5
+    while up.limited and now < jumped + 10.0:
+        now += 0.25
+        assert up.estimate_bps is not None
+        # the encoders send what they sent before the jump for ``lag``, then take it up
+        sent = 1.15 * known if now - jumped < lag else 0.9 * up.estimate_bps
+        for peer in ("a", "b"):
+            arrived(up, peer, now, got=sent / 2, sent=sent / 2, wants=50_000_000)
+    assert not up.limited and up.released == "grown", (
+        f"expected the limit let go as grown, saw {up.released!r} at {now - jumped:.2f} s")
+    assert now - jumped <= t.grown_clear, (
+        f"expected it let go within {t.grown_clear} s of the jump, took {now - jumped:.2f} s")
+
+
+def test_a_probe_raises_the_estimate_to_the_least_its_passing_updates_read() -> None:
+    """Through a tbf's burst allowance one update can read ~13 % past the link.
+    A pass raises the estimate to the least of the updates that passed, not the
+    last (1.05-1.13 Mbit/s "carried" through a 1 Mbit/s cap, then an overload)."""
+    t = UplinkTuning()
+    up = Uplink(t)
+    for peer in ("a", "b"):
+        report(up, peer, 0.0, loss=0.2, sent=500_000)
+        up._known_bps = 1_000_000  # the known link (the overloads read it too)
+    now = _until_probe(up, got=450_000)
+    assert up.probe is not None, "expected a probe after the hold"
+    readings = [1_180_000, 1_100_000, 1_240_000]  # each past what the probe needs
+    for got in readings:
+        now += 0.25
+        for peer in ("a", "b"):
+            arrived(up, peer, now, got=got / 2, sent=got / 2, wants=50_000_000)
+        if up.probes_passed:
+            break
+    assert up.probes_passed == 1 and up.last_pass == "raised", (up.probes_passed, up.last_pass)
+    # (each peer's report updates the sum: the updates read mixes of two readings)
+    assert up.estimate_bps is not None and up.estimate_bps <= min(readings), (
+        f"expected the estimate at the least passing update, saw {up.estimate_bps}")
+
+
+def test_a_probe_pads_up_from_what_the_encoders_send_not_the_last_probes_padding() -> None:
+    """What we send is measured over 2 s: right after a probe it still holds the
+    padding. A probe sized from it padded too little and could not pass (a
+    lifted cap found 8-10 s later); the padding each report counts is taken out."""
+    t = UplinkTuning()
+    up = Uplink(t)
+    for peer in ("a", "b"):
+        report(up, peer, 0.0, loss=0.2, sent=500_000)
+    media, old_padding = 300_000, 100_000  # per peer
+    now = 0.0
+    while up.probe is None and now < 10:
+        now += 0.25
+        for peer in ("a", "b"):
+            up.report(peer, now, loss=0.0, queue_s=0.0, sent_bps=media + old_padding,
+                      wants_bps=50_000_000, audio_bps=AUDIO, arrived_bps=media + old_padding,
+                      padding_bps=old_padding)
+    assert up.probe is not None, "expected a probe after the hold"
+    level = t.probe_share * up._probe_base()
+    assert up.probe.sent_bps == pytest.approx(2 * media)
+    assert up.probe.total_bps == pytest.approx(level - 2 * media, abs=2), (
+        f"expected padding up from the encoders' {2 * media}, saw {up.probe.total_bps} "
+        f"for a level of {level:.0f}")
+
+
+def test_one_count_that_straddles_the_onset_does_not_make_the_link_read_wider() -> None:
+    """Reports since a decrease read the link each by its share of what we send; one
+    that straddles the onset reads far past it. The upper median counts, not the
+    highest (the highest of five read 3.04 Mbit/s of a 2 Mbit/s cap: "known" and
+    the probes then went 1.5-1.9 x past the link, scenario g2)."""
+    t = UplinkTuning()
+    up = Uplink(t)
+    peers = ("a", "b", "c", "d", "e")
+    for peer in peers:
+        arrived(up, peer, 9.8, got=1_200_000, sent=1_200_000)
+    for n, peer in enumerate(("a", "b", "c")):  # a 2 Mbit/s cap: the first reports straddle it
+        arrived(up, peer, 10.5 + 0.1 * n, got=1_000_000, loss=0.3, queue=0.1, sent=1_200_000)
+    first = up.estimate_bps
+    assert first is not None and first > 4_000_000, f"the case: a first decrease far past, {first}"
+    # since: c's count still straddles (6 Mbit/s scaled), a's and b's read the link
+    for n, (peer, got) in enumerate((("c", 1_200_000), ("a", 400_000), ("b", 400_000))):
+        arrived(up, peer, 10.8 + 0.1 * n, got=got, loss=0.5, queue=0.15, sent=1_200_000)
+    assert up.estimate_bps == pytest.approx(t.backoff * 2_000_000), (
+        f"expected a cut to {t.backoff} x the 2 Mbit/s most reports read, saw "
+        f"{first:.0f} -> {up.estimate_bps}")
+
+
+def test_a_probe_pads_no_further_than_a_multiple_of_what_gets_through() -> None:
+    """A "known" link read far past the real one (a count that straddled the onset)
+    padded 1.16 Mbit/s of encoders with 2.6 more on a 2 Mbit/s link, three times
+    in 10 s (scenario g2). A probe goes at most ``probe_carried`` x past what got
+    through as it starts."""
+    t = UplinkTuning()
+    up = Uplink(t)
+    for peer in ("a", "b"):
+        report(up, peer, 0.0, loss=0.2, sent=500_000)
+    up._known_bps = 3_000_000  # read far past the link
+    up._saturated.clear()
+    _until_probe(up, got=300_000)
+    assert up.probe is not None, "expected a probe after the hold"
+    level = up.probe.sent_bps + up.probe.total_bps
+    assert level <= t.probe_carried * 600_000 * 1.001, (
+        f"expected the probe to pad up to at most {t.probe_carried} x the 600 kbit/s that "
+        f"got through, saw {level:.0f}")
