@@ -487,10 +487,10 @@ class PeerFeedback:
         if before is not None and after is None:
             self.log.info("uplink.released", reason=self.uplink.released,
                           previous_bps=int(before), sent_bps=self.uplink.state(now).sent_bps)
-        if self.uplink.probes != probes and (probe := self.uplink.probe) is not None:
-            self.log.info("uplink.probing", padding_bps=probe.total_bps,
-                          sent_bps=int(probe.sent_bps), carried_bps=int(probe.carried_bps),
-                          seconds=round(probe.until - probe.start, 1), jump=probe.jump)
+        if self.uplink.probes != probes and (started := self.uplink.probe) is not None:
+            self.log.info("uplink.probing", padding_bps=started.total_bps,
+                          sent_bps=int(started.sent_bps), carried_bps=int(started.carried_bps),
+                          seconds=round(started.until - started.start, 1), jump=started.jump)
         if self.uplink.probes_passed != passed:
             self.log.info("uplink.probe_passed", result=self.uplink.last_pass,
                           estimate_bps=int(self.uplink.estimate_bps or 0),

@@ -275,14 +275,13 @@ class Uplink:
         self._probe_low = 0.0  # ... the least what got through by those updates
         self._probed_to = 0.0  # what got through at a probe since the last decrease
         self._jump_next = False  # the next probe pads up to the jump (:meth:`_jump`)
-        self._jumped = False  # the estimate jumped since the last decrease
         self._remb: dict[str, float] = {}  # each peer's last REMB
         self.probes_stopped = 0  # probes a falling REMB ended
         self.jumps = 0  # times the estimate jumped: the link grew
         # why the last probe ended: "passed", "remb_fell", "queued", "congested",
         # "not_carried" (its time was up) or "released"
         self.probe_ended = ""
-        self._jumped_at = -math.inf
+        self._jumped_at = -math.inf  # the last jump (one per decrease)
 
     # -- inputs -------------------------------------------------------------------
 
@@ -526,8 +525,8 @@ class Uplink:
             rate = min(t.increase_per_s * 2.0 ** (doubling / t.double_every),
                        t.max_increase_per_s)
             self.estimate_bps *= (1.0 + rate) ** span
-            if doubling >= t.beyond_clear and self._crept and not self._jumped \
-                    and self.probe is None:
+            if doubling >= t.beyond_clear and self._crept \
+                    and self._jumped_at <= self._last_decrease and self.probe is None:
                 self._jump_next = True  # it may have grown: a probe at the jump shows it
         # every peer gets all its own estimate can ever ask (its top tier), not
         # what it asks now: a cap's onset knocks the peers' own estimates down
@@ -663,7 +662,6 @@ class Uplink:
         """The link grew (a cap lifted): the estimate jumps, and grows fast from there."""
         assert self.estimate_bps is not None
         self._jump_next = False
-        self._jumped = True
         self._jumped_at = now
         self.jumps += 1
         self.last_pass = "grown"
@@ -848,5 +846,5 @@ class Uplink:
         self._clean.clear()
         self._crept = False
         self._probed_to = 0.0
-        self._jump_next = self._jumped = False
+        self._jump_next = False
         self._last_decrease = now
