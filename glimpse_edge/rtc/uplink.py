@@ -104,6 +104,14 @@ class UplinkTuning:
     use_share: float = 0.7  # ... while what gets through is at least this share of it
     growth_queue: float = 0.02  # a queue this long (s of RTT above base) holds growth
     known_margin: float = 1.1
+    # with probes on, the creep stops at this times the known link (or what a
+    # probe since the last decrease carried, if more): past it only a probe
+    # raises the estimate. "Known" is what got through at the overloads, the
+    # link full: the encoders filling 1.1 x it overloaded the link every
+    # 15-20 s (settled freezes of 0.5-2.6 s in scenarios g1 and g2), and the
+    # probes, which pad for a couple of seconds and stop at the first sign of
+    # a queue, find a link grown past it without the encoders' overload
+    creep_margin: float = 1.0
     double_every: float = 3.0
     max_increase_per_s: float = 0.5
     max_increase_span: float = 1.0  # an increase never counts more than this many seconds
@@ -524,7 +532,10 @@ class Uplink:
                                           self._last_overload + t.hold))
             rate = min(t.increase_per_s * 2.0 ** (doubling / t.double_every),
                        t.max_increase_per_s)
-            self.estimate_bps *= (1.0 + rate) ** span
+            grown = self.estimate_bps * (1.0 + rate) ** span
+            if (ceiling := self._creep_ceiling()) is not None:
+                grown = min(grown, max(ceiling, self.estimate_bps))
+            self.estimate_bps = grown
             if doubling >= t.beyond_clear and self._crept \
                     and self._jumped_at <= self._last_decrease and self.probe is None:
                 self._jump_next = True  # it may have grown: a probe at the jump shows it
@@ -587,7 +598,8 @@ class Uplink:
             if (t.probe_every > 0 and since > t.hold
                     and not queued
                     and now - self._probe_ended >= t.probe_every and sent < level
-                    and (carrying <= limit or jump) and live):
+                    and (carrying <= limit or jump or self._creep_ceiling() is not None)
+                    and live):
                 # each peer within its own link's room (what its own estimate says
                 # it takes, less what we send it): a viewer behind its own slow
                 # downlink (scenario h, 300 kbit/s), padded like the others, had
@@ -653,10 +665,23 @@ class Uplink:
         self._probe_ended = now - t.probe_every
         return True
 
+    def _creep_ceiling(self) -> float | None:
+        """How far the creep may take the estimate (``creep_margin`` says why); None
+        when nothing bounds it: probes off (the creep alone finds a lifted cap),
+        or a jump since the last decrease (the link grew, and growth searches it)."""
+        if self.tuning.probe_every <= 0 or self._jumped_at > self._last_decrease:
+            return None
+        return self.tuning.creep_margin * self._carried_bps()
+
+    def _carried_bps(self) -> float:
+        """What the link is known to carry: the known link, or what a probe since the
+        last decrease carried, if more."""
+        return max(self._known_bps, self._probed_to)
+
     def _jump_level(self, carrying: float) -> float:
         """Where the estimate jumps when the link grew (``jump_share`` says why)."""
         t = self.tuning
-        return min(t.jump_share * self._known_bps, t.jump_carried * carrying)
+        return min(t.jump_share * self._carried_bps(), t.jump_carried * carrying)
 
     def _jump(self, now: float, carrying: float) -> None:
         """The link grew (a cap lifted): the estimate jumps, and grows fast from there."""
@@ -675,11 +700,13 @@ class Uplink:
         peak in it) or at a probe since that carried more. "Known" can read
         above the link (a burst counted in a clean report): a probe at 1.25 x
         a known 1066 kbit/s on a 970 kbit/s link sent 1.37 x the link, and the
-        queue overflowed before anything said so (a 2 s freeze)."""
+        queue overflowed before anything said so (a 2 s freeze). But never less
+        than what a probe since the last decrease carried: past the creep's
+        ceiling, the probes are what grows the estimate."""
         if not self._saturated:
-            return self._known_bps
-        return min(self._known_bps,
-                   max(statistics.median_low(self._saturated), self._probed_to))
+            return self._carried_bps()
+        return max(min(self._known_bps, statistics.median_low(self._saturated)),
+                   self._probed_to)
 
     def _end_probe(self, now: float, why: str) -> None:
         """End the running probe, if any; ``why`` is kept in :attr:`probe_ended`."""

@@ -63,7 +63,9 @@ def test_a_queue_without_loss_counts_and_stale_reports_do_not() -> None:
 
 
 def test_after_a_decrease_it_holds_then_grows_ever_faster_then_lets_go() -> None:
-    t = UplinkTuning()
+    """(The creep alone: with probes, which these peers do not pad for, it stops at
+    the known link.)"""
+    t = UplinkTuning(probe_every=0)
     up = Uplink(t)
     for peer in ("a", "b"):
         report(up, peer, 0.0, loss=0.05, sent=500_000)
@@ -253,10 +255,10 @@ def simulate(link_bps: float, peers: int, seconds: float = 60.0,
              latency: float = 0.15) -> list[float]:
     """Peers sending their shares through one capped uplink (a fluid tbf).
 
-    Each peer's budget is the uplink's share (own links are fine); the
-    queue in front of the link fills when the total exceeds the link and
-    overflows into loss past ``latency``. Returns the total sent, every half
-    second.
+    Each peer's budget is the uplink's share (own links are fine), and it
+    sends that and what a probe pads with; the queue in front of the link
+    fills when the total exceeds the link and overflows into loss past
+    ``latency``. Returns the total of the budgets, every half second.
     """
     up = Uplink()
     dt, queue, now = 0.5, 0.0, 0.0
@@ -264,14 +266,15 @@ def simulate(link_bps: float, peers: int, seconds: float = 60.0,
     totals = []
     while now < seconds:
         now += dt
-        total = sum(rate.values())
+        sent = {peer: rate[peer] + (up.padding_bps(peer, now) or 0) for peer in rate}
+        total = sum(sent.values())
         queue = max(0.0, queue + (total - link_bps) * dt / link_bps)
         loss = 0.0
         if queue > latency:
             loss = min(1.0, (queue - latency) * link_bps / dt / total)
             queue = latency
         for peer in rate:
-            report(up, peer, now, loss=loss, queue=queue, sent=rate[peer])
+            report(up, peer, now, loss=loss, queue=queue, sent=sent[peer])
         shares = up.shares(now)
         for peer in rate:
             rate[peer] = float(shares.get(peer, 1_500_000))
@@ -390,32 +393,43 @@ def test_it_creeps_up_to_where_the_link_was_then_searches_beyond() -> None:
 
 
 def test_past_the_known_link_it_creeps_while_the_link_carries_no_more() -> None:
-    """"Known" is a median of overloads' counts and can lie below the link; past it
-    the estimate doubles only once the link carries past it too, not while what
-    gets through stays where it was (doubling there overshot a 1 Mbit/s link by
-    a quarter before the loss showed)."""
-    t = UplinkTuning(grown_share=math.inf)
-    up = Uplink(t)
-    for peer in ("a", "b"):
-        report(up, peer, 0.0, loss=0.2, sent=500_000)
-    known = 2 * 500_000 * (1 - 0.2)
-    now, steps = t.congested_hold, []
-    while up.estimate_bps is not None and up.estimate_bps < known * 2 and now < 60:
-        before = up.estimate_bps
-        now += 0.5
-        for peer in ("a", "b"):  # the link takes ``known`` and no more, and loses nothing
-            arrived(up, peer, now, got=min(before, known) / 2, sent=before / 2)
-        if now > t.congested_hold + t.hold:
-            steps.append((up.estimate_bps / before) ** 2 - 1)
-    assert steps and max(steps) == pytest.approx(t.increase_per_s, rel=0.05), (
-        f"expected {t.increase_per_s}/s all along, saw up to {max(steps):.3f}/s")
+    """"Known" is a median of overloads' counts and can lie below the link. Without
+    probes, past it the estimate doubles only once the link carries past it too,
+    not while what gets through stays where it was (doubling there overshot a
+    1 Mbit/s link by a quarter before the loss showed). With probes the creep
+    stops at the known link (``creep_margin``): encoders filling 1.1 x it
+    overloaded the link every 15-20 s."""
+    for probes in (False, True):
+        t = UplinkTuning(grown_share=math.inf, probe_every=UplinkTuning().probe_every * probes)
+        up = Uplink(t)
+        for peer in ("a", "b"):
+            report(up, peer, 0.0, loss=0.2, sent=500_000)
+        known = 2 * 500_000 * (1 - 0.2)
+        now, steps, seen = t.congested_hold, [], []
+        while up.estimate_bps is not None and up.estimate_bps < known * 2 and now < 60:
+            before = up.estimate_bps
+            now += 0.5
+            for peer in ("a", "b"):  # the link takes ``known`` and no more, and loses nothing
+                arrived(up, peer, now, got=min(before, known) / 2, sent=before / 2)
+            if now > t.congested_hold + t.hold:
+                steps.append((up.estimate_bps / before) ** 2 - 1)
+                seen.append(up.estimate_bps)
+        assert steps and max(steps) == pytest.approx(t.increase_per_s, rel=0.05), (
+            f"expected {t.increase_per_s}/s at most, saw up to {max(steps):.3f}/s")
+        if probes:
+            assert max(seen) == pytest.approx(t.creep_margin * known), (
+                f"expected the creep to stop at {t.creep_margin} x {known:.0f}, "
+                f"saw {max(seen):.0f} (probes: {up.probes}, passed {up.probes_passed})")
+        else:
+            assert max(seen) > t.known_margin * known, "expected it to creep on without probes"
 
 
 def test_up_to_the_known_link_an_unused_estimate_does_not_grow() -> None:
     """What gets through well under the estimate says nothing of the link above it,
     and once the peers catch up they overshoot it together. Past the known link it
     creeps on whatever we send: an encoder may never fill its share, and an
-    estimate held there never finds a lifted cap."""
+    estimate held there never finds a lifted cap (without probes: with them the
+    creep stops at the known link, and they find it)."""
     t = UplinkTuning(grown_share=math.inf)
     up = Uplink(t)
     for peer in ("a", "b"):
@@ -429,11 +443,12 @@ def test_up_to_the_known_link_an_unused_estimate_does_not_grow() -> None:
             arrived(up, peer, now, got=estimate / 6, sent=estimate / 6, wants=estimate)
     assert up.estimate_bps == estimate, (
         f"expected {estimate:.0f} held while unused, saw {up.estimate_bps}")
-    up = Uplink(t)
+    up = Uplink(replace(t, probe_every=0))
     for peer in ("a", "b"):
         arrived(up, peer, 0.0, got=500_000, loss=0.1, sent=600_000)
     known, now = 1_000_000, 0.0
-    while up.estimate_bps is not None and up.estimate_bps <= t.known_margin * known:
+    while up.estimate_bps is not None and up.estimate_bps <= t.known_margin * known \
+            and now < 30:
         now += 0.5  # the peers send what they get
         sent = up.estimate_bps / 2
         for peer in ("a", "b"):
@@ -540,6 +555,7 @@ def test_a_link_that_grew_is_let_go_once_it_carries_well_past_its_old_size() -> 
         now += 0.5
         assert up.estimate_bps is not None
         sent = min(up.estimate_bps, 1_500_000.0)  # the peers follow, up to their tiers' rate
+        sent += sum(up.padding_bps(p, now) or 0 for p in ("a", "b"))  # and a probe's padding
         sent_max = max(sent_max, sent)
         for peer in ("a", "b"):
             report(up, peer, now, sent=sent / 2, wants=50_000_000)
@@ -620,6 +636,7 @@ def test_the_known_link_is_the_median_of_the_last_overloads(overloads: int) -> N
         now += 0.5
         assert up.estimate_bps is not None
         sent = min(up.estimate_bps, 3_000_000.0) / 2
+        sent += sum(up.padding_bps(p, now) or 0 for p in ("a", "b")) / 2
         for peer in ("a", "b"):
             arrived(up, peer, now, got=sent, sent=sent)
     assert not up.limited and up.released == "grown", (
@@ -939,6 +956,32 @@ def test_a_probe_pads_past_the_known_link_and_a_link_that_carries_it_has_grown()
         f"without probes the estimate should still creep at {due} s, saw {slow.estimate_bps}")
 
 
+def test_past_a_known_link_read_low_the_probes_raise_it_and_find_it_lifted() -> None:
+    """"Known" read under the link: a probe finds the rest, the estimate rises to
+    what got through and creeps no further (nothing but probes grows it past the
+    creep's ceiling). A cap lifted later is still found by the probes."""
+    t = UplinkTuning()
+    known, link = 800_000, 1_000_000
+    up = Uplink(t)
+    for peer in ("a", "b"):
+        report(up, peer, 0.0, loss=0.2, sent=500_000)
+    first, _ = _probe_run(up, link=link, until=30.0)
+    assert first < 30.0 and up.last_pass == "raised", (first, up.last_pass)
+    assert up.estimate_bps is not None and t.known_margin * known < up.estimate_bps <= link, (
+        f"expected the estimate raised past {t.known_margin} x {known} up to the {link} "
+        f"link, saw {up.estimate_bps}")
+    probes = up.probes
+    passed, seen = _probe_run(up, link=link, until=first + 30.0, start=first)
+    assert passed == math.inf and max(seen) <= link, (
+        f"expected no pass and the estimate at most the {link} link for 30 s, saw a pass "
+        f"at {passed} and up to {max(seen):.0f}")
+    assert up.probes >= probes + 3, f"expected the probes to go on, saw {up.probes - probes}"
+    start = first + 30.0
+    grown, _ = _probe_run(up, link=10 * link, until=start + 30.0, start=start)
+    due = start + t.probe_every + t.probe_s + t.probe_judge
+    assert grown <= due, f"expected a probe to find the cap lifted by {due} s, saw {grown}"
+
+
 def test_a_probe_the_capped_link_does_not_carry_ends_and_cuts_nothing() -> None:
     """Under a cap the probe's padding overloads the link: the probe ends, and the
     congestion it caused is not news of the link (no decrease, no jump). The
@@ -956,9 +999,16 @@ def test_a_probe_the_capped_link_does_not_carry_ends_and_cuts_nothing() -> None:
     assert min(seen) >= estimate, (
         f"expected no decrease for the probe's own overload, saw {min(seen):.0f} "
         f"from {estimate:.0f}")
-    # then the encoders creep past the link by themselves: that overload cuts
-    jumped, seen = _probe_run(up, link=known * 1.02, until=60.0, start=t.hold + t.probe_s + 1.0)
+    # the encoders creep no further than the known link: the probes go on, none
+    # carried, and nothing overloads but their padding
+    start = t.hold + t.probe_s + 1.0
+    jumped, seen = _probe_run(up, link=known * 1.02, until=60.0, start=start)
     assert jumped == math.inf and up.probes >= 3, (up.probes, jumped)
+    assert max(seen) <= t.creep_margin * known * 1.001 and min(seen) >= estimate, (
+        f"expected the estimate between {estimate:.0f} and {t.creep_margin} x the known "
+        f"{known}, saw {min(seen):.0f}-{max(seen):.0f}")
+    # the link narrows under what the encoders send: their own overload still cuts
+    jumped, seen = _probe_run(up, link=0.8 * known, until=80.0, start=60.0)
     assert min(seen) < max(seen) * t.backoff * 1.05, (
         f"expected the encoders' own overload to cut the estimate, saw {min(seen):.0f} "
         f"at least, {max(seen):.0f} at most")
