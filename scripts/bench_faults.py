@@ -27,6 +27,7 @@ every viewer watches, then lifted:
   rf  reference for f: one Chromium sending its fake camera to --viewers
       Chromium viewers (the dev server's viewer page, a mesh) through the
       same uplink cap on the sender's namespace
+  rh  reference for h: rf, its last viewer behind its own --downlink-kbit too
   fc  f with Chromium viewers instead of aiortc peers (the viewer page), to
       tell what the agent sends apart from how aiortc's receivers cope
 Their table, per scenario: the lowest decoded fps over the viewers and the
@@ -102,8 +103,8 @@ def _figures(text: str) -> tuple[int, int]:
 async def run_one(letter: str, args: argparse.Namespace, directory: Path) -> Outcome:
     if letter == "r":
         return await reference(args, directory)
-    if letter == "rf":
-        return await mesh_reference(args, directory)
+    if letter in ("rf", "rh"):
+        return await mesh_reference(args, directory, slow=letter == "rh")
     if letter == "fc":
         return await agent_chromium(args, directory)
     if letter in ("f", "g1", "g2", "h"):
@@ -175,18 +176,22 @@ def browser_outcome(name: str, r: dict[str, Any], **extra: Any) -> Outcome:
                "link": r.get("link"), "viewers": viewers, **extra})
 
 
-async def mesh_reference(args: argparse.Namespace, directory: Path) -> Outcome:
-    """rf: the Chromium mesh under the same uplink cap, as an :class:`Outcome`."""
+async def mesh_reference(args: argparse.Namespace, directory: Path,
+                         slow: bool = False) -> Outcome:
+    """rf (rh, ``slow``: its last viewer behind its own downlink cap too): the
+    Chromium mesh under the same uplink cap, as an :class:`Outcome`."""
     from support.chromiumcall import chromium_mesh_uplink_reference
 
     r = await chromium_mesh_uplink_reference(
         directory, cap_kbit=args.uplink_kbit, seconds=args.uplink_seconds,
-        settle_s=args.settle, viewers=args.viewers)
+        settle_s=args.settle, viewers=args.viewers,
+        downlink_kbit=args.downlink_kbit if slow else None)
     sender: dict[str, dict[str, Any]] = r["sender"]
     swings = [c["swing"] for c in sender.values() if c["swing"] is not None]
+    down = f" + v{args.viewers} down {args.downlink_kbit}" if slow else ""
     return browser_outcome(
-        f"rf: chromium mesh, uplink {r['cap_kbit']} kbit/s, {len(r['viewers'])} viewers, "
-        f"{args.uplink_seconds:g} s",
+        f"{'rh' if slow else 'rf'}: chromium mesh, uplink {r['cap_kbit']} kbit/s{down}, "
+        f"{len(r['viewers'])} viewers, {args.uplink_seconds:g} s",
         r, tier_changes=sum(c["size_changes"] for c in sender.values()),
         rate_swing=max(swings) if swings else None, chromium=r["chromium"], sender=sender)
 
@@ -440,7 +445,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--settle", type=float, default=15.0,
                    help="(f, g, h, rf) seconds into the cap before 'settled' starts")
     p.add_argument("--downlink-kbit", type=int, default=300,
-                   help="(h) the last viewer's own downlink cap, kbit/s")
+                   help="(h, rh) the last viewer's own downlink cap, kbit/s")
     p.add_argument("--json", help="also write every outcome to this file")
     p.add_argument("--keep", help="keep the agent's, peers' and coturn's logs in this directory")
     return p.parse_args()

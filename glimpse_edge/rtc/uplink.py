@@ -19,11 +19,12 @@ peer's receiver reports:
   with clean reports in the last few seconds: an overload's own reports
   lose a burst), backed off a little so the queue in front of the link
   drains; then, after a hold, grow slowly (a few percent a second, where a
-  peer's own estimate grows 8 %) up to a little above what the link carried,
-  so that the total creeps up to the link instead of overshooting it; past
-  that, carried clear for a second and a half, the link may have grown (a
-  cap lifted): a probe pads up to well past it, and if the link carries
-  that, the estimate jumps there, and growth doubles every few seconds.
+  peer's own estimate grows 8 %) up to what the link carried, so that the
+  total creeps up to the link instead of overshooting it. Past that only a
+  probe (below) raises it: if the link carries well past what it carried, it
+  has grown (a cap lifted), the estimate jumps there, and growth doubles
+  every few seconds. (Without probes, the creep goes on past it, and a link
+  carried clear past it for a second and a half counts as grown.)
   Clear for ``release_after`` seconds with every peer getting
   all its own estimate could ask (its top tier), or once we sent well past
   what the link carried at its last overload without a complaint (it
@@ -34,8 +35,8 @@ peer's receiver reports:
   packets, rtc/probe.py) past the known link for a couple of seconds.
   Carried, the estimate rises to what got through; past the known link, the
   next probe pads up to the jump at once. A peer's REMB falling
-  (its receiver saw a queue grow) ends the probe before the queue
-  overflows.
+  (its receiver saw a queue grow) stops its padding, and two peers'
+  end the probe before the queue overflows.
 - **allocate** it: audio first (every peer's Opus), then video by max-min
   fairness (water-filling): a peer whose own link takes less than an equal
   share keeps its own budget, and what it leaves goes to the others. So the
@@ -89,9 +90,15 @@ class UplinkTuning:
     # ... and sending about the estimate, the link carries more than this share of
     # it: the congestion is the last overload's, draining (a 1 Mbit/s link)
     carried_share: float = 1.05
-    # ... or the congestion lasted this long since the last decrease though we
-    # send less than the estimate: the link is narrower than what we send
-    stuck: float = 2.5
+    # ... or the last decrease is this long past, whatever we send: what we send
+    # has followed it (measured over 2 s, the lowest tier following each
+    # second), so a congestion now is the link full at what we send, not the
+    # last overload draining. Until 2026-12-07 we had to send 0.9 x the
+    # estimate, or the congestion had to last 2.5 s: a limit left 1.34 x the
+    # link by a decrease that read through a cap's onset was never cut, the
+    # peers' own estimates grew into the link 10 s later, and the overload
+    # froze a viewer for 2 s (scenario f)
+    followed: float = 3.0
     decrease_interval: float = 1.0  # between two decreases (plus a round trip)
     hold: float = 2.0  # no increase this long after a decrease
     # then this much a second up to ``known_margin`` above what the link carried
@@ -111,7 +118,7 @@ class UplinkTuning:
     # 15-20 s (settled freezes of 0.5-2.6 s in scenarios g1 and g2), and the
     # probes, which pad for a couple of seconds and stop at the first sign of
     # a queue, find a link grown past it without the encoders' overload
-    creep_margin: float = 1.0
+    creep_margin: float = 0.95
     double_every: float = 3.0
     max_increase_per_s: float = 0.5
     max_increase_span: float = 1.0  # an increase never counts more than this many seconds
@@ -143,7 +150,7 @@ class UplinkTuning:
     # padding: past the known margin it grew, and the estimate jumps, as
     # above; short of it (the probe went past the overloads' lower reading)
     # the estimate rises to what got through, and the next probe goes on from
-    # there. A peer's REMB falling ends a probe at once: its
+    # there. Peers' REMBs falling end a probe at once (``probe_remb_peers``): a
     # receiver saw the queue grow (a delay-based detector, within a few hundred
     # ms), where our RTT, one sample per sender report, showed it only after
     # the queue had overflowed (a probe at 1.2 x every 4 s under a 1 Mbit/s cap
@@ -157,6 +164,13 @@ class UplinkTuning:
     probe_confirm: int = 2
     probe_pass: float = 0.92
     probe_remb_fall: float = 0.97  # a REMB under this share of the peer's last one fell
+    # ... and this many peers' REMBs falling (or every padded peer's, if fewer)
+    # end it: one alone stops only that peer's padding. A shared queue shows in
+    # every receiver's REMB within a few hundred ms; one receiver's REMB dips
+    # by itself too, and with five viewers one such dip ended a probe of a
+    # lifted 2 Mbit/s cap that the link was carrying, twice in a row (a 24 s
+    # recovery, scenario g2)
+    probe_remb_peers: int = 2
     # and a probe pads up to no more than this times what got through as it
     # starts: a "known" read 1.5 x past a 2 Mbit/s link padded 1.16 Mbit/s of
     # encoders with 2.6 more, three times in 10 s (scenario g2)
@@ -269,7 +283,6 @@ class Uplink:
         self._beyond_since = math.inf  # since when the estimate is past it (growing fast)
         self._grown_since = math.inf  # since when the link carries well past it, clear
         self._crept = False  # what got through was under the known margin since the last decrease
-        self._congested_since = -math.inf
         self._last_update: float | None = None
         self.probe: Probe | None = None  # the probe running now, or judged now
         self.probes = 0
@@ -284,6 +297,7 @@ class Uplink:
         self._probed_to = 0.0  # what got through at a probe since the last decrease
         self._jump_next = False  # the next probe pads up to the jump (:meth:`_jump`)
         self._remb: dict[str, float] = {}  # each peer's last REMB
+        self._remb_fell: set[str] = set()  # peers whose REMB fell during the running probe
         self.probes_stopped = 0  # probes a falling REMB ended
         self.jumps = 0  # times the estimate jumped: the link grew
         # why the last probe ended: "passed", "remb_fell", "queued", "congested",
@@ -332,11 +346,16 @@ class Uplink:
     def remb(self, peer: str, now: float, bps: float) -> None:
         """``peer``'s receiver sent a REMB of ``bps``: one lower than its last says
         it saw a queue grow (its estimator cuts only then). During a probe, that
-        queue is the padding's: the probe ends at once."""
+        queue is the padding's: its padding stops at once, and the probe ends once
+        ``probe_remb_peers`` peers' REMBs fell."""
+        t = self.tuning
         last = self._remb.get(peer)
         self._remb[peer] = bps
-        if self.probe is not None and last is not None \
-                and bps < self.tuning.probe_remb_fall * last:
+        probe = self.probe
+        if probe is None or last is None or bps >= t.probe_remb_fall * last:
+            return
+        self._remb_fell.add(peer)
+        if len(self._remb_fell) >= min(t.probe_remb_peers, len(probe.padding_bps)):
             self.probes_stopped += 1
             self._end_probe(now, "remb_fell")
 
@@ -415,7 +434,7 @@ class Uplink:
         probe = self.probe
         report = self._reports.get(peer)  # (per padding packet: no copy of live())
         if probe is None or now >= probe.until or report is None \
-                or now - report.at > self.tuning.window:
+                or now - report.at > self.tuning.window or peer in self._remb_fell:
             return None
         return probe.padding_bps.get(peer)
 
@@ -448,7 +467,6 @@ class Uplink:
         if shared:
             if not self.congested:
                 self.episodes += 1
-                self._congested_since = now
             self.congested = True
             self._last_congested = now
             self._grown_since = math.inf
@@ -615,6 +633,7 @@ class Uplink:
                                                           min(carrying, sent), jump)
                     self.probes += 1
                     self._probe_seen = 0
+                    self._remb_fell.clear()
                     self._jump_next = False
                 elif jump:
                     # the peers' own links have no room for it: their own
@@ -630,7 +649,7 @@ class Uplink:
         # up by half the padding at least: the padding got through. A link a
         # little past the margin overloads before it carries that (the
         # encoders' creep past the margin alone is no proof: see ``beyond_clear``)
-        padded = probe.total_bps
+        padded = sum(bps for p, bps in probe.padding_bps.items() if p not in self._remb_fell)
         passed = carrying > max(t.known_margin * base,
                                 t.probe_pass * (probe.sent_bps + padded),
                                 probe.carried_bps + 0.5 * padded)
@@ -797,9 +816,9 @@ class Uplink:
         estimate (while we still send more, only if the link carries less
         than it), to a ``backoff`` of what it carried but not below a
         ``max_cut`` of the estimate (what a report right after an overload
-        shows is far too low); and if
-        congestion goes on for ``stuck`` seconds though we send less, the
-        link is narrower than what we send: back off from that. (The first
+        shows is far too low); and once ``followed`` has passed since the
+        last decrease, whatever we send: the link is full at what we send.
+        (The first
         estimate, from reports that straddle the overload's start, was 2.6
         and 4.9 Mbit/s on a 1 Mbit/s link; backing off from the estimate
         itself took half a minute to get down to the link.)
@@ -816,6 +835,14 @@ class Uplink:
         # limit left from the viewers joining (8 Mbit/s) let the 8.2 Mbit/s carried
         # just before a 1 Mbit/s cap hold off its first decrease for 2.2 s
         through = sum(r.through_bps() for r in live.values()) if link is None else link
+        if link is not None:
+            # the reports since the last decrease read the link under half the
+            # estimate: what the decreases before read was a cap's onset, not the
+            # link. Kept, two straddled readings of g2's onset (8.3 and 2.8
+            # Mbit/s of a 2 Mbit/s cap) outvoted the third (1.5) for "known",
+            # and the estimate crept to 1.12 x the link (a 1.9 s freeze)
+            self._carried.clear()
+            self._saturated.clear()
         if through > 0:
             self._saturated.append(through)
         estimate = self.estimate_bps
@@ -852,7 +879,7 @@ class Uplink:
             if carried >= estimate:
                 return
             target = max(t.backoff * carried, cut * estimate)
-        elif sent >= t.comply_share * estimate:
+        elif sent >= t.comply_share * estimate or now - self._last_decrease >= t.followed:
             # what the receivers counted is what the link carried; what we sent
             # less the loss may be more
             if carried > (1.0 if cut == 0.0 else t.carried_share) * estimate:
@@ -864,8 +891,6 @@ class Uplink:
                 self._learn(carried)
                 return
             target = min(max(t.backoff * carried, cut * estimate), t.backoff * estimate)
-        elif now - max(self._last_decrease, self._congested_since) >= t.stuck:
-            target = t.backoff * min(sent, estimate)
         else:
             return
         self.estimate_bps = max(target, float(floor))

@@ -574,10 +574,11 @@ async def chromium_mesh_uplink_reference(
     directory: Path, cap_kbit: int = 1000, seconds: float = 40.0, settle_s: float = 15.0,
     viewers: int = 3, before_s: float = 5.0, warmup_s: float = 10.0,
     warmup_max_s: float = 40.0, climb_timeout: float = 60.0, fake_fps: int = 30,
-    burst_bytes: int = 16_000, latency_ms: int = 150,
+    burst_bytes: int = 16_000, latency_ms: int = 150, downlink_kbit: int | None = None,
 ) -> dict[str, Any]:
     """One Chromium sending its fake camera to ``viewers`` Chromiums through one capped
-    uplink (issue 15's reference for scenarios f/g).
+    uplink (issue 15's reference for scenarios f/g; with ``downlink_kbit``, the
+    last viewer also behind its own downlink cap for the same time: scenario h's).
 
     Each Chromium runs in its own namespace of a :class:`FaultNet` and joins
     the dev server's viewer page (the mesh: the sender holds one connection,
@@ -636,11 +637,16 @@ async def chromium_mesh_uplink_reference(
         marks["cap"] = time.time()
         await net.cap_uplink(MESH_SENDER, cap_kbit, burst_bytes=burst_bytes,
                              latency_ms=latency_ms)
+        slow = {names[-1]: downlink_kbit} if downlink_kbit is not None else {}
         try:
+            for name, down in slow.items():
+                await net.cap(name, down)
             link = await _sample_capped(net, MESH_SENDER, pages, log, marks, settle_s, seconds)
         finally:
             with trio.CancelScope(shield=True):
                 await net.uncap_uplink(MESH_SENDER)
+                for name in slow:
+                    await net.uncap(name)
         marks["free"] = time.time()
         await _sample_pages(
             pages, marks["free"] + climb_timeout, log,
@@ -650,7 +656,8 @@ async def chromium_mesh_uplink_reference(
         marks["end"] = time.time()
     await trio.Path(directory / "mesh-samples.json").write_text(
         json.dumps({"marks": marks, **log}))
-    per_viewer = {n: _mesh_viewer(log[n], tops[n], marks) for n in names}
+    per_viewer = {n: {**_mesh_viewer(log[n], tops[n], marks), "downlink_kbit": slow.get(n)}
+                  for n in names}
     sender = _sender_numbers(log[MESH_SENDER], marks)
     return {"cap_kbit": cap_kbit, "seconds": seconds, "settle_s": settle_s,
             "chromium": agent, "warmup_s": round(marks["start"] - t_media, 1),
