@@ -101,8 +101,9 @@ class UplinkTuning:
     followed: float = 3.0
     decrease_interval: float = 1.0  # between two decreases (plus a round trip)
     hold: float = 2.0  # no increase this long after a decrease
-    # then this much a second up to ``known_margin`` above what the link carried
-    # when it last overloaded (it was there: creep up to it); past that, the
+    # then this much a second up to ``creep_margin`` x what the link carried when
+    # it last overloaded (it was there: creep up to it), and, without probes,
+    # on to ``known_margin`` above it; past that, the
     # link has grown (a cap lifted), and the rate doubles every ``double_every``
     # seconds (up to ``max_increase_per_s``), so the new link is found within
     # seconds, not the half minute a steady 8 % needs. Doubling from the start
