@@ -691,9 +691,9 @@ class Uplink:
         or a jump since the last decrease (the link grew, and growth searches it)."""
         if self.tuning.probe_every <= 0 or self._jumped_at > self._last_decrease:
             return None
-        return self.tuning.creep_margin * self._carried_bps()
+        return self.tuning.creep_margin * self._known_link_bps()
 
-    def _carried_bps(self) -> float:
+    def _known_link_bps(self) -> float:
         """What the link is known to carry: the known link, or what a probe since the
         last decrease carried, if more."""
         return max(self._known_bps, self._probed_to)
@@ -701,7 +701,7 @@ class Uplink:
     def _jump_level(self, carrying: float) -> float:
         """Where the estimate jumps when the link grew (``jump_share`` says why)."""
         t = self.tuning
-        return min(t.jump_share * self._carried_bps(), t.jump_carried * carrying)
+        return min(t.jump_share * self._known_link_bps(), t.jump_carried * carrying)
 
     def _jump(self, now: float, carrying: float) -> None:
         """The link grew (a cap lifted): the estimate jumps, and grows fast from there."""
@@ -724,7 +724,7 @@ class Uplink:
         than what a probe since the last decrease carried: past the creep's
         ceiling, the probes are what grows the estimate."""
         if not self._saturated:
-            return self._carried_bps()
+            return self._known_link_bps()
         return max(min(self._known_bps, statistics.median_low(self._saturated)),
                    self._probed_to)
 
