@@ -129,6 +129,7 @@ class PeerFeedback:
         self._spans = ReceiverSpans()  # what its reports say arrived (rtc/arrivals.py)
         self.tiers = TierSelector([t.bitrate for t in hub.tiers])
         self.uplink = uplink if uplink is not None else Uplink()
+        self._cap_cuts = self.uplink.cap_cuts  # the uplink's cap onsets answered
         self.peer_id = peer_id or name
         self.keyframe_requests = 0  # PLI/FIR received (and other reasons to ask)
         self.keyframe_requests_coalesced = 0  # ... answered by a key frame on its way
@@ -184,6 +185,7 @@ class PeerFeedback:
             conn.pacer = Pacer(self._pacing_target(conn, None), abs_send_time_id=(
                 header_extension_id(sdp, "video", ABS_SEND_TIME_URI)), codec=conn.codec)
             conn.pacer.repair = RepairLedger(compat.RTP_HISTORY)
+            conn.pacer.follow_onsets(lambda: self.uplink.cap_cuts)
             self._restarts = 0
             compat.pace_rtp(transceiver.sender, conn.pacer)
 
@@ -240,7 +242,8 @@ class PeerFeedback:
         compat.hook_keyframe_request(
             sender, partial(self.request_keyframe, conn, "pli"), on_keyframe_error)
 
-    def request_keyframe(self, conn: Connection, reason: str) -> None:
+    def request_keyframe(self, conn: Connection, reason: str,
+                         window: float | None = None) -> None:
         """The receiver asks for a key frame: pass it on unless one answers it already.
 
         Coalesced (media/fanout.py) when a key frame is on its way to this
@@ -250,6 +253,8 @@ class PeerFeedback:
         :data:`CONGESTED_KEYFRAME_WINDOW`: then the lost packets are NACKed
         and resent (from aiortc's history, sized for it in rtc/compat.py)
         rather than answered with an IDR that the congested link loses too.
+        ``window``, if given, replaces that window (0: ask unless a key frame
+        is already on its way to this peer).
         """
         if conn.codec not in ("h264", "vp8"):
             return
@@ -258,10 +263,26 @@ class PeerFeedback:
         if queue is None:
             return
         self.keyframe_requests += 1
-        if queue.ask_keyframe(self.keyframe_window(conn)):
+        if queue.ask_keyframe(self.keyframe_window(conn) if window is None else window):
             self.log.debug("peer.keyframe_requested", reason=reason)
         else:
             self.keyframe_requests_coalesced += 1
+
+    def _key_frame_after_onset(self, conn: Connection) -> None:
+        """The uplink cut its estimate to what the link carries after a cap's onset:
+        the receiver lost a burst (of the top tier's packets, resends and all), and
+        the link now has room for a key frame. Ask for one at once: the pacer
+        restarts the receiver at it (rtc/restart.py, :meth:`Pacer.follow_onsets`),
+        whether or not the repair has heard yet what it lacks.
+
+        Left to the repair, each receiver waited for its next report (aiortc's
+        come every 0.5-1.5 s) and a round trip more, while resends of what the
+        overload lost went on filling the link; a key frame due anyway then
+        brought the pictures back, 0.7-1.3 s after the estimate was right
+        (scenario f). The restart also refuses the resends of anything older.
+        """
+        if conn.pacer is not None and conn.pacer.repair is not None:
+            self.request_keyframe(conn, "onset", window=0.0)
 
     def keyframe_window(self, conn: Connection) -> float:
         """How long after a key frame was sent a PLI is taken to predate its arrival."""
@@ -323,25 +344,28 @@ class PeerFeedback:
                 self._repair(conn, sender, rtx, now)
             if blocks and kind == "video":
                 self._probe(conn, sender, now)
+            remb = remb_bitrate(packet, ssrc)
+            if remb is not None:  # every one: the peers' falling together is a cap's onset
+                probe, before = uplink.probe, uplink.estimate_bps
+                uplink.remb(self.peer_id, now, remb)
+                self._log_decrease(now, before, "remb")
+                self._log_probe_end(probe, now)
+                seen = True
+            if uplink.cap_cuts != self._cap_cuts:  # restarted at it (Pacer.follow_onsets)
+                self._cap_cuts = uplink.cap_cuts
+                self._key_frame_after_onset(conn)
             if self._uplink_limited and not uplink.limited:  # the uplink let go
                 self.bandwidth.expect_rise(now, REMB_AFTER_UPLINK)
             elif uplink.limited and not self._uplink_limited:  # it takes the REMB over
                 self.bandwidth.hand_over(now)
             self._uplink_limited = uplink.limited
-            remb = remb_bitrate(packet, ssrc)
-            if remb is not None and uplink.limited:
-                probe = uplink.probe
-                uplink.remb(self.peer_id, now, remb)
-                self._log_probe_end(probe, now)
-                # it follows the share the uplink gave, and after a shared
-                # bottleneck it climbs back slower than the uplink's estimate
-                # (a browser's REMB grew 51 -> 250 kbit/s in 30 s): no news of
-                # this link while the uplink sets the limit
-                seen = True
-            elif remb is not None:
+            # while the uplink sets the limit, the REMB follows the share it gave,
+            # and after a shared bottleneck it climbs back slower than the
+            # uplink's estimate (a browser's REMB grew 51 -> 250 kbit/s in 30 s):
+            # no news of this link for the peer's own estimate
+            if remb is not None and not uplink.limited:
                 self._estimate_changed(now, self.bandwidth.on_remb(now, remb,
                                                                    self._sent.rate_bps()))
-                seen = True
             if seen:
                 self._choose_tier(conn, now)
         except Exception as exc:
@@ -478,12 +502,7 @@ class PeerFeedback:
             ceiling_bps=self.bandwidth.max_bps,
             padding_bps=link_bps(int(padded or 0), False))
         after = self.uplink.estimate_bps
-        if after is not None and (before is None or after < before):
-            state = self.uplink.state(now)
-            self.log.info("uplink.decreased", estimate_bps=state.estimate_bps,
-                          previous_bps=None if before is None else int(before),
-                          sent_bps=state.sent_bps, through_bps=int(self.uplink.through_bps(now)),
-                          peers=state.peers)
+        self._log_decrease(now, before, "reports")
         if before is not None and after is None:
             self.log.info("uplink.released", reason=self.uplink.released,
                           previous_bps=int(before), sent_bps=self.uplink.state(now).sent_bps)
@@ -504,6 +523,17 @@ class PeerFeedback:
             self.log.info("uplink.congested" if state.congested else "uplink.clear",
                           estimate_bps=state.estimate_bps, sent_bps=state.sent_bps,
                           peers=state.peers, episodes=state.episodes)
+
+    def _log_decrease(self, now: float, before: float | None, cause: str) -> None:
+        """Log ``uplink.decreased`` if the estimate is now under ``before`` (or new);
+        ``cause``: "reports" (receiver reports) or "remb" (falling REMBs)."""
+        after = self.uplink.estimate_bps
+        if after is not None and (before is None or after < before):
+            state = self.uplink.state(now)
+            self.log.info("uplink.decreased", estimate_bps=state.estimate_bps,
+                          previous_bps=None if before is None else int(before),
+                          sent_bps=state.sent_bps, through_bps=int(self.uplink.through_bps(now)),
+                          peers=state.peers, cause=cause)
 
     def _log_probe_end(self, probe: Probe | None, now: float) -> None:
         """``probe`` (the one running before this peer's feedback) ended without

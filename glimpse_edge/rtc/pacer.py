@@ -271,6 +271,13 @@ class Pacer:
         # moves the sender's history entry to the number sent
         self.shift = SequenceShift()
         self.restarts_allowed = False
+        # how many cap onsets the shared uplink has answered (rtc/uplink.py's
+        # ``cap_cuts``), read at each key frame: one more than seen restarts the
+        # receiver there, whatever the repair waits for (set by feedback; shared,
+        # so every peer's next key frame restarts, not only the peer whose
+        # feedback heard the cut first)
+        self.onsets: Callable[[], int] | None = None
+        self._onsets_seen = 0
         # original sequence numbers whose next RTX resend is a probe's padding:
         # free of the resend bounds, and not watched by the repair
         self.padding: set[int] = set()
@@ -406,6 +413,12 @@ class Pacer:
         self.stats.resent_bytes += len(data)
         return 0.0
 
+    def follow_onsets(self, onsets: Callable[[], int]) -> None:
+        """Restart the receiver at the first key frame after each cap onset that
+        ``onsets`` counts from now on (rtc/uplink.py's ``cap_cuts``)."""
+        self.onsets = onsets
+        self._onsets_seen = onsets()
+
     def renumbered(self, data: bytes) -> bytes:
         """``data`` with the sequence number it goes out with (rtc/restart.py): a new
         video packet's is aiortc's plus the shift, which grows when a key frame
@@ -425,8 +438,11 @@ class Pacer:
         shift = self.shift
         if timestamp != self._renumber_timestamp:  # a frame's first packet
             self._renumber_timestamp = timestamp
-            if self.restarts_allowed and self.codec and repair.waits() \
+            onsets = self._onsets_seen if self.onsets is None else self.onsets()
+            if self.codec and (onsets != self._onsets_seen
+                               or (self.restarts_allowed and repair.waits())) \
                     and starts_key_frame(data, self.codec):
+                self._onsets_seen = onsets
                 repair.restart()
                 shift.restart(original)
         sequence = shift.sent_as(original)

@@ -14,6 +14,8 @@ peer's receiver reports:
   those reporting, see loss or a queue (RTT above its base) at the same
   time. One peer alone behind a bad
   downlink is not shared, and its own estimate handles it (scenario (b)).
+  At a cap's onset the receivers' REMBs say so first: two peers' falling
+  far below their recent level cut the estimate to what they read arrives.
 - **estimate** its capacity when it is seen: what the link carried (the
   rate we sent all peers less what they lost, or, if more, the most we sent
   with clean reports in the last few seconds: an overload's own reports
@@ -60,9 +62,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from .probe import Probe
+from .tiers import VIDEO_PAYLOAD_SHARE
 
 __all__ = ["PeerReport", "Uplink", "UplinkState", "UplinkTuning"]
 
+# what a receiver's REMB is of the video that arrived while its detector sees a
+# queue (aiortc's and libwebrtc's AIMD rate control: 0.85)
+REMB_OF_ARRIVED = 0.85
 KNOWN_FROM = 3  # overloads whose carried rate make up the known link (Uplink._learn)
 QUEUE_NOISE_S = 0.005  # a queue "drains" if it shrinks by more than this between two reports
 
@@ -172,6 +178,25 @@ class UplinkTuning:
     # lifted 2 Mbit/s cap that the link was carrying, twice in a row (a 24 s
     # recovery, scenario g2)
     probe_remb_peers: int = 2
+    # A cap's onset, read from the receivers' REMBs: a delay-based detector (aiortc's,
+    # libwebrtc's) that sees a queue grow cuts its REMB to 0.85 x what arrived
+    # over the last second, and, overusing, says so with every few packets. A
+    # REMB under ``remb_onset_fall`` x the peer's highest within ``congested_hold``
+    # fell by far more than one overuse cuts (an encoder sending under the
+    # REMB, which aiortc lets climb to 1.5 x what arrives, makes 0.57 x), and
+    # two peers' (and half of those reporting, as for the reports) within
+    # ``congested_hold`` are the uplink's queue. Their REMBs then measure the
+    # link about a second after the cap, where the receiver reports took 1.3-2.2
+    # s (one per aiortc viewer every 0.5-1.5 s, each over an interval that
+    # straddles the onset): an estimate 3.5 x the link meanwhile let the
+    # peers' resends of what the overload lost (0.3-1.2 Mbit/s each) keep a
+    # 1 Mbit/s link overloaded (scenario f). What the REMBs read cuts only
+    # what it halves at least (the estimate, or what we send before a limit)
+    remb_onset_fall: float = 0.5
+    # ... and, within ``congested_hold`` of that cut, what they read below this
+    # share of the estimate: a REMB cut at a cap's onset reads arrivals that
+    # still straddle it (1.1-1.3 x a 1 Mbit/s link), and they fall on to it
+    remb_follow: float = 0.95
     # and a probe pads up to no more than this times what got through as it
     # starts: a "known" read 1.5 x past a 2 Mbit/s link padded 1.16 Mbit/s of
     # encoders with 2.6 more, three times in 10 s (scenario g2)
@@ -299,6 +324,17 @@ class Uplink:
         self._jump_next = False  # the next probe pads up to the jump (:meth:`_jump`)
         self._remb: dict[str, float] = {}  # each peer's last REMB
         self._remb_fell: set[str] = set()  # peers whose REMB fell during the running probe
+        self._remb_peak: dict[str, tuple[float, float]] = {}  # each peer's highest REMB, and when
+        self._remb_onset: dict[str, float] = {}  # when each peer's REMB last fell far below it
+        self.remb_decreases = 0  # times the receivers' REMBs cut the estimate (a cap's onset)
+        self._remb_cut_at = -math.inf  # the last time they did
+        # cuts to what reports or REMBs read the link to be after a cap's onset, one
+        # per onset (each within ``congested_hold`` of the last is the same one,
+        # unless it halved the estimate since): every receiver lost a burst, and
+        # is restarted at a key frame (rtc/feedback.py)
+        self.cap_cuts = 0
+        self._cap_cut_at = -math.inf
+        self._cap_cut_level = 0.0  # the estimate at the last one counted
         self.probes_stopped = 0  # probes a falling REMB ended
         self.jumps = 0  # times the estimate jumped: the link grew
         # why the last probe ended: "passed", "remb_fell", "queued", "congested",
@@ -346,12 +382,19 @@ class Uplink:
 
     def remb(self, peer: str, now: float, bps: float) -> None:
         """``peer``'s receiver sent a REMB of ``bps``: one lower than its last says
-        it saw a queue grow (its estimator cuts only then). During a probe, that
+        it saw a queue grow (its estimator cuts only then). Far lower, on two
+        peers, it is a cap's onset (:meth:`_remb_cut`). During a probe, that
         queue is the padding's: its padding stops at once, and the probe ends once
         ``probe_remb_peers`` peers' REMBs fell."""
         t = self.tuning
         last = self._remb.get(peer)
         self._remb[peer] = bps
+        peak, peak_at = self._remb_peak.get(peer, (0.0, -math.inf))
+        if bps >= peak or now - peak_at > t.congested_hold:
+            self._remb_peak[peer] = (bps, now)
+        elif bps < t.remb_onset_fall * peak:
+            self._remb_onset[peer] = now
+        self._remb_cut(now)
         probe = self.probe
         if probe is None or last is None or bps >= t.probe_remb_fall * last:
             return
@@ -364,6 +407,39 @@ class Uplink:
         """``peer`` left: its reports no longer count, its share goes to the others."""
         self._reports.pop(peer, None)
         self._remb.pop(peer, None)
+        self._remb_peak.pop(peer, None)
+        self._remb_onset.pop(peer, None)
+
+    def _remb_cut(self, now: float) -> None:
+        """Cut the estimate to what the receivers' REMBs say arrives, at a cap's onset
+        (``remb_onset_fall`` says why): when the REMBs of at least two peers, and of
+        half of those reporting, fell far within ``congested_hold``, and what they
+        read is under ``max_cut`` x the estimate (or, without a limit, x what we
+        send; within ``congested_hold`` of such a cut, under ``remb_follow`` x
+        it). Each REMB is 0.85 x the video payload that arrived: the link is
+        their sum as the wire carries it, with every peer's audio."""
+        t = self.tuning
+        if sum(now - at <= t.congested_hold for at in self._remb_onset.values()) < 2:
+            return  # (per REMB: nothing more to do without an onset)
+        live = self.live(now)
+        fell = [p for p in live if now - self._remb_onset.get(p, -math.inf) <= t.congested_hold]
+        if len(fell) < 2 or len(fell) < t.shared_share * len(live) \
+                or not live.keys() <= self._remb.keys():
+            return
+        link = sum(self._remb[p] / REMB_OF_ARRIVED / VIDEO_PAYLOAD_SHARE + r.audio_bps
+                   for p, r in live.items())
+        if self.estimate_bps is None:
+            cut = t.max_cut * sum(r.sent_bps or 0.0 for r in live.values())
+        elif now - self._remb_cut_at <= t.congested_hold:
+            cut = t.remb_follow * self.estimate_bps  # (the onset's, followed down)
+        else:
+            cut = t.max_cut * self.estimate_bps
+        if t.backoff * link >= cut:
+            return
+        self.remb_decreases += 1
+        self._remb_cut_at = now
+        self._end_probe(now, "congested")
+        self._decrease(now, live, link)
 
     # -- what it says -----------------------------------------------------------
 
@@ -895,6 +971,14 @@ class Uplink:
         else:
             return
         self.estimate_bps = max(target, float(floor))
+        if link is not None:
+            # a cap's onset (or the estimate halved since the last: the key frame
+            # then went into a link that carried half of it)
+            if now - self._cap_cut_at > t.congested_hold \
+                    or self.estimate_bps < t.max_cut * self._cap_cut_level:
+                self.cap_cuts += 1
+                self._cap_cut_level = self.estimate_bps
+            self._cap_cut_at = now
         self._learn(max(carried, self.estimate_bps))
         self._clean.clear()
         self._crept = False

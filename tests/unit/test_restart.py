@@ -138,6 +138,28 @@ def test_no_restart_while_the_receiver_waits_for_nothing() -> None:
     assert sent == packets and pacer.shift.restarts == 0
 
 
+def test_a_caps_onset_restarts_at_the_next_key_frame_once() -> None:
+    """At a cap's onset the receiver lost a burst before any report said what:
+    the next key frame restarts it, though the repair waits for nothing and
+    restarts are not allowed yet (no report since the uplink limits), and
+    only that one."""
+    packets = encoded_packets("vp8", frames=6, key_frames=(0, 2, 4))
+    pacer, history = sender("vp8")
+    onsets = 3
+    pacer.follow_onsets(lambda: onsets)
+    starts = [n for n, p in enumerate(packets) if n and p[4:8] != packets[n - 1][4:8]
+              and starts_key_frame(p, "vp8")]
+    sent = [send(pacer, history, p) for p in packets[:starts[0] - 1]]
+    assert pacer.shift.restarts == 0, "onsets before it followed them are not news"
+    onsets += 1
+    sent += [send(pacer, history, p) for p in packets[starts[0] - 1:]]
+    assert pacer.shift.restarts == 1
+    numbers = [int.from_bytes(p[2:4], "big") for p in sent]
+    assert (numbers[starts[0]] - numbers[starts[0] - 1]) % 65536 == JUMP + 1, (
+        "the first key frame after it skips")
+    assert (numbers[starts[1]] - numbers[starts[1] - 1]) % 65536 == 1, "the next does not"
+
+
 def test_resends_of_packets_sent_before_a_restart_are_refused() -> None:
     """One arriving after the key frame would lie 512 behind the receiver's new start:
     aiortc takes it for a new stream and waits again. Not owed either."""

@@ -1312,3 +1312,116 @@ def test_a_probe_pads_no_further_than_a_multiple_of_what_gets_through() -> None:
     assert level <= t.probe_carried * 600_000 * 1.001, (
         f"expected the probe to pad up to at most {t.probe_carried} x the 600 kbit/s that "
         f"got through, saw {level:.0f}")
+
+
+def _remb_link(rembs: list[float], peers: int) -> float:
+    """What falling REMBs say the link carries: each is 0.85 x the video payload that
+    arrived, and every peer's audio rides beside it."""
+    from glimpse_edge.rtc.tiers import VIDEO_PAYLOAD_SHARE
+    return sum(rembs) / 0.85 / VIDEO_PAYLOAD_SHARE + peers * AUDIO
+
+
+def _three_at_the_top(t: UplinkTuning) -> tuple[Uplink, tuple[str, ...]]:
+    """Three peers sent 2.8 Mbit/s each, with clean reports and REMBs of 3.7."""
+    up = Uplink(t)
+    peers = ("a", "b", "c")
+    for peer in peers:
+        report(up, peer, 0.0, sent=2_800_000)
+        up.remb(peer, 0.0, 3_700_000)
+    return up, peers
+
+
+def test_rembs_falling_far_on_two_peers_are_a_caps_onset() -> None:
+    """A receiver's delay-based detector cuts its REMB to 0.85 x what arrived as soon
+    as a queue grows, a second or so before the receiver reports (each over an
+    interval that straddles the cap) read the link. Two peers' REMBs falling far
+    below their recent level cut the estimate to what the REMBs read, even before
+    any report shows the congestion."""
+    t = UplinkTuning()
+    up, peers = _three_at_the_top(t)
+    up.remb("a", 0.2, 0.3 * 3_700_000)  # one peer's REMB alone: its own link, maybe
+    assert up.estimate_bps is None, "one falling REMB is not the uplink"
+    up.remb("b", 0.3, 0.4 * 3_700_000)  # two, but what they read is no news yet
+    assert up.estimate_bps is None, (
+        f"the REMBs read {_remb_link([1.11e6, 1.48e6, 3.7e6], 3):.0f} of the 8.4 Mbit/s sent: "
+        "not under half of it")
+    # the REMBs go on falling, by small steps (overusing, each a few percent under
+    # the last): what counts is how far under the peer's recent highest
+    rembs = {"a": 1_110_000.0, "b": 1_480_000.0, "c": 3_700_000.0}
+    now = 0.3
+    while up.estimate_bps is None and now < 1.5:
+        now += 0.02
+        for peer in peers:
+            rembs[peer] = max(rembs[peer] * 0.96, 300_000)
+            up.remb(peer, now, rembs[peer])
+    assert up.estimate_bps is not None and up.remb_decreases == 1, (
+        f"expected a cut by {now:.2f} s, saw {up.estimate_bps}")
+    assert not up.congested, "no report showed it: the REMBs alone"
+    link = _remb_link(list(rembs.values()), 3)
+    assert link < 0.5 * 8_400_000 / t.backoff
+    assert up.estimate_bps == pytest.approx(t.backoff * link)
+    assert up.cap_cuts == 1, "every receiver lost a burst: restarted at a key frame"
+    # they go on falling while the onset's arrivals leave their last second: the
+    # estimate follows them down (by 5 % at least), one onset still
+    cut = up.estimate_bps
+    for step in range(1, 10):
+        for peer in peers:
+            rembs[peer] *= 0.97
+            up.remb(peer, now + step * 0.02, rembs[peer])
+    assert up.estimate_bps is not None and up.estimate_bps < cut and up.cap_cuts == 1
+    assert up.estimate_bps == pytest.approx(t.backoff * _remb_link(list(rembs.values()), 3),
+                                            rel=1 - t.remb_follow)
+    # the onset over, a REMB's dip (a queue of the share we give) cuts nothing
+    followed = up.estimate_bps
+    later = now + 0.2 + t.congested_hold + 0.05
+    for peer in peers:
+        up.remb(peer, later, 0.6 * rembs[peer])
+    assert up.estimate_bps == followed
+
+
+def test_falls_too_far_apart_or_under_a_limit_they_did_not_halve_cut_nothing() -> None:
+    """REMBs that fell far apart in time are two peers' own links; under a limit,
+    REMBs that read more than half the estimate are its share followed (a
+    receiver's REMB dips with any queue): the reports handle those."""
+    t = UplinkTuning()
+    up = Uplink(t)
+    for peer in ("a", "b"):
+        report(up, peer, 0.0, sent=2_000_000)
+        up.remb(peer, 0.0, 3_000_000)
+    up.remb("a", 0.1, 400_000)
+    report(up, "a", t.congested_hold + 0.5, sent=2_000_000)
+    report(up, "b", t.congested_hold + 0.5, sent=2_000_000)
+    up.remb("b", t.congested_hold + 0.6, 400_000)
+    assert up.estimate_bps is None and up.remb_decreases == 0
+    # a limit, then both REMBs fall to 0.85 x each peer's share: no news
+    now = 10.0
+    for peer in ("a", "b"):
+        report(up, peer, now, loss=0.1, sent=600_000)
+    limit = up.estimate_bps
+    assert limit is not None
+    now += 5.0
+    for peer in ("a", "b"):
+        report(up, peer, now, sent=limit / 2)
+        up.remb(peer, now, limit)
+    for peer in ("a", "b"):
+        up.remb(peer, now + 0.1, 0.85 * (limit / 2 - AUDIO))
+    assert up.estimate_bps == limit and up.remb_decreases == 0
+
+
+def test_an_onset_counts_once_unless_the_estimate_halves_again() -> None:
+    """Each counted onset restarts every receiver at a key frame: once per onset,
+    but again if the estimate halved since (that key frame went into a link that
+    carried half of it)."""
+    t = UplinkTuning()
+    up, peers = _three_at_the_top(t)
+    for peer in peers:
+        up.remb(peer, 0.1, 1_000_000)  # a reading far under what we send
+    first = up.estimate_bps
+    assert first is not None and up.cap_cuts == 1
+    for peer in peers:
+        up.remb(peer, 0.2, 800_000)  # followed down, by less than half
+    assert up.estimate_bps is not None and up.estimate_bps < first and up.cap_cuts == 1
+    for peer in peers:
+        up.remb(peer, 0.3, 250_000)
+    assert up.estimate_bps is not None and up.estimate_bps < t.max_cut * first
+    assert up.cap_cuts == 2
