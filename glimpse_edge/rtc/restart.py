@@ -13,7 +13,9 @@ can hold. It then drops everything it holds (``smart_remove`` runs through
 its whole capacity) and starts from that packet; if that packet starts a key
 frame, the receiver shows it at once. So when a key frame leaves while the
 receiver may still wait for something older (the repair ledger owes a
-packet or watches a resend), the sender skips :data:`JUMP` sequence numbers
+packet or watches a resend), or the first key frame after a cap's onset
+(the shared uplink's ``cap_cuts``: every receiver lost a burst there, before
+any report says what), the sender skips :data:`JUMP` sequence numbers
 before it (:class:`SequenceShift`). The receiver also asks for a key frame
 then (a PLI, answered by the one just sent: rtc/feedback.py's window).
 
