@@ -131,6 +131,7 @@ class PeerFeedback:
         self.uplink = uplink if uplink is not None else Uplink()
         self._cap_cuts = self.uplink.cap_cuts  # the uplink's cap onsets answered
         self.peer_id = peer_id or name
+        self.uplink.on_probe(self.peer_id, self._pad_now)
         self.keyframe_requests = 0  # PLI/FIR received (and other reasons to ask)
         self.keyframe_requests_coalesced = 0  # ... answered by a key frame on its way
 
@@ -473,6 +474,19 @@ class PeerFeedback:
                 or (conn.padding_task is not None and not conn.padding_task.done())):
             return
         conn.padding_task = asyncio.get_running_loop().create_task(self._pad(sender, pacer))
+
+    def _pad_now(self) -> None:
+        """The shared uplink started a probe that pads this peer: from now
+        (:meth:`.uplink.Uplink.on_probe` says why). Runs in another peer's RTCP
+        path, in aiortc's loop: nothing raised here reaches it."""
+        conn = self._current()
+        transceiver = conn.transceivers.get("video") if conn is not None else None
+        if conn is None or transceiver is None:
+            return
+        try:
+            self._probe(conn, transceiver.sender, time.monotonic())
+        except Exception as exc:
+            self.log.debug("peer.padding_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def _pad(self, sender: RTCRtpSender, pacer: Pacer) -> None:
         """The padding (rtc/probe.py) while the uplink's probes last, at each one's rate."""

@@ -58,7 +58,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from .probe import Probe
@@ -336,6 +336,7 @@ class Uplink:
         self._cap_cut_at = -math.inf
         self._cap_cut_level = 0.0  # the estimate at the last one counted
         self.probes_stopped = 0  # probes a falling REMB ended
+        self._padders: dict[str, Callable[[], None]] = {}  # by peer (:meth:`on_probe`)
         self.jumps = 0  # times the estimate jumped: the link grew
         # why the last probe ended: "passed", "remb_fell", "queued", "congested",
         # "not_carried" (its time was up) or "released"
@@ -403,8 +404,24 @@ class Uplink:
             self.probes_stopped += 1
             self._end_probe(now, "remb_fell")
 
+    def on_probe(self, peer: str, start: Callable[[], None]) -> None:
+        """Call ``start`` when a probe that pads ``peer`` starts: its padding begins
+        then, not at its own next report.
+
+        Each peer's feedback heard of a probe at that peer's next report, and
+        aiortc's receivers report every 0.5-1.5 s: the last peer began to pad
+        up to ~0.9 s into a 2.5 s probe, and its report covering only padded
+        time came a report later. The probes after a lifted cap passed 1.8 s
+        in, and one whose slowest report straddled the padding's end read
+        0.85-0.90 of its level and failed; the next came 4 s later (scenario f:
+        recovery 15-20 s in 5 of 20 runs). ``start`` runs inside another
+        peer's report: it must not raise.
+        """
+        self._padders[peer] = start
+
     def forget(self, peer: str) -> None:
         """``peer`` left: its reports no longer count, its share goes to the others."""
+        self._padders.pop(peer, None)
         self._reports.pop(peer, None)
         self._remb.pop(peer, None)
         self._remb_peak.pop(peer, None)
@@ -712,6 +729,8 @@ class Uplink:
                     self._probe_seen = 0
                     self._remb_fell.clear()
                     self._jump_next = False
+                    for peer in padding.keys() & self._padders.keys():
+                        self._padders[peer]()
                 elif jump:
                     # the peers' own links have no room for it: their own
                     # estimates bound what they take, so the jump cannot

@@ -1120,6 +1120,39 @@ def test_a_probe_pads_only_peers_whose_own_link_has_room() -> None:
         t.probe_share * up._known_bps - 3 * each, abs=3), padding
 
 
+def test_every_padded_peer_starts_to_pad_when_a_probe_starts() -> None:
+    """Whichever peer's report starts a probe, each peer it pads is told at once (not
+    at its own next report, up to 1.5 s later with aiortc's receivers); a peer
+    with no room is not, and a peer that left is never called again."""
+    t = UplinkTuning()
+    up = Uplink(t)
+    started: list[tuple[str, int]] = []
+    for peer in ("a", "b", "c"):
+        up.on_probe(peer, lambda peer=peer: started.append((peer, up.probes)))
+        report(up, peer, 0.0, loss=0.2, sent=300_000)
+    each = 0.85 * up._known_bps / 3
+    now = 0.0
+    while up.probe is None and now < 10:
+        now += 0.25
+        arrived(up, "a", now, got=each, sent=each, wants=2_000_000)
+        if up.probe is not None:  # a's report started it: b has not reported since
+            break
+        arrived(up, "b", now, got=each, sent=each, wants=2_000_000)
+        arrived(up, "c", now, got=each, sent=each, wants=int(each))  # its link: full
+    assert up.probe is not None, "expected a probe after the hold"
+    assert sorted(started) == [("a", 1), ("b", 1)], (
+        f"expected a and b told once as probe 1 started, c not; saw {started}")
+
+    up.forget("b")
+    started.clear()
+    while up.probes < 2 and now < 30:
+        now += 0.25
+        arrived(up, "a", now, got=each, sent=each, wants=2_000_000)
+        arrived(up, "c", now, got=each, sent=each, wants=2_000_000)
+    assert up.probes == 2, "expected a second probe"
+    assert sorted(p for p, _ in started) == ["a", "c"], started
+
+
 def test_a_known_link_read_above_the_overloads_is_probed_in_two_steps() -> None:
     """"Known" can read above what got through at the overloads (a clean burst
     counted). A probe past the overloads' level cannot then pass the known margin:
