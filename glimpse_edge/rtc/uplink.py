@@ -50,7 +50,8 @@ its loss above the others' (:meth:`Uplink.own_loss`): losses the uplink
 causes are the uplink's to answer, once, rather than every peer's.
 
 Pure, like the per-peer estimator: time comes in as ``now``; nothing here
-reads a clock or does I/O.
+reads a clock or does I/O. The one call out is :meth:`Uplink.on_probe`'s, to
+each padded peer's feedback as a probe starts (the padding is theirs to send).
 """
 
 from __future__ import annotations
